@@ -1,0 +1,1 @@
+"""catalog-tagger's producer: list a catalogue and enqueue it in chunks (never imports torch)."""

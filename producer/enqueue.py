@@ -1,0 +1,125 @@
+"""Skip what is already tagged or in flight, and send the rest as chunk messages by task name."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from itertools import islice
+
+from celery import Celery
+from sqlalchemy.engine import Engine
+
+from worker import store
+from worker.labels import LabelSet
+from worker.settings import TASK_NAME, Settings
+from worker.store import Item
+
+log = logging.getLogger(__name__)
+LOOKUP_BATCH = 1000  # items checked against the database per round trip
+
+
+@dataclass
+class Summary:
+    """What one enqueue did; printed as the one-line summary and stored on the run."""
+
+    run_id: str
+    listed: int = 0
+    enqueued: int = 0
+    skipped: int = 0
+    chunks: int = 0
+    dry_run: bool = False
+
+    def counts(self) -> dict[str, int]:
+        return {"listed": self.listed, "enqueued": self.enqueued, "skipped": self.skipped}
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def check_broker(app: Celery) -> None:
+    """Fail fast, with kombu's own error, when the broker cannot be reached."""
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=5)
+
+
+def send_chunk(app: Celery, settings: Settings, items: list[Item], labelset_id: str,
+               run_id: str) -> None:
+    # Only URIs and identifiers travel: credentials stay in each side's own configuration.
+    app.send_task(TASK_NAME, queue=settings.queue, kwargs={
+        "items": [i.to_message() for i in items], "labelset_id": labelset_id, "run_id": run_id,
+        "enqueued_at": time.time()})
+
+
+def enqueue(items: Iterable[Item | None], *, app: Celery, settings: Settings, labelset: LabelSet,
+            source: str, chunk_size: int, force: bool = False, dry_run: bool = False,
+            progress: Callable[[int], None] | None = None,
+            show_due: Callable[[Item], None] | None = None) -> Summary:
+    """Enqueue every due item of ``items`` (None = a listed non-image, counted as skipped).
+
+    With ``dry_run`` nothing is sent or recorded; each due item goes to ``show_due`` instead.
+    """
+    engine = store.engine_for(settings.database_url)
+    summary = Summary(run_id=uuid.uuid4().hex[:16], dry_run=dry_run)
+    model = settings.model
+    if not dry_run:
+        check_broker(app)
+        store.save_labelset(engine, labelset)
+        store.create_run(engine, summary.run_id, source, model, labelset.id)
+    outgoing: list[Item] = []
+    for batch in batched(items, LOOKUP_BATCH):
+        images = [i for i in batch if i is not None]
+        summary.listed += len(batch)
+        with engine.begin() as conn:
+            due = images if force else store.due_items(conn, images, model, labelset.id)
+            if dry_run:
+                claimed = due
+                for item in due if show_due else ():
+                    show_due(item)
+            else:
+                claimed = store.claim_pending(conn, due, model, labelset.id, summary.run_id,
+                                              settings.pending_ttl, force=force)
+        summary.skipped += len(batch) - len(claimed)
+        outgoing.extend(claimed)
+        while len(outgoing) >= chunk_size:
+            _flush(app, settings, outgoing[:chunk_size], labelset.id, summary)
+            del outgoing[:chunk_size]
+        if progress:
+            progress(len(batch))
+        if not dry_run:
+            store.update_run(engine, summary.run_id, **summary.counts())
+    if outgoing:
+        _flush(app, settings, outgoing, labelset.id, summary)
+    if not dry_run:
+        store.update_run(engine, summary.run_id, finished=True, **summary.counts())
+    return summary
+
+
+def _flush(app: Celery, settings: Settings, chunk: list[Item], labelset_id: str,
+           summary: Summary) -> None:
+    if not summary.dry_run:
+        try:
+            send_chunk(app, settings, chunk, labelset_id, summary.run_id)
+        except Exception:
+            # Unsent items must not stay marked in flight, or the next run would skip them.
+            store.release_pending(store.engine_for(settings.database_url), chunk,
+                                  settings.model, labelset_id)
+            raise
+    summary.enqueued += len(chunk)
+    summary.chunks += 1
+
+
+def failed_items(engine: Engine, model: str, labelset_id: str,
+                 reason: str | None = None) -> Iterator[Item]:
+    """The failed images of one model and label set, as Items to enqueue again."""
+    for row in store.iter_results(engine, model=model, labelset_id=labelset_id, status="failed",
+                                  reason=reason):
+        yield Item(uri=row.uri, key=row.item_key, version=row.source_version)

@@ -1,0 +1,147 @@
+"""Test helpers: a tiny random Chinese CLIP, images, a Celery worker process, direct scoring."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_LABELS = ["台灯", "家具", "桌子", "椅子", "猫", "狗"]
+
+
+def build_tiny_model(path: Path, extra_text: str = "") -> Path:
+    """A random ChineseCLIP small enough for tests, saved like a hub checkpoint."""
+    import torch
+    from transformers import (
+        BertTokenizer,
+        ChineseCLIPConfig,
+        ChineseCLIPImageProcessor,
+        ChineseCLIPModel,
+        ChineseCLIPProcessor,
+    )
+
+    labels_dir = ROOT / "worker" / "labelsets"
+    text = "".join(p.read_text(encoding="utf-8") for p in labels_dir.glob("*.txt"))
+    chars = sorted(set(text + extra_text + "".join(TEST_LABELS)) - set(" \n\t{}#"))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars]
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizer(str(path / "vocab.txt"))
+    image_processor = ChineseCLIPImageProcessor(
+        size={"height": 32, "width": 32}, crop_size={"height": 32, "width": 32},
+        do_center_crop=False)
+    config = ChineseCLIPConfig(
+        text_config={"vocab_size": len(vocab), "hidden_size": 32, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "intermediate_size": 37,
+                     "max_position_embeddings": 64},
+        vision_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "intermediate_size": 37, "image_size": 32, "patch_size": 8},
+        projection_dim=16)
+    torch.manual_seed(0)
+    model = ChineseCLIPModel(config)
+    with torch.no_grad():
+        model.logit_scale.fill_(np.log(100.0))  # as trained checkpoints hold
+    model.save_pretrained(path)
+    ChineseCLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
+    return path
+
+
+def image_bytes(seed: int, size: tuple[int, int] = (48, 40), fmt: str = "PNG",
+                mode: str = "RGB") -> bytes:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1, "CMYK": 4}[mode]
+    array = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    image = Image.fromarray(array.squeeze() if channels == 1 else array, mode)
+    out = io.BytesIO()
+    image.save(out, fmt)
+    return out.getvalue()
+
+
+def direct_scores(model_dir: Path, labels: list[str], images: list[bytes]) -> list[dict]:
+    """What the checkpoint says about each image, through transformers' own processor, fp32."""
+    import torch
+    from transformers import ChineseCLIPModel, ChineseCLIPProcessor
+
+    model = ChineseCLIPModel.from_pretrained(model_dir).eval()
+    processor = ChineseCLIPProcessor.from_pretrained(model_dir)
+    pil = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
+    with torch.no_grad():
+        px = processor(images=pil, return_tensors="pt")["pixel_values"]
+        img = model.visual_projection(model.vision_model(pixel_values=px).pooler_output)
+        tok = processor(text=labels, padding=True, return_tensors="pt")
+        txt = model.text_projection(model.text_model(**tok).last_hidden_state[:, 0])
+        img = img / img.norm(dim=-1, keepdim=True)
+        txt = txt / txt.norm(dim=-1, keepdim=True)
+        probs = (model.logit_scale.exp() * img @ txt.T).softmax(-1)
+    return [dict(zip(labels, row.tolist(), strict=True)) for row in probs]
+
+
+class WorkerProcess:
+    """A real ``celery -A worker worker`` in its own process group."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 1) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.concurrency = concurrency
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, ready_timeout: float = 120) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker", "worker", "-P", "prefork",
+             "-c", str(self.concurrency), "--loglevel", "INFO", "-Q", self.env["TAGGER_QUEUE"],
+             "-n", f"test-{os.getpid()}-{time.monotonic_ns()}@%h", "--without-gossip",
+             "--without-mingle"],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        self.wait_for_log("label set", ready_timeout)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float, count: int = 1) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log().count(text) >= count and "ready" in self.log():
+                return
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.2)
+        raise TimeoutError(f"worker did not log {text!r} in {timeout}s:\n{self.log()[-5000:]}")
+
+    def signal(self, sig: int, group: bool = True) -> None:
+        assert self.proc is not None
+        if group:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.25, message: str = ""):
+    """Poll ``predicate`` until it returns a truthy value; raise on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(message or f"condition not met in {timeout}s")

@@ -1,0 +1,49 @@
+"""Prometheus metrics of the worker: images by outcome, batch sizes, stage timings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+IMAGES = Counter("tagger_images_total", "Images written, by status and failure reason",
+                 ["status", "reason"])
+BATCH_SIZE = Histogram("tagger_batch_size", "Images per forward pass",
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+FORWARD_SECONDS = Histogram("tagger_forward_seconds", "Seconds per forward pass (image tower)")
+STAGE_SECONDS = Counter("tagger_stage_seconds_total",
+                        "Seconds spent per chunk stage (wait = waiting on fetch/decode)", ["stage"])
+QUEUE_WAIT = Histogram("tagger_queue_wait_seconds", "Seconds a chunk waited in the broker",
+                       buckets=(0.1, 1, 5, 30, 60, 300, 900, 3600, 14400, 43200))
+GPU_MEMORY = Gauge("tagger_gpu_memory_bytes", "GPU memory allocated by the worker process")
+
+
+def serve(port: int) -> None:
+    """Expose /metrics on ``port`` (0 = off)."""
+    if port:
+        start_http_server(port)
+
+
+def observe_batch(size: int, seconds: float) -> None:
+    if size:
+        BATCH_SIZE.observe(size)
+        FORWARD_SECONDS.observe(seconds)
+
+
+def observe_results(rows: Sequence[Mapping[str, Any]]) -> None:
+    for row in rows:
+        IMAGES.labels(row["status"], row.get("reason") or "").inc()
+
+
+def observe_timings(timings: Mapping[str, float]) -> None:
+    for stage, seconds in timings.items():
+        STAGE_SECONDS.labels(stage).inc(seconds)
+
+
+def observe_queue_wait(seconds: float) -> None:
+    QUEUE_WAIT.observe(max(0.0, seconds))
+
+
+def observe_gpu_memory(allocated: int) -> None:
+    GPU_MEMORY.set(allocated)
