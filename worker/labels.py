@@ -95,8 +95,11 @@ def parse_labels(text: str, source: str = "labels") -> tuple[list[str], list[str
 
 
 def parse_templates(text: str, source: str = "templates") -> list[str]:
-    """Parse a templates file: one template per line, each containing ``{}``."""
-    templates = list(dict.fromkeys(line for _, line in _lines(text)))
+    """Parse a templates file: one template per line, each containing ``{}``.
+
+    Repeated templates are kept: the official 80-template ensemble repeats two, which weights them.
+    """
+    templates = [line for _, line in _lines(text)]
     if not templates:
         raise LabelSetError(f"{source}: no templates")
     return templates

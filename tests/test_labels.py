@@ -1,0 +1,79 @@
+"""Label files: parsing, normalisation, validation and content ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.labels import LabelSet, LabelSetError, load_labelset, parse_labels, parse_templates
+
+
+def test_comments_blanks_and_parents():
+    labels, parents = parse_labels("# 类目\n\n家居/台灯\n  椅子  \n家居 / 桌子\n")
+    assert labels == ["台灯", "椅子", "桌子"]
+    assert parents == ["家居", None, "家居"]
+
+
+def test_duplicates_are_dropped_keeping_the_first():
+    labels, _ = parse_labels("台灯\n椅子\n台灯\n")
+    assert labels == ["台灯", "椅子"]
+
+
+def test_same_label_under_two_parents_is_refused():
+    message = r"labels:2: label '台灯' is already under parent '家居' \(line 1\)"
+    with pytest.raises(LabelSetError, match=message):
+        parse_labels("家居/台灯\n灯具/台灯\n")
+
+
+def test_over_long_label_is_refused_with_its_line():
+    with pytest.raises(LabelSetError, match=r"labels:2: label is 49 characters"):
+        parse_labels("台灯\n" + "长" * 49 + "\n")
+
+
+def test_empty_label_set_is_refused(tmp_path: Path):
+    path = tmp_path / "empty.txt"
+    path.write_text("# nothing here\n\n", encoding="utf-8")
+    with pytest.raises(LabelSetError, match="has no labels"):
+        load_labelset(path)
+
+
+def test_templates_need_exactly_one_placeholder():
+    assert parse_templates("{}的照片。\n# c\n\n一张{}。") == ["{}的照片。", "一张{}。"]
+    with pytest.raises(LabelSetError, match="exactly once"):
+        LabelSet(labels=("猫",), parents=(None,), templates=("没有占位符",))
+
+
+def test_id_depends_on_content_not_name(tmp_path: Path):
+    a = tmp_path / "a.txt"
+    b = tmp_path / "b.txt"
+    a.write_text("台灯\n椅子\n", encoding="utf-8")
+    b.write_text("# same labels, other file\n台灯\n\n椅子\n", encoding="utf-8")
+    assert load_labelset(a).id == load_labelset(b).id
+    b.write_text("台灯\n椅子\n猫\n", encoding="utf-8")
+    assert load_labelset(a).id != load_labelset(b).id
+    templates = tmp_path / "t.txt"
+    templates.write_text("{}的照片。\n", encoding="utf-8")
+    assert load_labelset(a, templates).id != load_labelset(a).id
+
+
+def test_prompts_and_json_round_trip():
+    labelset = LabelSet(labels=("猫", "狗"), parents=("动物", "动物"),
+                        templates=("{}的照片。", "一张{}。"), name="pets")
+    assert labelset.prompts() == [["猫的照片。", "一张猫。"], ["狗的照片。", "一张狗。"]]
+    assert LabelSet.from_json(labelset.to_json()) == labelset
+
+
+def test_unreadable_file_is_a_label_set_error(tmp_path: Path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(LabelSetError, match="cannot read"):
+        load_labelset(path)
+    with pytest.raises(LabelSetError, match="cannot read"):
+        load_labelset(tmp_path / "missing.txt")
+
+
+def test_shipped_label_sets_load():
+    root = Path(__file__).resolve().parents[1] / "worker" / "labelsets"
+    labelset = load_labelset(root / "ecommerce_zh.txt", root / "templates_zh.txt")
+    assert len(labelset.labels) > 100 and len(labelset.templates) == 80
