@@ -99,8 +99,9 @@ def enqueue(bucket: str | None, prefix: str, folder: Path | None, database_url: 
     else:
         if not query and not table:
             raise click.UsageError("--database-url needs --query or --table")
-        query = query or listing.table_query(table or "", key_column, url_column, version_column)
-        source, items = f"sql: {query}", listing.list_query(database_url or "", query)
+        sql = query or listing.table_query(table or "", key_column, url_column, version_column)
+        source = f"sql: {listing.describe(sql)}"
+        items = listing.list_query(database_url or "", sql)
     labelset = load_labelset(labels or settings.labels_path, templates or settings.templates_path)
     _ready(settings)
     items = _primed(items)
@@ -122,7 +123,10 @@ def enqueue(bucket: str | None, prefix: str, folder: Path | None, database_url: 
 def status(run_id: str | None, as_json: bool) -> None:
     """Queue depth (waiting and reserved), done / failed / pending counts, throughput, ETA."""
     settings = load_settings()
-    report = reporting.status(create_app(settings), _ready(settings), settings.queue, run_id)
+    try:
+        report = reporting.status(create_app(settings), _ready(settings), settings.queue, run_id)
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from exc
     if as_json:
         click.echo(json.dumps(report, ensure_ascii=False))
         return
@@ -136,20 +140,43 @@ def status(run_id: str | None, as_json: bool) -> None:
     click.echo(f"rate: {report['images_per_second']} images/s"
                + (f", ETA {eta // 60} min" if eta else ""))
     if report["run"]:
-        run = report["run"]
-        click.echo(f"run {run['id']} ({run['source']}): listed {run['listed']}, enqueued "
-                   f"{run['enqueued']}, skipped {run['skipped']}, started {run['started_at']}"
-                   + (f", listing finished {run['finished_at']}" if run["finished_at"] else ""))
+        click.echo(_run_line(report["run"]))
+
+
+def _run_line(run: dict[str, Any]) -> str:
+    return (f"run {run['id']} [{run['state']}] {run['source']}\n"
+            f"  model {run['model']}, label set {run['labelset_id']}, started {run['started_at']}"
+            + (f", listing finished {run['finished_at']}" if run["finished_at"] else "")
+            + f"\n  listed {run['listed']}, enqueued {run['enqueued']}, skipped {run['skipped']}"
+            f"; done {run['done']}, failed {run['failed']}, pending {run['pending']}")
+
+
+@main.command()
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="A JSON list, for machines.")
+@_user_errors
+def runs(limit: int, as_json: bool) -> None:
+    """Recent runs, newest first: source, model, label set, counts and state."""
+    found = reporting.recent_runs(_ready(load_settings()), limit)
+    if as_json:
+        click.echo(json.dumps(found, ensure_ascii=False))
+        return
+    for run in found:
+        click.echo(_run_line(run))
 
 
 @main.command()
 @click.option("--run", "run_id", help="The run to wait for (default: the latest).")
+@click.option("--all", "every_run", is_flag=True,
+              help="Wait until no image of any run is pending (several label sets a night).")
 @click.option("--timeout", type=float, default=24 * 3600, show_default=True, help="Seconds.")
 @_user_errors
-def wait(run_id: str | None, timeout: float) -> None:
+def wait(run_id: str | None, every_run: bool, timeout: float) -> None:
     """Wait until every image of a run has a result (exit code 1 on timeout)."""
+    if run_id and every_run:
+        raise click.UsageError("give --run or --all, not both")
     try:
-        counts = reporting.wait(_ready(load_settings()), run_id, timeout)
+        counts = reporting.wait(_ready(load_settings()), run_id, timeout, every_run=every_run)
     except (LookupError, TimeoutError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"run {counts['run']}: {counts['done']} done, {counts['failed']} failed")

@@ -9,8 +9,8 @@ from typing import IO, Any
 
 import sqlalchemy as sa
 
-CSV_FIELDS = ("uri", "key", "status", "top_label", "top_score", "labels", "reason", "error",
-              "model", "labelset_id", "content_sha256", "run_id", "attempts", "updated_at")
+CSV_FIELDS = ("uri", "key", "status", "top_parent", "top_label", "top_score", "labels", "reason",
+              "error", "model", "labelset_id", "content_sha256", "run_id", "attempts", "updated_at")
 
 
 def record(row: sa.Row) -> dict[str, Any]:
@@ -21,6 +21,8 @@ def record(row: sa.Row) -> dict[str, Any]:
         "model": row.model, "labelset_id": row.labelset_id,
         "content_sha256": row.content_sha256, "run_id": row.run_id, "attempts": row.attempts,
         "top_label": row.top_label, "top_score": row.top_score,
+        # The first level of a two-level label set (家居 for 台灯); None for flat label sets.
+        "top_parent": (row.labels or [{}])[0].get("parent"),
         "updated_at": row.updated_at.isoformat() if row.updated_at else None,
     }
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import boto3
 import botocore.exceptions
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from worker.store import Item, engine_for
 
@@ -59,13 +60,20 @@ def list_dir(root: Path) -> Iterator[Item | None]:
             yield Item(uri=path.as_uri(), version=f"{stat.st_mtime_ns:x}-{stat.st_size:x}")
 
 
-def list_query(database_url: str, query: str, *, batch: int = 5000) -> Iterator[Item | None]:
-    """Rows of (key, url[, version]) from a SQL query, through a server-side cursor."""
+def list_query(database_url: str, query: str | sa.Select, *, batch: int = 5000
+               ) -> Iterator[Item | None]:
+    """Rows of (key, url[, version]) from a SQL query, through a server-side cursor.
+
+    Only ``batch`` rows are held at a time, so a catalogue of millions lists in constant memory;
+    a row without a URL is None (counted as skipped).
+    """
+    statement = sa.text(query) if isinstance(query, str) else query
     engine = engine_for(database_url)
+    # A read-only transaction: a --query that would write to the catalogue fails instead.
+    readonly = {"postgresql_readonly": True} if engine.dialect.name == "postgresql" else {}
     try:
-        with engine.connect() as conn:
-            rows = conn.execution_options(stream_results=True, yield_per=batch).execute(
-                sa.text(query))
+        with engine.connect().execution_options(**readonly) as conn:
+            rows = conn.execution_options(stream_results=True, yield_per=batch).execute(statement)
             for row in rows:
                 if len(row) < 2:
                     raise SourceError("the query must return (key, image_url[, version]) columns")
@@ -78,9 +86,23 @@ def list_query(database_url: str, query: str, *, batch: int = 5000) -> Iterator[
 
 
 def table_query(table: str, key_column: str, url_column: str,
-                version_column: str | None = None) -> str:
-    """The query for ``--table``: identifiers are quoted, never interpolated raw."""
-    preparer = sa.create_engine("sqlite://").dialect.identifier_preparer
-    columns = [key_column, url_column] + ([version_column] if version_column else [])
-    quoted = ", ".join(preparer.quote(c) for c in columns)
-    return f"SELECT {quoted} FROM {preparer.quote(table)} ORDER BY {preparer.quote(key_column)}"
+                version_column: str | None = None) -> sa.Select:
+    """The query for ``--table``: ``schema.table`` and column names become quoted identifiers.
+
+    Names are exact (case-sensitive) and never pasted into SQL text, so a name cannot carry SQL.
+    """
+    schema, _, name = table.rpartition(".")
+    if not name or any(not part for part in (key_column, url_column, version_column or "x")):
+        raise SourceError(f"bad table or column name in --table {table!r}")
+    columns = [sa.column(key_column), sa.column(url_column)]
+    if version_column:
+        columns.append(sa.column(version_column))
+    source = sa.table(name, *columns, schema=schema or None)
+    return sa.select(*columns).select_from(source).order_by(columns[0])
+
+
+def describe(query: str | sa.Select) -> str:
+    """The SQL of a listing, as recorded on its run."""
+    if isinstance(query, str):
+        return query
+    return str(query.compile(dialect=postgresql.dialect()))

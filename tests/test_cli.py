@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import boto3
@@ -35,7 +36,7 @@ def folder(tmp_path: Path) -> Path:
 def local_env(tmp_path, sqlite_url, labels_file, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", sqlite_url)
     monkeypatch.setenv("CELERY_BROKER_URL", REDIS_URL)
-    monkeypatch.setenv("TAGGER_QUEUE", f"cli-{tmp_path.name}")
+    monkeypatch.setenv("TAGGER_QUEUE", f"cli-{uuid.uuid4().hex[:12]}")
     monkeypatch.setenv("TAGGER_LABELS", str(labels_file))
 
 

@@ -50,5 +50,6 @@ def configure(level: str | int = "INFO", json_lines: bool | None = None) -> None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.captureWarnings(True)  # Python warnings as log records, so every line stays JSON
     for noisy in ("botocore", "urllib3", "PIL", "transformers", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

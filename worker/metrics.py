@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -9,6 +10,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 IMAGES = Counter("tagger_images_total", "Images written, by status and failure reason",
                  ["status", "reason"])
+IMAGES.labels("done", "")  # a zero from the start, so "nothing written yet" is a value in alerts
 BATCH_SIZE = Histogram("tagger_batch_size", "Images per forward pass",
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
 FORWARD_SECONDS = Histogram("tagger_forward_seconds", "Seconds per forward pass (image tower)")
@@ -16,13 +18,23 @@ STAGE_SECONDS = Counter("tagger_stage_seconds_total",
                         "Seconds spent per chunk stage (wait = waiting on fetch/decode)", ["stage"])
 QUEUE_WAIT = Histogram("tagger_queue_wait_seconds", "Seconds a chunk waited in the broker",
                        buckets=(0.1, 1, 5, 30, 60, 300, 900, 3600, 14400, 43200))
-GPU_MEMORY = Gauge("tagger_gpu_memory_bytes", "GPU memory allocated by the worker process")
+GPU_MEMORY = Gauge("tagger_gpu_memory_bytes",
+                   "GPU memory held by tensors of the worker process, by kind (current, peak)",
+                   ["kind"])
+
+log = logging.getLogger(__name__)
 
 
 def serve(port: int) -> None:
-    """Expose /metrics on ``port`` (0 = off)."""
-    if port:
+    """Expose /metrics on ``port`` (0 = off); a taken port costs the metrics, never the worker."""
+    if not port:
+        return
+    try:
         start_http_server(port)
+    except OSError as exc:
+        log.warning("metrics not served on port %d: %s", port, exc)
+        return
+    log.info("metrics on port %d", port)
 
 
 def observe_batch(size: int, seconds: float) -> None:
@@ -45,5 +57,6 @@ def observe_queue_wait(seconds: float) -> None:
     QUEUE_WAIT.observe(max(0.0, seconds))
 
 
-def observe_gpu_memory(allocated: int) -> None:
-    GPU_MEMORY.set(allocated)
+def observe_gpu_memory(allocated: int, peak: int) -> None:
+    GPU_MEMORY.labels("current").set(allocated)
+    GPU_MEMORY.labels("peak").set(peak)

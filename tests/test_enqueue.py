@@ -1,0 +1,227 @@
+"""The producer's due check, pending claims and run records, on real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+import zlib
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from producer import enqueue as enqueuing
+from producer import status as reporting
+from producer.cli import main
+from producer.listing import SourceError
+from tests.conftest import REDIS_URL
+from worker import store
+from worker.app import create_app
+from worker.labels import LabelSet
+from worker.settings import Settings, load_settings
+from worker.store import Item, engine_for, pending, results, runs
+
+FLAT = LabelSet(labels=("台灯", "椅子"), parents=(None, None), name="flat")
+TWO_LEVEL = LabelSet(labels=("台灯", "椅子", "沙发"), parents=("家居", "家居", "家居"),
+                     name="two-level")
+
+
+@pytest.fixture
+def settings(pg_url: str) -> Iterator[Settings]:
+    queue = f"test-enqueue-{uuid.uuid4().hex[:8]}"
+    yield load_settings({"CELERY_BROKER_URL": REDIS_URL, "DATABASE_URL": pg_url,
+                         "TAGGER_QUEUE": queue, "TAGGER_MODEL": "model-a"})
+    redis.Redis.from_url(REDIS_URL).delete(queue)
+
+
+def run(settings: Settings, items: list[Item | None], labelset: LabelSet = FLAT,
+        **kwargs) -> enqueuing.Summary:
+    return enqueuing.enqueue(items, app=create_app(settings), settings=settings,
+                             labelset=labelset, source="test", chunk_size=4, **kwargs)
+
+
+def messages(settings: Settings) -> list[dict]:
+    """Pop every chunk message of the queue: the task's keyword arguments."""
+    client = redis.Redis.from_url(settings.broker_url)
+    out = []
+    while raw := client.rpop(settings.queue):
+        envelope = json.loads(raw)
+        body = base64.b64decode(envelope["body"])
+        assert envelope["headers"]["task"] == "tagger.tag_chunk"
+        assert envelope["headers"]["compression"] == "application/x-gzip"
+        _args, kwargs, _embed = json.loads(zlib.decompress(body))
+        out.append(kwargs)
+    return out
+
+
+def answer(settings: Settings, items: list[Item], labelset: LabelSet, run_id: str,
+           status: str = "done") -> None:
+    """What a worker writes for these items (the worker's own store function)."""
+    store.write_results(engine_for(settings.database_url), [
+        {"uri": i.uri, "model": settings.model, "labelset_id": labelset.id, "item_key": i.key,
+         "source_version": i.version, "status": status, "labels": [], "run_id": run_id,
+         "reason": None if status == "done" else "not-found"} for i in items])
+
+
+def catalogue(n: int, version: str = "v1") -> list[Item]:
+    return [Item(uri=f"s3://shop/{i}.jpg", key=str(i), version=version) for i in range(n)]
+
+
+def test_messages_carry_keys_versions_and_the_run(settings: Settings):
+    items = catalogue(10)
+    summary = run(settings, [*items[:5], None, *items[5:]])
+    assert (summary.listed, summary.enqueued, summary.skipped, summary.chunks) == (11, 10, 1, 3)
+    sent = messages(settings)
+    assert [len(m["items"]) for m in sent] == [4, 4, 2]
+    assert sent[0]["items"][0] == {"uri": "s3://shop/0.jpg", "key": "0", "version": "v1"}
+    assert {m["labelset_id"] for m in sent} == {FLAT.id}
+    assert {m["run_id"] for m in sent} == {summary.run_id}
+
+
+def test_in_flight_images_are_not_enqueued_twice(settings: Settings):
+    items = catalogue(10)
+    first = run(settings, items)
+    second = run(settings, items)  # the next night starts while no worker has answered yet
+    assert (first.enqueued, second.enqueued, second.skipped) == (10, 0, 10)
+    assert len(messages(settings)) == 3
+    answer(settings, items, FLAT, first.run_id)
+    with engine_for(settings.database_url).connect() as conn:
+        assert conn.scalar(sa.select(sa.func.count()).select_from(pending)) == 0
+    # Answered at the same version: still nothing due.
+    assert run(settings, items).enqueued == 0
+
+
+def test_only_changed_images_are_due_and_force_retags_all(settings: Settings):
+    items = catalogue(6)
+    first = run(settings, items)
+    answer(settings, items, FLAT, first.run_id)
+    messages(settings)
+    changed = [*items[:2], Item(uri=items[2].uri, key="2", version="v2"), *items[3:]]
+    again = run(settings, changed)
+    assert (again.enqueued, again.skipped) == (1, 5)
+    assert [m["items"] for m in messages(settings)] == [[{"uri": items[2].uri, "key": "2",
+                                                          "version": "v2"}]]
+    forced = run(settings, changed, force=True)
+    assert forced.enqueued == 6
+
+
+def test_failed_results_are_not_retried_by_a_nightly_run(settings: Settings):
+    items = catalogue(3)
+    first = run(settings, items)
+    answer(settings, items[:1], FLAT, first.run_id, status="failed")
+    answer(settings, items[1:], FLAT, first.run_id)
+    assert run(settings, items).enqueued == 0  # retry-failed is the way to retry them
+
+
+def test_new_model_or_label_set_makes_everything_due(settings: Settings):
+    items = catalogue(5)
+    first = run(settings, items)
+    answer(settings, items, FLAT, first.run_id)
+    assert run(settings, items).enqueued == 0
+    assert run(settings, items, labelset=TWO_LEVEL).enqueued == 5
+    other_model = load_settings({"CELERY_BROKER_URL": REDIS_URL,
+                                 "DATABASE_URL": settings.database_url,
+                                 "TAGGER_QUEUE": settings.queue, "TAGGER_MODEL": "model-b"})
+    assert run(other_model, items).enqueued == 5
+    with engine_for(settings.database_url).connect() as conn:
+        kept = conn.execute(sa.select(results.c.model, results.c.labelset_id,
+                                      sa.func.count()).group_by(results.c.model,
+                                                                results.c.labelset_id)).all()
+    assert kept == [("model-a", FLAT.id, 5)]  # the old results stay queryable
+
+
+def test_the_same_url_twice_is_sent_once(settings: Settings, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(enqueuing, "LOOKUP_BATCH", 3)
+    shared = Item(uri="https://img.example.com/shared.jpg", key="1")
+    items = [shared, Item(uri=shared.uri, key="2"), Item(uri="https://x.example/3.jpg", key="3"),
+             Item(uri=shared.uri, key="4")]  # the fourth lands in the next lookup batch
+    summary = run(settings, items)
+    assert (summary.enqueued, summary.skipped) == (2, 2)
+    forced = run(settings, items, force=True)
+    assert (forced.enqueued, forced.skipped) == (2, 2)
+
+
+def test_stale_pending_marks_are_taken_over(settings: Settings):
+    items = catalogue(4)
+    first = run(settings, items)
+    messages(settings)  # the messages are lost (say, the broker's data was wiped)
+    assert run(settings, items).enqueued == 0
+    with engine_for(settings.database_url).begin() as conn:
+        conn.execute(pending.update().where(pending.c.uri == items[0].uri).values(
+            enqueued_at=datetime.now(UTC) - timedelta(seconds=settings.pending_ttl + 1)))
+    retry = run(settings, items)
+    assert retry.enqueued == 1
+    with engine_for(settings.database_url).connect() as conn:
+        owners = dict(conn.execute(sa.select(pending.c.uri, pending.c.run_id)).all())
+    assert owners[items[0].uri] == retry.run_id and owners[items[1].uri] == first.run_id
+
+
+def test_runs_are_recorded_with_counts(settings: Settings):
+    items = catalogue(6)
+    first = run(settings, [*items, None])
+    second = run(settings, items[:3])
+    answer(settings, items[:4], FLAT, first.run_id)
+    answer(settings, items[4:5], FLAT, first.run_id, status="failed")
+    engine = engine_for(settings.database_url)
+    info = reporting.run_info(engine, first.run_id)
+    assert {k: info[k] for k in ("listed", "enqueued", "skipped", "done", "failed", "pending",
+                                 "state", "source", "model", "labelset_id")} == {
+        "listed": 7, "enqueued": 6, "skipped": 1, "done": 4, "failed": 1, "pending": 1,
+        "state": "running", "source": "test", "model": "model-a", "labelset_id": FLAT.id}
+    assert info["finished_at"] >= info["started_at"]
+    latest = reporting.recent_runs(engine)
+    assert [r["id"] for r in latest] == [second.run_id, first.run_id]
+    assert (latest[0]["skipped"], latest[0]["state"]) == (3, "complete")
+    counts = reporting.result_counts(engine, first.run_id)
+    assert (counts["done"], counts["failed"], counts["pending"]) == (4, 1, 1)
+    assert counts["images_per_second"] > 0
+
+
+def test_a_listing_that_breaks_keeps_its_counts_and_frees_its_claims(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(enqueuing, "LOOKUP_BATCH", 3)
+
+    def broken() -> Iterator[Item]:
+        yield from catalogue(6)
+        raise SourceError("catalogue connection lost")
+
+    with pytest.raises(SourceError):
+        run(settings, broken())
+    engine = engine_for(settings.database_url)
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(runs)).one()
+        waiting = conn.scalar(sa.select(sa.func.count()).select_from(pending))
+    # 4 were sent (one chunk); the 2 claimed but unsent are free for the next run.
+    assert (row.listed, row.enqueued, row.finished_at, waiting) == (6, 4, None, 4)
+    assert reporting.run_info(engine, row.id)["state"] == "listing"
+    assert run(settings, catalogue(6)).enqueued == 2
+
+
+def test_dry_run_sends_and_records_nothing(settings: Settings):
+    shown: list[Item] = []
+    summary = run(settings, catalogue(3), dry_run=True, show_due=shown.append)
+    assert (summary.enqueued, len(shown)) == (3, 3)
+    assert messages(settings) == []
+    with engine_for(settings.database_url).connect() as conn:
+        assert conn.scalar(sa.select(sa.func.count()).select_from(runs)) == 0
+
+
+def test_runs_and_status_commands(settings: Settings, monkeypatch: pytest.MonkeyPatch):
+    for name, value in (("CELERY_BROKER_URL", REDIS_URL), ("DATABASE_URL", settings.database_url),
+                        ("TAGGER_QUEUE", settings.queue), ("TAGGER_MODEL", settings.model)):
+        monkeypatch.setenv(name, value)
+    summary = run(settings, catalogue(5))
+    listed = CliRunner().invoke(main, ["runs"])
+    assert listed.exit_code == 0, listed.output
+    assert f"run {summary.run_id} [running] test" in listed.output
+    assert "listed 5, enqueued 5, skipped 0; done 0, failed 0, pending 5" in listed.output
+    status = json.loads(CliRunner().invoke(main, ["status", "--run", summary.run_id,
+                                                  "--json"]).output)
+    assert (status["queue_depth"], status["pending"], status["run"]["id"]) == (
+        2, 5, summary.run_id)
+    missing = CliRunner().invoke(main, ["status", "--run", "no-such-run"])
+    assert missing.exit_code == 1 and "no run no-such-run" in missing.output
