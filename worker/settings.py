@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,9 +41,11 @@ class Settings:
     max_image_pixels: int
     fetch_timeout: float
     allow_private_urls: bool
+    url_allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     pending_ttl: int
     metrics_port: int
     jpeg_draft: bool
+    decode_overlap: str = "auto"  # decode during forward passes: auto = on GPU only
 
     @property
     def embedded_broker(self) -> bool:
@@ -87,6 +90,16 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
 
 
+def _networks(env: Mapping[str, str], name: str
+              ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    parts = [p.strip() for p in env.get(name, "").split(",") if p.strip()]
+    try:
+        return tuple(ipaddress.ip_network(p) for p in parts)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be a comma-separated list of CIDR networks: {exc}"
+                            ) from None
+
+
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     value = env.get(name, "auto").strip().lower() or "auto"
     if value not in choices and not (name == "TAGGER_DEVICE" and value.startswith("cuda:")):
@@ -120,9 +133,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_image_pixels=_int(env, "TAGGER_MAX_IMAGE_PIXELS", 89_478_485, minimum=1),
         fetch_timeout=float(_int(env, "TAGGER_FETCH_TIMEOUT", 30, minimum=1)),
         allow_private_urls=_bool(env, "TAGGER_ALLOW_PRIVATE_URLS", False),
+        url_allow_networks=_networks(env, "TAGGER_URL_ALLOW_NETWORKS"),
         pending_ttl=_int(env, "TAGGER_PENDING_TTL", 24 * 3600, minimum=1),
         metrics_port=_int(env, "TAGGER_METRICS_PORT", 0),
         jpeg_draft=_bool(env, "TAGGER_JPEG_DRAFT", True),
+        decode_overlap=_choice(env, "TAGGER_DECODE_OVERLAP", ("auto", "on", "off")),
     )
 
 

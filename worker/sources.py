@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import ipaddress
 import socket
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 
@@ -20,6 +22,7 @@ _PERMANENT_S3 = {"NoSuchKey": "not-found", "404": "not-found", "NotFound": "not-
                  "NoSuchBucket": "not-found", "AccessDenied": "forbidden", "403": "forbidden",
                  "InvalidObjectState": "forbidden"}
 _MAX_REDIRECTS = 5
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @functools.cache
@@ -31,24 +34,25 @@ def s3_client(timeout: float, pool: int) -> object:
 
 
 def fetch(uri: str, *, max_bytes: int, timeout: float, allow_private: bool = False,
-          pool: int = 16) -> bytes:
+          allow_networks: Sequence[Network] = (), pool: int = 16) -> bytes:
     """Return the bytes at ``uri``; ItemError for a permanent failure, TransientError otherwise."""
     scheme = urlsplit(uri).scheme.lower()
     if scheme == "s3":
         return fetch_s3(uri, max_bytes=max_bytes, timeout=timeout, pool=pool)
     if scheme in {"http", "https"}:
-        return fetch_http(uri, max_bytes=max_bytes, timeout=timeout, allow_private=allow_private)
+        return fetch_http(uri, max_bytes=max_bytes, timeout=timeout, allow_private=allow_private,
+                          allow_networks=allow_networks)
     if scheme in {"", "file"}:
         return fetch_file(uri, max_bytes=max_bytes)
     raise ItemError("bad-uri", f"unsupported URI scheme {scheme!r}")
 
 
 def split_s3(uri: str) -> tuple[str, str]:
-    parts = urlsplit(uri)
-    key = parts.path.lstrip("/")
-    if not parts.netloc or not key:
+    # Not urlsplit: a key is raw text, and '?' or '#' in it are part of the key.
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket or not key:
         raise ItemError("bad-uri", f"not an s3://bucket/key URI: {uri}")
-    return parts.netloc, key
+    return bucket, key
 
 
 def fetch_s3(uri: str, *, max_bytes: int, timeout: float, pool: int = 16) -> bytes:
@@ -92,37 +96,41 @@ def fetch_file(uri: str, *, max_bytes: int) -> bytes:
         raise ItemError("bad-uri", f"{path} is a directory") from exc
 
 
-def check_address(host: str, port: int, allow_private: bool) -> str:
+def check_address(host: str, port: int, allow_private: bool,
+                  allow_networks: Sequence[Network] = ()) -> str:
     """Resolve ``host`` and return an address it may be fetched from, refusing internal ones."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
+    except (socket.gaierror, UnicodeError) as exc:
         raise ItemError("not-found", f"cannot resolve {host}: {exc}") from exc
     addresses = [info[4][0] for info in infos]
     for address in addresses:
         ip = ipaddress.ip_address(address.split("%")[0])
-        if not allow_private and not ip.is_global:
+        if not (allow_private or ip.is_global or any(ip in net for net in allow_networks)):
             raise ItemError("blocked-address",
-                            f"{host} resolves to {ip}, a non-public address "
-                            "(set TAGGER_ALLOW_PRIVATE_URLS=1 to allow)")
+                            f"{host} resolves to {ip}, a non-public address (set "
+                            "TAGGER_URL_ALLOW_NETWORKS or TAGGER_ALLOW_PRIVATE_URLS to allow)")
     return addresses[0]
 
 
-def fetch_http(uri: str, *, max_bytes: int, timeout: float, allow_private: bool) -> bytes:
+def fetch_http(uri: str, *, max_bytes: int, timeout: float, allow_private: bool,
+               allow_networks: Sequence[Network] = ()) -> bytes:
     """GET with the address check repeated on every redirect, timeouts and a byte cap."""
+    # A server dripping one byte per read timeout would hold a decode thread for ever.
+    deadline = time.monotonic() + 2 * timeout
     for _ in range(_MAX_REDIRECTS + 1):
         parts = urlsplit(uri)
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise ItemError("bad-uri", f"refusing to fetch {uri!r}")
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        address = check_address(parts.hostname, port, allow_private)
+        address = check_address(parts.hostname, port, allow_private, allow_networks)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         response = _request(parts.scheme, parts.hostname, address, port, target, timeout)
         try:
             if response.status in {301, 302, 303, 307, 308}:
                 uri = urljoin(uri, response.headers.get("Location", ""))
                 continue
-            return _read_http_body(response, uri, max_bytes)
+            return _read_http_body(response, uri, max_bytes, deadline)
         finally:
             response.release_conn()
     raise ItemError("bad-uri", f"more than {_MAX_REDIRECTS} redirects")
@@ -138,12 +146,14 @@ def _request(scheme: str, host: str, address: str, port: int, target: str,
     try:
         return pool.urlopen("GET", target, headers={"Host": host, "User-Agent": "catalog-tagger"},
                             redirect=False, preload_content=False)
-    except (urllib3.exceptions.TimeoutError, urllib3.exceptions.ProtocolError,
-            urllib3.exceptions.NewConnectionError) as exc:
+    except urllib3.exceptions.SSLError as exc:
+        raise ItemError("tls-error", f"GET {host}{target}: {exc}") from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:  # timeouts, resets, refused
         raise TransientError(f"GET {host}{target}: {exc}") from exc
 
 
-def _read_http_body(response: urllib3.BaseHTTPResponse, uri: str, max_bytes: int) -> bytes:
+def _read_http_body(response: urllib3.BaseHTTPResponse, uri: str, max_bytes: int,
+                    deadline: float) -> bytes:
     if response.status in {404, 410}:
         raise ItemError("not-found", f"HTTP {response.status} for {uri}")
     if response.status in {401, 403}:
@@ -157,11 +167,14 @@ def _read_http_body(response: urllib3.BaseHTTPResponse, uri: str, max_bytes: int
         raise ItemError("too-large", f"{uri} is {declared} bytes, over the cap of {max_bytes}")
     chunks, total = [], 0
     try:
-        for chunk in response.stream(64 * 1024):
+        # read1 returns what one socket read brings, so the deadline is checked between reads.
+        while chunk := response.read1(64 * 1024):
             total += len(chunk)
             if total > max_bytes:
                 raise ItemError("too-large", f"{uri} is over the cap of {max_bytes} bytes")
+            if time.monotonic() > deadline:
+                raise TransientError(f"reading {uri}: download ran over its time limit")
             chunks.append(chunk)
-    except urllib3.exceptions.HTTPError as exc:
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise TransientError(f"reading {uri}: {exc}") from exc
     return b"".join(chunks)

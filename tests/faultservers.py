@@ -1,0 +1,272 @@
+"""Real servers that misbehave on purpose: slow/redirecting HTTP, an S3 fault proxy, own Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from tests.conftest import free_port
+
+
+@dataclass
+class Reply:
+    """What the test server answers for one path."""
+
+    body: bytes = b""
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # before the status line (a slow origin)
+    drip: float = 0.0  # seconds between body bytes (slowloris), 0 = all at once
+    length: bool = True  # send Content-Length
+
+
+class _Quiet(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *_: object) -> None:  # keep test output clean
+        pass
+
+
+class _ImageHandler(_Quiet):
+    server: _ImageHTTPServer
+
+    def do_GET(self) -> None:
+        server = self.server
+        with server.lock:
+            server.hits[self.path] += 1
+        reply = server.routes.get(self.path, Reply(b"not found", status=404))
+        server.started.set()
+        time.sleep(reply.delay)
+        self.send_response(reply.status)
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        if reply.length:
+            self.send_header("Content-Length", str(len(reply.body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        try:
+            if reply.drip:
+                for i in range(len(reply.body)):
+                    self.wfile.write(reply.body[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(reply.drip)
+            else:
+                self.wfile.write(reply.body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeout, byte cap): that is the point of some tests
+
+
+class _ImageHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(address, _ImageHandler)
+        self.routes: dict[str, Reply] = {}
+        self.hits: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self.started = threading.Event()
+
+
+class ImageServer:
+    """A threaded HTTP server on a loopback address serving canned replies per path."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.httpd = _ImageHTTPServer((host, 0))
+        self.host = host
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> ImageServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    @property
+    def routes(self) -> dict[str, Reply]:
+        return self.httpd.routes
+
+    @property
+    def hits(self) -> Counter[str]:
+        return self.httpd.hits
+
+    @property
+    def started(self) -> threading.Event:
+        return self.httpd.started
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+
+class _ProxyHandler(_Quiet):
+    server: _ProxyServer
+
+    def _forward(self) -> None:
+        server = self.server
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        with server.lock:
+            server.seen[self.command] += 1
+            fault = server.faults.pop(0) if self.command == "GET" and server.faults else None
+        if fault is not None:
+            if fault.delay:
+                time.sleep(fault.delay)
+            self._answer(fault.status, fault.body)
+            return
+        upstream = http.client.HTTPConnection(server.upstream_host, server.upstream_port,
+                                              timeout=30)
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+        upstream.request(self.command, self.path, body=body or None, headers=headers)
+        response = upstream.getresponse()
+        data = response.read()
+        self.send_response(response.status)
+        for name, value in response.getheaders():
+            if name.lower() not in {"content-length", "connection", "transfer-encoding"}:
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        upstream.close()
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.wfile.write(body)
+
+    do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _forward
+
+
+@dataclass
+class Fault:
+    """One injected S3 answer: an error status with an S3 error document, after a delay."""
+
+    status: int
+    code: str
+    delay: float = 0.0
+
+    @property
+    def body(self) -> bytes:
+        return (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{self.code}</Code>'
+                f"<Message>injected {self.code}</Message><RequestId>fault</RequestId></Error>"
+                ).encode()
+
+
+class _ProxyServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        host, _, port = upstream.removeprefix("http://").partition(":")
+        self.upstream_host, self.upstream_port = host, int(port)
+        self.faults: list[Fault] = []
+        self.seen: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+
+class FaultProxy:
+    """An HTTP proxy in front of moto's S3 server that answers the next GETs with faults."""
+
+    def __init__(self, upstream: str) -> None:
+        self.httpd = _ProxyServer(upstream)
+        self.endpoint = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> FaultProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def inject(self, count: int, status: int = 503, code: str = "SlowDown",
+               delay: float = 0.0) -> None:
+        with self.httpd.lock:
+            self.httpd.faults.extend(Fault(status, code, delay) for _ in range(count))
+
+    @property
+    def gets(self) -> int:
+        return self.httpd.seen["GET"]
+
+    @property
+    def faults_left(self) -> int:
+        return len(self.httpd.faults)
+
+
+class RedisServer:
+    """Our own redis-server on a free loopback port, append-only file on, restartable."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> RedisServer:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        binary = shutil.which("redis-server") or "redis-server"
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+             "--protected-mode", "no", "--logfile", str(self.folder / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 15) -> None:
+        import redis
+
+        client = redis.Redis(port=self.port, socket_timeout=1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if client.ping():
+                    return
+            except redis.exceptions.RedisError:
+                time.sleep(0.1)
+        raise TimeoutError(f"redis-server on port {self.port} did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(15)
+        self.proc = None
+
+
+def children(pid: int) -> list[int]:
+    """The direct child processes of ``pid`` (the prefork pool of a Celery worker)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def peak_rss_kib(pid: int) -> int:
+    """The peak resident memory (VmHWM) of a live process, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise LookupError(f"no VmHWM for {pid}")
+
+
+def kill(pid: int, sig: int = signal.SIGKILL) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)

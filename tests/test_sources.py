@@ -1,0 +1,208 @@
+"""Fetching against real servers: address guard, redirects, timeouts, byte cap, S3 faults."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.faultservers import FaultProxy, ImageServer, Reply
+from tests.helpers import image_bytes
+from worker import sources
+from worker.errors import ItemError, TransientError
+from worker.sources import fetch
+
+CAP = 1_000_000
+LOOPBACK_ONLY = (ipaddress.ip_network("127.0.0.1/32"),)
+
+
+def get(uri: str, **kwargs: object) -> bytes:
+    options = {"max_bytes": CAP, "timeout": 1.0, **kwargs}
+    return fetch(uri, **options)  # type: ignore[arg-type]
+
+
+def item_error(uri: str, **kwargs: object) -> ItemError:
+    with pytest.raises(ItemError) as info:
+        get(uri, **kwargs)
+    return info.value
+
+
+@pytest.fixture
+def server() -> Iterator[ImageServer]:
+    with ImageServer() as srv:
+        srv.routes["/cat.png"] = Reply(image_bytes(1), headers={"Content-Type": "image/png"})
+        yield srv
+
+
+# --- the address guard ---------------------------------------------------------------------
+
+def test_loopback_is_refused_unless_allowed(server):
+    url = server.url("/cat.png")
+    assert item_error(url).reason == "blocked-address"
+    assert item_error(url.replace("127.0.0.1", "localhost")).reason == "blocked-address"
+    # 2130706433 is 127.0.0.1 written as one number; resolvers accept it.
+    assert item_error(url.replace("127.0.0.1", "2130706433")).reason == "blocked-address"
+    assert server.hits["/cat.png"] == 0
+    assert get(url, allow_private=True) == server.routes["/cat.png"].body
+    assert get(url, allow_networks=LOOPBACK_ONLY) == server.routes["/cat.png"].body
+    assert server.hits["/cat.png"] == 2
+
+
+@pytest.mark.parametrize("host", [
+    "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
+    "[::1]", "[::ffff:127.0.0.1]", "[fd00::1]", "[fe80::1]", "[fd00:ec2::254]"])
+def test_internal_addresses_are_refused_before_connecting(host):
+    started = time.monotonic()
+    error = item_error(f"http://{host}:9/latest/meta-data/", timeout=1.0)
+    assert error.reason == "blocked-address"
+    assert time.monotonic() - started < 0.5  # refused, not tried and timed out
+
+
+def test_allowed_network_does_not_open_others(server):
+    assert item_error(server.url("/cat.png"), allow_networks=(
+        ipaddress.ip_network("10.0.0.0/8"),)).reason == "blocked-address"
+
+
+def test_redirect_to_blocked_address_is_rechecked(server):
+    with ImageServer(host="127.0.0.2") as internal:
+        internal.routes["/secret"] = Reply(b"internal data")
+        server.routes["/hop"] = Reply(status=302, headers={"Location": internal.url("/secret")})
+        server.routes["/meta"] = Reply(status=301, headers={
+            "Location": "http://169.254.169.254/latest/meta-data/iam/"})
+        for path in ("/hop", "/meta"):
+            error = item_error(server.url(path), allow_networks=LOOPBACK_ONLY)
+            assert error.reason == "blocked-address", error
+        assert server.hits["/hop"] == 1 and internal.hits["/secret"] == 0
+
+
+def test_redirects_are_followed_and_bounded(server):
+    server.routes["/moved"] = Reply(status=307, headers={"Location": "/cat.png"})
+    server.routes["/loop"] = Reply(status=302, headers={"Location": "/loop"})
+    assert get(server.url("/moved"), allow_private=True) == server.routes["/cat.png"].body
+    assert item_error(server.url("/loop"), allow_private=True).reason == "bad-uri"
+    assert server.hits["/loop"] == 6
+
+
+@pytest.mark.parametrize("uri", ["ftp://example.com/a.jpg", "gopher://x/1", "http:///nohost"])
+def test_other_schemes_are_refused(uri):
+    assert item_error(uri).reason == "bad-uri"
+
+
+# --- timeouts and the byte cap -------------------------------------------------------------
+
+def test_slow_server_times_out(server):
+    server.routes["/slow"] = Reply(image_bytes(2), delay=3)
+    started = time.monotonic()
+    with pytest.raises(TransientError):
+        get(server.url("/slow"), allow_private=True, timeout=1.0)
+    assert time.monotonic() - started < 2.5
+
+
+def test_dripping_server_hits_the_download_deadline(server):
+    # One byte every 0.1 s never trips a per-read timeout; the whole download has a limit.
+    server.routes["/drip"] = Reply(b"x" * 100, drip=0.1)
+    started = time.monotonic()
+    with pytest.raises(TransientError, match="time limit"):
+        get(server.url("/drip"), allow_private=True, timeout=1.0)
+    assert time.monotonic() - started < 4
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_byte_cap(server, declared):
+    server.routes["/big"] = Reply(b"\0" * 300_000, length=declared)
+    error = item_error(server.url("/big"), allow_private=True, max_bytes=100_000)
+    assert error.reason == "too-large"
+    assert get(server.url("/big"), allow_private=True, max_bytes=300_000) == b"\0" * 300_000
+
+
+@pytest.mark.parametrize(("status", "reason"), [(404, "not-found"), (410, "not-found"),
+                                                (403, "forbidden"), (401, "forbidden"),
+                                                (418, "http-error")])
+def test_http_errors_are_item_errors(server, status, reason):
+    server.routes["/x"] = Reply(b"no", status=status)
+    assert item_error(server.url("/x"), allow_private=True).reason == reason
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503])
+def test_http_overload_is_transient(server, status):
+    server.routes["/x"] = Reply(b"busy", status=status)
+    with pytest.raises(TransientError):
+        get(server.url("/x"), allow_private=True)
+
+
+# --- local files -----------------------------------------------------------------------------
+
+def test_local_names_with_spaces_and_chinese(tmp_path: Path):
+    path = tmp_path / "商品 图片" / "红色 鞋子 #1.png"
+    path.parent.mkdir()
+    path.write_bytes(b"png bytes")
+    assert get(str(path)) == b"png bytes"
+    assert get(path.as_uri()) == b"png bytes"
+    assert item_error(str(path) + ".missing").reason == "not-found"
+    assert item_error(str(path), max_bytes=3).reason == "too-large"
+
+
+# --- S3 through a fault proxy in front of moto's server ------------------------------------
+
+@pytest.fixture
+def proxy(s3_endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch
+          ) -> Iterator[FaultProxy]:
+    with FaultProxy(s3_endpoint) as fault_proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", fault_proxy.endpoint)
+        sources.s3_client.cache_clear()  # the client reads its endpoint when it is made
+        yield fault_proxy
+    sources.s3_client.cache_clear()
+
+
+@pytest.fixture
+def cat(bucket: str) -> str:
+    boto3.client("s3").put_object(Bucket=bucket, Key="cat.png", Body=image_bytes(7))
+    return f"s3://{bucket}/cat.png"
+
+
+def test_s3_throttling_is_retried_with_backoff(proxy, cat):
+    proxy.inject(2, 503, "SlowDown")
+    assert get(cat) == image_bytes(7)
+    assert proxy.gets == 3 and proxy.faults_left == 0
+
+
+def test_s3_5xx_that_persists_is_transient(proxy, cat):
+    proxy.inject(20, 500, "InternalError")
+    with pytest.raises(TransientError, match="InternalError"):
+        get(cat)
+    assert proxy.gets == 6  # boto3 standard mode: the first try and 5 jittered retries
+
+
+def test_s3_timeout_is_retried(proxy, cat):
+    proxy.inject(1, 503, "SlowDown", delay=2.5)  # answers after the 1 s read timeout
+    started = time.monotonic()
+    assert get(cat, timeout=1.0) == image_bytes(7)
+    assert proxy.gets == 2 and time.monotonic() - started < 2.5
+
+
+def test_s3_missing_key_fails_at_once(proxy, bucket):
+    error = item_error(f"s3://{bucket}/no/such.png")
+    assert error.reason == "not-found"
+    assert proxy.gets == 1  # no retry
+
+
+def test_s3_forbidden_fails_at_once(proxy, cat):
+    proxy.inject(1, 403, "AccessDenied")
+    assert item_error(cat).reason == "forbidden"
+    assert proxy.gets == 1
+
+
+def test_s3_keys_with_spaces_chinese_and_url_characters(bucket):
+    s3 = boto3.client("s3")
+    for key in ("商品/红色 鞋子.png", "a b/c?d#e.png", "100%/x+y.png"):
+        s3.put_object(Bucket=bucket, Key=key, Body=key.encode())
+        assert get(f"s3://{bucket}/{key}") == key.encode()
+
+
+def test_s3_object_over_the_cap(bucket):
+    boto3.client("s3").put_object(Bucket=bucket, Key="big.png", Body=b"\0" * 2000)
+    assert item_error(f"s3://{bucket}/big.png", max_bytes=1000).reason == "too-large"
