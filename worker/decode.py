@@ -12,6 +12,10 @@ from PIL import Image, ImageOps
 from worker.errors import ItemError
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+RESIZE_FIRST = frozenset({"RGB", "RGBA", "L", "LA"})  # modes Pillow resizes as they are
+# Shrink by an integer box reduction first while the remaining bicubic step is at least this
+# large: several times faster on multi-megapixel sources, indistinguishable at the model's size.
+REDUCING_GAP = 3.0
 
 # Pillow only warns between MAX_IMAGE_PIXELS and twice that; a warning decodes the bomb anyway.
 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -40,6 +44,8 @@ def decode(data: bytes, spec: Preprocess, *, max_pixels: int, draft: bool = True
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.UnidentifiedImageError as exc:
         raise ItemError("undecodable", f"not a {'/'.join(ALLOWED_FORMATS)} image") from exc
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ItemError("too-many-pixels", f"decompression bomb guard: {exc}") from exc
     except Exception as exc:  # a damaged header raises OSError, SyntaxError, struct.error, ...
         raise ItemError("undecodable", f"{type(exc).__name__}: {exc}") from exc
     with image:
@@ -53,6 +59,11 @@ def decode(data: bytes, spec: Preprocess, *, max_pixels: int, draft: bool = True
                 # DCT-domain downscale: decode at 1/2..1/8 size, still at least the model's size.
                 image.draft("RGB", spec.draft_size)
             image = ImageOps.exif_transpose(image)
+            if image.mode in RESIZE_FIRST:
+                # Resize at the source's channel count, then compose: a 5K RGBA photo is
+                # composed onto white at 224x224 instead of at full size (same result: Pillow
+                # resizes with premultiplied alpha, and composing is linear).
+                return np.asarray(to_rgb(resize(image, spec)))
             return np.asarray(resize(to_rgb(image), spec))
         except Exception as exc:  # Pillow raises many types for damaged data; all are per-item.
             raise ItemError("undecodable",
@@ -81,11 +92,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def resize(image: Image.Image, spec: Preprocess) -> Image.Image:
     """Resize as the processor does: squash to (height, width), or short side then centre crop."""
     if spec.shortest_edge is None:
-        return image.resize((spec.width, spec.height), resample=spec.resample)
+        return image.resize((spec.width, spec.height), resample=spec.resample,
+                            reducing_gap=REDUCING_GAP)
     width, height = image.size
     scale = spec.shortest_edge / min(width, height)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    image = image.resize(size, resample=spec.resample)
+    image = image.resize(size, resample=spec.resample, reducing_gap=REDUCING_GAP)
     left = (size[0] - spec.width) // 2
     top = (size[1] - spec.height) // 2
     return image.crop((left, top, left + spec.width, top + spec.height))

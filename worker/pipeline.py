@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import logging
 import time
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from worker import metrics, store
+from worker.cores import Turns
 from worker.decode import decode
 from worker.errors import ItemError, TransientError
 from worker.labels import LabelSet
@@ -57,6 +60,11 @@ class Tagger:
         self.scorer = scorer
         self.engine = store.engine_for(settings.database_url)
         self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        # On CPU the decoders and the model take turns on the cores (see worker/cores.py).
+        overlap = settings.decode_overlap
+        self.turns = Turns(enabled=overlap == "off" or (
+            overlap == "auto" and getattr(scorer, "device", None) is not None
+            and scorer.device.type == "cpu"))
         self._labelsets: dict[str, tuple[LabelSet, Any]] = {}
         # Labels of recently seen content, so identical bytes under many URIs are scored once.
         self._known: OrderedDict[tuple[str, str], list[dict[str, Any]]] = OrderedDict()
@@ -94,11 +102,13 @@ class Tagger:
         s = self.settings
         try:
             data = fetch(item["uri"], max_bytes=s.max_image_bytes, timeout=s.fetch_timeout,
-                         allow_private=s.allow_private_urls, pool=2 * s.decode_threads)
+                         allow_private=s.allow_private_urls,
+                         allow_networks=s.url_allow_networks, pool=2 * s.decode_threads)
             sha = hashlib.sha256(data).hexdigest()
             try:
-                pixels = decode(data, self.scorer.preprocess, max_pixels=s.max_image_pixels,
-                                draft=s.jpeg_draft)
+                with self.turns.decoding():
+                    pixels = decode(data, self.scorer.preprocess,
+                                    max_pixels=s.max_image_pixels, draft=s.jpeg_draft)
             except ItemError as exc:
                 return Prepared(item, sha256=sha, error=exc)
             return Prepared(item, sha256=sha, pixels=pixels)
@@ -127,6 +137,7 @@ class Tagger:
         if batch:
             timings["forward"] += self._score(batch, labelset, texts)
         timings["total"] = time.perf_counter() - started
+        _return_freed_memory()
         return prepared, timings
 
     def _ahead(self, items: Sequence[dict[str, str]], final: bool,
@@ -162,6 +173,9 @@ class Tagger:
             p.pixels = None  # free the memory as soon as the batch is scored
         elapsed = time.perf_counter() - started
         metrics.observe_batch(len(todo), elapsed)
+        memory = self.scorer.gpu_memory()
+        if memory:
+            metrics.observe_gpu_memory(*memory)
         return elapsed
 
     def _reuse_known(self, batch: list[Prepared], labelset_id: str) -> None:
@@ -179,8 +193,9 @@ class Tagger:
     def _forward(self, pixels: list[np.ndarray], texts: Any) -> list[Any]:
         """Run the image tower; on out-of-memory, split the batch instead of failing it."""
         try:
-            images = self.scorer.encode_images(np.stack(pixels))
-            return self.scorer.score(images, texts, self.settings.top_k)
+            with self.turns.model():
+                images = self.scorer.encode_images(np.stack(pixels))
+                return self.scorer.score(images, texts, self.settings.top_k)
         except Exception as exc:
             if len(pixels) == 1 or not self.scorer.is_out_of_memory(exc):
                 raise
@@ -188,6 +203,28 @@ class Tagger:
             half = len(pixels) // 2
             log.warning("out of memory at batch %d; splitting", len(pixels))
             return self._forward(pixels[:half], texts) + self._forward(pixels[half:], texts)
+
+
+def _return_freed_memory() -> None:
+    """Hand the decoders' freed buffers back to the OS, so the worker's RSS stays flat.
+
+    Each decode thread gets its own glibc malloc arena; multi-megapixel decodes leave them
+    fragmented and glibc only returns memory at the top of a heap, so RSS creeps up chunk after
+    chunk. malloc_trim(0) releases the free pages of every arena (a few ms per chunk).
+    """
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+def _load_libc() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:  # not glibc (macOS, musl): nothing to trim
+        return None
+
+
+_libc = _load_libc()
 
 
 def label_scores(labelset: LabelSet, indices: Sequence[int], scores: Sequence[float]

@@ -282,21 +282,31 @@ def due_items(conn: Connection, items: Sequence[Item], model: str, labelset_id: 
 
 def claim_pending(conn: Connection, items: Sequence[Item], model: str, labelset_id: str,
                   run_id: str, ttl_seconds: int, force: bool = False) -> list[Item]:
-    """Mark items pending for this run; return those not already pending in a live run."""
+    """Mark items pending for this run; return those not already pending in a live run.
+
+    A mark older than ``ttl_seconds`` (a lost message, a crashed run) is taken over; ``force``
+    takes over other runs' marks, fresh or not. The first of several items with one URI wins.
+    """
     if not items:
         return []
     now = datetime.now(UTC)
-    by_uri = {i.uri: i for i in items}
-    stmt = _insert(conn, pending).values(
-        [{"uri": uri, "model": model, "labelset_id": labelset_id, "run_id": run_id,
-          "enqueued_at": now} for uri in by_uri])
+    by_uri: dict[str, Item] = {}
+    for item in items:
+        by_uri.setdefault(item.uri, item)
+    stmt = _insert(conn, pending)
     stale = pending.c.enqueued_at < now - timedelta(seconds=ttl_seconds)
+    # Even forced, a run never claims an image twice (the same URL on two catalogue rows).
+    other_run = sa.or_(pending.c.run_id.is_(None), pending.c.run_id != stmt.excluded.run_id)
     stmt = stmt.on_conflict_do_update(
         index_elements=["uri", "model", "labelset_id"],
         set_={"run_id": stmt.excluded.run_id, "enqueued_at": stmt.excluded.enqueued_at},
-        where=None if force else stale,
+        where=other_run if force else stale,
     ).returning(pending.c.uri)
-    claimed = set(conn.execute(stmt).scalars())
+    # One statement with many parameter sets (batched by SQLAlchemy's insertmanyvalues): a
+    # values() list would compile, and cache, a new statement for every batch length.
+    rows = [{"uri": uri, "model": model, "labelset_id": labelset_id, "run_id": run_id,
+             "enqueued_at": now} for uri in by_uri]
+    claimed = set(conn.execute(stmt, rows).scalars())
     return [item for uri, item in by_uri.items() if uri in claimed]
 
 

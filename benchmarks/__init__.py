@@ -1,0 +1,1 @@
+"""The shipped throughput benchmark: `python -m benchmarks.run` (see README, Performance)."""

@@ -1,0 +1,67 @@
+"""Build a Chinese CLIP checkpoint with random weights (full ViT-B/16 size or tiny) on disk."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+VOCAB_SIZE = 21128  # the OFA-Sys checkpoints' BERT vocabulary size
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def vocabulary(texts: Iterable[str], size: int | None) -> list[str]:
+    """Special tokens, every character of ``texts``, then filler tokens up to ``size``."""
+    chars = sorted(set("".join(texts)) - set(" \n\t\r{}#/"))
+    vocab = [*SPECIAL, *chars]
+    if size is not None:
+        if len(vocab) > size:
+            raise ValueError(f"{len(vocab)} distinct characters do not fit a {size} vocabulary")
+        vocab += [f"[unused{i}]" for i in range(size - len(vocab))]
+    return vocab
+
+
+def build(path: Path, texts: Iterable[str], *, tiny: bool = False) -> Path:
+    """Save model, tokenizer and the OFA-Sys image processor config into ``path``.
+
+    Full size is `ChineseCLIPConfig(text_config={"vocab_size": 21128}, vision_config={...16,
+    224}, projection_dim=512)`: compute cost does not depend on the weight values.
+    """
+    import numpy as np
+    import torch
+    from transformers import (
+        BertTokenizer,
+        ChineseCLIPConfig,
+        ChineseCLIPImageProcessor,
+        ChineseCLIPModel,
+        ChineseCLIPProcessor,
+    )
+
+    vocab = vocabulary(texts, None if tiny else VOCAB_SIZE)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    side = 32 if tiny else 224
+    if tiny:
+        config = ChineseCLIPConfig(
+            text_config={"vocab_size": len(vocab), "hidden_size": 32, "num_hidden_layers": 2,
+                         "num_attention_heads": 2, "intermediate_size": 37,
+                         "max_position_embeddings": 64},
+            vision_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                           "intermediate_size": 37, "image_size": side, "patch_size": 8},
+            projection_dim=16)
+    else:
+        config = ChineseCLIPConfig(text_config={"vocab_size": VOCAB_SIZE},
+                                   vision_config={"patch_size": 16, "image_size": side},
+                                   projection_dim=512)
+    torch.manual_seed(0)
+    model = ChineseCLIPModel(config)
+    with torch.no_grad():
+        model.logit_scale.fill_(np.log(100.0))  # as the trained checkpoints hold
+    model.save_pretrained(path)
+    processor = ChineseCLIPImageProcessor(
+        size={"height": side, "width": side}, crop_size={"height": side, "width": side},
+        do_center_crop=False, resample=3, image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    tokenizer = BertTokenizer(str(path / "vocab.txt"))
+    ChineseCLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(path)
+    return path
