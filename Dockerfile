@@ -6,7 +6,7 @@
 #                    --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
 # torch's CUDA wheels carry their own CUDA libraries: the CUDA base only has to be new enough for
 # the host's driver to run them, and pick the cuXXX index that the driver supports.
-ARG BASE_IMAGE=python:3.12-slim
+ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 
 ARG TORCH_VERSION=2.13.0

@@ -136,6 +136,17 @@ class WorkerProcess:
             self.proc.wait(10)
 
 
+def producer(*args: str) -> str:
+    """Run the ``producer`` command in-process; fail on a non-zero exit; return its stdout."""
+    from click.testing import CliRunner
+
+    from producer.cli import main
+
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.25, message: str = ""):
     """Poll ``predicate`` until it returns a truthy value; raise on timeout."""
     deadline = time.monotonic() + timeout

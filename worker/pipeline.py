@@ -61,10 +61,8 @@ class Tagger:
         self.engine = store.engine_for(settings.database_url)
         self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         # On CPU the decoders and the model take turns on the cores (see worker/cores.py).
-        overlap = settings.decode_overlap
-        self.turns = Turns(enabled=overlap == "off" or (
-            overlap == "auto" and getattr(scorer, "device", None) is not None
-            and scorer.device.type == "cpu"))
+        overlap, on_cpu = settings.decode_overlap, scorer.device.type == "cpu"
+        self.turns = Turns(enabled=overlap == "off" or (overlap == "auto" and on_cpu))
         self._labelsets: dict[str, tuple[LabelSet, Any]] = {}
         # Labels of recently seen content, so identical bytes under many URIs are scored once.
         self._known: OrderedDict[tuple[str, str], list[dict[str, Any]]] = OrderedDict()

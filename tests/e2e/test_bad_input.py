@@ -9,13 +9,11 @@ import boto3
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner
 from PIL import Image
 
-from producer.cli import main
 from producer.enqueue import enqueue
 from tests.faultservers import children, peak_rss_kib
-from tests.helpers import image_bytes, wait_until
+from tests.helpers import image_bytes, producer, wait_until
 from tests.test_decode import png_bomb, save
 from worker.app import create_app
 from worker.labels import load_labelset
@@ -71,12 +69,6 @@ def send(uris: list[str]) -> None:
 def rows(url: str) -> dict[str, sa.Row]:
     with engine_for(url).connect() as conn:
         return {r.uri: r for r in conn.execute(sa.select(results))}
-
-
-def producer(*args: str) -> str:
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.stdout
 
 
 def test_bad_input_chunk_and_retry_failed(tagger_env, bucket, start_worker, tmp_path,

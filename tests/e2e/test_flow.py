@@ -8,11 +8,9 @@ from pathlib import Path
 import boto3
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner
 
-from producer.cli import main
 from tests.conftest import migrate
-from tests.helpers import TEST_LABELS, direct_scores, image_bytes, wait_until
+from tests.helpers import TEST_LABELS, direct_scores, image_bytes, producer, wait_until
 from worker.store import engine_for, results
 
 IMAGES = 30
@@ -21,12 +19,6 @@ IMAGES = 30
 def rows(url: str) -> list[sa.Row]:
     with engine_for(url).connect() as conn:
         return list(conn.execute(sa.select(results).order_by(results.c.uri)))
-
-
-def producer(*args: str) -> str:
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.stdout
 
 
 def test_bucket_to_postgres(tagger_env, bucket, start_worker, tiny_model):

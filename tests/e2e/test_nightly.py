@@ -21,22 +21,14 @@ from pathlib import Path
 import boto3
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner
 
-from producer.cli import main
-from tests.helpers import ROOT, TEST_LABELS, image_bytes
+from tests.helpers import ROOT, TEST_LABELS, image_bytes, producer
 from worker.labels import load_labelset
 from worker.store import engine_for, results, runs
 
 SHIPPED_LABELS = ROOT / "worker" / "labelsets" / "ecommerce_zh.txt"
 CRON = ROOT / "deploy" / "nightly.cron"
 CRON_LOCK = "/run/lock/catalog-tagger-nightly.lock"
-
-
-def producer(*args: str) -> str:
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.stdout
 
 
 def run_id(output: str) -> str:

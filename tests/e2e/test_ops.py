@@ -18,12 +18,10 @@ from pathlib import Path
 import boto3
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from producer.cli import main
 from tests.conftest import free_port, worker_env
-from tests.helpers import ROOT, WorkerProcess, image_bytes, wait_until
+from tests.helpers import ROOT, WorkerProcess, image_bytes, producer, wait_until
 from worker import metrics
 from worker.store import engine_for, results
 
@@ -32,12 +30,6 @@ PG_PASSWORD = "pg-Pa55-f0r-logs"
 AWS_SECRET = "aws-S3cr3t-f0r-logs"
 # Celery prints this from its signal handler, outside logging; the only plain line it writes.
 SHUTDOWN_NOTICE = "worker: Warm shutdown (MainProcess)"
-
-
-def producer(*args: str) -> str:
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.stdout
 
 
 def result_count(url: str) -> int:
