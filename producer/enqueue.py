@@ -125,14 +125,9 @@ def _due(engine: Engine, batch: list[Item | None], settings: Settings, labelset_
 
 def _flush(app: Celery, settings: Settings, chunk: list[Item], labelset_id: str,
            summary: Summary) -> None:
+    # A chunk that fails to send is still in enqueue()'s outgoing list, released there.
     if not summary.dry_run:
-        try:
-            send_chunk(app, settings, chunk, labelset_id, summary.run_id)
-        except Exception:
-            # Unsent items must not stay marked in flight, or the next run would skip them.
-            store.release_pending(store.engine_for(settings.database_url), chunk,
-                                  settings.model, labelset_id)
-            raise
+        send_chunk(app, settings, chunk, labelset_id, summary.run_id)
     summary.enqueued += len(chunk)
     summary.chunks += 1
 

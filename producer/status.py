@@ -43,8 +43,7 @@ def result_counts(engine: Engine, run_id: str | None = None) -> dict[str, Any]:
         by_status = _counts(conn, results, results.c.status, run_id=run_id)
         reasons = _counts(conn, results, results.c.reason, run_id=run_id, status="failed")
         waiting = conn.scalar(sa.select(sa.func.count()).select_from(pending).where(
-            pending.c.run_id == run_id) if run_id else sa.select(sa.func.count()).select_from(
-            pending))
+            *([pending.c.run_id == run_id] if run_id else [])))
         now = datetime.now(UTC)
         recent, first = conn.execute(
             sa.select(sa.func.count(), sa.func.min(results.c.updated_at)).where(
@@ -115,14 +114,12 @@ def _with_outcomes(engine: Engine, found: list[dict[str, Any]]) -> list[dict[str
 
 def status(app: Celery, engine: Engine, queue: str, run_id: str | None = None) -> dict[str, Any]:
     """The whole picture; with ``run_id`` the counts are the run's, else everything's."""
-    report: dict[str, Any] = {"queue": queue}
-    if run_id and run_info(engine, run_id) is None:
+    run = run_info(engine, run_id)
+    if run_id and run is None:
         raise LookupError(f"no run {run_id}")
     depth = queue_depth(app, queue)
-    report.update(queue_depth=depth["waiting"], reserved=depth["reserved"])
-    report.update(result_counts(engine, run_id))
-    report["run"] = run_info(engine, run_id)
-    return report
+    return {"queue": queue, "queue_depth": depth["waiting"], "reserved": depth["reserved"],
+            **result_counts(engine, run_id), "run": run}
 
 
 def wait(engine: Engine, run_id: str | None, timeout: float, interval: float = 2.0,

@@ -17,41 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 TEST_LABELS = ["台灯", "家具", "桌子", "椅子", "猫", "狗"]
 
 
-def build_tiny_model(path: Path, extra_text: str = "") -> Path:
+def build_tiny_model(path: Path) -> Path:
     """A random ChineseCLIP small enough for tests, saved like a hub checkpoint."""
-    import torch
-    from transformers import (
-        BertTokenizer,
-        ChineseCLIPConfig,
-        ChineseCLIPImageProcessor,
-        ChineseCLIPModel,
-        ChineseCLIPProcessor,
-    )
+    from benchmarks.checkpoint import build
 
     labels_dir = ROOT / "worker" / "labelsets"
-    text = "".join(p.read_text(encoding="utf-8") for p in labels_dir.glob("*.txt"))
-    chars = sorted(set(text + extra_text + "".join(TEST_LABELS)) - set(" \n\t{}#"))
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars]
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizer(str(path / "vocab.txt"))
-    image_processor = ChineseCLIPImageProcessor(
-        size={"height": 32, "width": 32}, crop_size={"height": 32, "width": 32},
-        do_center_crop=False)
-    config = ChineseCLIPConfig(
-        text_config={"vocab_size": len(vocab), "hidden_size": 32, "num_hidden_layers": 2,
-                     "num_attention_heads": 2, "intermediate_size": 37,
-                     "max_position_embeddings": 64},
-        vision_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "intermediate_size": 37, "image_size": 32, "patch_size": 8},
-        projection_dim=16)
-    torch.manual_seed(0)
-    model = ChineseCLIPModel(config)
-    with torch.no_grad():
-        model.logit_scale.fill_(np.log(100.0))  # as trained checkpoints hold
-    model.save_pretrained(path)
-    ChineseCLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
-    return path
+    texts = [p.read_text(encoding="utf-8") for p in labels_dir.glob("*.txt")]
+    return build(path, [*texts, *TEST_LABELS], tiny=True)
 
 
 def image_bytes(seed: int, size: tuple[int, int] = (48, 40), fmt: str = "PNG",
