@@ -1,4 +1,4 @@
-"""Alembic environment: the URL comes from the project's settings (DATABASE_URL)."""
+"""Alembic environment: the URL comes from the caller or from DATABASE_URL, never alembic.ini."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from worker.settings import load_settings
-from worker.store import engine_for, metadata, normalise_url
+from worker.core.settings import load_settings
+from worker.db.schema import engine_for, metadata, normalise_url
 
 config = context.config
-if config.config_file_name and config.attributes.get("configure_logger", True):
+if config.config_file_name:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 url = config.attributes.get("url") or load_settings().database_url

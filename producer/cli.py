@@ -1,68 +1,114 @@
-"""The ``producer`` command: parse options and delegate to listing, enqueue, status, export."""
+"""The ``producer`` command: parse options and delegate; every mistake is one line, exit 1."""
 
 from __future__ import annotations
 
-import functools
-import itertools
+import contextlib
 import json
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 import kombu.exceptions
 import sqlalchemy as sa
-from tqdm import tqdm
 
 from producer import enqueue as enqueuing
-from producer import export as exporting
-from producer import listing
+from producer import render
 from producer import status as reporting
-from worker import store
-from worker.app import create_app
-from worker.labels import LabelSetError, load_labelset
-from worker.settings import Settings, SettingsError, load_settings
+from producer.progress import Progress
+from producer.tag import tag as tag_location
+from worker.core.errors import ConfigError, SourceError
+from worker.core.labels import LabelSet, load_labelset
+from worker.core.redact import redact
+from worker.core.settings import Settings, load_settings
+from worker.db import migrate
+from worker.db import runs as db
+from worker.db.schema import engine_for
+from worker.sinks.files import WRITERS, format_of
+from worker.sinks.files import export as export_rows
+from worker.sources import source_for
+from worker.sources.sql import describe, table_query
 
 
-def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Show configuration, source, broker and database trouble as one line, exit code 1."""
+class Main(click.Group):
+    """Shows configuration, source, broker and database trouble as one line, exit code 1."""
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            return func(*args, **kwargs)
-        except (SettingsError, LabelSetError, listing.SourceError) as exc:
+            return super().invoke(ctx)
+        except (ConfigError, SourceError, TimeoutError) as exc:
             raise click.ClickException(str(exc)) from exc
         except kombu.exceptions.OperationalError as exc:
-            raise click.ClickException(f"broker unreachable: {exc}") from exc
+            raise click.ClickException(f"broker unreachable ({redact(_settings().broker_url)}): "
+                                       f"{exc}") from exc
         except sa.exc.OperationalError as exc:
-            raise click.ClickException(f"database unreachable: {exc.orig}") from exc
+            raise click.ClickException(
+                f"database unreachable ({redact(_settings().database_url)}): "
+                f"{redact(str(exc.orig)).strip().splitlines()[0]}") from exc
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
 
-    return wrapper
+
+def _settings() -> Settings:
+    return load_settings()
 
 
 def _ready(settings: Settings) -> sa.Engine:
-    engine = store.engine_for(settings.database_url)
-    if not store.has_schema(engine):
-        raise click.ClickException("the results database has no tables yet: "
-                                   "run `alembic upgrade head` first")
-    return engine
+    """The results database at the current schema: the embedded one upgrades itself."""
+    current, head = migrate.revisions(settings.database_url)
+    if current != head:
+        if not settings.database_url.startswith("sqlite"):
+            raise ConfigError(f"the results database is at schema {current or 'none'}, not "
+                              f"{head}: run `producer db upgrade`")
+        migrate.upgrade(settings.database_url)
+    return engine_for(settings.database_url)
 
 
-def _primed(items: Iterator[Any]) -> Iterator[Any]:
-    """Start the listing now, so a missing bucket fails before a run is recorded."""
-    first = list(itertools.islice(items, 1))
-    return itertools.chain(first, items)
+def _labelset(settings: Settings, labels: Path | None, templates: Path | None) -> LabelSet:
+    return load_labelset(labels or settings.labels_path, templates or settings.templates_path)
 
 
-@click.group()
+@click.group(cls=Main)
 def main() -> None:
-    """Enqueue a catalogue of images for Chinese labels, watch the run, export the labels.
+    """Tag images with Chinese labels: `producer tag ./images`, or enqueue for a fleet.
 
     Configuration comes from the environment: CELERY_BROKER_URL, DATABASE_URL, TAGGER_* and
-    boto3's AWS_* settings. With none of them set everything runs under ./.tagger/.
+    boto3's AWS_* settings. With none of them set, everything runs on this machine under
+    TAGGER_HOME (a per-user data folder).
     """
+
+
+labels_option = click.option("--labels", type=click.Path(path_type=Path, dir_okay=False),
+                             help="Label file (default: TAGGER_LABELS or the e-commerce set).")
+templates_option = click.option("--templates", type=click.Path(path_type=Path, dir_okay=False),
+                                help="Prompt templates, one per line with {} "
+                                     "(default: TAGGER_TEMPLATES).")
+chunk_option = click.option("--chunk-size", type=click.IntRange(1),
+                            help="Images per message [default: TAGGER_CHUNK_SIZE or 64].")
+
+
+@main.command()
+@click.argument("location")
+@labels_option
+@templates_option
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False),
+              help="Results file: .jsonl, .csv or .parquet [default: under TAGGER_HOME].")
+@chunk_option
+@click.option("--force", is_flag=True, help="Tag again images that already have labels.")
+@click.option("--timeout", type=float, default=24 * 3600, show_default=True, help="Seconds.")
+@click.option("--no-worker", is_flag=True, help="Use running workers instead of starting one.")
+def tag(location: str, labels: Path | None, templates: Path | None, output: Path | None,
+        chunk_size: int | None, force: bool, timeout: float, no_worker: bool) -> None:
+    """Tag every image of a folder (or s3://bucket/prefix) and write their labels to a file."""
+    settings = _settings()
+    result = tag_location(settings, location, labelset=_labelset(settings, labels, templates),
+                          output=output, chunk_size=chunk_size or settings.chunk_size,
+                          timeout=timeout, force=force, own_worker=not no_worker,
+                          echo=lambda line: click.echo(line, err=True))
+    if not result.summary.listed:
+        click.echo(f"warning: no files found under {location}", err=True)
+    click.echo(render.tagged(result))
 
 
 @main.command()
@@ -71,98 +117,73 @@ def main() -> None:
 @click.option("--dir", "folder", type=click.Path(path_type=Path), help="Local folder (recursive).")
 @click.option("--database-url", envvar="CATALOG_DATABASE_URL",
               help="Catalogue database to read image URLs from.")
-@click.option("--query", help="SQL returning (key, image_url[, version]) rows.")
+@click.option("--query", help="One SELECT returning (key, image_url[, version]) rows.")
 @click.option("--table", help="Catalogue table (instead of --query).")
 @click.option("--key-column", default="id", show_default=True)
 @click.option("--url-column", default="image_url", show_default=True)
 @click.option("--version-column", help="Column that changes when the image changes.")
-@click.option("--labels", type=click.Path(path_type=Path, dir_okay=False),
-              help="Label file (default: TAGGER_LABELS or the shipped e-commerce set).")
-@click.option("--templates", type=click.Path(path_type=Path, dir_okay=False),
-              help="Prompt templates file, one per line with {} (default: TAGGER_TEMPLATES).")
-@click.option("--chunk-size", type=click.IntRange(1), help="Images per message [default: 64].")
+@labels_option
+@templates_option
+@chunk_option
 @click.option("--force", is_flag=True, help="Re-tag images that already have a result.")
 @click.option("--dry-run", is_flag=True, help="Print what would be enqueued; send nothing.")
-@_user_errors
 def enqueue(bucket: str | None, prefix: str, folder: Path | None, database_url: str | None,
             query: str | None, table: str | None, key_column: str, url_column: str,
             version_column: str | None, labels: Path | None, templates: Path | None,
             chunk_size: int | None, force: bool, dry_run: bool) -> None:
     """List a source and enqueue its images (new or changed ones only, unless --force)."""
-    settings = load_settings()
+    settings = _settings()
     if sum(x is not None for x in (bucket, folder, database_url)) != 1:
         raise click.UsageError("give exactly one source: --bucket, --dir or --database-url")
+    options: dict[str, Any] = {}
+    roots: list[str] = []
     if bucket:
-        source, items = f"s3://{bucket}/{prefix}", listing.list_s3(bucket, prefix)
+        location = source = f"s3://{bucket}/{prefix}"
     elif folder:
-        source, items = str(folder.absolute()), listing.list_dir(folder)
+        location = source = str(folder.expanduser().absolute())
+        roots = [str(Path(location).resolve())]
     else:
         if not query and not table:
             raise click.UsageError("--database-url needs --query or --table")
-        sql = query or listing.table_query(table or "", key_column, url_column, version_column)
-        source = f"sql: {listing.describe(sql)}"
-        items = listing.list_query(database_url or "", sql)
-    labelset = load_labelset(labels or settings.labels_path, templates or settings.templates_path)
+        location = database_url or ""
+        options["query"] = query or table_query(table or "", key_column, url_column,
+                                                version_column)
+        source = f"sql: {describe(options['query'])}"
+    labelset = _labelset(settings, labels, templates)
     _ready(settings)
-    items = _primed(items)
-    with tqdm(unit=" images", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
+    with Progress("listing", unit=" entries") as bar:
         summary = enqueuing.enqueue(
-            items, app=create_app(settings), settings=settings, labelset=labelset, source=source,
-            chunk_size=chunk_size or settings.chunk_size, force=force, dry_run=dry_run,
-            progress=bar.update, show_due=lambda item: click.echo(item.uri))
+            source_for(location, settings).listing(location, **options), settings=settings,
+            labelset=labelset, source=source, chunk_size=chunk_size or settings.chunk_size,
+            file_roots=roots, force=force, dry_run=dry_run,
+            progress=lambda n: bar.update(bar.done + n), show_due=lambda i: click.echo(i.uri))
+    if not summary.listed:
+        click.echo(f"warning: nothing was listed at {redact(location)}", err=True)
     verb = "would enqueue" if dry_run else "enqueued"
-    click.echo(f"run {summary.run_id}: listed {summary.listed}, {verb} {summary.enqueued} "
-               f"in {summary.chunks} chunks, skipped {summary.skipped} "
-               f"(label set {labelset.id}, model {settings.model})", err=dry_run)
+    click.echo(f"run {summary.run_id}: listed {summary.listed}, {verb} {summary.enqueued} in "
+               f"{summary.chunks} chunks, {summary.describe_skips()} (label set {labelset.id}, "
+               f"model {settings.model})", err=dry_run)
 
 
 @main.command()
 @click.option("--run", "run_id", help="One run (default: everything, and the latest run).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for machines.")
-@_user_errors
 def status(run_id: str | None, as_json: bool) -> None:
-    """Queue depth (waiting and reserved), done / failed / pending counts, throughput, ETA."""
-    settings = load_settings()
-    try:
-        report = reporting.status(create_app(settings), _ready(settings), settings.queue, run_id)
-    except LookupError as exc:
-        raise click.ClickException(str(exc)) from exc
-    if as_json:
-        click.echo(json.dumps(report, ensure_ascii=False))
-        return
-    click.echo(f"queue {report['queue']}: {report['queue_depth']} waiting, "
-               f"{report['reserved']} reserved")
-    click.echo(f"images: {report['done']} done, {report['failed']} failed, "
-               f"{report['pending']} pending")
-    for reason, count in sorted(report["failed_by_reason"].items()):
-        click.echo(f"  failed {reason}: {count}")
-    eta = report["eta_seconds"]
-    click.echo(f"rate: {report['images_per_second']} images/s"
-               + (f", ETA {eta // 60} min" if eta else ""))
-    if report["run"]:
-        click.echo(_run_line(report["run"]))
-
-
-def _run_line(run: dict[str, Any]) -> str:
-    return (f"run {run['id']} [{run['state']}] {run['source']}\n"
-            f"  model {run['model']}, label set {run['labelset_id']}, started {run['started_at']}"
-            + (f", listing finished {run['finished_at']}" if run["finished_at"] else "")
-            + f"\n  listed {run['listed']}, enqueued {run['enqueued']}, skipped {run['skipped']}"
-            f"; done {run['done']}, failed {run['failed']}, pending {run['pending']}")
+    """Queue depth, done / failed / in flight / pending images, throughput, ETA."""
+    settings = _settings()
+    _ready(settings)
+    report = reporting.status(settings, run_id)
+    click.echo(json.dumps(report, ensure_ascii=False) if as_json else render.status(report))
 
 
 @main.command()
 @click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="A JSON list, for machines.")
-@_user_errors
 def runs(limit: int, as_json: bool) -> None:
-    """Recent runs, newest first: source, model, label set, counts and state."""
-    found = reporting.recent_runs(_ready(load_settings()), limit)
-    if as_json:
-        click.echo(json.dumps(found, ensure_ascii=False))
-        return
-    for run in found:
-        click.echo(_run_line(run))
+    """Recent runs, newest first: source, model, label set, counts by reason, state."""
+    found = db.find_runs(_ready(_settings()), limit=limit)
+    click.echo(json.dumps(found, ensure_ascii=False) if as_json
+               else "\n".join(render.run(r) for r in found) or "no runs yet")
 
 
 @main.command()
@@ -170,53 +191,91 @@ def runs(limit: int, as_json: bool) -> None:
 @click.option("--all", "every_run", is_flag=True,
               help="Wait until no image of any run is pending (several label sets a night).")
 @click.option("--timeout", type=float, default=24 * 3600, show_default=True, help="Seconds.")
-@_user_errors
 def wait(run_id: str | None, every_run: bool, timeout: float) -> None:
-    """Wait until every image of a run has a result (exit code 1 on timeout)."""
+    """Wait, showing progress, until every image of a run has a result (exit 1 on timeout)."""
     if run_id and every_run:
         raise click.UsageError("give --run or --all, not both")
-    try:
-        counts = reporting.wait(_ready(load_settings()), run_id, timeout, every_run=every_run)
-    except (LookupError, TimeoutError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"run {counts['run']}: {counts['done']} done, {counts['failed']} failed")
+    settings = _settings()
+    _ready(settings)
+    with Progress("waiting") as bar:
+        counts = reporting.wait(settings, run_id, timeout, every_run=every_run, on_progress=(
+            lambda c: bar.update(c["done"] + c["failed"], c["done"] + c["failed"] + c["pending"],
+                                 f"{c['in_flight']} in flight")))
+    click.echo(f"run {counts['run']}: {counts['done']} done, {counts['failed']} failed"
+               + (f" ({render.counts(counts['failed_by_reason'])})"
+                  if counts["failed_by_reason"] else ""))
 
 
 @main.command()
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl",
-              show_default=True)
-@click.option("--output", type=click.File("w", encoding="utf-8"), default="-",
+@click.option("--format", "fmt", type=click.Choice(sorted(WRITERS)),
+              help="[default: from --output's suffix, else jsonl]")
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False),
               help="File to write (default: standard output).")
 @click.option("--run", "run_id", help="Only this run's results.")
 @click.option("--status", "status_", type=click.Choice(["done", "failed"]))
-@_user_errors
-def export(fmt: str, output: Any, run_id: str | None, status_: str | None) -> None:
+def export(fmt: str | None, output: Path | None, run_id: str | None, status_: str | None
+           ) -> None:
     """Export results: one record per image with its labels, scores, status and error."""
-    engine = _ready(load_settings())
-    count = exporting.write(store.iter_results(engine, run_id=run_id, status=status_), output,
-                            fmt)
-    click.echo(f"exported {count} results", err=True)
+    settings = _settings()
+    engine = _ready(settings)
+    if run_id:
+        reporting.find_run(settings, run_id)  # an unknown run is a mistake, not 0 results
+    fmt = fmt or format_of(str(output or ""))
+    rows = db.iter_results(engine, run_id=run_id, status=status_)
+    with output.open("wb") if output else contextlib.nullcontext(
+            click.get_binary_stream("stdout")) as out:
+        count = export_rows(rows, out, fmt)
+    click.echo(f"exported {count} results" + (f" to {output}" if output else ""), err=True)
 
 
 @main.command("retry-failed")
 @click.option("--reason", help="Only failures with this reason (see `producer status`).")
-@click.option("--chunk-size", type=click.IntRange(1), help="Images per message.")
-@_user_errors
+@chunk_option
 def retry_failed(reason: str | None, chunk_size: int | None) -> None:
     """Enqueue failed images again; a later success replaces the failure."""
-    settings = load_settings()
+    settings = _settings()
     engine = _ready(settings)
-    app = create_app(settings)
-    labelset_ids = store.failed_labelsets(engine, settings.model, reason)
+    labelset_ids = db.failed_labelsets(engine, settings.model, reason)
     if not labelset_ids:
         click.echo("no failed images to retry")
     for labelset_id in labelset_ids:
-        labelset = store.load_labelset(engine, labelset_id)
-        if labelset is None:
-            continue
-        items = list(enqueuing.failed_items(engine, settings.model, labelset_id, reason))
-        summary = enqueuing.enqueue(items, app=app, settings=settings, labelset=labelset,
-                                    source=f"retry-failed reason={reason or '*'}",
-                                    chunk_size=chunk_size or settings.chunk_size, force=True)
+        labelset = load_labelset_by_id(engine, labelset_id)
+        items = enqueuing.failed_items(engine, settings.model, labelset_id, reason)
+        summary = enqueuing.enqueue(
+            items, settings=settings, labelset=labelset, force=True,
+            source=f"retry-failed reason={reason or '*'}",
+            chunk_size=chunk_size or settings.chunk_size,
+            file_roots=db.failed_file_roots(engine, settings.model, labelset_id, reason))
         click.echo(f"run {summary.run_id}: re-enqueued {summary.enqueued} failed images "
                    f"of label set {labelset_id} in {summary.chunks} chunks")
+
+
+def load_labelset_by_id(engine: sa.Engine, labelset_id: str) -> LabelSet:
+    from worker.db.results import load_labelset
+
+    labelset = load_labelset(engine, labelset_id)
+    if labelset is None:
+        raise ConfigError(f"label set {labelset_id} is not in the results database")
+    return labelset
+
+
+@main.group("db")
+def database() -> None:
+    """The results database's schema (Alembic migrations shipped in the package)."""
+
+
+@database.command()
+def upgrade() -> None:
+    """Create or upgrade the results database at DATABASE_URL to the current schema."""
+    settings = _settings()
+    before, head = migrate.revisions(settings.database_url)
+    migrate.upgrade(settings.database_url)
+    click.echo(f"{redact(settings.database_url)}: schema {before or 'none'} -> {head}")
+
+
+@database.command()
+def current() -> None:
+    """Show the database's schema revision and the one this version needs."""
+    settings = _settings()
+    revision, head = migrate.revisions(settings.database_url)
+    click.echo(f"{redact(settings.database_url)}: schema {revision or 'none'}, needs {head}")

@@ -1,19 +1,23 @@
-"""Logging: one JSON object per line when not on a terminal, with the task's context bound."""
+"""Logging: JSON lines (off a terminal) with the task's context bound and secrets masked."""
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import logging
+import logging.handlers
 import sys
 from collections.abc import Iterator
 from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
+from worker.core.redact import redact
+
 _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("log_context",
                                                                           default={})  # noqa: B039
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(processName)s %(message)s"
 
 
 class ContextFilter(logging.Filter):
@@ -23,6 +27,18 @@ class ContextFilter(logging.Filter):
         for key, value in _context.get().items():
             setattr(record, key, value)
         return True
+
+
+class RedactingJson(JsonFormatter):
+    """JSON lines, with URL passwords and signatures masked wherever they appear."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class RedactingPlain(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 @contextlib.contextmanager
@@ -35,21 +51,29 @@ def bound(**values: Any) -> Iterator[None]:
         _context.reset(token)
 
 
-def configure(level: str | int = "INFO", json_lines: bool | None = None) -> None:
-    """Send logs to stderr: JSON lines unless stderr is a terminal."""
-    if json_lines is None:
-        json_lines = not sys.stderr.isatty()
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(ContextFilter())
-    if json_lines:
-        handler.setFormatter(JsonFormatter(
-            "%(asctime)s %(levelname)s %(name)s %(processName)s %(message)s",
-            rename_fields={"asctime": "time", "levelname": "level", "processName": "process"}))
+def configure(level: str | int = "INFO", logfile: str | None = None,
+              json_lines: bool | None = None) -> None:
+    """Log to ``logfile`` (Celery's --logfile) or stderr: JSON lines unless on a terminal."""
+    if logfile:
+        handler: logging.Handler = logging.handlers.WatchedFileHandler(logfile, encoding="utf-8")
+        json_lines = True if json_lines is None else json_lines
     else:
-        handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
+        handler = logging.StreamHandler(sys.stderr)
+        json_lines = not sys.stderr.isatty() if json_lines is None else json_lines
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(RedactingJson(JSON_FIELDS, rename_fields={
+        "asctime": "time", "levelname": "level", "processName": "process"})
+        if json_lines else RedactingPlain(PLAIN_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # billiard's pool logger does not propagate: without a handler its lines (a child that
+    # exited) went to Python's last-resort handler, as plain text among the JSON.
+    from billiard.util import get_logger
+
+    pool = get_logger()
+    pool.handlers[:] = [handler]
+    pool.setLevel(logging.WARNING)
     logging.captureWarnings(True)  # Python warnings as log records, so every line stays JSON
-    for noisy in ("botocore", "urllib3", "PIL", "transformers", "httpx"):
+    for noisy in ("botocore", "urllib3", "PIL", "transformers", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
+
+from worker.core.contract import Result
 
 IMAGES = Counter("tagger_images_total", "Images written, by status and failure reason",
                  ["status", "reason"])
@@ -18,6 +19,12 @@ STAGE_SECONDS = Counter("tagger_stage_seconds_total",
                         "Seconds spent per chunk stage (wait = waiting on fetch/decode)", ["stage"])
 QUEUE_WAIT = Histogram("tagger_queue_wait_seconds", "Seconds a chunk waited in the broker",
                        buckets=(0.1, 1, 5, 30, 60, 300, 900, 3600, 14400, 43200))
+BACKEND = Info("tagger_backend", "The model runtime this worker runs (backend, precision, device)")
+CANDIDATE_RATE = Gauge("tagger_backend_candidate_images_per_second",
+                       "Image-tower rate of each runtime measured at warm-up", ["candidate"])
+CANDIDATE_COSINE = Gauge("tagger_backend_candidate_min_cosine",
+                         "Worst cosine to torch float32 of each runtime on the probe batch",
+                         ["candidate"])
 GPU_MEMORY = Gauge("tagger_gpu_memory_bytes",
                    "GPU memory held by tensors of the worker process, by kind (current, peak)",
                    ["kind"])
@@ -43,9 +50,19 @@ def observe_batch(size: int, seconds: float) -> None:
         FORWARD_SECONDS.observe(seconds)
 
 
-def observe_results(rows: Sequence[Mapping[str, Any]]) -> None:
-    for row in rows:
-        IMAGES.labels(row["status"], row.get("reason") or "").inc()
+def observe_results(results: Sequence[Result]) -> None:
+    for result in results:
+        IMAGES.labels(result.status, result.reason.value if result.reason else "").inc()
+
+
+def observe_backend(info: Mapping[str, str], candidates: Sequence[Mapping[str, object]] = ()
+                    ) -> None:
+    """The chosen runtime, and what each candidate measured when ``auto`` chose."""
+    BACKEND.info(dict(info))
+    for candidate in candidates:
+        name = str(candidate["name"])
+        CANDIDATE_RATE.labels(name).set(float(candidate.get("images_per_second") or 0))
+        CANDIDATE_COSINE.labels(name).set(float(candidate.get("min_cosine") or 0))
 
 
 def observe_timings(timings: Mapping[str, float]) -> None:

@@ -1,4 +1,4 @@
-"""The chunk loop: fetch and decode ahead in threads, score in batches, write once, time stages."""
+"""The loop over one chunk's images, one way: fetch -> dedupe -> decode -> score."""
 
 from __future__ import annotations
 
@@ -6,209 +6,270 @@ import ctypes
 import ctypes.util
 import hashlib
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from worker import metrics, store
-from worker.cores import Turns
-from worker.decode import decode
-from worker.errors import ItemError, TransientError
-from worker.labels import LabelSet
-from worker.settings import Settings
-from worker.sources import fetch
+from worker import metrics
+from worker.backends import Backend
+from worker.core.contract import Chunk, Item, label_scores
+from worker.core.errors import ItemError, Reason, TransientError
+from worker.core.labels import LabelSet
+from worker.core.redact import redact
+from worker.core.settings import Settings
+from worker.db import results as db
+from worker.db.schema import engine_for
+from worker.decoders import Decoder, Pixels
+from worker.sinks import Sink, make_sinks
+from worker.sources import Budget, check_uri, source_for
+from worker.turns import Turns
 
 log = logging.getLogger(__name__)
-_KNOWN_CAPACITY = 20_000
+KNOWN_CAPACITY = 20_000  # content hashes whose labels are kept in memory
 
 
 @dataclass
-class Prepared:
-    """One item after fetch and decode: pixels to score, or the reason it failed."""
+class Work:
+    """One item on its way through the loop."""
 
-    item: dict[str, str]
+    item: Item
     sha256: str | None = None
-    pixels: np.ndarray | None = None
-    error: ItemError | None = None
+    data: bytes | None = None
+    pixels: Pixels | None = None
     labels: list[dict[str, Any]] | None = None
-
-
-@dataclass
-class ChunkReport:
-    """What a chunk came to, returned by the task (small: it is logged, not stored)."""
-
-    done: int = 0
-    failed: int = 0
-    parked: bool = False
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"done": self.done, "failed": self.failed, "parked": self.parked,
-                "timings": {k: round(v, 4) for k, v in self.timings.items()}}
+    error: ItemError | None = None
 
 
 class Tagger:
-    """A loaded model, the label sets it has encoded, and the threads that fetch and decode."""
+    """What a worker process holds: a backend, a decoder, sinks, label sets, fetch threads."""
 
-    def __init__(self, settings: Settings, scorer: Any) -> None:
+    def __init__(self, settings: Settings, backend: Backend, decoder: Decoder,
+                 sinks: Sequence[Sink] | None = None) -> None:
         self.settings = settings
-        self.scorer = scorer
-        self.engine = store.engine_for(settings.database_url)
-        self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
-        # On CPU the decoders and the model take turns on the cores (see worker/cores.py).
-        overlap, on_cpu = settings.decode_overlap, scorer.device.type == "cpu"
+        self.backend = backend
+        self.decoder = decoder
+        self.sinks = list(sinks) if sinks is not None else make_sinks(settings)
+        self.engine = engine_for(settings.database_url)
+        self.fetchers = ThreadPoolExecutor(settings.fetch_threads, thread_name_prefix="fetch")
+        self.stages = ThreadPoolExecutor(4, thread_name_prefix="decode")
+        # On CPU the decoders and the model take turns on the cores (see worker/turns.py).
+        overlap, on_cpu = settings.decode_overlap, backend.device == "cpu"
         self.turns = Turns(enabled=overlap == "off" or (overlap == "auto" and on_cpu))
-        self._labelsets: dict[str, tuple[LabelSet, Any]] = {}
-        # Labels of recently seen content, so identical bytes under many URIs are scored once.
+        self._labelsets: dict[str, tuple[LabelSet, np.ndarray]] = {}
+        self._roots: dict[str | None, tuple[Path, ...]] = {}
         self._known: OrderedDict[tuple[str, str], list[dict[str, Any]]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._labelset_lock = threading.Lock()  # held while a label set is encoded
 
-    # --- label sets ---------------------------------------------------------------------------
+    # --- what a chunk needs before its images: label set and file roots -----------------------
 
-    def labelset(self, labelset_id: str) -> tuple[LabelSet, Any]:
-        """The label set and its text embeddings on the device, computed once per process."""
-        if labelset_id not in self._labelsets:
-            labelset = store.load_labelset(self.engine, labelset_id)
-            if labelset is None:
-                raise TransientError(f"label set {labelset_id} is not in the database (yet)")
-            self._labelsets[labelset_id] = (labelset, self.scorer.to_device(self.embed(labelset)))
-        return self._labelsets[labelset_id]
+    def labelset(self, labelset_id: str) -> tuple[LabelSet, np.ndarray] | None:
+        """The label set and its text embeddings, once per process; None if unknown."""
+        with self._labelset_lock:
+            if labelset_id not in self._labelsets:
+                labelset = db.load_labelset(self.engine, labelset_id)
+                if labelset is None:
+                    return None
+                self._labelsets[labelset_id] = (labelset, self.embed(labelset))
+            return self._labelsets[labelset_id]
 
     def embed(self, labelset: LabelSet) -> np.ndarray:
         """Text embeddings from the database cache, or computed here and cached for the fleet."""
-        cached = store.load_text_embeddings(self.engine, self.settings.model, labelset.id)
+        key = (self.settings.model, labelset.id, self.backend.text_encoder)
+        cached = db.load_text_embeddings(self.engine, *key)
         if cached:
             rows, dim, data = cached
             return np.frombuffer(data, dtype=np.float32).reshape(rows, dim).copy()
         started = time.perf_counter()
-        embeddings = np.ascontiguousarray(self.scorer.encode_texts(labelset.prompts()),
+        embeddings = np.ascontiguousarray(self.backend.encode_texts(labelset.prompts()),
                                           dtype=np.float32)
         log.info("encoded %d labels x %d templates in %.1fs", len(labelset.labels),
                  len(labelset.templates), time.perf_counter() - started)
-        store.save_text_embeddings(self.engine, self.settings.model, labelset.id,
-                                   *embeddings.shape, embeddings.tobytes())
+        db.save_text_embeddings(self.engine, *key, *embeddings.shape, embeddings.tobytes())
         return embeddings
 
-    # --- one chunk ----------------------------------------------------------------------------
+    def file_roots(self, run_id: str | None) -> tuple[Path, ...]:
+        """TAGGER_FILE_ROOTS plus the run's own folder (a folder listing); never a row's say."""
+        with self._lock:
+            if run_id not in self._roots:
+                own = db.run_file_roots(self.engine, run_id) if run_id else []
+                if len(self._roots) > 1000:
+                    self._roots.clear()
+                self._roots[run_id] = self.settings.file_roots + tuple(Path(p) for p in own)
+            return self._roots[run_id]
 
-    def prepare(self, item: dict[str, str], final: bool) -> Prepared:
-        """Fetch and decode one item (runs in a decode thread)."""
-        s = self.settings
-        try:
-            data = fetch(item["uri"], max_bytes=s.max_image_bytes, timeout=s.fetch_timeout,
-                         allow_private=s.allow_private_urls,
-                         allow_networks=s.url_allow_networks, pool=2 * s.decode_threads)
-            sha = hashlib.sha256(data).hexdigest()
-            try:
-                with self.turns.decoding():
-                    pixels = decode(data, self.scorer.preprocess,
-                                    max_pixels=s.max_image_pixels, draft=s.jpeg_draft)
-            except ItemError as exc:
-                return Prepared(item, sha256=sha, error=exc)
-            return Prepared(item, sha256=sha, pixels=pixels)
-        except ItemError as exc:
-            return Prepared(item, error=exc)
-        except TransientError as exc:
-            if not final:
-                raise
-            return Prepared(item, error=ItemError("transient", f"gave up after retries: {exc}"))
+    # --- the loop -------------------------------------------------------------------------------
 
-    def tag(self, items: Sequence[dict[str, str]], labelset_id: str, final: bool = False
-            ) -> tuple[list[Prepared], dict[str, float]]:
-        """Tag a chunk: decode ahead in threads while batches run through the model."""
-        labelset, texts = self.labelset(labelset_id)
+    def tag(self, chunk: Chunk, labelset: LabelSet, texts: np.ndarray, final: bool
+            ) -> tuple[list[Work], dict[str, float]]:
+        """Fetch ahead in threads; decode one batch ahead of the one being scored."""
         timings = {"wait": 0.0, "forward": 0.0}
-        prepared: list[Prepared] = []
-        batch: list[Prepared] = []
+        roots = self.file_roots(chunk.run_id)
+        works: list[Work] = []
         started = time.perf_counter()
-        for ready in self._ahead(items, final, timings):
-            prepared.append(ready)
-            if ready.pixels is not None:
-                batch.append(ready)
-            if len(batch) >= self.scorer.batch_size:
-                timings["forward"] += self._score(batch, labelset, texts)
-                batch = []
-        if batch:
-            timings["forward"] += self._score(batch, labelset, texts)
+        ahead: Future[list[Work]] | None = None
+        for group in self._batches(self._fetched(chunk.items, roots, final, timings)):
+            works.extend(group)
+            self._reuse_known(group, labelset.id)
+            decoding = self.stages.submit(self._decode, group)
+            if ahead is not None:
+                timings["forward"] += self._score(ahead.result(), labelset, texts)
+            ahead = decoding
+        if ahead is not None:
+            timings["forward"] += self._score(ahead.result(), labelset, texts)
         timings["total"] = time.perf_counter() - started
         _return_freed_memory()
-        return prepared, timings
+        return works, timings
 
-    def _ahead(self, items: Sequence[dict[str, str]], final: bool,
-               timings: dict[str, float]) -> Iterator[Prepared]:
-        futures = [self.pool.submit(self.prepare, item, final) for item in items]
+    def _fetched(self, items: Sequence[Item], roots: tuple[Path, ...], final: bool,
+                 timings: dict[str, float]) -> Iterator[Work]:
+        """Fetch results in order, at most a few batches ahead (bounded memory)."""
+        window = max(2 * self.backend.batch_size, self.settings.fetch_threads)
+        futures: list[Future[Work]] = []
+        queue = iter(items)
         try:
-            for future in futures:
-                waited = time.perf_counter()
-                result = future.result()
-                timings["wait"] += time.perf_counter() - waited
-                yield result
+            for item in queue:
+                futures.append(self.fetchers.submit(self._fetch, item, roots, final))
+                if len(futures) >= window:
+                    yield self._wait(futures.pop(0), timings)
+            while futures:
+                yield self._wait(futures.pop(0), timings)
         finally:
             for future in futures:
                 future.cancel()
 
-    def _score(self, batch: list[Prepared], labelset: LabelSet, texts: Any) -> float:
-        """Score a batch, running the model once per distinct content; returns seconds spent."""
-        started = time.perf_counter()
-        self._reuse_known(batch, labelset.id)
-        todo: dict[str, list[Prepared]] = {}
-        for p in batch:
-            if p.labels is None:
-                todo.setdefault(p.sha256 or "", []).append(p)
+    @staticmethod
+    def _wait(future: Future[Work], timings: dict[str, float]) -> Work:
+        waited = time.perf_counter()
+        work = future.result()
+        timings["wait"] += time.perf_counter() - waited
+        return work
+
+    def _fetch(self, item: Item, roots: tuple[Path, ...], final: bool) -> Work:
+        """One item's bytes, or its error (runs in a fetch thread)."""
+        budget = Budget(time.monotonic() + self.settings.item_timeout, roots)
+        try:
+            check_uri(item.uri)
+            data = source_for(item.uri, self.settings).fetch(item.uri, budget)
+            return Work(item, sha256=hashlib.sha256(data).hexdigest(), data=data)
+        except ItemError as exc:
+            return Work(item, error=exc)
+        except TransientError as exc:
+            if not final:
+                raise
+            return Work(item, error=ItemError(Reason.TRANSIENT,
+                                              f"gave up after the last retry: {exc}"))
+        except Exception as exc:  # a bug or an odd URI must not fail the item's neighbours
+            log.warning("fetching %s failed: %r", redact(item.uri), exc)
+            return Work(item, error=ItemError(Reason.INTERNAL_ERROR,
+                                              f"{type(exc).__name__}: {exc}"))
+
+    def _batches(self, works: Iterator[Work]) -> Iterator[list[Work]]:
+        group: list[Work] = []
+        for work in works:
+            group.append(work)
+            if sum(w.data is not None for w in group) >= self.backend.batch_size:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    def _reuse_known(self, group: list[Work], labelset_id: str) -> None:
+        """Labels of content already tagged here or by any worker (same bytes, other URI)."""
+        with self._lock:
+            missing = [w.sha256 for w in group
+                       if w.sha256 and (labelset_id, w.sha256) not in self._known]
+        found = db.done_by_content(self.engine, self.settings.model, labelset_id,
+                                   missing) if missing else {}
+        with self._lock:
+            for sha, labels in found.items():
+                self._known[(labelset_id, sha)] = labels
+            for work in group:
+                if work.sha256 and work.error is None:
+                    work.labels = self._known.get((labelset_id, work.sha256))
+                    if work.labels is not None:
+                        work.data = None
+            while len(self._known) > KNOWN_CAPACITY:
+                self._known.popitem(last=False)
+
+    def _decode(self, group: list[Work]) -> list[Work]:
+        """Decode each distinct content of the group once; returns the works to score."""
+        todo = list({w.sha256: w for w in group if w.data is not None}.values())
         if todo:
-            pixels = [group[0].pixels for group in todo.values()]
-            for (sha, group), scores in zip(todo.items(), self._forward(pixels, texts),
-                                            strict=True):
-                labels = label_scores(labelset, scores.indices, scores.scores)
-                self._known[(labelset.id, sha)] = labels
-                for p in group:
-                    p.labels = labels
-        for p in batch:
-            p.pixels = None  # free the memory as soon as the batch is scored
+            with self.turns.decoding():
+                decoded = self.decoder.decode([w.data for w in todo], self.backend.preprocess)
+            for work, outcome in zip(todo, decoded, strict=True):
+                if isinstance(outcome, ItemError):
+                    work.error = outcome
+                else:
+                    work.pixels = outcome
+        for work in group:
+            work.data = None  # the bytes are done with: free them before the next batch
+        return group
+
+    def _score(self, group: list[Work], labelset: LabelSet, texts: np.ndarray) -> float:
+        """Score the group's decoded images in one forward pass; returns seconds spent."""
+        started = time.perf_counter()
+        ready = [w for w in group if w.pixels is not None]
+        if ready:
+            embeddings = self._forward([w.pixels for w in ready])
+            probs = _softmax(self.backend.logit_scale * embeddings @ texts.T)
+            k = min(self.settings.top_k, len(labelset.labels))
+            top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+            with self._lock:
+                for work, row, indices in zip(ready, probs, top, strict=True):
+                    work.labels = label_scores(labelset.labels, labelset.parents, indices,
+                                               row[indices])
+                    self._known[(labelset.id, work.sha256 or "")] = work.labels
+                    work.pixels = None
+        by_content = {w.sha256: w.labels for w in group if w.labels is not None}
+        for work in group:  # identical bytes in one batch were scored once
+            if work.labels is None and work.error is None:
+                work.labels = by_content.get(work.sha256)
         elapsed = time.perf_counter() - started
-        metrics.observe_batch(len(todo), elapsed)
-        memory = self.scorer.gpu_memory()
+        metrics.observe_batch(len(ready), elapsed)
+        memory = self.backend.memory()
         if memory:
             metrics.observe_gpu_memory(*memory)
         return elapsed
 
-    def _reuse_known(self, batch: list[Prepared], labelset_id: str) -> None:
-        """Fill in labels for content already tagged here or by any worker (same bytes)."""
-        missing = [p.sha256 for p in batch
-                   if p.sha256 and (labelset_id, p.sha256) not in self._known]
-        for sha, labels in store.done_by_content(self.engine, self.settings.model, labelset_id,
-                                                 missing).items():
-            self._known[(labelset_id, sha)] = labels
-        for p in batch:
-            p.labels = self._known.get((labelset_id, p.sha256 or ""))
-        while len(self._known) > _KNOWN_CAPACITY:
-            self._known.popitem(last=False)
-
-    def _forward(self, pixels: list[np.ndarray], texts: Any) -> list[Any]:
+    def _forward(self, pixels: list[Pixels]) -> np.ndarray:
         """Run the image tower; on out-of-memory, split the batch instead of failing it."""
         try:
             with self.turns.model():
-                images = self.scorer.encode_images(np.stack(pixels))
-                return self.scorer.score(images, texts, self.settings.top_k)
+                return self.backend.encode_images(pixels)
         except Exception as exc:
-            if len(pixels) == 1 or not self.scorer.is_out_of_memory(exc):
+            if len(pixels) == 1 or not self.backend.is_out_of_memory(exc):
                 raise
-            self.scorer.empty_cache()
+            self.backend.release_memory()
             half = len(pixels) // 2
             log.warning("out of memory at batch %d; splitting", len(pixels))
-            return self._forward(pixels[:half], texts) + self._forward(pixels[half:], texts)
+            return np.concatenate([self._forward(pixels[:half]), self._forward(pixels[half:])])
+
+    def close(self) -> None:
+        self.fetchers.shutdown(cancel_futures=True)
+        self.stages.shutdown(cancel_futures=True)
+        self.decoder.close()
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def _return_freed_memory() -> None:
-    """Hand the decoders' freed buffers back to the OS, so the worker's RSS stays flat.
+    """Hand freed buffers back to the OS, so the worker's RSS stays flat.
 
-    Each decode thread gets its own glibc malloc arena; multi-megapixel decodes leave them
-    fragmented and glibc only returns memory at the top of a heap, so RSS creeps up chunk after
-    chunk. malloc_trim(0) releases the free pages of every arena (a few ms per chunk).
+    Each thread gets its own glibc malloc arena; image-sized buffers leave them fragmented and
+    glibc only returns memory at the top of a heap, so RSS creeps up chunk after chunk.
+    malloc_trim(0) releases the free pages of every arena (a few ms per chunk).
     """
     if _libc is not None:
         _libc.malloc_trim(0)
@@ -223,85 +284,3 @@ def _load_libc() -> Any:
 
 
 _libc = _load_libc()
-
-
-def label_scores(labelset: LabelSet, indices: Sequence[int], scores: Sequence[float]
-                 ) -> list[dict[str, Any]]:
-    """The stored form of one image's top-k: highest score first, parents where there are any."""
-    out = []
-    for index, score in zip(indices, scores, strict=True):
-        entry: dict[str, Any] = {"label": labelset.labels[index], "score": round(float(score), 6)}
-        if labelset.parents[index]:
-            entry["parent"] = labelset.parents[index]
-        out.append(entry)
-    return out
-
-
-def result_rows(prepared: Sequence[Prepared], *, model: str, labelset_id: str,
-                run_id: str | None, attempts: int) -> list[dict[str, Any]]:
-    """Turn prepared items into rows for store.write_results."""
-    rows = []
-    for p in prepared:
-        labels = p.labels or []
-        failed = p.error is not None
-        rows.append({
-            "uri": p.item["uri"], "model": model, "labelset_id": labelset_id,
-            "item_key": p.item.get("key"), "source_version": p.item.get("version"),
-            "content_sha256": p.sha256, "status": "failed" if failed else "done",
-            "reason": p.error.reason if failed else None,
-            "error": str(p.error) if failed else None,
-            "labels": labels, "top_label": labels[0]["label"] if labels else None,
-            "top_score": labels[0]["score"] if labels else None,
-            "attempts": attempts, "run_id": run_id,
-        })
-    return rows
-
-
-def fail_chunk(tagger: Tagger, items: Sequence[dict[str, str]], *, labelset_id: str,
-               run_id: str | None, reason: str, message: str, attempts: int = 1) -> ChunkReport:
-    """Record every item of a chunk as failed with one reason (parked, timed out, crashed)."""
-    error = ItemError(reason, message)
-    rows = result_rows([Prepared(item, error=error) for item in items], model=tagger.settings.model,
-                       labelset_id=labelset_id, run_id=run_id, attempts=attempts)
-    store.write_results(tagger.engine, rows)
-    metrics.observe_results(rows)
-    return ChunkReport(failed=len(rows), parked=reason == "parked")
-
-
-def run_chunk(tagger: Tagger, *, task_id: str, items: Sequence[dict[str, str]],
-              labelset_id: str, run_id: str | None, retries: int, final: bool) -> ChunkReport:
-    """Everything one chunk message asks for: count the delivery, tag, write once."""
-    model = tagger.settings.model
-    deliveries = store.count_delivery(tagger.engine, task_id)
-    # Retries start the message again on purpose; only starts beyond those are deaths.
-    if deliveries - retries > tagger.settings.max_deliveries:
-        log.error("parking chunk after %d deliveries (%d items)", deliveries, len(items))
-        return fail_chunk(tagger, items, labelset_id=labelset_id, run_id=run_id,
-                          reason="parked", attempts=deliveries,
-                          message=f"chunk was delivered {deliveries} times without finishing "
-                                  "(it kills its worker?); retry alone with `producer "
-                                  "retry-failed --reason parked --chunk-size 1`")
-    prepared, timings = tagger.tag(items, labelset_id, final=final)
-    rows = result_rows(prepared, model=model, labelset_id=labelset_id, run_id=run_id,
-                       attempts=deliveries)
-    started = time.perf_counter()
-    store.write_results(tagger.engine, rows)
-    timings["write"] = time.perf_counter() - started
-    metrics.observe_results(rows)
-    metrics.observe_timings(timings)
-    failed = sum(r["status"] == "failed" for r in rows)
-    return ChunkReport(done=len(rows) - failed, failed=failed, timings=timings)
-
-
-_tagger: Tagger | None = None
-
-
-def current_tagger(settings: Settings) -> Tagger:
-    """The process's Tagger, built on first use (in the worker child, never before fork)."""
-    global _tagger
-    if _tagger is None:
-        from worker.model import Scorer  # torch loads here, in the child process
-
-        scorer = Scorer(settings.model, settings.device, settings.dtype, settings.batch_size)
-        _tagger = Tagger(settings, scorer)
-    return _tagger

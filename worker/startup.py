@@ -1,44 +1,89 @@
-"""Worker start-up: refuse a bad configuration at once, then load and warm the model per child."""
+"""Worker start-up: refuse a bad configuration at once, then load and warm up the tagger."""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from worker import metrics, pipeline, store
-from worker.labels import LabelSet, load_labelset
-from worker.settings import Settings, redact
+from worker import broker, metrics
+from worker.core.errors import ConfigError
+from worker.core.labels import LabelSet, load_labelset
+from worker.core.redact import redact
+from worker.core.settings import Settings
+from worker.db import migrate
+from worker.db.runs import save_labelset
+from worker.db.schema import engine_for
+from worker.pipeline import Tagger
 
 log = logging.getLogger(__name__)
+_folder: Path | None = None  # the resolved checkpoint, found in the parent before any fork
+_tagger: Tagger | None = None
 
 
 def check(settings: Settings) -> LabelSet:
-    """In the worker's parent: validate the label set and the model config, log what is used."""
-    from transformers import AutoConfig  # reads config.json only; no torch device is touched
+    """In the worker's parent: label set, model files, database schema, broker agreement."""
+    from worker.backends.files import resolve
 
+    global _folder
     labelset = load_labelset(settings.labels_path, settings.templates_path)
-    AutoConfig.from_pretrained(settings.model)
-    log.info("broker %s, database %s, model %s, label set %s (%s: %d labels x %d templates)",
-             redact(settings.broker_url), redact(settings.database_url), settings.model,
-             settings.labels_path, labelset.id, len(labelset.labels), len(labelset.templates))
+    _folder = resolve(settings.model)
+    check_schema(settings)
+    broker.agree_on_visibility_timeout(settings)
+    log.info("broker %s, database %s, model %s (%s), label set %s (%s: %d labels x %d "
+             "templates)", redact(settings.broker_url), redact(settings.database_url),
+             settings.model, _folder, settings.labels_path, labelset.id, len(labelset.labels),
+             len(labelset.templates))
     return labelset
 
 
-def warm_up(settings: Settings) -> None:
-    """In each worker child: load the model once, encode the default label set, one dry batch."""
+def check_schema(settings: Settings) -> None:
+    """The embedded database upgrades itself; a shared one must be upgraded on purpose."""
+    current, head = migrate.revisions(settings.database_url)
+    if current == head:
+        return
+    if settings.database_url.startswith("sqlite"):
+        migrate.upgrade(settings.database_url)
+        return
+    raise ConfigError(f"the results database is at revision {current or 'none'}, this worker "
+                      f"needs {head}: run `producer db upgrade` (with the same DATABASE_URL)")
+
+
+def warm_up(settings: Settings) -> Tagger:
+    """Load the model once, encode the default label set, run one dry batch; log the choice."""
+    from worker.backends import load_backend
+    from worker.decoders import make_decoder
+
+    global _tagger
+    if _folder is None:
+        check(settings)
+    assert _folder is not None
     labelset = load_labelset(settings.labels_path, settings.templates_path)
-    tagger = pipeline.current_tagger(settings)
-    scorer = tagger.scorer
-    store.save_labelset(tagger.engine, labelset)
+    backend = load_backend(settings, _folder)
+    tagger = Tagger(settings, backend, make_decoder(settings, backend.device))
+    save_labelset(engine_for(settings.database_url), labelset)
     tagger.labelset(labelset.id)
-    spec = scorer.preprocess
-    scorer.encode_images(np.zeros((scorer.batch_size, spec.height, spec.width, 3), np.uint8))
+    spec = backend.preprocess
+    backend.encode_images([np.zeros((spec.height, spec.width, 3), np.uint8)] * backend.batch_size)
     if settings.metrics_port:
         metrics.serve(settings.metrics_port + _child_index())
-    log.info("model %s on %s (%s), batch size %d, %d decode threads, label set %s ready",
-             settings.model, scorer.device, str(scorer.dtype).removeprefix("torch."),
-             scorer.batch_size, settings.decode_threads, labelset.id)
+    metrics.observe_backend({"backend": backend.name, "runtime": backend.description,
+                             "decoder": tagger.decoder.name},
+                            getattr(backend, "candidates", ()))
+    log.info("model %s: %s, batch size %d, %s decoder, %d fetch threads; label set %s ready",
+             settings.model, backend.description, backend.batch_size, tagger.decoder.name,
+             settings.fetch_threads, labelset.id)
+    _tagger = tagger
+    return tagger
+
+
+def tagger(settings: Settings) -> Tagger:
+    """The process's tagger, warmed up on first use (in the child, never before a fork)."""
+    return _tagger if _tagger is not None else warm_up(settings)
 
 
 def _child_index() -> int:
@@ -46,3 +91,25 @@ def _child_index() -> int:
     from billiard.process import current_process
 
     return int(getattr(current_process(), "index", 0) or 0)
+
+
+EXIT_CHILD_FAILED = 3
+
+
+def stop_when_a_child_fails() -> None:
+    """In the parent: a child's SIGUSR2 (see ``stop_parent``) starts a shutdown, exit code 3."""
+
+    def _stop(_signum: int, _frame: Any) -> None:
+        from celery.worker import state
+
+        state.should_stop = EXIT_CHILD_FAILED
+
+    signal.signal(signal.SIGUSR2, _stop)
+
+
+def stop_parent() -> None:
+    """A child that cannot load the model ends the whole worker, which exits non-zero.
+
+    Otherwise the pool would fork a new child, which would fail the same way, for ever.
+    """
+    os.kill(os.getppid(), signal.SIGUSR2)

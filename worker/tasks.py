@@ -1,4 +1,4 @@
-"""The Celery task and worker signals: parse the message, delegate to pipeline, nothing more."""
+"""The Celery task and worker signals: decode the message, delegate to chunks, nothing more."""
 
 from __future__ import annotations
 
@@ -6,76 +6,115 @@ import logging
 import time
 from typing import Any
 
-from celery import Task, signals
+from celery import Task, bootsteps, signals
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 
-from worker import logs, metrics, pipeline, startup
+from worker import broker, chunks, logs, metrics, startup
 from worker.app import app
-from worker.errors import TransientError
-from worker.settings import TASK_NAME, load_settings
+from worker.core.contract import TASK_NAME, Chunk
+from worker.core.errors import MessageError, Reason, TransientError
+from worker.core.settings import load_settings
 
 log = logging.getLogger(__name__)
 settings = load_settings()
+broker.cap_decompression()
 
 
 @signals.setup_logging.connect
-def _setup_logging(loglevel: str | int = "INFO", **_: Any) -> None:
-    logs.configure(loglevel or "INFO")
+def _setup_logging(loglevel: str | int = "INFO", logfile: str | None = None, **_: Any) -> None:
+    logs.configure(loglevel or "INFO", logfile or None)
 
 
 @signals.celeryd_after_setup.connect
-def _check_configuration(**_: Any) -> None:
-    # In the parent, before any child forks. Celery logs and ignores handler exceptions,
-    # so a bad configuration ends the worker explicitly.
+def _start(instance: Any, **_: Any) -> None:
+    """In the parent, before any child forks: refuse a bad configuration, keep only our task."""
+    for name in [n for n in app.tasks if n != TASK_NAME]:
+        app.tasks.unregister(name)  # built-ins such as celery.accumulate must not run on demand
     try:
         startup.check(settings)
+        startup.stop_when_a_child_fails()
+        if not _forks(instance):  # threads/solo: the model lives in this very process
+            startup.warm_up(settings)
     except Exception as exc:
+        # Celery logs and ignores handler exceptions: a bad configuration ends the worker here.
         log.critical("refusing to start: %s", exc)
         raise SystemExit(1) from exc
 
 
+def _forks(instance: Any) -> bool:
+    return "prefork" in str(getattr(instance, "pool_cls", "prefork")).lower()
+
+
 @signals.worker_process_init.connect
-def _load_model(**_: Any) -> None:
-    startup.warm_up(settings)  # in each child, after fork: CUDA is first touched here
+def _warm_up(**_: Any) -> None:
+    # In each prefork child, after fork: CUDA is first touched here.
+    try:
+        startup.warm_up(settings)
+    except Exception as exc:
+        log.critical("refusing to start: cannot load the model: %s", exc, exc_info=True)
+        startup.stop_parent()
+        raise SystemExit(1) from exc  # not Exception: Celery would log it and carry on
+
+
+class VisibilityLease(bootsteps.StartStopStep):
+    """Keeps this Redis database's visibility-timeout claim alive while the worker runs."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def start(self, consumer: Any) -> None:
+        if not settings.embedded_broker:
+            consumer.timer.call_repeatedly(broker.LEASE_REFRESH, broker.refresh_lease,
+                                           (settings,), priority=10)
+
+
+app.steps["consumer"].add(VisibilityLease)
 
 
 @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True,
-          max_retries=None)
-def tag_chunk(self: Task, items: list[dict[str, str]], labelset_id: str,
-              run_id: str | None = None, enqueued_at: float | None = None) -> dict[str, Any]:
-    """Tag one chunk of images and write their results in one statement."""
+          max_retries=settings.chunk_retries)
+def tag_chunk(self: Task, **message: Any) -> dict[str, Any]:
+    """Tag one chunk of images and write their results in one transaction."""
     request = self.request
-    with logs.bound(task_id=request.id, run_id=run_id, chunk_size=len(items)):
-        if enqueued_at and not request.retries:
-            metrics.observe_queue_wait(time.time() - enqueued_at)
-        final = request.retries >= settings.chunk_retries
-        tagger = pipeline.current_tagger(settings)
-        try:
-            report = pipeline.run_chunk(tagger, task_id=request.id, items=items,
-                                        labelset_id=labelset_id, run_id=run_id,
-                                        retries=request.retries, final=final)
-        except SoftTimeLimitExceeded as exc:
-            if not final:
-                raise _retry(self, exc) from exc
-            report = pipeline.fail_chunk(tagger, items, labelset_id=labelset_id, run_id=run_id,
-                                         reason="timeout",
-                                         message=f"chunk ran over {settings.task_time_limit}s")
-        except TransientError as exc:
-            raise _retry(self, exc) from exc
-        except Exception as exc:
-            # A bug must not lose the chunk: every item is recorded failed, then the task fails.
-            log.exception("chunk crashed")
-            pipeline.fail_chunk(tagger, items, labelset_id=labelset_id, run_id=run_id,
-                                reason="internal-error", message=f"{type(exc).__name__}: {exc}")
-            raise
+    try:
+        chunk = Chunk.decode(message)
+    except MessageError as exc:
+        log.error("dropped a malformed chunk message %s: %s", request.id, exc)
+        return {"dropped": str(exc)}
+    with logs.bound(task_id=request.id, run_id=chunk.run_id, chunk_size=len(chunk.items)):
+        if not request.retries:
+            metrics.observe_queue_wait(time.time() - chunk.enqueued_at)
+        report = _run(self, chunk)
         log.info("chunk tagged", extra=report.as_dict())
         return report.as_dict()
 
 
-def _retry(task: Task, exc: Exception) -> Exception:
+def _run(task: Task, chunk: Chunk) -> chunks.ChunkReport:
+    retries = task.request.retries
+    final = retries >= settings.chunk_retries
+    tagger = startup.tagger(settings)
+    try:
+        return chunks.run_chunk(tagger, chunk, task_id=task.request.id, retries=retries,
+                                final=final)
+    except (SoftTimeLimitExceeded, TransientError) as exc:
+        if not final:
+            raise _retry(task, exc, chunk) from exc
+        reason = Reason.TIMEOUT if isinstance(exc, SoftTimeLimitExceeded) else Reason.TRANSIENT
+        log.error("giving up on the chunk after %d retries: %s", retries, exc)
+        return chunks.park(tagger, chunk, reason, task_id=task.request.id, attempts=retries + 1,
+                           message=f"gave up after {retries} retries: {exc or 'time limit'}; "
+                                   f"send again with `producer retry-failed --reason {reason}`")
+    except Exception as exc:
+        # A bug must not lose the chunk nor loop on it: its items are recorded failed.
+        log.exception("chunk crashed")
+        return chunks.park(tagger, chunk, Reason.INTERNAL_ERROR, task_id=task.request.id,
+                           message=f"{type(exc).__name__}: {exc}")
+
+
+def _retry(task: Task, exc: Exception, chunk: Chunk) -> Exception:
     countdown = get_exponential_backoff_interval(
         factor=2, retries=task.request.retries, maximum=settings.max_retry_countdown,
         full_jitter=True)
-    log.warning("retrying chunk in %ss: %s", countdown, exc)
-    return task.retry(exc=exc, countdown=countdown, throw=False)
+    log.warning("retrying chunk in %ss (%d of %d): %s", countdown, task.request.retries + 1,
+                settings.chunk_retries, exc)
+    return task.retry(exc=exc, countdown=countdown, throw=False, kwargsrepr=chunk.describe())

@@ -1,9 +1,19 @@
-"""Build a Chinese CLIP checkpoint with random weights (full ViT-B/16 size or tiny) on disk."""
+"""Build a Chinese CLIP checkpoint with random weights on disk, to try the tool with no hub.
+
+    python -m worker.checkpoint ./model --tiny       # seconds; labels are meaningless
+    TAGGER_MODEL=./model producer tag ./images
+
+Full size (the default) is the ViT-B/16 architecture, for measuring speed: compute cost does not
+depend on the weight values. The vocabulary covers the shipped label sets and --labels files.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import argparse
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from worker.core.settings import LABELSETS
 
 VOCAB_SIZE = 21128  # the OFA-Sys checkpoints' BERT vocabulary size
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -65,3 +75,22 @@ def build(path: Path, texts: Iterable[str], *, tiny: bool = False) -> Path:
     tokenizer = BertTokenizer(str(path / "vocab.txt"))
     ChineseCLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(path)
     return path
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m worker.checkpoint", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path, help="where to save the checkpoint")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a tiny model (hidden size 32, 2 layers): for tests and trying")
+    parser.add_argument("--labels", type=Path, action="append", default=[],
+                        help="label files whose characters the tokenizer must know")
+    args = parser.parse_args(argv)
+    texts = [p.read_text(encoding="utf-8") for p in [*LABELSETS.glob("*.txt"), *args.labels]]
+    folder = build(args.folder.absolute(), texts, tiny=args.tiny)
+    print(f"saved a random {'tiny' if args.tiny else 'ViT-B/16'} Chinese CLIP to {folder}; "
+          f"use it with TAGGER_MODEL={folder}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,4 @@
-"""Label-set files: parse, normalise, validate, and identify by a hash of their content."""
+"""Label sets: parse label and template files, validate them, identify them by their content."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worker.core.errors import ConfigError
+
 MAX_LABEL_CHARS = 48
 DEFAULT_TEMPLATE = "{}"
 
 
-class LabelSetError(ValueError):
+class LabelSetError(ConfigError):
     """A label file that cannot be used as it is."""
 
 
@@ -107,12 +109,18 @@ def parse_templates(text: str, source: str = "templates") -> list[str]:
 
 def load_labelset(labels_path: Path, templates_path: Path | None = None) -> LabelSet:
     """Read a label file (and optionally a templates file) into a validated LabelSet."""
-    try:
-        labels, parents = parse_labels(labels_path.read_text(encoding="utf-8"), str(labels_path))
-        templates = (parse_templates(templates_path.read_text(encoding="utf-8"),
-                                     str(templates_path))
-                     if templates_path else [DEFAULT_TEMPLATE])
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LabelSetError(f"cannot read label set: {exc}") from exc
+    labels, parents = parse_labels(_read(labels_path, "label"), str(labels_path))
+    templates = (parse_templates(_read(templates_path, "templates"), str(templates_path))
+                 if templates_path else [DEFAULT_TEMPLATE])
     return LabelSet(labels=tuple(labels), parents=tuple(parents), templates=tuple(templates),
                     name=labels_path.stem)
+
+
+def _read(path: Path, kind: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise LabelSetError(f"cannot read {kind} file {path}: not UTF-8 text (byte {exc.start}); "
+                            "save it as UTF-8") from exc
+    except OSError as exc:
+        raise LabelSetError(f"cannot read {kind} file {path}: {exc.strerror or exc}") from exc

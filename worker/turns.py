@@ -1,4 +1,4 @@
-"""Turns on shared CPU cores: decode threads pause while a forward pass runs on the same cores."""
+"""Turns on shared CPU cores: decoders pause while a forward pass runs on the same cores."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ class Turns:
     On a CPU the model's intra-op threads already use every core; a decoder that preempts one
     of them stalls the others at the next barrier while they spin. Taking turns costs nothing
     there (both stages use all cores in turn) and keeps each one at full speed. On a GPU the
-    stages use different hardware and overlap freely (``enabled=False``).
+    stages use different hardware and overlap freely (``enabled=False``). The model's turn is
+    exclusive either way: one forward pass at a time per process.
     """
 
     def __init__(self, enabled: bool) -> None:
@@ -21,6 +22,7 @@ class Turns:
         self._cond = threading.Condition()
         self._decoders = 0
         self._model_waiting = False
+        self._model = threading.Lock()
 
     @contextlib.contextmanager
     def decoding(self) -> Iterator[None]:
@@ -40,15 +42,19 @@ class Turns:
     @contextlib.contextmanager
     def model(self) -> Iterator[None]:
         """The model's turn: new decodes wait, running ones finish first."""
-        if not self.enabled:
-            yield
-            return
-        with self._cond:
-            self._model_waiting = True
-            self._cond.wait_for(lambda: self._decoders == 0)
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._model_waiting = False
-                self._cond.notify_all()
+        with self._model:
+            if not self.enabled:
+                yield
+                return
+            # Set inside try: an exception while waiting (a time limit) must not leave the flag
+            # set, or every later decode would wait for ever. One model turn at a time (the lock
+            # above), so a flag is enough.
+            try:
+                with self._cond:
+                    self._model_waiting = True
+                    self._cond.wait_for(lambda: self._decoders == 0)
+                yield
+            finally:
+                with self._cond:
+                    self._model_waiting = False
+                    self._cond.notify_all()

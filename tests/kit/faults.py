@@ -1,21 +1,14 @@
-"""Real servers that misbehave on purpose: slow/redirecting HTTP, an S3 fault proxy, own Redis."""
+"""Real servers that misbehave on purpose: slow, dripping or redirecting HTTP; an S3 fault proxy."""
 
 from __future__ import annotations
 
 import contextlib
 import http.client
-import os
-import shutil
-import signal
-import subprocess
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-
-from tests.conftest import free_port
 
 
 @dataclass
@@ -206,67 +199,3 @@ class FaultProxy:
     @property
     def faults_left(self) -> int:
         return len(self.httpd.faults)
-
-
-class RedisServer:
-    """Our own redis-server on a free loopback port, append-only file on, restartable."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> RedisServer:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        binary = shutil.which("redis-server") or "redis-server"
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "",
-             "--protected-mode", "no", "--logfile", str(self.folder / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.wait_ready()
-        return self
-
-    def wait_ready(self, timeout: float = 15) -> None:
-        import redis
-
-        client = redis.Redis(port=self.port, socket_timeout=1)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if client.ping():
-                    return
-            except redis.exceptions.RedisError:
-                time.sleep(0.1)
-        raise TimeoutError(f"redis-server on port {self.port} did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(15)
-        self.proc = None
-
-
-def children(pid: int) -> list[int]:
-    """The direct child processes of ``pid`` (the prefork pool of a Celery worker)."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
-def peak_rss_kib(pid: int) -> int:
-    """The peak resident memory (VmHWM) of a live process, in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise LookupError(f"no VmHWM for {pid}")
-
-
-def kill(pid: int, sig: int = signal.SIGKILL) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)

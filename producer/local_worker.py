@@ -1,0 +1,90 @@
+"""A Celery worker process that a command starts, watches and always stops again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+
+class LocalWorker:
+    """``celery -A worker worker`` in its own process group, logging JSON lines to a file."""
+
+    def __init__(self, log_path: Path, queue: str, env: Mapping[str, str] | None = None,
+                 pool: str = "prefork", concurrency: int = 1, name: str = "local",
+                 extra: Sequence[str] = ()) -> None:
+        self.log_path = log_path
+        self.command = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-P", pool,
+                        "-c", str(concurrency), "--loglevel", "INFO", "--logfile", str(log_path),
+                        "-Q", queue, "-n", f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h",
+                        "--without-gossip", "--without-mingle", *extra]
+        self.env = dict(os.environ if env is None else env)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> LocalWorker:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as out:  # what happens before logging is set up
+            self.proc = subprocess.Popen(self.command, env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def records(self) -> list[dict[str, object]]:
+        """The JSON log records written so far (other lines are left out)."""
+        out = []
+        for line in self.log().splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue
+        return out
+
+    def ready(self) -> bool:
+        """The model is loaded and warmed up (worker/startup.py logs this last)."""
+        return any(r.get("name") == "worker.startup" and str(r.get("message")).endswith("ready")
+                   for r in self.records())
+
+    def exited(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def failure(self) -> str | None:
+        """Why the worker is gone, from its own last words; None while it runs."""
+        code = self.exited()
+        if code is None:
+            return None
+        worst = [str(r["message"]) for r in self.records()
+                 if r.get("level") in {"CRITICAL", "ERROR"}]
+        detail = worst[0] if worst else (self.log().strip().splitlines() or ["no output"])[-1]
+        return f"the worker exited with code {code}: {detail} (log: {self.log_path})"
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 30) -> None:
+        """Warm shutdown (the chunk in hand finishes), then a kill if it takes too long."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def __enter__(self) -> LocalWorker:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

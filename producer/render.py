@@ -1,0 +1,57 @@
+"""What the commands print: status, runs and the closing summary of `producer tag`, as text."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from producer.tag import Tagged
+
+
+def counts(mapping: Mapping[str, int]) -> str:
+    """``5 not-found, 2 undecodable``, largest first."""
+    return ", ".join(f"{n} {k}" for k, n in sorted(mapping.items(), key=lambda kv: -kv[1]))
+
+
+def status(report: Mapping[str, Any]) -> str:
+    lines = [f"queue {report['queue']}: {report['queue_depth']} chunks waiting, "
+             f"{report['reserved']} reserved",
+             f"images: {report['done']} done, {report['failed']} failed, {report['pending']} "
+             f"pending ({report['in_flight']} in flight)"]
+    if report["failed_by_reason"]:
+        lines.append(f"  failed: {counts(report['failed_by_reason'])}")
+    eta = report["eta_seconds"]
+    lines.append(f"rate: {report['images_per_second']} images/s over the last 5 min"
+                 + (f", ETA {eta // 60} min {eta % 60} s" if eta else ""))
+    if report["run"]:
+        lines.append(run(report["run"]))
+    return "\n".join(lines)
+
+
+def run(info: Mapping[str, Any]) -> str:
+    lines = [f"run {info['id']} [{info['state']}] {info['source']}",
+             f"  model {info['model']}, label set {info['labelset_id']}, started "
+             f"{info['started_at']}"
+             + (f", listing ended {info['finished_at']}" if info["finished_at"] else ""),
+             f"  listed {info['listed']}, enqueued {info['enqueued']}, skipped {info['skipped']}"
+             + (f" ({counts(info['skipped_by_reason'])})" if info["skipped_by_reason"] else ""),
+             f"  done {info['done']}, failed {info['failed']}, pending {info['pending']}"
+             + (f"; failed: {counts(info['failed_by_reason'])}"
+                if info["failed_by_reason"] else "")]
+    if info.get("error"):
+        lines.append(f"  stopped early: {info['error']}")
+    return "\n".join(lines)
+
+
+def tagged(result: Tagged) -> str:
+    done, failed = result.by_status["done"], result.by_status["failed"]
+    lines = [f"tagged {done} images, {failed} failed, in {result.seconds:.0f}s"
+             + (f" (this run {result.summary.enqueued}; the rest were tagged before)"
+                if result.summary.enqueued != done + failed else "")]
+    if result.failed_by_reason:
+        lines.append(f"  failed: {counts(result.failed_by_reason)}")
+    if result.top_labels:
+        top = ", ".join(f"{label} {n}" for label, n in result.top_labels.most_common(8))
+        lines.append(f"  top labels: {top}")
+    lines.append(f"labels of {result.exported} images: {result.output}")
+    return "\n".join(lines)

@@ -1,0 +1,55 @@
+"""Images for tests: random pixels in any format and mode, hostile files, decompression bombs."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image
+
+
+def image_bytes(seed: int, size: tuple[int, int] = (48, 40), fmt: str = "PNG",
+                mode: str = "RGB") -> bytes:
+    """A random image of ``size`` (width, height), encoded as ``fmt``."""
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1, "CMYK": 4}[mode]
+    array = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    return save(Image.fromarray(array.squeeze() if channels == 1 else array, mode), fmt)
+
+
+def save(image: Image.Image, fmt: str, **options: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+
+def png_bomb(width: int, height: int, bit_depth: int = 1, color_type: int = 0) -> bytes:
+    """A valid PNG of width x height pixels that is only kilobytes on disk (all zeros)."""
+    bits = bit_depth * {0: 1, 2: 3, 4: 2, 6: 4}[color_type]
+    row = b"\x00" + b"\x00" * ((width * bits + 7) // 8)
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat)
+            + png_chunk(b"IEND", b""))
+
+
+def scan_bomb(side: int, scans: int) -> bytes:
+    """A flat progressive JPEG followed by ``scans`` AC refinement scans of a few bytes each.
+
+    libjpeg walks every block of the image again for each scan: decode time grows with side^2 x
+    scans while the file stays small (8192 px and 3,000 scans: ~0.5 MB, tens of seconds).
+    """
+    data = save(Image.new("RGB", (side, side), (120, 130, 140)), "JPEG", progressive=True,
+                quality=50)
+    body, end = data[:-2], data[-2:]
+    # SOS for one component (Cb): spectral 1..63, successive approximation refinement Ah=1.
+    sos = b"\xff\xda" + struct.pack(">HB", 8, 1) + b"\x02\x11" + bytes([1, 63, 0x10])
+    return body + (sos + b"\x00") * scans + end

@@ -1,0 +1,144 @@
+"""The broker is not trusted: malformed entries are parked, bombs refused, timeouts agreed.
+
+- ``Transport``: kombu's Redis transport, except that an entry that is not a well-formed kombu
+  envelope is moved to a dead-letter list with a log line instead of ending the worker.
+- ``cap_decompression``: a compressed message may unpack to at most ``MAX_MESSAGE_BYTES``.
+- ``agree_on_visibility_timeout``: every worker on one Redis database uses the same visibility
+  timeout (kombu's restore sweep re-queues any worker's chunk after the shortest one).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zlib
+from queue import Empty
+from typing import Any
+
+from kombu import compression
+from kombu.transport import redis as kombu_redis
+
+from worker.core.errors import ConfigError
+from worker.core.redact import redact
+from worker.core.settings import Settings
+
+log = logging.getLogger(__name__)
+MAX_MESSAGE_BYTES = 32 * 2**20  # a chunk of 10,000 long URLs is a few MB
+DEAD_LETTERS = "tagger.dead-letters"  # a Redis list: the last entries that were refused
+DEAD_LETTERS_KEPT = 1000
+LEASE_KEY = "tagger.visibility-timeout"
+LEASE_SECONDS = 600  # a claim outlives its last worker by this long
+LEASE_REFRESH = 60
+
+
+def envelope_problem(message: Any) -> str | None:
+    """Why a decoded Redis entry is not a kombu message envelope we can handle, or None."""
+    if not isinstance(message, dict):
+        return f"a {type(message).__name__}, not an object"
+    properties, body = message.get("properties"), message.get("body")
+    if not isinstance(properties, dict) or not isinstance(properties.get("delivery_tag"), str):
+        return "no properties.delivery_tag"
+    if properties.get("body_encoding") not in (None, "base64") or not isinstance(body, str):
+        return "no text body"
+    if len(body) > MAX_MESSAGE_BYTES:
+        return f"body of {len(body)} bytes, over {MAX_MESSAGE_BYTES}"
+    headers = message.get("headers")
+    if headers is not None and not isinstance(headers, dict):
+        return "headers are not an object"
+    return None
+
+
+class Channel(kombu_redis.Channel):
+    """Reads as kombu does; an entry that is not JSON is parked instead of raised."""
+
+    def _brpop_read(self, **options: Any) -> bool:
+        try:
+            return bool(super()._brpop_read(**options))
+        except ValueError as exc:  # json.JSONDecodeError: the entry was popped, nothing lost
+            self.park(getattr(exc, "doc", ""), f"not JSON: {exc}")
+            return True
+
+    def _get(self, queue: str) -> Any:
+        try:
+            return super()._get(queue)
+        except ValueError as exc:
+            self.park(getattr(exc, "doc", ""), f"not JSON: {exc}")
+            raise Empty() from exc
+
+    def park(self, raw: Any, problem: str, queue: str = "?") -> None:
+        text = raw if isinstance(raw, str) else json.dumps(raw, default=repr)[:65536]
+        log.error("refused a malformed message from queue %s (%s); kept in the Redis list %s",
+                  queue, problem, DEAD_LETTERS)
+        try:
+            with self.conn_or_acquire() as client:
+                client.lpush(DEAD_LETTERS, text[:65536])
+                client.ltrim(DEAD_LETTERS, 0, DEAD_LETTERS_KEPT - 1)
+        except Exception as exc:  # parking is best effort: the entry is gone from the queue
+            log.warning("could not keep the refused message: %s", exc)
+
+
+class Transport(kombu_redis.Transport):
+    """kombu's Redis transport with envelope checks before delivery."""
+
+    Channel = Channel
+
+    def _deliver(self, message: Any, queue: str) -> None:
+        problem = envelope_problem(message)
+        if problem is None:
+            super()._deliver(message, queue)
+            return
+        for channel in self.channels:
+            channel.park(message, problem, queue)
+            break
+
+
+def _capped_zlib(body: bytes) -> bytes:
+    inflater = zlib.decompressobj()
+    data = inflater.decompress(body, MAX_MESSAGE_BYTES)
+    if inflater.unconsumed_tail:
+        raise ValueError(f"compressed message unpacks to over {MAX_MESSAGE_BYTES} bytes")
+    return data
+
+
+def _refused(content_type: str) -> Any:
+    def decode(_body: bytes) -> bytes:
+        raise ValueError(f"{content_type} compression is not accepted (zlib only)")
+    return decode
+
+
+def cap_decompression() -> None:
+    """zlib with a size cap; every other compression refused (a message is then dropped)."""
+    for content_type, encoder in list(compression._encoders.items()):
+        decoder = _capped_zlib if content_type == "application/x-gzip" else _refused(content_type)
+        compression.register(encoder, decoder, content_type)
+
+
+def agree_on_visibility_timeout(settings: Settings) -> None:
+    """Claim this Redis database's visibility timeout, or refuse one that differs."""
+    if settings.embedded_broker:
+        return
+    import redis
+
+    client = redis.Redis.from_url(settings.broker_url, socket_timeout=10)
+    ours = str(settings.visibility_timeout)
+    if not client.set(LEASE_KEY, ours, nx=True, ex=LEASE_SECONDS):
+        theirs = (client.get(LEASE_KEY) or b"").decode()
+        if theirs and theirs != ours:
+            raise ConfigError(
+                f"workers on {redact(settings.broker_url)} use TAGGER_VISIBILITY_TIMEOUT="
+                f"{theirs}, this one {ours}: all workers on one Redis database must agree "
+                "(kombu re-queues any worker's chunk after the shortest timeout). Set "
+                f"TAGGER_VISIBILITY_TIMEOUT={theirs}, or stop those workers first (their claim "
+                f"ends {LEASE_SECONDS}s after the last one stops)")
+        client.expire(LEASE_KEY, LEASE_SECONDS)
+
+
+def refresh_lease(settings: Settings) -> None:
+    """Keep this database's claim alive while a worker runs (called every LEASE_REFRESH s)."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(settings.broker_url, socket_timeout=10)
+        client.set(LEASE_KEY, str(settings.visibility_timeout), ex=LEASE_SECONDS)
+    except redis.RedisError as exc:
+        log.warning("could not refresh the visibility-timeout claim: %s", exc)

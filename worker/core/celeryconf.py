@@ -1,0 +1,45 @@
+"""The broker configuration producer and workers share: URL, transport options, queue, JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Queue
+
+from worker.core.contract import TASK_NAME
+from worker.core.settings import Settings
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    """A visibility timeout we chose, or the embedded folder broker's folders."""
+    if settings.embedded_broker:
+        folder = settings.broker_folder
+        for sub in ("queue", "control", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        return {"data_folder_in": str(folder / "queue"), "data_folder_out": str(folder / "queue"),
+                "control_folder": str(folder / "control"),
+                "processed_folder": str(folder / "processed")}
+    # Redis re-delivers a reserved message only after this long: longer than the longest chunk
+    # (bounded by task_time_limit) and than any retry countdown, short enough for quick recovery.
+    # kombu sweeps for expired reservations every interval x throttle seconds (default 10 x 10):
+    # sweep every few seconds instead, so recovery takes the visibility timeout, not +100 s.
+    return {"visibility_timeout": settings.visibility_timeout,
+            "unacked_restore_interval": max(1, min(30, settings.visibility_timeout // 5)),
+            "unacked_restore_throttle": 1}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings both sides need to talk about the same messages on the same queue."""
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": transport_options(settings),
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "result_accept_content": ["json"],
+        "task_ignore_result": True,
+        "task_default_queue": settings.queue,
+        "task_queues": [Queue(settings.queue, routing_key=settings.queue)],
+        "task_routes": {TASK_NAME: {"queue": settings.queue}},
+    }

@@ -1,0 +1,137 @@
+"""The message contract between producer and workers: the chunk message and the result row."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from worker.core.errors import MessageError, Reason
+
+TASK_NAME = "tagger.tag_chunk"
+MAX_URI_CHARS = 16_384  # presigned URLs run to a few KB; a listing skips longer ones
+MAX_CHUNK_ITEMS = 10_000
+_ID = re.compile(r"[0-9A-Za-z_.:-]{1,64}")
+_MAX_TEXT = 1024  # keys, versions and model names
+
+
+def uri_hash(uri: str) -> str:
+    """The indexed identity of a URI: btree entries have a size limit, URIs do not."""
+    return hashlib.sha256(uri.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One image to tag: where it is, the catalogue's own key, and its source version."""
+
+    uri: str
+    key: str | None = None
+    version: str | None = None
+
+    def encode(self) -> dict[str, str]:
+        return {k: v for k, v in (("uri", self.uri), ("key", self.key),
+                                  ("version", self.version)) if v is not None}
+
+    @classmethod
+    def decode(cls, data: Any) -> Item:
+        if not isinstance(data, Mapping) or not isinstance(data.get("uri"), str):
+            raise MessageError(f"an item must be an object with a 'uri' string, not {data!r:.80}")
+        return cls(uri=data["uri"], key=_text(data, "key"),
+                   version=_text(data, "version"))
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One message: images to tag for one model, label set and run."""
+
+    items: tuple[Item, ...]
+    model: str
+    labelset_id: str
+    run_id: str | None = None
+    enqueued_at: float = field(default_factory=time.time)
+
+    def encode(self) -> dict[str, Any]:
+        """The task's keyword arguments (JSON): only URIs and ids travel, never credentials."""
+        return {"items": [i.encode() for i in self.items], "model": self.model,
+                "labelset_id": self.labelset_id, "run_id": self.run_id,
+                "enqueued_at": self.enqueued_at}
+
+    @classmethod
+    def decode(cls, data: Mapping[str, Any]) -> Chunk:
+        """Validate a received message; MessageError says what is wrong with it."""
+        items = data.get("items")
+        if not isinstance(items, list) or not 0 < len(items) <= MAX_CHUNK_ITEMS:
+            raise MessageError(f"'items' must be a list of 1 to {MAX_CHUNK_ITEMS} images")
+        model = _text(data, "model")
+        if not model:
+            raise MessageError("the message names no model")
+        labelset_id, run_id = data.get("labelset_id"), data.get("run_id")
+        if not isinstance(labelset_id, str) or not _ID.fullmatch(labelset_id):
+            raise MessageError(f"bad labelset_id {labelset_id!r:.80}")
+        if run_id is not None and not (isinstance(run_id, str) and _ID.fullmatch(run_id)):
+            raise MessageError(f"bad run_id {run_id!r:.80}")
+        enqueued_at = data.get("enqueued_at")
+        return cls(items=tuple(Item.decode(i) for i in items), model=model,
+                   labelset_id=labelset_id, run_id=run_id,
+                   enqueued_at=float(enqueued_at) if isinstance(enqueued_at, int | float)
+                   else time.time())
+
+    def describe(self) -> str:
+        """What Celery shows for the arguments instead of every URI (kwargsrepr)."""
+        return (f"<{len(self.items)} images, model {self.model}, label set {self.labelset_id}, "
+                f"run {self.run_id}>")
+
+
+def _text(data: Mapping[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > _MAX_TEXT:
+        raise MessageError(f"'{name}' must be a string of at most {_MAX_TEXT} characters")
+    return value
+
+
+@dataclass
+class Result:
+    """One image's outcome: labels with scores, or a reason and an error."""
+
+    item: Item
+    model: str
+    labelset_id: str
+    run_id: str | None = None
+    labels: list[dict[str, Any]] = field(default_factory=list)
+    reason: Reason | None = None
+    error: str | None = None
+    content_sha256: str | None = None
+    attempts: int = 1
+    runtime: str | None = None
+
+    @property
+    def status(self) -> str:
+        return "failed" if self.reason else "done"
+
+    def row(self) -> dict[str, Any]:
+        """The ``results`` table row."""
+        top = self.labels[0] if self.labels else {}
+        return {"uri": self.item.uri, "uri_hash": uri_hash(self.item.uri), "model": self.model,
+                "labelset_id": self.labelset_id, "item_key": self.item.key,
+                "source_version": self.item.version, "content_sha256": self.content_sha256,
+                "status": self.status, "reason": self.reason.value if self.reason else None,
+                "error": self.error, "labels": self.labels, "top_label": top.get("label"),
+                "top_score": top.get("score"), "attempts": self.attempts, "run_id": self.run_id,
+                "runtime": self.runtime}
+
+
+def label_scores(labels: Sequence[str], parents: Sequence[str | None], indices: Sequence[int],
+                 scores: Sequence[float]) -> list[dict[str, Any]]:
+    """The stored form of one image's top-k: highest score first, parents where there are any."""
+    out = []
+    for index, score in zip(indices, scores, strict=True):
+        entry: dict[str, Any] = {"label": labels[index], "score": round(float(score), 6)}
+        if parents[index]:
+            entry["parent"] = parents[index]
+        out.append(entry)
+    return out

@@ -1,0 +1,215 @@
+"""One typed settings object, read from the environment in one place, failing fast."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from worker.core.errors import ConfigError
+
+APP_NAME = "catalog-tagger"
+DEFAULT_MODEL = "OFA-Sys/chinese-clip-vit-base-patch16"
+LABELSETS = Path(__file__).resolve().parents[1] / "labelsets"
+DEFAULT_LABELS = LABELSETS / "ecommerce_zh.txt"
+DATABASES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql",
+             "postgresql+psycopg2": "postgresql"}
+BROKERS = ("redis", "rediss", "filesystem")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+SettingsError = ConfigError  # the name callers knew
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the producer and the workers can be told from outside."""
+
+    home: Path
+    cache_dir: Path
+    broker_url: str
+    database_url: str
+    queue: str
+    model: str
+    labels_path: Path
+    templates_path: Path | None
+    backend: str
+    precision: str
+    device: str
+    decoder: str
+    top_k: int
+    batch_size: int
+    chunk_size: int
+    fetch_threads: int
+    decode_processes: int
+    visibility_timeout: int
+    chunk_retries: int
+    max_deliveries: int
+    max_image_bytes: int
+    max_image_pixels: int
+    max_image_memory: int
+    item_timeout: float
+    fetch_timeout: float
+    allow_private_urls: bool
+    url_allow_networks: tuple[Network, ...]
+    file_roots: tuple[Path, ...]
+    pending_ttl: int
+    metrics_port: int
+    jpeg_draft: bool
+    decode_overlap: str
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url.startswith("filesystem://")
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.home / "broker"
+
+    @property
+    def max_retry_countdown(self) -> int:
+        # A countdown longer than the visibility timeout would make Redis deliver it twice.
+        return max(1, min(60, self.visibility_timeout // 4))
+
+    @property
+    def task_time_limit(self) -> int:
+        # The hard limit must end a task before Redis re-delivers its message to another worker.
+        return max(10, int(self.visibility_timeout * 0.8))
+
+
+# --- parsers: (environment, variable name, raw text) -> value, or ConfigError ---------------
+
+def _int(minimum: int = 0) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+        if value < minimum:
+            raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _bool(name: str, raw: str) -> bool:
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
+
+
+def _choice(*choices: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.lower()
+        if value not in choices and not (name == "TAGGER_DEVICE" and value.startswith("cuda:")):
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+        return value
+    return parse
+
+
+def _networks(name: str, raw: str) -> tuple[Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(p.strip()) for p in raw.split(",") if p.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a comma-separated list of CIDR networks: {exc}"
+                          ) from None
+
+
+def _paths(name: str, raw: str) -> tuple[Path, ...]:
+    paths = tuple(Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip())
+    for path in paths:
+        if not path.is_absolute():
+            raise ConfigError(f"{name} takes absolute folders separated by '{os.pathsep}', "
+                              f"got {str(path)!r}")
+    return tuple(Path(os.path.realpath(p)) for p in paths)
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def database_url(name: str, raw: str) -> str:
+    """A PostgreSQL or SQLite URL, or a one-line ConfigError naming the variable."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        driver = make_url(raw).drivername
+    except ArgumentError:
+        raise ConfigError(f"{name} is not a database URL ({raw[:40]!r}): use "
+                          "postgresql://user:password@host/db or sqlite:///path/results.db"
+                          ) from None
+    if driver not in DATABASES:
+        raise ConfigError(f"{name}: {driver!r} databases are not supported; use "
+                          "postgresql://user:password@host/db or sqlite:///path/results.db")
+    return raw
+
+
+def _broker_url(name: str, raw: str) -> str:
+    if raw.partition("://")[0] not in BROKERS:
+        raise ConfigError(f"{name} must be a redis:// URL (or filesystem:// for one machine), "
+                          f"got {raw.partition('://')[0]!r}")
+    return raw
+
+
+# Variable, field, parser, default (a value, or a function of the home folder).
+_FIELDS: tuple[tuple[str, str, Callable[[str, str], Any], Any], ...] = (
+    ("TAGGER_QUEUE", "queue", _text, "tagger"),
+    ("TAGGER_MODEL", "model", _text, DEFAULT_MODEL),
+    ("TAGGER_BACKEND", "backend", _choice("auto", "torch", "onnx"), "auto"),
+    ("TAGGER_PRECISION", "precision",
+     _choice("auto", "float32", "float16", "bfloat16", "int8"), "auto"),
+    ("TAGGER_DEVICE", "device", _choice("auto", "cpu", "cuda"), "auto"),
+    ("TAGGER_DECODER", "decoder", _choice("auto", "pillow", "nvjpeg"), "auto"),
+    ("TAGGER_TOP_K", "top_k", _int(1), 5),
+    ("TAGGER_BATCH_SIZE", "batch_size", _int(0), 0),
+    ("TAGGER_CHUNK_SIZE", "chunk_size", _int(1), 64),
+    ("TAGGER_FETCH_THREADS", "fetch_threads", _int(1), 8),
+    ("TAGGER_DECODE_PROCESSES", "decode_processes", _int(1), os.cpu_count() or 2),
+    ("TAGGER_VISIBILITY_TIMEOUT", "visibility_timeout", _int(5), 900),
+    ("TAGGER_CHUNK_RETRIES", "chunk_retries", _int(0), 8),
+    ("TAGGER_MAX_DELIVERIES", "max_deliveries", _int(1), 3),
+    ("TAGGER_MAX_IMAGE_BYTES", "max_image_bytes", _int(1), 50 * 2**20),
+    ("TAGGER_MAX_IMAGE_PIXELS", "max_image_pixels", _int(1), 89_478_485),
+    ("TAGGER_MAX_IMAGE_MEMORY", "max_image_memory", _int(16 * 2**20), 2**30),
+    ("TAGGER_ITEM_TIMEOUT", "item_timeout", _int(1), 30),
+    ("TAGGER_FETCH_TIMEOUT", "fetch_timeout", _int(1), 30),
+    ("TAGGER_ALLOW_PRIVATE_URLS", "allow_private_urls", _bool, False),
+    ("TAGGER_URL_ALLOW_NETWORKS", "url_allow_networks", _networks, ()),
+    ("TAGGER_FILE_ROOTS", "file_roots", _paths, ()),
+    ("TAGGER_PENDING_TTL", "pending_ttl", _int(1), 24 * 3600),
+    ("TAGGER_METRICS_PORT", "metrics_port", _int(0), 0),
+    ("TAGGER_JPEG_DRAFT", "jpeg_draft", _bool, True),
+    ("TAGGER_DECODE_OVERLAP", "decode_overlap", _choice("auto", "on", "off"), "auto"),
+)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from ``env`` (default: the process environment), failing fast."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for variable, name, parse, default in _FIELDS:
+        raw = env.get(variable, "").strip()
+        values[name] = parse(variable, raw) if raw else default
+    home = Path(env.get("TAGGER_HOME", "").strip()
+                or platformdirs.user_data_dir(APP_NAME)).expanduser().absolute()
+    cache = env.get("TAGGER_CACHE_DIR", "").strip()
+    templates = env.get("TAGGER_TEMPLATES", "").strip()
+    broker = env.get("CELERY_BROKER_URL", "").strip()
+    database = env.get("DATABASE_URL", "").strip()
+    return Settings(
+        home=home,
+        cache_dir=Path(cache or platformdirs.user_cache_dir(APP_NAME)).expanduser().absolute(),
+        broker_url=_broker_url("CELERY_BROKER_URL", broker) if broker else "filesystem://",
+        database_url=(database_url("DATABASE_URL", database) if database
+                      else f"sqlite:///{home / 'results.db'}"),
+        labels_path=Path(env.get("TAGGER_LABELS", "").strip() or DEFAULT_LABELS),
+        templates_path=Path(templates) if templates else None,
+        **values,
+    )
+
+

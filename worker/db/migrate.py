@@ -1,0 +1,39 @@
+"""Run the Alembic migrations shipped in the package, from any folder, on any database URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+import migrations
+from worker.db.schema import engine_for
+
+SCRIPTS = Path(migrations.__file__).resolve().parent
+
+
+def alembic_config(url: str) -> Config:
+    """Alembic's configuration without alembic.ini: the packaged scripts, this URL."""
+    config = Config()
+    config.set_main_option("script_location", str(SCRIPTS))
+    config.attributes["url"] = url
+    return config
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    command.downgrade(alembic_config(url), revision)
+
+
+def revisions(url: str) -> tuple[str | None, str]:
+    """(the database's revision or None, the newest shipped revision)."""
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    with engine_for(url).connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    return current, str(head)

@@ -1,0 +1,137 @@
+"""The worker's database calls: label sets, text embeddings, deliveries, dedupe, results."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from worker.core.contract import Result
+from worker.core.labels import LabelSet
+from worker.db.schema import (
+    deliveries,
+    insert,
+    labelsets,
+    now,
+    pending,
+    results,
+    retried,
+    runs,
+    text_embeddings,
+)
+
+BATCH = 500  # keys per IN (...) list: well under SQLite's limit on bound variables
+
+
+def batches(values: Sequence[Any], size: int = BATCH) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+@retried
+def load_labelset(engine: Engine, labelset_id: str) -> LabelSet | None:
+    with engine.connect() as conn:
+        body = conn.scalar(sa.select(labelsets.c.body).where(labelsets.c.id == labelset_id))
+    return LabelSet.from_json(body) if body is not None else None
+
+
+@retried
+def run_file_roots(engine: Engine, run_id: str) -> list[str]:
+    """The folders this run may read files from (its own folder, for a folder listing)."""
+    with engine.connect() as conn:
+        return list(conn.scalar(sa.select(runs.c.file_roots).where(runs.c.id == run_id)) or [])
+
+
+@retried
+def load_text_embeddings(engine: Engine, model: str, labelset_id: str, encoder: str
+                         ) -> tuple[int, int, bytes] | None:
+    table = text_embeddings
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(table.c.rows, table.c.dim, table.c.data).where(
+            table.c.model == model, table.c.labelset_id == labelset_id,
+            table.c.encoder == encoder)).first()
+    return (row.rows, row.dim, bytes(row.data)) if row else None
+
+
+@retried
+def save_text_embeddings(engine: Engine, model: str, labelset_id: str, encoder: str,
+                         rows: int, dim: int, data: bytes) -> None:
+    with engine.begin() as conn:
+        conn.execute(insert(conn, text_embeddings)
+                     .values(model=model, labelset_id=labelset_id, encoder=encoder, rows=rows,
+                             dim=dim, data=data)
+                     .on_conflict_do_nothing(index_elements=["model", "labelset_id", "encoder"]))
+
+
+@retried
+def start_delivery(engine: Engine, task_id: str, run_id: str | None, images: int) -> int:
+    """Record one more start of this chunk message (now in flight); return how many so far."""
+    with engine.begin() as conn:
+        stmt = insert(conn, deliveries).values(task_id=task_id, count=1, run_id=run_id,
+                                               images=images)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["task_id"],
+            set_={"count": deliveries.c.count + 1, "updated_at": now, "finished_at": None,
+                  "images": images},
+        ).returning(deliveries.c.count)
+        return int(conn.execute(stmt).scalar_one())
+
+
+@retried
+def done_by_content(engine: Engine, model: str, labelset_id: str, hashes: Iterable[str]
+                    ) -> dict[str, list[dict[str, Any]]]:
+    """Labels already computed for these content hashes (identical bytes under other URIs)."""
+    wanted = sorted(set(hashes))
+    found: dict[str, list[dict[str, Any]]] = {}
+    with engine.connect() as conn:
+        for part in batches(wanted):
+            rows = conn.execute(sa.select(results.c.content_sha256, results.c.labels).where(
+                results.c.model == model, results.c.labelset_id == labelset_id,
+                results.c.status == "done", results.c.content_sha256.in_(part)))
+            found.update((row.content_sha256, row.labels) for row in rows)
+    return found
+
+
+@retried
+def write_results(engine: Engine, outcomes: Sequence[Result], task_id: str | None = None
+                  ) -> None:
+    """Upsert results, clear their pending marks and close the delivery, in one transaction.
+
+    A done result replaces anything; a failure never replaces a done result, so a re-delivered
+    chunk that meets a passing fault cannot erase good labels.
+    """
+    rows = list({(r["uri_hash"], r["model"], r["labelset_id"]): r
+                 for r in (o.row() for o in outcomes)}.values())
+    with engine.begin() as conn:
+        if rows:
+            _upsert(conn, rows)
+            for (model, labelset_id), hashes in _group(rows).items():
+                for part in batches(hashes):
+                    conn.execute(pending.delete().where(
+                        pending.c.model == model, pending.c.labelset_id == labelset_id,
+                        pending.c.uri_hash.in_(part)))
+        if task_id:
+            conn.execute(deliveries.update().where(deliveries.c.task_id == task_id)
+                         .values(finished_at=now))
+
+
+def _upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    # One statement with many parameter sets: SQLAlchemy batches it ("insertmanyvalues")
+    # within each database's limit on bound variables, however long the chunk.
+    stmt = insert(conn, results)
+    updatable = [c.name for c in results.columns if c.name not in {"id", "created_at"}]
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["uri_hash", "model", "labelset_id"],
+        set_={**{name: stmt.excluded[name] for name in updatable}, "updated_at": now},
+        where=sa.or_(results.c.status != "done", stmt.excluded.status == "done"),
+    )
+    conn.execute(stmt, rows)
+
+
+def _group(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, str], list[str]]:
+    groups: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["labelset_id"]), []).append(row["uri_hash"])
+    return groups

@@ -1,0 +1,222 @@
+"""The producer's database calls: due checks, pending claims, runs, status figures, exports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from worker.core.contract import Item, uri_hash
+from worker.core.labels import LabelSet
+from worker.db.results import batches
+from worker.db.schema import deliveries, insert, labelsets, pending, results, retried, runs
+
+RATE_WINDOW = timedelta(minutes=5)
+
+
+@retried
+def save_labelset(engine: Engine, labelset: LabelSet) -> None:
+    with engine.begin() as conn:
+        conn.execute(insert(conn, labelsets)
+                     .values(id=labelset.id, name=labelset.name, body=labelset.to_json())
+                     .on_conflict_do_nothing(index_elements=["id"]))
+
+
+def due_items(conn: Connection, items: Sequence[Item], model: str, labelset_id: str
+              ) -> list[Item]:
+    """The items without a result for this model and label set at their current version."""
+    known: dict[str, str | None] = {}
+    hashes = sorted({uri_hash(i.uri) for i in items})
+    for part in batches(hashes):
+        rows = conn.execute(sa.select(results.c.uri_hash, results.c.source_version).where(
+            results.c.model == model, results.c.labelset_id == labelset_id,
+            results.c.uri_hash.in_(part)))
+        known.update((row.uri_hash, row.source_version) for row in rows)
+    due = []
+    for item in items:
+        key = uri_hash(item.uri)
+        if key not in known or (item.version or known[key]) != known[key]:
+            due.append(item)
+    return due
+
+
+def claim_pending(conn: Connection, items: Sequence[Item], model: str, labelset_id: str,
+                  run_id: str, ttl_seconds: int, force: bool = False) -> list[Item]:
+    """Mark items pending for this run; return those not already pending in a live run.
+
+    A mark older than ``ttl_seconds`` (a lost message, a crashed run) is taken over; ``force``
+    takes over other runs' marks, fresh or not. The first of several items with one URI wins.
+    """
+    if not items:
+        return []
+    current = datetime.now(UTC)
+    by_hash: dict[str, Item] = {}
+    for item in items:
+        by_hash.setdefault(uri_hash(item.uri), item)
+    stmt = insert(conn, pending)
+    stale = pending.c.enqueued_at < current - timedelta(seconds=ttl_seconds)
+    # Even forced, a run never claims an image twice (the same URL on two catalogue rows).
+    other_run = sa.or_(pending.c.run_id.is_(None), pending.c.run_id != stmt.excluded.run_id)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["uri_hash", "model", "labelset_id"],
+        set_={"run_id": stmt.excluded.run_id, "enqueued_at": stmt.excluded.enqueued_at},
+        where=other_run if force else stale,
+    ).returning(pending.c.uri_hash)
+    # One statement with many parameter sets (batched by SQLAlchemy's insertmanyvalues): a
+    # values() list would compile, and cache, a new statement for every batch length.
+    rows = [{"uri_hash": key, "uri": item.uri, "model": model, "labelset_id": labelset_id,
+             "run_id": run_id, "enqueued_at": current} for key, item in by_hash.items()]
+    claimed = set(conn.execute(stmt, rows).scalars())
+    return [item for key, item in by_hash.items() if key in claimed]
+
+
+@retried
+def release_pending(engine: Engine, run_id: str, items: Sequence[Item] | None = None) -> int:
+    """Drop a run's pending marks (those of ``items`` only, if given): nothing will answer them."""
+    with engine.begin() as conn:
+        if items is None:
+            return conn.execute(pending.delete().where(pending.c.run_id == run_id)).rowcount
+        count = 0
+        for part in batches(sorted({uri_hash(i.uri) for i in items})):
+            count += conn.execute(pending.delete().where(pending.c.run_id == run_id,
+                                                         pending.c.uri_hash.in_(part))).rowcount
+        return count
+
+
+@retried
+def create_run(engine: Engine, run_id: str, source: str, model: str, labelset_id: str,
+               file_roots: Sequence[str] = ()) -> None:
+    with engine.begin() as conn:
+        conn.execute(runs.insert().values(id=run_id, source=source, model=model,
+                                          labelset_id=labelset_id, skipped_by_reason={},
+                                          file_roots=list(file_roots),
+                                          started_at=datetime.now(UTC)))
+
+
+@retried
+def update_run(engine: Engine, run_id: str, *, finished: bool = False, error: str | None = None,
+               **values: Any) -> None:
+    """Store a run's counts so far; ``finished`` when its listing ended (``error`` if early)."""
+    if finished:
+        values["finished_at"] = datetime.now(UTC)
+    if error is not None:
+        values["error"] = error
+    with engine.begin() as conn:
+        conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
+
+
+def has_schema(engine: Engine) -> bool:
+    return sa.inspect(engine).has_table("results")
+
+
+def failed_labelsets(engine: Engine, model: str, reason: str | None = None) -> list[str]:
+    """Label sets that have failed results for this model (optionally for one reason)."""
+    query = sa.select(results.c.labelset_id).distinct().where(results.c.model == model,
+                                                              results.c.status == "failed")
+    if reason is not None:
+        query = query.where(results.c.reason == reason)
+    with engine.connect() as conn:
+        return list(conn.scalars(query))
+
+
+def iter_results(engine: Engine, *, uri_prefix: str | None = None, batch: int = 1000,
+                 **where: str | None) -> Iterator[sa.RowMapping]:
+    """Stream results (server-side cursor on PostgreSQL), oldest first, filtered by columns."""
+    query = sa.select(results).order_by(results.c.id)
+    if uri_prefix:
+        query = query.where(results.c.uri.startswith(uri_prefix, autoescape=True))
+    for column, value in where.items():
+        if value is not None:
+            query = query.where(results.c[column] == value)
+    with engine.connect() as conn:
+        yield from conn.execution_options(yield_per=batch).execute(query).mappings()
+
+
+def failed_file_roots(engine: Engine, model: str, labelset_id: str, reason: str | None
+                      ) -> list[str]:
+    """The folders the runs of these failed images could read: their retry may read them too."""
+    failed = sa.select(results.c.run_id).where(
+        results.c.model == model, results.c.labelset_id == labelset_id,
+        results.c.status == "failed", *([results.c.reason == reason] if reason else []))
+    with engine.connect() as conn:
+        lists = conn.scalars(sa.select(runs.c.file_roots).where(runs.c.id.in_(failed)))
+        return sorted({root for roots in lists for root in roots or ()})
+
+
+# --- the figures behind `producer status`, `runs` and `wait` ----------------------------------
+
+def result_counts(engine: Engine, run_id: str | None = None) -> dict[str, Any]:
+    """done / failed (by reason) / pending / in flight / recent rate, for a run or everything."""
+    by_run = [results.c.run_id == run_id] if run_id else []
+    with engine.connect() as conn:
+        by_status = dict(conn.execute(sa.select(results.c.status, sa.func.count())
+                                      .where(*by_run).group_by(results.c.status)).all())
+        reasons = dict(conn.execute(sa.select(results.c.reason, sa.func.count())
+                                    .where(results.c.status == "failed", *by_run)
+                                    .group_by(results.c.reason)).all())
+        waiting = conn.scalar(sa.select(sa.func.count()).select_from(pending).where(
+            *([pending.c.run_id == run_id] if run_id else [])))
+        in_flight = conn.scalar(sa.select(sa.func.coalesce(sa.func.sum(deliveries.c.images), 0))
+                                .where(deliveries.c.finished_at.is_(None),
+                                       *([deliveries.c.run_id == run_id] if run_id else [])))
+        current = datetime.now(UTC)
+        recent, first = conn.execute(
+            sa.select(sa.func.count(), sa.func.min(results.c.updated_at)).where(
+                results.c.updated_at >= current - RATE_WINDOW, *by_run)).one()
+    rate = recent / _seconds_since(first, current) if recent else 0.0
+    return {"done": int(by_status.get("done", 0)), "failed": int(by_status.get("failed", 0)),
+            "failed_by_reason": {str(k): int(v) for k, v in reasons.items()},
+            "pending": int(waiting or 0), "in_flight": min(int(in_flight or 0), int(waiting or 0)),
+            "images_per_second": round(rate, 2),
+            "eta_seconds": round(waiting / rate) if rate and waiting else None}
+
+
+def _seconds_since(first: datetime, current: datetime) -> float:
+    """The rate window actually covered: a run that began a minute ago has a minute of results."""
+    if first.tzinfo is None:  # SQLite keeps UTC without a zone
+        first = first.replace(tzinfo=UTC)
+    return max(1.0, min(RATE_WINDOW.total_seconds(), (current - first).total_seconds()))
+
+
+def find_runs(engine: Engine, run_id: str | None = None, limit: int = 1) -> list[dict[str, Any]]:
+    """The run with this id, or the latest ``limit`` runs, each with live counts and state."""
+    query = sa.select(runs)
+    query = (query.where(runs.c.id == run_id) if run_id
+             else query.order_by(runs.c.started_at.desc()).limit(limit))
+    with engine.connect() as conn:
+        found = [_jsonable(row) for row in conn.execute(query).mappings()]
+        ids = [r["id"] for r in found]
+        outcomes = conn.execute(sa.select(results.c.run_id, results.c.status, results.c.reason,
+                                          sa.func.count())
+                                .where(results.c.run_id.in_(ids))
+                                .group_by(results.c.run_id, results.c.status, results.c.reason))
+        counted: dict[str, dict[str, Any]] = {i: {"done": 0, "failed": 0,
+                                                   "failed_by_reason": {}} for i in ids}
+        for run, status, reason, count in outcomes:
+            counted[run][status] += count
+            if status == "failed":
+                counted[run]["failed_by_reason"][reason] = count
+        waiting = dict(conn.execute(sa.select(pending.c.run_id, sa.func.count())
+                                    .where(pending.c.run_id.in_(ids))
+                                    .group_by(pending.c.run_id)).all())
+    for run in found:
+        run.update(counted[run["id"]], pending=int(waiting.get(run["id"], 0)))
+        run["skipped_by_reason"] = run.get("skipped_by_reason") or {}
+        run["state"] = run_state(run)
+    return found
+
+
+def run_state(run: Mapping[str, Any]) -> str:
+    """listing -> running -> complete; ``stopped`` when the listing ended early."""
+    if run["finished_at"] is None:
+        return "listing"
+    if run.get("error"):
+        return "stopped"
+    return "running" if run["pending"] else "complete"
+
+
+def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}

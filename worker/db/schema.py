@@ -1,0 +1,195 @@
+"""The tables, one engine per URL, and the one way every database call is retried."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from worker.core.errors import TransientError
+from worker.core.redact import redact
+
+log = logging.getLogger(__name__)
+metadata = sa.MetaData()
+now = sa.func.current_timestamp()
+_Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+_BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+_Time = sa.DateTime(timezone=True)
+_Hash = sa.String(64)  # sha256 hex: URIs are indexed by their hash, never by their text
+
+labelsets = sa.Table(
+    "labelsets", metadata,
+    sa.Column("id", sa.String(16), primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("body", _Json, nullable=False),
+    sa.Column("created_at", _Time, nullable=False, server_default=now),
+)
+
+runs = sa.Table(
+    "runs", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("labelset_id", sa.String(16), nullable=False),
+    sa.Column("started_at", _Time, nullable=False, server_default=now),
+    sa.Column("finished_at", _Time),
+    sa.Column("listed", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("enqueued", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("skipped", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("skipped_by_reason", _Json),
+    sa.Column("error", sa.Text),  # why the listing stopped early (failed, cancelled)
+    sa.Column("file_roots", _Json),  # folders whose files this run's chunks may read
+)
+
+results = sa.Table(
+    "results", metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("uri", sa.Text, nullable=False),
+    sa.Column("uri_hash", _Hash, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("labelset_id", sa.String(16), nullable=False),
+    sa.Column("item_key", sa.Text),
+    sa.Column("source_version", sa.Text),
+    sa.Column("content_sha256", sa.String(64)),
+    sa.Column("status", sa.String(8), nullable=False),
+    sa.Column("reason", sa.String(32)),
+    sa.Column("error", sa.Text),
+    sa.Column("labels", _Json, nullable=False),
+    sa.Column("top_label", sa.Text),
+    sa.Column("top_score", sa.Float),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("run_id", sa.String(32)),
+    sa.Column("runtime", sa.Text),  # which backend and precision computed the labels
+    sa.Column("created_at", _Time, nullable=False, server_default=now),
+    sa.Column("updated_at", _Time, nullable=False, server_default=now),
+    sa.UniqueConstraint("uri_hash", "model", "labelset_id", name="uq_results_image"),
+    sa.CheckConstraint("status IN ('done', 'failed')", name="ck_results_status"),
+    sa.Index("ix_results_top_label", "top_label", "top_score"),
+    sa.Index("ix_results_content_sha256", "content_sha256"),
+    sa.Index("ix_results_run_status", "run_id", "status"),
+    sa.Index("ix_results_status_reason", "status", "reason"),
+)
+
+# An image enqueued and not yet answered; its row blocks a second enqueue of the same image.
+pending = sa.Table(
+    "pending", metadata,
+    sa.Column("uri_hash", _Hash, primary_key=True),
+    sa.Column("model", sa.Text, primary_key=True),
+    sa.Column("labelset_id", sa.String(16), primary_key=True),
+    sa.Column("uri", sa.Text, nullable=False),
+    sa.Column("run_id", sa.String(32)),
+    sa.Column("enqueued_at", _Time, nullable=False),
+    sa.Index("ix_pending_run", "run_id"),
+)
+
+# Each start of a chunk message: a poison chunk is parked after K; open rows are in flight.
+deliveries = sa.Table(
+    "deliveries", metadata,
+    sa.Column("task_id", sa.String(64), primary_key=True),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.String(32)),
+    sa.Column("images", sa.Integer),
+    sa.Column("updated_at", _Time, nullable=False, server_default=now),
+    sa.Column("finished_at", _Time),
+    sa.Index("ix_deliveries_open", "finished_at", "run_id"),
+)
+
+text_embeddings = sa.Table(
+    "text_embeddings", metadata,
+    sa.Column("model", sa.Text, primary_key=True),
+    sa.Column("labelset_id", sa.String(16), primary_key=True),
+    sa.Column("encoder", sa.String(64), primary_key=True),  # what computed them
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("dim", sa.Integer, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", _Time, nullable=False, server_default=now),
+)
+
+
+def normalise_url(url: str) -> str:
+    """Map ``postgres://`` and ``postgresql://`` to the psycopg2 driver this project ships."""
+    parsed = make_url(url)
+    if parsed.drivername in {"postgres", "postgresql"}:
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    return parsed.render_as_string(hide_password=False)
+
+
+@functools.cache
+def engine_for(url: str) -> Engine:
+    """One pooled engine per URL and process."""
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        database = make_url(url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2,
+                            connect_args={"connect_timeout": 10})
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the producer read while a worker writes; the busy timeout covers the rest.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def insert(conn: Connection, table: sa.Table) -> Any:
+    """An INSERT with ON CONFLICT for this connection's dialect."""
+    return (postgresql.insert(table) if conn.dialect.name == "postgresql"
+            else sqlite.insert(table))
+
+
+def is_transient(exc: sa.exc.DBAPIError) -> bool:
+    """A lost or refused connection, a busy database, a deadlock: worth trying again."""
+    if exc.connection_invalidated:
+        return True
+    code = getattr(exc.orig, "pgcode", None)
+    if code:  # SQLSTATE classes: connection, rollback (deadlock), resources, shutdown
+        return code[:2] in {"08", "40", "53", "57"}
+    if isinstance(exc.orig, sqlite3.Error):
+        return any(word in str(exc.orig) for word in ("locked", "busy"))
+    # psycopg2 reports a refused or dropped connection without a SQLSTATE
+    return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError)
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+TRIES = 3
+
+
+def retried(func: Callable[P, T]) -> Callable[P, T]:
+    """Retry a lost connection or an unreachable database in place, then raise TransientError.
+
+    Every call wrapped here is idempotent (upserts, reads), so running it again is safe; a
+    database that stays away for seconds becomes a chunk retry with the task's backoff.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        for attempt in range(1, TRIES + 1):
+            try:
+                return func(*args, **kwargs)
+            except sa.exc.DBAPIError as exc:
+                if not is_transient(exc):
+                    raise
+                message = redact(str(exc.orig or exc).strip().splitlines()[0])
+                if attempt == TRIES:
+                    raise TransientError(f"database unavailable: {message}") from exc
+                log.warning("database call %s failed (%s); retrying", func.__name__, message)
+                time.sleep(0.5 * 2 ** attempt * random.uniform(0.5, 1.0))
+        raise AssertionError("unreachable")
+
+    return wrapper

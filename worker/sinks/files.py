@@ -1,0 +1,116 @@
+"""Export files: stored results as JSON lines, CSV or Parquet, streaming, secrets redacted."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Mapping
+from typing import IO, Any
+
+from worker.core.errors import ConfigError
+from worker.core.redact import redact
+
+FIELDS = ("uri", "key", "status", "top_parent", "top_label", "top_score", "labels", "reason",
+          "error", "model", "labelset_id", "runtime", "content_sha256", "run_id", "attempts",
+          "updated_at")
+
+
+def record(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The exported form of one result row (signatures and passwords in URLs masked)."""
+    labels = row["labels"] or []
+    updated = row["updated_at"]
+    return {
+        "uri": redact(row["uri"]), "key": row["item_key"], "status": row["status"],
+        # The first level of a two-level label set (家居 for 台灯); None for flat label sets.
+        "top_parent": labels[0].get("parent") if labels else None,
+        "top_label": row["top_label"], "top_score": row["top_score"], "labels": labels,
+        "reason": row["reason"], "error": redact(row["error"]) if row["error"] else None,
+        "model": row["model"], "labelset_id": row["labelset_id"], "runtime": row["runtime"],
+        "content_sha256": row["content_sha256"], "run_id": row["run_id"],
+        "attempts": row["attempts"], "updated_at": updated.isoformat() if updated else None,
+    }
+
+
+class JsonLinesWriter:
+    """One JSON object per line, UTF-8, Chinese kept as it is."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.text = io.TextIOWrapper(out, encoding="utf-8", newline="\n", write_through=True)
+
+    def write(self, data: dict[str, Any]) -> None:
+        self.text.write(json.dumps(data, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        self.text.detach()
+
+
+class CsvWriter:
+    """A header row, then one row per image; ``labels`` as a JSON list in its cell."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
+        self.writer = csv.DictWriter(self.text, fieldnames=FIELDS)
+        self.writer.writeheader()
+
+    def write(self, data: dict[str, Any]) -> None:
+        self.writer.writerow({**data, "labels": json.dumps(data["labels"], ensure_ascii=False)})
+
+    def close(self) -> None:
+        self.text.detach()
+
+
+class ParquetWriter:
+    """Parquet row groups of ``batch`` results; ``labels`` as a list of structs (pyarrow)."""
+
+    def __init__(self, out: IO[bytes], batch: int = 10_000) -> None:
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ConfigError("Parquet export needs pyarrow: pip install "
+                              "'catalog-tagger[parquet]'") from None
+        self.pa = pa
+        label = pa.struct([("label", pa.string()), ("score", pa.float64()),
+                           ("parent", pa.string())])
+        types = {"top_score": pa.float64(), "attempts": pa.int64(), "labels": pa.list_(label)}
+        self.schema = pa.schema([(name, types.get(name, pa.string())) for name in FIELDS])
+        self.writer = pq.ParquetWriter(out, self.schema)
+        self.rows: list[dict[str, Any]] = []
+        self.batch = batch
+
+    def write(self, data: dict[str, Any]) -> None:
+        self.rows.append(data)
+        if len(self.rows) >= self.batch:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.rows:
+            self.writer.write_table(self.pa.Table.from_pylist(self.rows, schema=self.schema))
+            self.rows = []
+
+    def close(self) -> None:
+        self._flush()
+        self.writer.close()
+
+
+WRITERS = {"jsonl": JsonLinesWriter, "csv": CsvWriter, "parquet": ParquetWriter}
+
+
+def format_of(path: str, default: str = "jsonl") -> str:
+    """The export format a file name asks for (``results.csv`` -> csv)."""
+    suffix = path.rpartition(".")[2].lower() if "." in path else ""
+    return suffix if suffix in WRITERS else default
+
+
+def export(rows: Iterable[Mapping[str, Any]], out: IO[bytes], fmt: str) -> int:
+    """Write result rows to ``out`` in ``fmt``; returns how many were written."""
+    writer = WRITERS[fmt](out)
+    count = 0
+    try:
+        for row in rows:
+            writer.write(record(row))
+            count += 1
+    finally:
+        writer.close()
+    return count

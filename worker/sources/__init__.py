@@ -1,0 +1,134 @@
+"""Where images come from: one module per URI scheme, each listing and fetching, found here.
+
+A new source (say ``gs://``) is one module with a ``Source`` class and a line in ``SCHEMES``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from worker.core.contract import MAX_URI_CHARS, Item
+from worker.core.errors import ConfigError, ItemError, Reason, Skip, TransientError
+from worker.core.settings import Settings
+
+# scheme -> module; a path without a scheme is a local file.
+SCHEMES = {
+    "": "worker.sources.local", "file": "worker.sources.local",
+    "s3": "worker.sources.s3",
+    "http": "worker.sources.http", "https": "worker.sources.http",
+    "postgresql": "worker.sources.sql", "postgres": "worker.sources.sql",
+    "sqlite": "worker.sources.sql",
+}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A listed entry that is not enqueued, and why (counted on the run)."""
+
+    reason: Skip
+    detail: str = ""
+
+
+Listed = Item | Skipped
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one fetch may spend: a wall-clock deadline, and the folders files may come from."""
+
+    deadline: float
+    file_roots: tuple[Path, ...] = field(default=())
+
+    def left(self, uri: str) -> float:
+        """Seconds left; TransientError once the deadline has passed."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TransientError(f"fetching {uri} ran over its time limit")
+        return remaining
+
+
+class Source(Protocol):
+    """Lists a location into Items and fetches the bytes of one URI of its scheme."""
+
+    def __init__(self, settings: Settings) -> None: ...
+
+    def listing(self, location: str, **options: Any) -> Iterator[Listed]:
+        """Every entry at ``location``, streaming; SourceError if it cannot be listed at all."""
+        ...
+
+    def fetch(self, uri: str, budget: Budget) -> bytes:
+        """The bytes at ``uri``; ItemError when they will never come, TransientError if later."""
+        ...
+
+
+def scheme(uri: str) -> str:
+    head, sep, _ = uri.partition("://")
+    if sep:
+        return head.lower().partition("+")[0]
+    return "file" if uri.startswith("file:") else ""
+
+
+@functools.cache
+def _source_class(name: str) -> type[Source]:
+    return importlib.import_module(SCHEMES[name]).Source  # type: ignore[no-any-return]
+
+
+def source_for(uri: str, settings: Settings) -> Source:
+    """The source that serves ``uri``'s scheme (ConfigError for an unknown one)."""
+    name = scheme(uri)
+    if name not in SCHEMES:
+        raise ConfigError(f"no source for {name}:// URIs (known: "
+                          f"{', '.join(sorted(s for s in SCHEMES if s))})")
+    return _cached(_source_class(name), settings)
+
+
+@functools.cache
+def _cached(cls: type[Source], settings: Settings) -> Source:
+    return cls(settings)
+
+
+def uri_problem(uri: str) -> Skipped | None:
+    """Why this URI cannot be fetched whatever its source says, or None."""
+    if "\0" in uri or any(ord(c) < 32 for c in uri):
+        return Skipped(Skip.BAD_URI, "control character in the URI")
+    if len(uri) > MAX_URI_CHARS:
+        return Skipped(Skip.URI_TOO_LONG, f"{len(uri)} characters, over {MAX_URI_CHARS}")
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        return Skipped(Skip.BAD_URI, str(exc))
+    return None
+
+
+def check_uri(uri: str) -> None:
+    """ItemError(bad-uri) for a URI no source can serve (the worker's side of uri_problem)."""
+    problem = uri_problem(uri)
+    if problem:
+        raise ItemError(Reason.BAD_URI, f"bad URI: {problem.detail}")
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def read_capped(read: Any, uri: str, max_bytes: int, budget: Budget) -> bytes:
+    """Read a stream in pieces: the byte cap and the deadline are checked between reads."""
+    chunks, total = [], 0
+    while True:
+        budget.left(uri)
+        chunk = read(256 * 1024)
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > max_bytes:
+            raise ItemError(Reason.TOO_LARGE, f"image is over the cap of {max_bytes} bytes")
+        chunks.append(chunk)

@@ -1,0 +1,106 @@
+"""http(s):// images: a guarded GET (public addresses only, every redirect checked, capped)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterator, Sequence
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import urllib3
+
+from worker.core.errors import ItemError, Reason, SourceError, TransientError
+from worker.core.redact import redact
+from worker.core.settings import Network, Settings
+from worker.sources import Budget, Listed, read_capped
+
+MAX_REDIRECTS = 5
+
+
+def check_address(host: str, port: int, allow_private: bool,
+                  allow_networks: Sequence[Network] = ()) -> str:
+    """Resolve ``host`` and return an address it may be fetched from, refusing internal ones."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ItemError(Reason.NOT_FOUND, f"cannot resolve {host}: {exc}") from exc
+    addresses = [info[4][0] for info in infos]
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if not (allow_private or ip.is_global or any(ip in net for net in allow_networks)):
+            raise ItemError(Reason.BLOCKED_ADDRESS,
+                            f"{host} resolves to {ip}, a non-public address (set "
+                            "TAGGER_URL_ALLOW_NETWORKS or TAGGER_ALLOW_PRIVATE_URLS to allow)")
+    return str(addresses[0])
+
+
+class Source:
+    """``http://`` and ``https://`` URLs (fetch only: there is nothing to list)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.max_bytes = settings.max_image_bytes
+        self.timeout = settings.fetch_timeout
+        self.allow_private = settings.allow_private_urls
+        self.allow_networks = settings.url_allow_networks
+
+    def listing(self, location: str, **_: Any) -> Iterator[Listed]:
+        raise SourceError(f"cannot list {redact(location)}: list a bucket (s3://), a folder "
+                          "or a catalogue database whose rows hold http(s):// URLs")
+
+    def fetch(self, uri: str, budget: Budget) -> bytes:
+        """GET with the address check repeated on every redirect, timeouts and a byte cap."""
+        for _ in range(MAX_REDIRECTS + 1):
+            parts = urlsplit(uri)
+            if parts.scheme not in {"http", "https"} or not parts.hostname:
+                raise ItemError(Reason.BAD_URI, f"refusing to fetch {redact(uri)!r}")
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            address = check_address(parts.hostname, port, self.allow_private,
+                                    self.allow_networks)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            timeout = min(self.timeout, budget.left(uri))
+            response = _request(parts.scheme, parts.hostname, address, port, target, timeout)
+            try:
+                if response.status in {301, 302, 303, 307, 308}:
+                    uri = urljoin(uri, response.headers.get("Location", ""))
+                    continue
+                return self._body(response, uri, budget)
+            finally:
+                response.release_conn()
+        raise ItemError(Reason.BAD_URI, f"more than {MAX_REDIRECTS} redirects")
+
+    def _body(self, response: urllib3.BaseHTTPResponse, uri: str, budget: Budget) -> bytes:
+        shown = redact(uri)
+        if response.status in {404, 410}:
+            raise ItemError(Reason.NOT_FOUND, f"HTTP {response.status} for {shown}")
+        if response.status in {401, 403}:
+            raise ItemError(Reason.FORBIDDEN, f"HTTP {response.status} for {shown}")
+        if response.status == 429 or response.status >= 500:
+            raise TransientError(f"HTTP {response.status} for {shown}")
+        if response.status != 200:
+            raise ItemError(Reason.HTTP_ERROR, f"HTTP {response.status} for {shown}")
+        declared = int(response.headers.get("Content-Length") or 0)
+        if declared > self.max_bytes:
+            raise ItemError(Reason.TOO_LARGE,
+                            f"{shown} is {declared} bytes, over the cap of {self.max_bytes}")
+        try:
+            # read1 returns what one socket read brings, so the deadline is checked between reads.
+            return read_capped(response.read1, shown, self.max_bytes, budget)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise TransientError(f"reading {shown}: {exc}") from exc
+
+
+def _request(scheme: str, host: str, address: str, port: int, target: str,
+             timeout: float) -> urllib3.BaseHTTPResponse:
+    # Connect to the address that was checked, not to a second DNS answer (rebinding).
+    pool_cls = urllib3.HTTPSConnectionPool if scheme == "https" else urllib3.HTTPConnectionPool
+    extra = {"server_hostname": host, "assert_hostname": host} if scheme == "https" else {}
+    pool = pool_cls(address, port, timeout=urllib3.Timeout(connect=timeout, read=timeout),
+                    retries=False, maxsize=1, **extra)
+    try:
+        return pool.urlopen("GET", target, headers={"Host": host, "User-Agent": "catalog-tagger"},
+                            redirect=False, preload_content=False)
+    except urllib3.exceptions.SSLError as exc:
+        raise ItemError(Reason.TLS_ERROR, f"GET {host}: {exc}") from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:  # timeouts, resets, refused
+        raise TransientError(f"GET {host}: {exc}") from exc

@@ -1,0 +1,78 @@
+"""Local files: list a folder (regular files only), read a file under an allowed root folder."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from worker.core.contract import Item
+from worker.core.errors import ItemError, Reason, Skip, SourceError
+from worker.core.settings import Settings
+from worker.sources import Budget, Listed, Skipped, is_image_name, read_capped
+
+
+def path_of(uri: str) -> Path:
+    return Path(unquote(urlsplit(uri).path) if uri.startswith("file:") else uri)
+
+
+class Source:
+    """``file://`` URIs and absolute paths."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.max_bytes = settings.max_image_bytes
+
+    def listing(self, location: str, **_: Any) -> Iterator[Listed]:
+        """Every file below ``location`` in a stable order; non-images and odd files skipped."""
+        root = path_of(location).absolute()
+        if not root.is_dir():
+            raise SourceError(f"not a folder: {root}")
+        problems: list[OSError] = []
+        for folder, dirs, files in os.walk(root, onerror=problems.append):
+            while problems:
+                yield Skipped(Skip.UNREADABLE, str(problems.pop()))
+            dirs.sort()
+            for name in sorted(files):
+                yield self._entry(Path(folder, name))
+
+    @staticmethod
+    def _entry(path: Path) -> Listed:
+        if not is_image_name(path.name):
+            return Skipped(Skip.NOT_IMAGE, str(path))
+        try:
+            info = path.stat()  # follows links: a link is listed as what it points to
+        except FileNotFoundError:
+            return Skipped(Skip.BROKEN_LINK, str(path))
+        except OSError as exc:
+            return Skipped(Skip.UNREADABLE, f"{path}: {exc.strerror}")
+        if not stat.S_ISREG(info.st_mode):
+            return Skipped(Skip.NOT_A_FILE, str(path))
+        return Item(uri=path.as_uri(), version=f"{info.st_mtime_ns:x}-{info.st_size:x}")
+
+    def fetch(self, uri: str, budget: Budget) -> bytes:
+        path = Path(os.path.realpath(path_of(uri)))
+        # Checked before the file is touched, so the answer says nothing about what exists.
+        if not any(path.is_relative_to(root) for root in budget.file_roots):
+            raise ItemError(Reason.OUTSIDE_ROOTS,
+                            f"{uri} is outside the folders files may be read from "
+                            "(the run's own folder and TAGGER_FILE_ROOTS)")
+        try:
+            # O_NONBLOCK: a FIFO would block open() for ever; it is refused below instead.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        except FileNotFoundError as exc:
+            raise ItemError(Reason.NOT_FOUND, f"no such file: {path}") from exc
+        except PermissionError as exc:
+            raise ItemError(Reason.FORBIDDEN, f"cannot read {path}: permission denied") from exc
+        except OSError as exc:
+            raise ItemError(Reason.NOT_A_FILE, f"cannot open {path}: {exc.strerror}") from exc
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ItemError(Reason.NOT_A_FILE, f"{path} is not a regular file")
+            if info.st_size > self.max_bytes:
+                raise ItemError(Reason.TOO_LARGE, f"file is {info.st_size} bytes, over the "
+                                f"cap of {self.max_bytes}")
+            return read_capped(handle.read, uri, self.max_bytes, budget)
