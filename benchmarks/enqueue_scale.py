@@ -10,28 +10,25 @@ on a free loopback port, runs ``producer enqueue --table`` as a subprocess, then
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 
-from worker.labels import load_labelset
-from worker.settings import DEFAULT_LABELS, DEFAULT_MODEL
-from worker.store import normalise_url
+from tests.kit.processes import peak_rss_kib
+from tests.kit.services import PG_ADMIN_URL, RedisServer, postgres_database
+from worker.core.labels import load_labelset
+from worker.core.settings import DEFAULT_LABELS, DEFAULT_MODEL
+from worker.db.schema import normalise_url
 
 ROOT = Path(__file__).resolve().parents[1]
 QUEUE = "bench-enqueue"
@@ -45,55 +42,6 @@ class Measured:
     peak_rss_mb: float
     samples_mb: list[float] = field(default_factory=list)
     output: str = ""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def database(admin_url: str) -> Iterator[str]:
-    """A fresh database, migrated to head; dropped afterwards."""
-    name = f"tagger_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(normalise_url(admin_url), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(admin_url).set(database=name).render_as_string(False)
-    try:
-        config = Config(str(ROOT / "alembic.ini"))
-        config.attributes.update(url=url, configure_logger=False)
-        command.upgrade(config, "head")
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@contextmanager
-def redis_server() -> Iterator[str]:
-    """A private redis-server (no persistence) on a free port."""
-    port = free_port()
-    folder = tempfile.mkdtemp(prefix="bench-redis-")
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--dir", folder],
-                            stdout=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        client = redis.Redis.from_url(url)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def fill_catalogue(url: str, rows: int) -> None:
@@ -120,8 +68,9 @@ def answer_everything(url: str) -> None:
         conn.execute(sa.text("SET TIME ZONE 'UTC'"))
         # The version text is what the producer reads back: str() of an aware UTC datetime.
         conn.execute(sa.text(
-            "INSERT INTO results (uri, model, labelset_id, item_key, source_version, status, "
-            "labels) SELECT image_url, :model, :labelset, id::text, "
+            "INSERT INTO results (uri, uri_hash, model, labelset_id, item_key, source_version, "
+            "status, labels) SELECT image_url, encode(sha256(convert_to(image_url, 'UTF8')), "
+            "'hex'), :model, :labelset, id::text, "
             "to_char(updated_at, 'YYYY-MM-DD HH24:MI:SS') || '+00:00', 'done', '[]' "
             "FROM public.products"), {"model": DEFAULT_MODEL, "labelset": labelset.id})
         conn.execute(sa.text("DELETE FROM pending"))
@@ -146,7 +95,8 @@ def run_producer(env: dict[str, str], catalogue_url: str) -> Measured:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
-        samples.append(_rss_mb(proc.pid))
+        with contextlib.suppress(OSError, LookupError):  # it may just have ended
+            samples.append(peak_rss_kib(proc.pid) / 1024)
         time.sleep(0.5)
     seconds = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -155,17 +105,6 @@ def run_producer(env: dict[str, str], catalogue_url: str) -> Measured:
         raise RuntimeError("producer failed:\n" + "".join(output))
     samples = [s for s in samples if s]
     return Measured(seconds, usage.ru_maxrss / 1024, samples, "".join(output).strip())
-
-
-def _rss_mb(pid: int) -> float:
-    """VmHWM (peak resident set so far) of a live process, in MB; 0 if it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def report(name: str, rows: int, measured: Measured) -> None:
@@ -182,11 +121,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--chunk-size", type=int, default=64)
-    parser.add_argument("--postgres", default=os.environ.get(
-        "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
-        help="admin URL; a new database is created next to it")
+    parser.add_argument("--postgres", default=PG_ADMIN_URL,
+                        help="admin URL; a new database is created next to it")
     options = parser.parse_args()
-    with database(options.postgres) as db_url, redis_server() as broker:
+    folder = Path(tempfile.mkdtemp(prefix="bench-redis-"))
+    with postgres_database(options.postgres, prefix="tagger_bench") as db_url, \
+            RedisServer(folder, appendonly=False) as server:
+        broker = server.url
         started = time.perf_counter()
         fill_catalogue(db_url, options.rows)
         print(f"catalogue of {options.rows:,} rows written in "
@@ -211,6 +152,7 @@ def main() -> None:
         report("third run (every image tagged at its version: the nightly case)", options.rows,
                third)
         shutil.rmtree(env["TAGGER_HOME"], ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} "
           "(shared with other developers' tests: figures are noisy)")
 

@@ -1,20 +1,17 @@
-"""Single-stage measurements: the seed-style loop, the bare image tower, decode alone."""
+"""Single-stage measurements: the seed-style loop, a backend's image tower, a decoder, accuracy."""
 
 from __future__ import annotations
 
 import io
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from benchmarks.corpus import Image
-from worker.decode import decode
-from worker.settings import Settings
+import numpy as np
 
-if TYPE_CHECKING:
-    from worker.model import Scorer
+from tests.kit.corpus import Image
+from worker.backends import Backend
+from worker.decoders import Decoder, Pixels, Preprocess
 
 
 def seed_loop(checkpoint: Path, images: Sequence[Image], labels: Sequence[str]) -> float:
@@ -44,41 +41,47 @@ def seed_loop(checkpoint: Path, images: Sequence[Image], labels: Sequence[str]) 
     return len(images) / (time.perf_counter() - started)
 
 
-def tower(scorer: Scorer, seconds: float = 10.0, min_batches: int = 3) -> float:
-    """The image tower alone on a pre-made, normalised batch on the device, in its dtype."""
-    import torch
-
-    model, spec, batch = scorer.model, scorer.preprocess, scorer.batch_size
-    pixels = torch.randn(batch, 3, spec.height, spec.width, device=scorer.device,
-                         dtype=scorer.dtype)
-    sync = torch.cuda.synchronize if pixels.is_cuda else (lambda: None)
-
-    def run() -> None:
-        with torch.inference_mode():
-            pooled = model.vision_model(pixel_values=pixels).pooler_output
-            model.visual_projection(pooled).float().cpu()
-
-    run()
-    run()
-    sync()
+def tower(backend: Backend, seconds: float = 10.0, min_batches: int = 3) -> float:
+    """The backend's image side alone on model-sized uint8 pixels, at its batch size."""
+    spec = backend.preprocess
+    rng = np.random.default_rng(0)
+    batch = [rng.integers(0, 256, (spec.height, spec.width, 3), dtype=np.uint8)
+             for _ in range(backend.batch_size)]
+    backend.encode_images(batch)
+    backend.encode_images(batch)
     done, started = 0, time.perf_counter()
     while done < min_batches or time.perf_counter() - started < seconds:
-        run()
+        backend.encode_images(batch)
         done += 1
-    sync()
-    return done * batch / (time.perf_counter() - started)
+    return done * len(batch) / (time.perf_counter() - started)
 
 
-def decode_rate(images: Sequence[Image], scorer: Scorer, settings: Settings,
-                threads: int | None = None) -> float:
-    """The pipeline's own decode function over all images, on its decode thread count."""
-    spec = scorer.preprocess
+def decode_all(decoder: Decoder, images: Sequence[Image], spec: Preprocess, batch: int
+               ) -> tuple[float, list[Pixels]]:
+    """A decoder over all images in batches: images/s, and the pixels (errors left out)."""
+    decoder.decode([image.data for image in images[:batch]], spec)  # warm the processes
+    pixels: list[Pixels] = []
+    started = time.perf_counter()
+    for start in range(0, len(images), batch):
+        out = decoder.decode([image.data for image in images[start:start + batch]], spec)
+        pixels.extend(p for p in out if not isinstance(p, Exception))
+    return len(images) / (time.perf_counter() - started), pixels
 
-    def one(image: Image) -> None:
-        decode(image.data, spec, max_pixels=settings.max_image_pixels, draft=settings.jpeg_draft)
 
-    with ThreadPoolExecutor(threads or settings.decode_threads) as pool:
-        list(pool.map(one, images[: min(len(images), 8)]))  # warm the threads and the codecs
-        started = time.perf_counter()
-        list(pool.map(one, images))
-        return len(images) / (time.perf_counter() - started)
+def embed(backend: Backend, pixels: Sequence[Pixels]) -> np.ndarray:
+    return np.concatenate([backend.encode_images(pixels[start:start + backend.batch_size])
+                           for start in range(0, len(pixels), backend.batch_size)])
+
+
+def accuracy(reference: np.ndarray, candidate: np.ndarray, texts: np.ndarray, scale: float
+             ) -> dict[str, float]:
+    """Worst per-image cosine to the reference embeddings, and the largest score difference."""
+    cosine = float(np.min(np.sum(reference * candidate, axis=1)))
+
+    def scores(embeddings: np.ndarray) -> np.ndarray:
+        logits = scale * embeddings @ texts.T
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+
+    difference = float(np.max(np.abs(scores(reference) - scores(candidate))))
+    return {"min_cosine": cosine, "max_score_difference": difference}

@@ -222,8 +222,7 @@ def export(fmt: str | None, output: Path | None, run_id: str | None, status_: st
         reporting.find_run(settings, run_id)  # an unknown run is a mistake, not 0 results
     fmt = fmt or format_of(str(output or ""))
     rows = db.iter_results(engine, run_id=run_id, status=status_)
-    with output.open("wb") if output else contextlib.nullcontext(
-            click.get_binary_stream("stdout")) as out:
+    with output.open("wb") if output else contextlib.nullcontext(sys.stdout.buffer) as out:
         count = export_rows(rows, out, fmt)
     click.echo(f"exported {count} results" + (f" to {output}" if output else ""), err=True)
 

@@ -114,15 +114,21 @@ class Result:
         return "failed" if self.reason else "done"
 
     def row(self) -> dict[str, Any]:
-        """The ``results`` table row."""
+        """The ``results`` table row (its identity is the hash of the URI as received)."""
         top = self.labels[0] if self.labels else {}
-        return {"uri": self.item.uri, "uri_hash": uri_hash(self.item.uri), "model": self.model,
-                "labelset_id": self.labelset_id, "item_key": self.item.key,
-                "source_version": self.item.version, "content_sha256": self.content_sha256,
-                "status": self.status, "reason": self.reason.value if self.reason else None,
-                "error": self.error, "labels": self.labels, "top_label": top.get("label"),
+        return {"uri": storable(self.item.uri), "uri_hash": uri_hash(self.item.uri),
+                "model": self.model, "labelset_id": self.labelset_id,
+                "item_key": storable(self.item.key), "source_version": storable(self.item.version),
+                "content_sha256": self.content_sha256, "status": self.status,
+                "reason": self.reason.value if self.reason else None,
+                "error": storable(self.error), "labels": self.labels, "top_label": top.get("label"),
                 "top_score": top.get("score"), "attempts": self.attempts, "run_id": self.run_id,
                 "runtime": self.runtime}
+
+
+def storable(text: str | None) -> str | None:
+    """Text PostgreSQL can store: a NUL (from a hostile message) is written as \\x00."""
+    return text.replace("\0", "\\x00") if text and "\0" in text else text
 
 
 def label_scores(labels: Sequence[str], parents: Sequence[str | None], indices: Sequence[int],
