@@ -11,6 +11,8 @@ FROM ${BASE_IMAGE}
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# The CUDA image adds torchvision for nvJPEG decoding, pinned to torch (2.13 -> 0.28.0).
+ARG TORCH_EXTRAS=""
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -19,7 +21,8 @@ ENV PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH \
     HF_HOME=/cache/huggingface \
     HF_HUB_DISABLE_PROGRESS_BARS=1 \
-    TAGGER_HOME=/tmp/tagger
+    TAGGER_HOME=/tmp/tagger \
+    TAGGER_CACHE_DIR=/cache/tagger
 
 # The CUDA base images have no Python; python:*-slim has one. A venv works on both.
 RUN if ! python3 -c "import ensurepip, venv" 2>/dev/null; then \
@@ -31,17 +34,17 @@ RUN if ! python3 -c "import ensurepip, venv" 2>/dev/null; then \
     && pip install --upgrade pip
 
 # torch first, from the index of the chosen flavour, so that nothing else pulls another build.
-RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
+RUN pip install "torch==${TORCH_VERSION}" ${TORCH_EXTRAS} --index-url "${TORCH_INDEX_URL}"
 
 WORKDIR /app
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml README.md ./
 COPY worker ./worker
 COPY producer ./producer
 COPY migrations ./migrations
-# Editable, so that the label sets and the migrations are read from /app as in a checkout.
-RUN pip install -e . \
+# The label sets and the migrations ship inside the package (`producer db upgrade`).
+RUN pip install . \
     && useradd --system --uid 10001 --home-dir /app tagger \
-    && mkdir -p /cache/huggingface /data "$TAGGER_HOME" \
+    && mkdir -p /cache/huggingface /cache/tagger /data "$TAGGER_HOME" \
     && chown -R tagger /cache /data "$TAGGER_HOME"
 
 # Celery warns when a worker runs as root, and nothing here needs root.

@@ -2,8 +2,6 @@
 VENV ?= .venv
 BIN = $(VENV)/bin
 IMAGES ?= ./images
-TAGGER_HOME ?= .tagger
-export TAGGER_HOME
 
 .PHONY: setup tag test lint bench
 
@@ -17,15 +15,9 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# Tag a local folder on the embedded default (SQLite + filesystem broker under $(TAGGER_HOME)).
+# Tag a local folder on the embedded default (SQLite + file-backed broker under TAGGER_HOME).
 tag: setup
-	$(BIN)/alembic upgrade head
-	$(BIN)/celery -A worker worker -P prefork -c 1 --loglevel INFO \
-	    --logfile $(TAGGER_HOME)/worker.log --pidfile $(TAGGER_HOME)/worker.pid --detach
-	$(BIN)/producer enqueue --dir $(IMAGES)
-	$(BIN)/producer wait; status=$$?; kill `cat $(TAGGER_HOME)/worker.pid`; exit $$status
-	$(BIN)/producer export --output $(TAGGER_HOME)/results.jsonl
-	@echo "labels: $(TAGGER_HOME)/results.jsonl"
+	$(BIN)/producer tag $(IMAGES)
 
 lint: setup
 	$(BIN)/ruff check .

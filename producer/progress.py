@@ -59,4 +59,7 @@ class Progress:
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.close()
+        if kind is None:
+            self.close()
+        elif self.bar is not None:  # no closing figures: the error is the one line shown
+            self.bar.close()

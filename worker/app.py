@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 from celery import Celery
+from kombu.transport import TRANSPORT_ALIASES
 
 from worker.core.celeryconf import celery_config
 from worker.core.settings import Settings, load_settings
 
 
+def use_safe_transport() -> None:
+    """Malformed entries are parked instead of ending the worker (worker/broker.py).
+
+    Registered under the redis:// schemes rather than set as ``broker_transport``: the broker
+    URL then stays redis://, which Flower needs to read queue depths.
+    """
+    for scheme in ("redis", "rediss"):
+        TRANSPORT_ALIASES[scheme] = "worker.broker:Transport"
+
+
 def create_app(settings: Settings) -> Celery:
+    use_safe_transport()
     app = Celery("worker", include=["worker.tasks"])
     app.conf.update(celery_config(settings))
     app.conf.update(
-        # Malformed entries are parked instead of ending the worker (worker/broker.py).
-        broker_transport=None if settings.embedded_broker else "worker.broker:Transport",
         broker_connection_max_retries=None,
         visibility_timeout=settings.visibility_timeout,
         task_acks_late=True,

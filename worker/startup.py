@@ -53,6 +53,13 @@ def check_schema(settings: Settings) -> None:
                       f"needs {head}: run `producer db upgrade` (with the same DATABASE_URL)")
 
 
+def preload() -> None:
+    """Import torch and transformers in the parent, once: every prefork child then starts (and
+    restarts, after a crash) without 8 s of imports. Importing touches no CUDA device."""
+    import torch  # noqa: F401
+    from transformers.models.chinese_clip import modeling_chinese_clip  # noqa: F401
+
+
 def warm_up(settings: Settings) -> Tagger:
     """Load the model once, encode the default label set, run one dry batch; log the choice."""
     from worker.backends import load_backend
@@ -84,6 +91,14 @@ def warm_up(settings: Settings) -> Tagger:
 def tagger(settings: Settings) -> Tagger:
     """The process's tagger, warmed up on first use (in the child, never before a fork)."""
     return _tagger if _tagger is not None else warm_up(settings)
+
+
+def close() -> None:
+    """Stop the process's decoder processes and release what they hold (at a child's exit)."""
+    global _tagger
+    if _tagger is not None:
+        _tagger.close()
+        _tagger = None
 
 
 def _child_index() -> int:

@@ -34,7 +34,9 @@ def _start(instance: Any, **_: Any) -> None:
     try:
         startup.check(settings)
         startup.stop_when_a_child_fails()
-        if not _forks(instance):  # threads/solo: the model lives in this very process
+        if _forks(instance):
+            startup.preload()
+        else:  # threads/solo: the model lives in this very process
             startup.warm_up(settings)
     except Exception as exc:
         # Celery logs and ignores handler exceptions: a bad configuration ends the worker here.
@@ -52,9 +54,16 @@ def _warm_up(**_: Any) -> None:
     try:
         startup.warm_up(settings)
     except Exception as exc:
-        log.critical("refusing to start: cannot load the model: %s", exc, exc_info=True)
+        log.critical("refusing to start: cannot load TAGGER_MODEL=%s: %s", settings.model, exc,
+                     exc_info=True)
         startup.stop_parent()
         raise SystemExit(1) from exc  # not Exception: Celery would log it and carry on
+
+
+@signals.worker_process_shutdown.connect
+def _close(**_: Any) -> None:
+    # In each prefork child, before billiard's os._exit: stop the decoder processes.
+    startup.close()
 
 
 class VisibilityLease(bootsteps.StartStopStep):

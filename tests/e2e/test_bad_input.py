@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import boto3
 import numpy as np
 import pytest
-import sqlalchemy as sa
 from PIL import Image
 
-from producer.enqueue import enqueue
-from tests.faultservers import children, peak_rss_kib
-from tests.helpers import image_bytes, producer, wait_until
-from tests.test_decode import png_bomb, save
-from worker.app import create_app
-from worker.labels import load_labelset
-from worker.settings import load_settings
-from worker.store import Item, engine_for, results
+from tests.kit.commands import producer, rows, send
+from tests.kit.images import image_bytes, png_bomb, save
+from tests.kit.processes import descendants, peak_rss_kib
+from tests.kit.services import wait_until
 
 pytestmark = pytest.mark.timeout(240)
 BYTE_CAP = 300_000
@@ -60,15 +56,13 @@ def bad() -> dict[str, tuple[bytes, str]]:
     }
 
 
-def send(uris: list[str]) -> None:
-    settings = load_settings()
-    enqueue([Item(uri) for uri in uris], app=create_app(settings), settings=settings,
-            labelset=load_labelset(settings.labels_path), source="bad input", chunk_size=64)
-
-
-def rows(url: str) -> dict[str, sa.Row]:
-    with engine_for(url).connect() as conn:
-        return {r.uri: r for r in conn.execute(sa.select(results))}
+def peak_mib(pids: list[int]) -> dict[int, float]:
+    """The peak RSS of each live process in ``pids``."""
+    peaks = {}
+    for pid in pids:
+        with contextlib.suppress(OSError, LookupError):
+            peaks[pid] = peak_rss_kib(pid) / 1024
+    return peaks
 
 
 def test_bad_input_chunk_and_retry_failed(tagger_env, bucket, start_worker, tmp_path,
@@ -80,7 +74,7 @@ def test_bad_input_chunk_and_retry_failed(tagger_env, bucket, start_worker, tmp_
     for name, data in odd_but_valid().items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)
-        good_uris.append(str(folder / name))
+        good_uris.append(str(folder / name))  # plain paths: the run's folder is its file root
     for name, (data, reason) in bad().items():
         (folder / name).write_bytes(data)
         expected[str(folder / name)] = reason
@@ -92,14 +86,13 @@ def test_bad_input_chunk_and_retry_failed(tagger_env, bucket, start_worker, tmp_
     expected |= {str(late_file): "not-found", late_key: "not-found"}
 
     worker = start_worker(env)
-    child = children(worker.proc.pid)[0]
+    child = worker.model_pid()
     url = env["DATABASE_URL"]
-    # A first chunk of good images (local and S3) brings the process to its working size.
-    warm_up = [good_uris[0], good_uris[-1]]
-    send(warm_up)
+    # A first chunk of good images (local and S3) brings the processes to their working size.
+    send([good_uris[0], good_uris[-1]], file_roots=[folder])
     wait_until(lambda: len(rows(url)) == 2, 60, message="the warm-up chunk did not finish")
-    peak_before = peak_rss_kib(child)
-    send(good_uris[1:-1] + list(expected))
+    before = peak_mib([child, *descendants(child)])  # the model process and its decoders
+    send(good_uris[1:-1] + list(expected), chunk_size=64, file_roots=[folder])
     wait_until(lambda: len(rows(url)) == len(good_uris) + len(expected), 90,
                message="the chunk did not finish")
 
@@ -111,11 +104,14 @@ def test_bad_input_chunk_and_retry_failed(tagger_env, bucket, start_worker, tmp_
         row = found[uri]
         assert (row.status, row.reason) == ("failed", reason), (uri, row.error)
         assert row.error and row.labels == []
-    # The bomb was refused before its pixels were allocated (it would take 100 MB to 400 MB).
-    assert children(worker.proc.pid) == [child], "a bad image killed the worker child"
-    grown_mib = (peak_rss_kib(child) - peak_before) / 1024
-    assert grown_mib < 64, f"worker child peak memory grew by {grown_mib:.0f} MiB"
-    print(f"worker child peak RSS {peak_before // 1024} MiB -> +{grown_mib:.0f} MiB")
+    # The bomb was refused before its pixels were allocated (it would take 100 MB to 400 MB),
+    # in the model process and in every decoder process alike.
+    assert worker.model_pid() == child, "a bad image killed the worker child"
+    after = peak_mib([child, *descendants(child)])
+    assert set(after) == set(before), "a decoder process was replaced: a bad image killed it"
+    grown = {pid: after[pid] - before[pid] for pid in before}
+    assert max(grown.values()) < 64, f"peak memory grew by {grown} MiB"
+    print(f"peak RSS (MiB) before {before}, growth {grown}")
 
     status = json.loads(producer("status", "--json"))
     assert status["failed_by_reason"] == {"empty": 1, "undecodable": 3, "too-many-pixels": 1,
@@ -126,12 +122,12 @@ def test_bad_input_chunk_and_retry_failed(tagger_env, bucket, start_worker, tmp_
     assert "re-enqueued 2 failed images" in producer("retry-failed", "--reason", "not-found")
     wait_until(lambda: all(rows(url)[u].status == "done" for u in (str(late_file), late_key)),
                60, message="retried images were not tagged")
-    after = rows(url)
-    assert len(after) == len(found)  # replaced, not added
+    after_retry = rows(url)
+    assert len(after_retry) == len(found)  # replaced, not added
     for uri in (str(late_file), late_key):
-        assert after[uri].reason is None and after[uri].error is None
-        assert after[uri].updated_at > found[uri].updated_at
-    assert after[str(folder / "empty.jpg")].status == "failed"  # other reasons left alone
+        assert after_retry[uri].reason is None and after_retry[uri].error is None
+        assert after_retry[uri].updated_at > found[uri].updated_at
+    assert after_retry[str(folder / "empty.jpg")].status == "failed"  # other reasons left alone
     status = json.loads(producer("status", "--json"))
     assert "not-found" not in status["failed_by_reason"]
     assert status["failed"] == 6 and status["done"] == len(good_uris) + 2
@@ -146,5 +142,5 @@ def test_worker_refuses_to_start_with_a_bad_label_set(tagger_env, start_worker, 
     labels: Path = tmp_path / "labels.txt"
     labels.write_text(content, encoding="utf-8")
     with pytest.raises(RuntimeError, match="worker exited with 1") as info:
-        start_worker({**tagger_env, "TAGGER_LABELS": str(labels)})
+        start_worker({**tagger_env, "TAGGER_LABELS": str(labels)}, ready_timeout=60)
     assert "refusing to start" in str(info.value) and message in str(info.value)

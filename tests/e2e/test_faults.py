@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections import Counter
 from collections.abc import Iterator
 
 import boto3
@@ -18,14 +17,12 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from producer.enqueue import Summary, enqueue
-from tests.conftest import PG_ADMIN_URL
-from tests.faultservers import FaultProxy, ImageServer, RedisServer, Reply, children, kill
-from tests.helpers import image_bytes, wait_until
-from worker.app import create_app
-from worker.labels import load_labelset
-from worker.settings import load_settings
-from worker.store import Item, deliveries, engine_for, normalise_url, pending, results
+from tests.kit.commands import count, rows, send, wait_for_results
+from tests.kit.faults import FaultProxy, ImageServer, Reply
+from tests.kit.images import image_bytes
+from tests.kit.processes import Worker, kill
+from tests.kit.services import RedisServer, admin_engine_for, wait_until
+from worker.db.schema import deliveries, engine_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -40,7 +37,8 @@ def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]
 @pytest.fixture
 def env(tagger_env: dict[str, str], own_redis: RedisServer,
         monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Our own Redis, a short visibility timeout, loopback origins allowed, small chunks."""
+    """Our own Redis (emptied), a short visibility timeout, loopback origins, small chunks."""
+    own_redis.client().flushall()  # type: ignore[attr-defined]
     extra = {"CELERY_BROKER_URL": own_redis.url, "TAGGER_VISIBILITY_TIMEOUT": "10",
              "TAGGER_ALLOW_PRIVATE_URLS": "1", "TAGGER_CHUNK_SIZE": "4",
              "TAGGER_MAX_DELIVERIES": "3", "TAGGER_FETCH_TIMEOUT": "5"}
@@ -55,33 +53,11 @@ def origin() -> Iterator[ImageServer]:
         yield server
 
 
-def serve(origin: ImageServer, count: int, delay: float, prefix: str = "img") -> list[str]:
-    """Put ``count`` distinct PNGs on the origin, each answered after ``delay`` seconds."""
-    for i in range(count):
+def serve(origin: ImageServer, number: int, delay: float, prefix: str = "img") -> list[str]:
+    """Put ``number`` distinct PNGs on the origin, each answered after ``delay`` seconds."""
+    for i in range(number):
         origin.routes[f"/{prefix}{i}.png"] = Reply(image_bytes(1000 + i), delay=delay)
-    return [origin.url(f"/{prefix}{i}.png") for i in range(count)]
-
-
-def send(uris: list[str], chunk_size: int = 4, force: bool = False) -> Summary:
-    """The producer's own enqueue, to the worker's queue on our Redis."""
-    settings = load_settings()
-    return enqueue([Item(uri) for uri in uris], app=create_app(settings), settings=settings,
-                   labelset=load_labelset(settings.labels_path), source="fault test",
-                   chunk_size=chunk_size, force=force)
-
-
-def rows(url: str) -> list[sa.Row]:
-    with engine_for(url).connect() as conn:
-        return list(conn.execute(sa.select(results).order_by(results.c.uri)))
-
-
-def wait_for_results(url: str, uris: list[str], timeout: float) -> dict[str, sa.Row]:
-    wait_until(lambda: {r.uri for r in rows(url)} >= set(uris), timeout,
-               message=f"not every image got a result in {timeout}s")
-    found = rows(url)
-    counts = Counter(r.uri for r in found)
-    assert set(counts) == set(uris) and max(counts.values()) == 1  # exactly one result each
-    return {r.uri: r for r in found}
+    return [origin.url(f"/{prefix}{i}.png") for i in range(number)]
 
 
 def delivery_counts(url: str) -> list[int]:
@@ -89,13 +65,10 @@ def delivery_counts(url: str) -> list[int]:
         return list(conn.scalars(sa.select(deliveries.c.count)))
 
 
-def pending_count(url: str) -> int:
-    with engine_for(url).connect() as conn:
-        return int(conn.scalar(sa.select(sa.func.count()).select_from(pending)))
-
-
-def the_child(worker) -> int:
-    return wait_until(lambda: children(worker.proc.pid), 30, message="no pool child")[0]
+def the_child(worker: Worker) -> int:
+    """The prefork child that holds the model (waits for one to be forked)."""
+    return wait_until(lambda: (pid := worker.model_pid()) != worker.proc.pid and pid, 60,
+                      message="no pool child")
 
 
 def test_sigkill_of_pool_child_requeues_at_once(env, origin, start_worker, monkeypatch):
@@ -114,21 +87,29 @@ def test_sigkill_of_pool_child_requeues_at_once(env, origin, start_worker, monke
     assert all(r.status == "done" and r.attempts >= 2 for r in by_uri.values())
     assert sum(origin.hits.values()) >= 5  # at least one image was fetched twice
     assert "SIGKILL" in worker.log()
-    assert pending_count(env["DATABASE_URL"]) == 0
+    assert count(env["DATABASE_URL"], "pending") == 0
 
 
-def test_sigkill_of_whole_worker_is_restored_after_visibility_timeout(env, origin, start_worker):
+def test_sigkill_of_whole_worker_is_restored_after_visibility_timeout(env, origin, start_worker,
+                                                                     tmp_path):
     uris = serve(origin, 4, delay=1.0)
-    first = start_worker(env)
-    send(uris)
-    assert origin.started.wait(30)
-    first.signal(signal.SIGKILL)  # the parent and its child: nobody can requeue the chunk
-    killed_at = time.monotonic()
-    first.proc.wait(10)
-    start_worker(env)  # the replacement restores the unacked chunk once it is 10 s old
-
-    by_uri = wait_for_results(env["DATABASE_URL"], uris, 60)
-    recovered = time.monotonic() - killed_at
+    other = Worker(env, tmp_path / "other-worker.log").launch()  # both load at once
+    try:
+        workers = [start_worker(env), other]
+        other.wait_ready(120)
+        send(uris)
+        assert origin.started.wait(30)
+        # The parent and its child of the worker that holds the chunk: nobody can requeue it.
+        holder = wait_until(lambda: next((w for w in workers if any(
+            str(r["message"]).endswith("received") for r in w.records())), None), 10)
+        holder.signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        holder.proc.wait(10)
+        # The other one restores the unacked chunk once it is 10 s old.
+        by_uri = wait_for_results(env["DATABASE_URL"], uris, 60)
+        recovered = time.monotonic() - killed_at
+    finally:
+        other.stop()
     assert recovered >= 9, "re-delivered before the visibility timeout: would duplicate work"
     assert recovered < 40, f"took {recovered:.0f}s: expired reservations are swept too rarely"
     assert all(r.status == "done" and r.attempts >= 2 for r in by_uri.values())
@@ -139,12 +120,12 @@ def test_sigterm_finishes_the_running_chunk(env, origin, own_redis, start_worker
     worker = start_worker(env)
     send(uris)  # two chunks of 4: one runs, one waits in the queue
     assert origin.started.wait(30)
-    worker.signal(signal.SIGTERM, group=False)  # what a deploy or a scale-down sends
+    worker.proc.send_signal(signal.SIGTERM)  # to the parent only: what a deploy sends
     assert worker.proc.wait(60) == 0
 
     by_uri = wait_for_results(env["DATABASE_URL"], uris[:4], 1)
     assert all(r.status == "done" and r.attempts == 1 for r in by_uri.values())
-    assert len(rows(env["DATABASE_URL"])) == 4, "only the running chunk is finished"
+    assert count(env["DATABASE_URL"]) == 4, "only the running chunk is finished"
     # The chunk it had not started is back in the queue at once, not held until a timeout.
     broker = redis.Redis(port=own_redis.port)
     assert broker.llen(env["TAGGER_QUEUE"]) == 1
@@ -163,15 +144,9 @@ def test_redis_restart_keeps_backlog_and_worker_resumes(env, origin, own_redis, 
 
     by_uri = wait_for_results(env["DATABASE_URL"], uris, 90)
     assert all(r.status == "done" for r in by_uri.values())
-    assert worker.proc.poll() is None
+    assert worker.exited() is None
     log = worker.log()
     assert "Connection to broker lost" in log or "Cannot connect" in log, log[-3000:]
-
-
-def _admin_engine(url: str) -> sa.Engine:
-    name = sa.make_url(url).database
-    return sa.create_engine(normalise_url(sa.make_url(PG_ADMIN_URL).set(database=name)
-                                          .render_as_string(False)), isolation_level="AUTOCOMMIT")
 
 
 def _blocked_writer(admin: sa.Connection) -> int | None:
@@ -180,11 +155,14 @@ def _blocked_writer(admin: sa.Connection) -> int | None:
         "AND wait_event_type = 'Lock' AND query ILIKE 'INSERT INTO results%'"))
 
 
-def test_postgres_connection_killed_during_the_write(env, origin, start_worker, tmp_path):
+def test_postgres_connection_killed_during_the_write(env, origin, start_worker, monkeypatch):
+    # A time limit (0.8 x visibility) well above the seconds the write is held here.
+    monkeypatch.setenv("TAGGER_VISIBILITY_TIMEOUT", "30")
+    env = {**env, "TAGGER_VISIBILITY_TIMEOUT": "30"}
     url = env["DATABASE_URL"]
     uris = serve(origin, 4, delay=0)
     worker = start_worker(env)
-    admin = _admin_engine(url)
+    admin = admin_engine_for(url)
     with admin.connect() as locker, admin.connect() as watcher:
         # Hold the results table so the worker's one upsert waits: then it is mid-write.
         locker.execute(sa.text("BEGIN"))
@@ -192,30 +170,37 @@ def test_postgres_connection_killed_during_the_write(env, origin, start_worker, 
         send(uris)
         pid = wait_until(lambda: _blocked_writer(watcher), 60, message="write never started")
         assert watcher.scalar(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-        worker.wait_for_log("retrying chunk", 30)
+        # The write is retried in place, on a new connection, and waits on the lock again.
+        worker.wait_for_log("database call write_results failed", 30)
+        wait_until(lambda: _blocked_writer(watcher) not in (None, pid), 30,
+                   message="the write was not retried")
         # The killed transaction left nothing behind: no partial chunk.
         assert locker.scalar(sa.text("SELECT count(*) FROM results")) == 0
         locker.execute(sa.text("COMMIT"))
     admin.dispose()
 
     by_uri = wait_for_results(url, uris, 60)
-    assert all(r.status == "done" and r.attempts == 2 for r in by_uri.values())
-    assert pending_count(url) == 0
-    assert "database" in worker.log()
+    # One delivery: the retry happened inside the write, not as a second run of the chunk.
+    assert all(r.status == "done" and r.attempts == 1 for r in by_uri.values())
+    assert delivery_counts(url) == [1]
+    assert count(url, "pending") == 0
+    records = [r for r in worker.records() if "write_results" in str(r.get("message"))]
+    assert len(records) == 1 and "retrying" in str(records[0]["message"])
+    assert "retrying chunk" not in worker.log()
 
 
 def test_poison_chunk_is_parked_after_max_deliveries(env, origin, start_worker):
-    uris = serve(origin, 2, delay=3.0)
+    uris = serve(origin, 2, delay=2.0)
     worker = start_worker({**env, "TAGGER_MAX_DELIVERIES": "2"})
     url = env["DATABASE_URL"]
     send(uris)
     killed = 0
     deadline = time.monotonic() + 150
     while not rows(url) and time.monotonic() < deadline:
-        count = max(delivery_counts(url), default=0)
-        if killed < count <= 2:  # every delivery kills its worker child, as a poison image would
+        deliveries_so_far = max(delivery_counts(url), default=0)
+        if killed < deliveries_so_far <= 2:  # every delivery kills its child, as a poison would
             kill(the_child(worker))
-            killed = count
+            killed = deliveries_so_far
         time.sleep(0.1)
 
     by_uri = wait_for_results(url, uris, 10)
@@ -224,17 +209,25 @@ def test_poison_chunk_is_parked_after_max_deliveries(env, origin, start_worker):
         assert (row.status, row.reason, row.attempts) == ("failed", "parked", 3)
         assert "delivered 3 times" in row.error
     assert delivery_counts(url) == [3]
-    assert worker.proc.poll() is None  # the worker lives on and takes other work
+    assert worker.exited() is None  # the worker lives on and takes other work
     good = serve(origin, 1, delay=0, prefix="after")
     send(good)
     assert wait_for_results(url, uris + good, 60)[good[0]].status == "done"
 
 
-def test_duplicate_enqueues_and_racing_workers(env, origin, start_worker):
+def test_duplicate_enqueues_and_racing_workers(env, origin, start_worker, tmp_path):
     uris = serve(origin, 4, delay=1.0)
     url = env["DATABASE_URL"]
-    start_worker(env)
-    start_worker(env)
+    second = Worker(env, tmp_path / "second-worker.log").launch()  # both load at once
+    try:
+        start_worker(env)
+        second.wait_ready(120)
+        race(uris, origin, url)
+    finally:
+        second.stop()
+
+
+def race(uris: list[str], origin: ImageServer, url: str) -> None:
     assert send(uris).enqueued == 4
     assert send(uris).enqueued == 0  # already in flight: not sent again
     assert send(uris, force=True).enqueued == 4  # forced: the same chunk twice, both run
@@ -244,8 +237,8 @@ def test_duplicate_enqueues_and_racing_workers(env, origin, start_worker):
                message="the two chunks did not both run")
     time.sleep(1)
     assert all(r.status == "done" for r in by_uri.values())
-    assert len(rows(url)) == 4
-    assert pending_count(url) == 0
+    assert count(url) == 4
+    assert count(url, "pending") == 0
 
 
 def test_s3_errors_retry_the_chunk_or_fail_the_item(env, bucket, start_worker, s3_endpoint):

@@ -9,16 +9,14 @@ import boto3
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import migrate
-from tests.helpers import TEST_LABELS, direct_scores, image_bytes, producer, wait_until
-from worker.store import engine_for, results
+from tests.kit.commands import count, producer, rows
+from tests.kit.images import image_bytes
+from tests.kit.models import TEST_LABELS, direct_scores
+from tests.kit.services import wait_until
+from worker.db import migrate
+from worker.db.schema import engine_for
 
 IMAGES = 30
-
-
-def rows(url: str) -> list[sa.Row]:
-    with engine_for(url).connect() as conn:
-        return list(conn.execute(sa.select(results).order_by(results.c.uri)))
 
 
 def test_bucket_to_postgres(tagger_env, bucket, start_worker, tiny_model):
@@ -33,9 +31,9 @@ def test_bucket_to_postgres(tagger_env, bucket, start_worker, tiny_model):
     out = producer("enqueue", "--bucket", bucket, "--prefix", "shoes/")
     assert f"listed {IMAGES + 2}, enqueued {IMAGES + 1}" in out
     url = tagger_env["DATABASE_URL"]
-    wait_until(lambda: len(rows(url)) == IMAGES + 1, 120, message="results not all written")
+    wait_until(lambda: count(url) == IMAGES + 1, 120, message="results not all written")
 
-    by_uri = {r.uri: r for r in rows(url)}
+    by_uri = rows(url)
     broken = by_uri.pop(f"s3://{bucket}/shoes/broken.jpg")
     assert (broken.status, broken.reason, broken.labels) == ("failed", "undecodable", [])
     expected = direct_scores(tiny_model, TEST_LABELS, list(good.values()))
@@ -49,11 +47,12 @@ def test_bucket_to_postgres(tagger_env, bucket, start_worker, tiny_model):
             assert abs(entry["score"] - truth[entry["label"]]) < 1e-4
         assert row.labels[0]["label"] == max(truth, key=truth.get)
         assert row.content_sha256 and row.source_version
+        assert row.runtime == "torch float32 cpu"
 
     # The same bucket again: nothing is due, nothing is sent, no row is added.
     out = producer("enqueue", "--bucket", bucket, "--prefix", "shoes/")
     assert "enqueued 0" in out
-    assert len(rows(url)) == IMAGES + 1
+    assert count(url) == IMAGES + 1
 
     status = json.loads(producer("status", "--json"))
     assert (status["done"], status["failed"], status["pending"]) == (IMAGES, 1, 0)
@@ -69,11 +68,13 @@ def test_embedded_default(tmp_path: Path, tiny_model, labels_file, start_worker,
         monkeypatch.delenv(name, raising=False)
     home = tmp_path / "home"
     env = {"TAGGER_HOME": str(home), "TAGGER_MODEL": str(tiny_model),
-           "TAGGER_LABELS": str(labels_file), "TAGGER_DTYPE": "float32", "TAGGER_QUEUE": "tagger"}
+           "TAGGER_LABELS": str(labels_file), "TAGGER_BACKEND": "torch",
+           "TAGGER_PRECISION": "float32", "TAGGER_QUEUE": "tagger",
+           "TAGGER_FETCH_THREADS": "2", "TAGGER_DECODE_PROCESSES": "2"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     url = f"sqlite:///{home / 'results.db'}"
-    migrate(url)
+    migrate.upgrade(url)
     images = tmp_path / "images" / "sub"
     images.mkdir(parents=True)
     good = [image_bytes(100 + i, fmt="JPEG") for i in range(6)]
@@ -85,19 +86,20 @@ def test_embedded_default(tmp_path: Path, tiny_model, labels_file, start_worker,
 
     out = producer("enqueue", "--dir", str(tmp_path / "images"))
     assert "enqueued 7" in out
-    wait_until(lambda: len(rows(url)) == 7, 120, message="results not all written")
-    statuses = {Path(r.uri).name: r.status for r in rows(url)}
+    wait_until(lambda: count(url) == 7, 120, message="results not all written")
+    statuses = {Path(uri).name: r.status for uri, r in rows(url).items()}
     assert statuses.pop("corrupt.png") == "failed"
     assert set(statuses.values()) == {"done"}
     assert "enqueued 0" in producer("enqueue", "--dir", str(tmp_path / "images"))
-    assert len(rows(url)) == 7
+    assert count(url) == 7
 
 
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
 def test_migrations_round_trip(dialect, tmp_path, empty_pg_url):
     url = empty_pg_url if dialect == "postgresql" else f"sqlite:///{tmp_path / 'm.db'}"
-    migrate(url)
+    migrate.upgrade(url)
     assert "results" in sa.inspect(engine_for(url)).get_table_names()
-    migrate(url, "base", down=True)
+    migrate.downgrade(url, "base")
     assert set(sa.inspect(engine_for(url)).get_table_names()) <= {"alembic_version"}
-    migrate(url)
+    migrate.upgrade(url)
+    assert migrate.revisions(url)[0] == migrate.revisions(url)[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -9,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from click.testing import CliRunner
 
-from producer.cli import main
-from tests.conftest import free_port, worker_env
-from tests.helpers import ROOT, image_bytes, wait_until
+from tests.kit.commands import ROOT, producer
+from tests.kit.images import image_bytes
+from tests.kit.processes import QUIET
+from tests.kit.services import free_port, wait_until
 
 CHUNKS = 3
 USER, PASSWORD = "ops", "flower-test-pw"
@@ -29,7 +30,7 @@ def flower(request: pytest.FixtureRequest, tagger_env: dict[str, str], tmp_path:
     port = free_port()
     log_path = tmp_path / "flower.log"
     args = [f"--port={port}", "--address=127.0.0.1", "--inspect_timeout=500"]
-    env = worker_env(tagger_env)
+    env = {**os.environ, **QUIET, **tagger_env}
     if request.param == "flag":
         args.append(f"--basic-auth={USER}:{PASSWORD}")
     else:
@@ -59,9 +60,8 @@ def test_flower_reports_queue_depth_behind_auth(tagger_env, flower, tmp_path):
     images.mkdir()
     for i in range(CHUNKS):
         (images / f"{i}.png").write_bytes(image_bytes(i))
-    result = CliRunner().invoke(main, ["enqueue", "--dir", str(images), "--chunk-size", "1"],
-                                catch_exceptions=False)
-    assert f"in {CHUNKS} chunks" in result.output
+    out = producer("enqueue", "--dir", str(images), "--chunk-size", "1")
+    assert f"in {CHUNKS} chunks" in out
 
     response = requests.get(f"{flower}/api/queues/length", auth=(USER, PASSWORD), timeout=30)
     assert response.status_code == 200, response.text

@@ -13,54 +13,29 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import boto3
 import pytest
 import sqlalchemy as sa
 
-from tests.helpers import ROOT, TEST_LABELS, image_bytes, producer
-from worker.labels import load_labelset
-from worker.store import engine_for, results, runs
+from tests.kit.commands import ROOT, count, producer, rows, run_id
+from tests.kit.faults import ImageServer, Reply
+from tests.kit.images import image_bytes
+from tests.kit.models import TEST_LABELS
+from worker.core.labels import load_labelset
+from worker.core.settings import DEFAULT_LABELS
+from worker.db.schema import engine_for
 
-SHIPPED_LABELS = ROOT / "worker" / "labelsets" / "ecommerce_zh.txt"
 CRON = ROOT / "deploy" / "nightly.cron"
 CRON_LOCK = "/run/lock/catalog-tagger-nightly.lock"
 
 
-def run_id(output: str) -> str:
-    return re.search(r"^run (\w+):", output, re.M).group(1)
-
-
-def rows(url: str, **where: str) -> dict[str, sa.Row]:
-    query = sa.select(results).where(*(results.c[k] == v for k, v in where.items()))
-    with engine_for(url).connect() as conn:
-        return {row.uri: row for row in conn.execute(query)}
-
-
 @pytest.fixture
-def http_images() -> Iterator[tuple[str, dict[str, bytes]]]:
-    """A loopback HTTP server serving whatever the test puts in the returned dict."""
-    served: dict[str, bytes] = {}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = served.get(self.path)
-            self.send_response(200 if body is not None else 404)
-            self.send_header("Content-Length", str(len(body or b"")))
-            self.end_headers()
-            self.wfile.write(body or b"")
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}", served
-    server.shutdown()
+def origin() -> Iterator[ImageServer]:
+    with ImageServer() as server:
+        yield server
 
 
 def cron_command(lock: Path) -> str:
@@ -77,39 +52,42 @@ def run_cron(env: dict[str, str], lock: Path, timeout: float = 150
                           timeout=timeout)
 
 
-def make_catalogue(url: str, rows: list[tuple[int, str | None]]) -> None:
+def make_catalogue(url: str, products: list[tuple[int, str | None]]) -> None:
     with engine_for(url).begin() as conn:
         conn.execute(sa.text("CREATE TABLE public.products (id bigint PRIMARY KEY, title text, "
                              "image_url text, updated_at timestamptz NOT NULL DEFAULT now())"))
-        for key, image_url in rows:
+        for key, image_url in products:
             conn.execute(sa.text("INSERT INTO public.products (id, title, image_url) "
                                  "VALUES (:id, 'product', :url)"), {"id": key, "url": image_url})
 
 
-def test_catalogue_table_every_night(tagger_env, bucket, start_worker, tmp_path, http_images,
+def test_catalogue_table_every_night(tagger_env, bucket, start_worker, tmp_path, origin,
                                      monkeypatch):
-    env = {**tagger_env, "TAGGER_LABELS": str(SHIPPED_LABELS), "TAGGER_ALLOW_PRIVATE_URLS": "1",
-           "CATALOG_DATABASE_URL": tagger_env["DATABASE_URL"]}
+    files = tmp_path / "files"
+    files.mkdir()
+    # A catalogue run has no folder of its own: the worker reads local files under these roots.
+    env = {**tagger_env, "TAGGER_LABELS": str(DEFAULT_LABELS), "TAGGER_ALLOW_PRIVATE_URLS": "1",
+           "CATALOG_DATABASE_URL": tagger_env["DATABASE_URL"], "TAGGER_FILE_ROOTS": str(files)}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     url = env["DATABASE_URL"]
-    base, served = http_images
     s3 = boto3.client("s3")
     for i in (1, 2):
         s3.put_object(Bucket=bucket, Key=f"p/{i}.png", Body=image_bytes(i))
-    served.update({"/4.png": image_bytes(4, fmt="JPEG"), "/5.png": image_bytes(5)})
-    (tmp_path / "6.png").write_bytes(image_bytes(6))
-    (tmp_path / "7.png").write_bytes(image_bytes(7))
+    origin.routes.update({"/4.png": Reply(image_bytes(4, fmt="JPEG")),
+                          "/5.png": Reply(image_bytes(5))})
+    (files / "6.png").write_bytes(image_bytes(6))
+    (files / "7.png").write_bytes(image_bytes(7))
     make_catalogue(url, [
         (1, f"s3://{bucket}/p/1.png"), (2, f"s3://{bucket}/p/2.png"),
-        (3, f"s3://{bucket}/p/missing.png"), (4, f"{base}/4.png"), (5, f"{base}/5.png"),
-        (6, str(tmp_path / "6.png")), (7, (tmp_path / "7.png").as_uri()), (8, None),
-        (9, f"{base}/4.png")])  # a second product showing the same picture
+        (3, f"s3://{bucket}/p/missing.png"), (4, origin.url("/4.png")),
+        (5, origin.url("/5.png")), (6, str(files / "6.png")), (7, (files / "7.png").as_uri()),
+        (8, None), (9, origin.url("/4.png"))])  # a second product showing the same picture
     table = ("--table", "public.products", "--version-column", "updated_at")
 
     # The night's enqueue; no worker has started yet.
     first = producer("enqueue", "--database-url", url, *table)
-    assert "listed 9, enqueued 7 in 1 chunks, skipped 2" in first
+    assert "listed 9, enqueued 7 in 1 chunks, skipped 2 (1 no-url, 1 in-flight)" in first
     night = run_id(first)
     # Last night's cron job still holds the lock: tonight's start does nothing.
     lock = tmp_path / "nightly.lock"
@@ -131,7 +109,7 @@ def test_catalogue_table_every_night(tagger_env, bucket, start_worker, tmp_path,
     keys = {row.item_key: row for row in tagged.values()}
     assert set(keys) == {"1", "2", "3", "4", "5", "6", "7"}  # product 9 shares 4's picture
     assert (keys["3"].status, keys["3"].reason) == ("failed", "not-found")
-    shipped = load_labelset(SHIPPED_LABELS)
+    shipped = load_labelset(DEFAULT_LABELS)
     parents = dict(zip(shipped.labels, shipped.parents, strict=True))
     for row in tagged.values():
         assert row.run_id == night
@@ -154,7 +132,7 @@ def test_catalogue_table_every_night(tagger_env, bucket, start_worker, tmp_path,
             assert record["key"] in {"1", "2", "4", "5", "6", "7"}
 
     # Product 5 gets a new picture at the same URL (its updated_at moves): only it is due.
-    served["/5.png"] = image_bytes(55)
+    origin.routes["/5.png"] = Reply(image_bytes(55))
     with engine_for(url).begin() as conn:
         conn.execute(sa.text("UPDATE products SET updated_at = now() + interval '1 hour' "
                              "WHERE id = 5"))
@@ -162,8 +140,8 @@ def test_catalogue_table_every_night(tagger_env, bucket, start_worker, tmp_path,
     assert cron.returncode == 0, cron.stdout + cron.stderr
     assert "listed 9, enqueued 1 in 1 chunks, skipped 8" in cron.stdout
     again = rows(url)
-    changed = again[f"{base}/5.png"]
-    assert changed.content_sha256 != tagged[f"{base}/5.png"].content_sha256
+    changed = again[origin.url("/5.png")]
+    assert changed.content_sha256 != tagged[origin.url("/5.png")].content_sha256
     assert changed.run_id == run_id(cron.stdout)
     assert all(again[uri].updated_at == row.updated_at for uri, row in tagged.items()
                if uri != changed.uri)
@@ -222,13 +200,11 @@ def test_bucket_incremental_and_label_sets(tagger_env, bucket, start_worker, tmp
         assert {len(r.labels) for r in tagged.values()} == {min(5, len(labelset.labels))}
         assert all(("parent" in e) == (path == rooms) for r in tagged.values()
                    for e in r.labels)
-    with engine_for(url).connect() as conn:
-        assert conn.scalar(sa.select(sa.func.count()).select_from(runs)) == 5
+    assert count(url, "runs") == 5
 
     # --force re-tags everything of the default label set, still one row per image.
     forced = producer("enqueue", "--bucket", bucket, "--force")
     assert "enqueued 6" in forced
     producer("wait", "--timeout", "120")
     assert {r.run_id for r in rows(url, labelset_id=flat.id).values()} == {run_id(forced)}
-    with engine_for(url).connect() as conn:
-        assert conn.scalar(sa.select(sa.func.count()).select_from(results)) == 6 * 4
+    assert count(url) == 6 * 4

@@ -1,38 +1,48 @@
-"""README's first command, `make tag IMAGES=dir`, tags a folder on the embedded default."""
+"""README's first command tags a folder on the embedded default: `producer tag FOLDER`."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
+import re
 from pathlib import Path
 
-from tests.helpers import ROOT, image_bytes
+from tests.kit.commands import ROOT, tag_as_user, user_env
+from tests.kit.images import write_images
+from worker.core.labels import load_labelset
+from worker.core.settings import DEFAULT_LABELS
 
 
-def test_readme_commands_are_the_makefile_targets():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    top = readme[:1500]
-    assert "make tag IMAGES=" in top and "make test" in top
+def make_target(name: str) -> list[str]:
+    """The recipe lines of a Makefile target."""
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
-    assert "\ntag: setup" in makefile and "\ntest: lint" in makefile
+    found = re.search(rf"^{name}:.*\n((?:\t.*\n)*)", makefile, re.M)
+    assert found, f"no {name} target"
+    return [line.strip() for line in found.group(1).splitlines()]
+
+
+def test_readme_first_command_is_producer_tag():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = [line.strip() for line in readme.splitlines() if line.startswith("    ")]
+    first = commands[0].split("#")[0].split()
+    assert first[:2] in (["producer", "tag"], ["make", "tag"]), commands[0]
+    # `make tag IMAGES=dir` is `producer tag dir` after the set-up, and nothing else: the one
+    # command starts and stops its own worker.
+    recipe = make_target("tag")
+    assert len(recipe) == 1 and recipe[0].startswith("$(BIN)/producer tag $(IMAGES)"), recipe
+    assert "make test" in readme[:1500] and make_target("test") == ["$(BIN)/pytest"]
     assert "make test" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
 
 
-def test_make_tag_on_the_embedded_default(tmp_path: Path, tiny_model: Path, labels_file: Path):
-    images = tmp_path / "images"
-    images.mkdir()
-    for i in range(4):
-        (images / f"商品 {i}.jpg").write_bytes(image_bytes(i, fmt="JPEG"))
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"CELERY_BROKER_URL", "DATABASE_URL", "MAKEFLAGS"}}
-    env |= {"TAGGER_MODEL": str(tiny_model), "TAGGER_LABELS": str(labels_file),
-            "TAGGER_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(["make", "--no-print-directory", "tag", f"IMAGES={images}"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    records = [json.loads(line) for line in
-               (tmp_path / "home" / "results.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert len(records) == 4
-    assert {r["status"] for r in records} == {"done"}
-    assert all(len(r["labels"]) == 5 for r in records)
+def test_tag_on_the_embedded_default(tmp_path: Path, tiny_model: Path):
+    images = write_images(tmp_path / "images", 4)
+    home = tmp_path / "home"  # fresh: no database, no broker, no results yet
+    env = user_env(TAGGER_HOME=str(home), TAGGER_MODEL=str(tiny_model), TAGGER_BACKEND="torch")
+    command, records = tag_as_user(str(tmp_path / "images"), env, cwd=tmp_path)
+
+    assert "tagged 4 images, 0 failed" in command.stdout
+    assert {r["uri"] for r in records} == {p.as_uri() for p in images}  # the folder, exactly
+    shipped = set(load_labelset(DEFAULT_LABELS).labels)  # the default label set
+    for record in records:
+        assert record["status"] == "done" and record["error"] is None
+        assert len(record["labels"]) == 5 and {e["label"] for e in record["labels"]} <= shipped
+        assert record["top_label"] == record["labels"][0]["label"]
+    assert (home / "results.db").is_file()

@@ -6,8 +6,9 @@ import base64
 import json
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import redis
@@ -15,15 +16,16 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from producer import enqueue as enqueuing
-from producer import status as reporting
 from producer.cli import main
-from producer.listing import SourceError
-from tests.conftest import REDIS_URL
-from worker import store
-from worker.app import create_app
-from worker.labels import LabelSet
-from worker.settings import Settings, load_settings
-from worker.store import Item, engine_for, pending, results, runs
+from tests.kit.services import REDIS_URL
+from worker.core.contract import MAX_URI_CHARS, Item, Result
+from worker.core.errors import Reason, Skip, SourceError
+from worker.core.labels import LabelSet
+from worker.core.settings import Settings, load_settings
+from worker.db import runs as db
+from worker.db.results import write_results
+from worker.db.schema import engine_for, pending, results, runs
+from worker.sources import Listed, Skipped
 
 FLAT = LabelSet(labels=("台灯", "椅子"), parents=(None, None), name="flat")
 TWO_LEVEL = LabelSet(labels=("台灯", "椅子", "沙发"), parents=("家居", "家居", "家居"),
@@ -31,17 +33,26 @@ TWO_LEVEL = LabelSet(labels=("台灯", "椅子", "沙发"), parents=("家居", "
 
 
 @pytest.fixture
-def settings(pg_url: str) -> Iterator[Settings]:
+def settings(pg_url: str, tmp_path: Path) -> Iterator[Settings]:
     queue = f"test-enqueue-{uuid.uuid4().hex[:8]}"
     yield load_settings({"CELERY_BROKER_URL": REDIS_URL, "DATABASE_URL": pg_url,
-                         "TAGGER_QUEUE": queue, "TAGGER_MODEL": "model-a"})
+                         "TAGGER_QUEUE": queue, "TAGGER_MODEL": "model-a",
+                         "TAGGER_HOME": str(tmp_path / "home")})
     redis.Redis.from_url(REDIS_URL).delete(queue)
 
 
-def run(settings: Settings, items: list[Item | None], labelset: LabelSet = FLAT,
+NOT_IMAGE = Skipped(Skip.NOT_IMAGE, "notes.txt")
+
+
+def run(settings: Settings, items: Iterable[Listed], labelset: LabelSet = FLAT,
         **kwargs) -> enqueuing.Summary:
-    return enqueuing.enqueue(items, app=create_app(settings), settings=settings,
-                             labelset=labelset, source="test", chunk_size=4, **kwargs)
+    return enqueuing.enqueue(items, settings=settings, labelset=labelset, source="test",
+                             chunk_size=4, **kwargs)
+
+
+def run_info(settings: Settings, run_id: str) -> dict:
+    (info,) = db.find_runs(engine_for(settings.database_url), run_id)
+    return info
 
 
 def messages(settings: Settings) -> list[dict]:
@@ -60,11 +71,10 @@ def messages(settings: Settings) -> list[dict]:
 
 def answer(settings: Settings, items: list[Item], labelset: LabelSet, run_id: str,
            status: str = "done") -> None:
-    """What a worker writes for these items (the worker's own store function)."""
-    store.write_results(engine_for(settings.database_url), [
-        {"uri": i.uri, "model": settings.model, "labelset_id": labelset.id, "item_key": i.key,
-         "source_version": i.version, "status": status, "labels": [], "run_id": run_id,
-         "reason": None if status == "done" else "not-found"} for i in items])
+    """What a worker writes for these items (the worker's own database call)."""
+    write_results(engine_for(settings.database_url), [
+        Result(item=i, model=settings.model, labelset_id=labelset.id, run_id=run_id,
+               reason=None if status == "done" else Reason.NOT_FOUND) for i in items])
 
 
 def catalogue(n: int, version: str = "v1") -> list[Item]:
@@ -73,7 +83,7 @@ def catalogue(n: int, version: str = "v1") -> list[Item]:
 
 def test_messages_carry_keys_versions_and_the_run(settings: Settings):
     items = catalogue(10)
-    summary = run(settings, [*items[:5], None, *items[5:]])
+    summary = run(settings, [*items[:5], NOT_IMAGE, *items[5:]])
     assert (summary.listed, summary.enqueued, summary.skipped, summary.chunks) == (11, 10, 1, 3)
     sent = messages(settings)
     assert [len(m["items"]) for m in sent] == [4, 4, 2]
@@ -162,21 +172,21 @@ def test_stale_pending_marks_are_taken_over(settings: Settings):
 
 def test_runs_are_recorded_with_counts(settings: Settings):
     items = catalogue(6)
-    first = run(settings, [*items, None])
+    first = run(settings, [*items, NOT_IMAGE])
     second = run(settings, items[:3])
     answer(settings, items[:4], FLAT, first.run_id)
     answer(settings, items[4:5], FLAT, first.run_id, status="failed")
     engine = engine_for(settings.database_url)
-    info = reporting.run_info(engine, first.run_id)
+    info = run_info(settings, first.run_id)
     assert {k: info[k] for k in ("listed", "enqueued", "skipped", "done", "failed", "pending",
                                  "state", "source", "model", "labelset_id")} == {
         "listed": 7, "enqueued": 6, "skipped": 1, "done": 4, "failed": 1, "pending": 1,
         "state": "running", "source": "test", "model": "model-a", "labelset_id": FLAT.id}
     assert info["finished_at"] >= info["started_at"]
-    latest = reporting.recent_runs(engine)
+    latest = db.find_runs(engine, limit=5)
     assert [r["id"] for r in latest] == [second.run_id, first.run_id]
     assert (latest[0]["skipped"], latest[0]["state"]) == (3, "complete")
-    counts = reporting.result_counts(engine, first.run_id)
+    counts = db.result_counts(engine, first.run_id)
     assert (counts["done"], counts["failed"], counts["pending"]) == (4, 1, 1)
     assert counts["images_per_second"] > 0
 
@@ -196,9 +206,30 @@ def test_a_listing_that_breaks_keeps_its_counts_and_frees_its_claims(
         row = conn.execute(sa.select(runs)).one()
         waiting = conn.scalar(sa.select(sa.func.count()).select_from(pending))
     # 4 were sent (one chunk); the 2 claimed but unsent are free for the next run.
-    assert (row.listed, row.enqueued, row.finished_at, waiting) == (6, 4, None, 4)
-    assert reporting.run_info(engine, row.id)["state"] == "listing"
+    assert (row.listed, row.enqueued, waiting) == (6, 4, 4)
+    # The listing ended, early: the run is stopped (with why), not listing for ever.
+    assert row.finished_at is not None and row.error == "catalogue connection lost"
+    info = run_info(settings, row.id)
+    assert info["state"] == "stopped" and info["pending"] == 4
     assert run(settings, catalogue(6)).enqueued == 2
+
+
+def test_unusable_urls_are_skipped_with_their_reasons(settings: Settings):
+    nul = Item(uri="https://img.example.com/a\0.jpg", key="nul")
+    huge = Item(uri="https://img.example.com/" + "x" * 20_000 + ".jpg", key="huge")
+    presigned = Item(uri="https://img.example.com/p.jpg?X-Amz-Signature=" + "a" * 3000,
+                     key="presigned")
+    assert 3000 < len(presigned.uri) < MAX_URI_CHARS < len(huge.uri)
+    good = catalogue(3)
+    summary = run(settings, [good[0], nul, huge, good[1], presigned, good[2],
+                             Skipped(Skip.NO_URL, "key 7"), Item("ftp://x/1.jpg", key="ftp")])
+    assert (summary.listed, summary.enqueued, summary.skipped) == (8, 4, 4)
+    assert dict(summary.skipped_by_reason) == {"bad-uri": 2, "uri-too-long": 1, "no-url": 1}
+    sent = [i["key"] for m in messages(settings) for i in m["items"]]
+    assert sent == ["0", "1", "presigned", "2"]
+    info = run_info(settings, summary.run_id)
+    assert info["skipped_by_reason"] == {"bad-uri": 2, "uri-too-long": 1, "no-url": 1}
+    assert (info["skipped"], info["pending"], info["state"]) == (4, 4, "running")
 
 
 def test_dry_run_sends_and_records_nothing(settings: Settings):
@@ -218,7 +249,7 @@ def test_runs_and_status_commands(settings: Settings, monkeypatch: pytest.Monkey
     listed = CliRunner().invoke(main, ["runs"])
     assert listed.exit_code == 0, listed.output
     assert f"run {summary.run_id} [running] test" in listed.output
-    assert "listed 5, enqueued 5, skipped 0; done 0, failed 0, pending 5" in listed.output
+    assert "listed 5, enqueued 5, skipped 0\n  done 0, failed 0, pending 5" in listed.output
     status = json.loads(CliRunner().invoke(main, ["status", "--run", summary.run_id,
                                                   "--json"]).output)
     assert (status["queue_depth"], status["pending"], status["run"]["id"]) == (

@@ -37,7 +37,7 @@ class _ImageHandler(_Quiet):
         server = self.server
         with server.lock:
             server.hits[self.path] += 1
-        reply = server.routes.get(self.path, Reply(b"not found", status=404))
+        reply = server.routes.get(self.path, server.fallback)
         server.started.set()
         time.sleep(reply.delay)
         self.send_response(reply.status)
@@ -65,6 +65,7 @@ class _ImageHTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int]) -> None:
         super().__init__(address, _ImageHandler)
         self.routes: dict[str, Reply] = {}
+        self.fallback = Reply(b"not found", status=404)  # for every path without a route
         self.hits: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.started = threading.Event()
@@ -90,6 +91,14 @@ class ImageServer:
     @property
     def routes(self) -> dict[str, Reply]:
         return self.httpd.routes
+
+    @property
+    def fallback(self) -> Reply:
+        return self.httpd.fallback
+
+    @fallback.setter
+    def fallback(self, reply: Reply) -> None:
+        self.httpd.fallback = reply
 
     @property
     def hits(self) -> Counter[str]:

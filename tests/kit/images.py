@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -17,6 +18,16 @@ def image_bytes(seed: int, size: tuple[int, int] = (48, 40), fmt: str = "PNG",
     channels = {"RGB": 3, "RGBA": 4, "L": 1, "CMYK": 4}[mode]
     array = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
     return save(Image.fromarray(array.squeeze() if channels == 1 else array, mode), fmt)
+
+
+def write_images(folder: Path, count: int, fmt: str = "JPEG", name: str = "商品 {}.jpg",
+                 seed: int = 0) -> list[Path]:
+    """``count`` distinct images in ``folder`` (created), named after ``name``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / name.format(i) for i in range(count)]
+    for i, path in enumerate(paths):
+        path.write_bytes(image_bytes(seed + i, fmt=fmt))
+    return paths
 
 
 def save(image: Image.Image, fmt: str, **options: object) -> bytes:
@@ -53,3 +64,12 @@ def scan_bomb(side: int, scans: int) -> bytes:
     # SOS for one component (Cb): spectral 1..63, successive approximation refinement Ah=1.
     sos = b"\xff\xda" + struct.pack(">HB", 8, 1) + b"\x02\x11" + bytes([1, 63, 0x10])
     return body + (sos + b"\x00") * scans + end
+
+
+def image_folder(folder: Path, count: int = 3) -> Path:
+    """``count`` PNGs (0.png, 1.png, ...) and a notes.txt that is not an image."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        (folder / f"{i}.png").write_bytes(image_bytes(i))
+    (folder / "notes.txt").write_text("not an image")
+    return folder

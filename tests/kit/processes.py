@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from producer.local_worker import LocalWorker
@@ -27,8 +28,13 @@ class Worker(LocalWorker):
         self._sampling = threading.Event()
 
     def start(self, ready_timeout: float = 120) -> Worker:
-        super().start()
+        self.launch()
         self.wait_ready(ready_timeout)
+        return self
+
+    def launch(self) -> Worker:
+        """Start the process and return at once (for a worker that is expected to fail)."""
+        super().start()
         return self
 
     def wait_ready(self, timeout: float) -> None:
@@ -89,6 +95,14 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``: children, their children, and so on."""
+    found = children(pid)
+    for child in list(found):
+        found += descendants(child)
+    return found
+
+
 def _status(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(f"{field}:"):
@@ -108,3 +122,93 @@ def peak_rss_kib(pid: int) -> int:
 def kill(pid: int, sig: int = signal.SIGKILL) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
+
+
+def with_environment(name: str, value: str) -> list[int]:
+    """Live processes whose environment holds ``name=value``: what a command left running."""
+    wanted = f"{name}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if wanted in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+    return found
+
+
+class Command:
+    """A command run as a user runs it: its output read as it comes, its descendants noted."""
+
+    def __init__(self, args: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:
+        import psutil
+
+        self.proc = subprocess.Popen(list(args), env=dict(env), cwd=cwd, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.descendants: set[int] = set()
+        self._psutil = psutil
+        self._readers = [threading.Thread(target=self._read, args=(stream, lines), daemon=True)
+                         for stream, lines in ((self.proc.stdout, self.out),
+                                               (self.proc.stderr, self.err))]
+        for thread in [*self._readers, threading.Thread(target=self._watch, daemon=True)]:
+            thread.start()
+
+    @staticmethod
+    def _read(stream: object, lines: list[str]) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            lines.append(line)
+
+    def _watch(self) -> None:
+        with contextlib.suppress(self._psutil.Error):
+            parent = self._psutil.Process(self.proc.pid)
+            while self.proc.poll() is None:
+                with contextlib.suppress(self._psutil.Error):
+                    self.descendants.update(p.pid for p in parent.children(recursive=True))
+                time.sleep(0.05)
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self.out)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.err)
+
+    def wait_for_stderr(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.stderr:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise TimeoutError(f"no {text!r} on stderr (exit {self.proc.poll()}):\n"
+                                   f"{self.stderr}{self.stdout}")
+            time.sleep(0.05)
+
+    def wait(self, timeout: float) -> int:
+        code = self.proc.wait(timeout)
+        for reader in self._readers:  # until they have read the last lines
+            reader.join(5)
+        return code
+
+    def __enter__(self) -> Command:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        """Whatever a test left: Ctrl-C to the command (it stops its worker), then kill all."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(45)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        for pid in self.left_running():
+            kill(pid)
+
+    def left_running(self) -> list[int]:
+        """Descendants seen while it ran that still live (zombies count as gone)."""
+        alive = []
+        for pid in self.descendants:
+            with contextlib.suppress(self._psutil.Error):
+                if self._psutil.Process(pid).status() != self._psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+        return alive

@@ -147,3 +147,12 @@ def wait_until(predicate: object, timeout: float, interval: float = 0.25,
             return value
         time.sleep(interval)
     raise TimeoutError(message or f"condition not met in {timeout}s")
+
+
+def reset_s3_clients() -> None:
+    """Forget the cached S3 clients (and the sources holding them): the endpoint changed."""
+    from worker import sources
+    from worker.sources import s3
+
+    s3.client.cache_clear()  # a client reads AWS_ENDPOINT_URL_S3 when it is made
+    sources._cached.cache_clear()  # and each cached Source holds its client

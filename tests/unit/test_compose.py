@@ -15,8 +15,9 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from tests.helpers import ROOT
+from worker.core.settings import load_settings
 
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
@@ -116,6 +117,32 @@ def test_every_variable_is_documented_in_env_example():
 
 
 @pytest.mark.parametrize("secret", SECRETS)
+class Recording(dict):
+    """An environment that remembers every variable load_settings asks for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: object = None) -> object:
+        self.asked.add(key)
+        return super().get(key, default)
+
+
+def test_services_set_only_variables_the_settings_read():
+    env = Recording()
+    load_settings(env)
+    assert {"TAGGER_FETCH_THREADS", "TAGGER_DECODE_PROCESSES"} <= env.asked
+    for name, service in services().items():
+        if not service["image"].startswith(OWN_IMAGE):
+            continue
+        tagger = {k for k in service.get("environment") or {} if k.startswith("TAGGER_")}
+        assert tagger - env.asked == set(), f"{name} sets variables nothing reads"
+    documented_tagger = {k for k in documented() if k.startswith("TAGGER_")}
+    assert documented_tagger - env.asked <= {"TAGGER_BUCKET"}  # compose's own, for minio-init
+
+
+@pytest.mark.parametrize("secret", SECRETS)
 def test_compose_refuses_to_start_without_a_secret(secret):
     env = {k: v for k, v in example_env().items() if k != secret}
     with pytest.raises(MissingVariable, match=secret):
@@ -150,13 +177,20 @@ def test_broker_keeps_every_message():
     assert flags["--requirepass"] == example_env()["REDIS_PASSWORD"]
 
 
+def pool_of(command: list[str]) -> tuple[str, str]:
+    """Celery's pool (-P) and concurrency (-c) in a worker command."""
+    return command[command.index("-P") + 1], command[command.index("-c") + 1]
+
+
 def test_gpu_worker_and_cpu_variant():
     worker, cpu = services()["worker"], services()["worker-cpu"]
     (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     assert worker["environment"]["TAGGER_DEVICE"] == "cuda"
     assert worker["environment"]["CUDA_VISIBLE_DEVICES"] == "0"
-    assert "-c" in worker["command"] and worker["command"][worker["command"].index("-c") + 1] == "1"
+    # One process per GPU (the model loaded once): two task threads; on a CPU one prefork child.
+    assert pool_of(worker["command"]) == ("threads", "2")
+    assert pool_of(cpu["command"]) == ("prefork", "1")
     assert not cpu.get("deploy") and cpu["environment"]["TAGGER_DEVICE"] == "cpu"
     assert "CUDA_VISIBLE_DEVICES" not in cpu["environment"]
     assert (worker["profiles"], cpu["profiles"]) == (["gpu"], ["cpu"])

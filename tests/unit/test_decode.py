@@ -4,47 +4,35 @@ from __future__ import annotations
 
 import io
 import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import image_bytes
-from worker.decode import Preprocess, decode
-from worker.errors import ItemError
+from tests.kit.images import image_bytes, png_bomb, save
+from worker.core.errors import ItemError
+from worker.decoders import Limits, Preprocess
+from worker.decoders.guards import describe, open_checked
+from worker.decoders.pillow import decode_image, to_rgb
 
 SPEC = Preprocess(height=32, width=32)
 PILLOW_LIMIT = 89_478_485  # Pillow's own MAX_IMAGE_PIXELS: above it Pillow only warns
+LIMITS = Limits(max_pixels=PILLOW_LIMIT, max_memory=2**30, seconds=30)
 
 
-def save(image: Image.Image, fmt: str, **options: object) -> bytes:
-    out = io.BytesIO()
-    image.save(out, fmt, **options)
-    return out.getvalue()
+def limits(**changes: object) -> Limits:
+    return Limits(**{**LIMITS.__dict__, **changes})  # type: ignore[arg-type]
 
 
-def png_bomb(width: int, height: int) -> bytes:
-    """A valid 1-bit PNG of width x height pixels that is only a few kilobytes on disk."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    row = b"\x00" + b"\x00" * ((width + 7) // 8)
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    idat = zlib.compress(row * height, 9)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
-def reason_of(data: bytes, **kwargs: object) -> str:
+def reason_of(data: bytes, **changes: object) -> str:
     with pytest.raises(ItemError) as info:
-        decode(data, SPEC, max_pixels=kwargs.pop("max_pixels", PILLOW_LIMIT), **kwargs)
+        decode_image(data, SPEC, limits(**changes))
     assert str(info.value)  # a message a person can act on, not an empty error
     return info.value.reason
 
 
 def pixels(data: bytes, draft: bool = True) -> np.ndarray:
-    out = decode(data, SPEC, max_pixels=PILLOW_LIMIT, draft=draft)
+    out = decode_image(data, SPEC, limits(jpeg_draft=draft))
     assert out.shape == (32, 32, 3) and out.dtype == np.uint8
     return out
 
@@ -96,7 +84,41 @@ def test_decompression_bomb_between_pillow_warning_and_error(megapixels):
 def test_pixel_cap_below_pillows_own():
     data = image_bytes(3, size=(200, 100))
     assert reason_of(data, max_pixels=19_999) == "too-many-pixels"
-    assert decode(data, SPEC, max_pixels=20_000).shape == (32, 32, 3)
+    assert decode_image(data, SPEC, limits(max_pixels=20_000)).shape == (32, 32, 3)
+
+
+def test_pixel_cap_is_checked_on_the_header_alone():
+    # A bomb the size of a few kilobytes: refused by open_checked before any pixel is decoded.
+    image = open_checked(png_bomb(4000, 4000), limits(max_pixels=16_000_000))
+    assert image.size == (4000, 4000) and image.tile  # opened lazily: tiles not decoded yet
+    with pytest.raises(ItemError, match="4000x4000 is over the limit"):
+        open_checked(png_bomb(4000, 4000), limits(max_pixels=15_999_999))
+
+
+def test_memory_estimate_refuses_before_decoding():
+    # 3000 x 3000 RGB under the pixel cap, but decoding it takes ~100 MiB.
+    data = png_bomb(3000, 3000, bit_depth=8, color_type=2)
+    image = open_checked(data, LIMITS)
+    assert image.tile  # the header was read, not the pixels
+    header = describe(image)
+    assert (header.format, header.mode, header.width) == ("PNG", "RGB", 3000)
+    assert header.memory > 64 * 2**20
+    with pytest.raises(ItemError, match="TAGGER_MAX_IMAGE_MEMORY") as info:
+        open_checked(data, limits(max_memory=64 * 2**20))
+    assert info.value.reason == "too-much-memory"
+    assert reason_of(data, max_memory=64 * 2**20) == "too-much-memory"
+    assert decode_image(data, SPEC, limits(max_memory=header.memory)).shape == (32, 32, 3)
+
+
+def test_jpeg_draft_decodes_smaller_but_alike():
+    photo = Image.radial_gradient("L").resize((1024, 768)).convert("RGB")
+    data = save(photo, "JPEG", quality=95)
+    drafted = open_checked(data, LIMITS, draft_size=(32, 32))
+    assert drafted.size[0] < 1024 and min(drafted.size) >= 32  # DCT-scaled, not below 32
+    assert open_checked(data, limits(jpeg_draft=False), draft_size=(32, 32)).size == (1024, 768)
+    fast = pixels(data, draft=True).astype(int)
+    full = pixels(data, draft=False).astype(int)
+    assert np.abs(fast - full).mean() < 3
 
 
 def test_cmyk_jpeg_becomes_rgb():
@@ -168,3 +190,46 @@ def test_one_pixel_image():
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"])
 def test_allowed_formats_decode(fmt):
     pixels(image_bytes(5, size=(50, 30), fmt=fmt))
+
+
+def test_damaged_exif_is_decoded_as_stored():
+    stored = Image.new("RGB", (64, 32), (0, 200, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 99  # not an orientation
+    data = save(stored, "JPEG", exif=exif)
+    assert describe(open_checked(data, LIMITS)).orientation == 1
+    assert pixels(data)[..., 1].min() > 150
+
+
+def test_large_transparent_image_is_resized_before_it_is_composed():
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (900, 1400, 4), dtype=np.uint8)
+    rgba[..., 3] = np.linspace(0, 255, 1400, dtype=np.uint8)[None, :]  # a transparency ramp
+    spec = Preprocess(height=56, width=64)
+    got = decode_image(save(Image.fromarray(rgba, "RGBA"), "PNG"), spec,
+                       limits(max_pixels=10**8)).astype(int)
+    reference = np.asarray(to_rgb(Image.fromarray(rgba, "RGBA")).resize(
+        (64, 56), resample=Image.Resampling.BICUBIC)).astype(int)
+    assert got.shape == (56, 64, 3)
+    assert np.abs(got - reference).mean() < 1.0
+    assert got[:, :4].mean() > 240  # the transparent edge is white, not black
+
+
+def test_shortest_edge_resize_then_centre_crop():
+    # Left third red, middle green, right third blue: the centre crop keeps only the green.
+    image = Image.new("RGB", (300, 100), (0, 255, 0))
+    image.paste((255, 0, 0), (0, 0, 100, 100))
+    image.paste((0, 0, 255), (200, 0, 300, 100))
+    spec = Preprocess(height=32, width=32, shortest_edge=32)
+    out = decode_image(save(image, "PNG"), spec, LIMITS).astype(int)
+    assert out.shape == (32, 32, 3)
+    assert out[:, 4:-4, 1].min() > 200 and out[:, 4:-4, [0, 2]].max() < 60
+
+
+def test_item_errors_survive_pickling():
+    import pickle
+
+    with pytest.raises(ItemError) as info:
+        decode_image(b"", SPEC, LIMITS)
+    again = pickle.loads(pickle.dumps(info.value))  # as it comes back from a decoder process
+    assert (again.reason, str(again)) == (info.value.reason, str(info.value))

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from worker.labels import LabelSet, LabelSetError, load_labelset, parse_labels, parse_templates
+from worker.core.errors import ConfigError
+from worker.core.labels import (
+    LabelSet,
+    LabelSetError,
+    load_labelset,
+    parse_labels,
+    parse_templates,
+)
+from worker.core.settings import LABELSETS
 
 
 def test_comments_blanks_and_parents():
@@ -73,7 +81,21 @@ def test_unreadable_file_is_a_label_set_error(tmp_path: Path):
         load_labelset(tmp_path / "missing.txt")
 
 
+def test_non_utf8_file_error_names_the_file(tmp_path: Path):
+    path = tmp_path / "商品 labels.txt"
+    path.write_bytes("台灯\n椅子\n".encode("gbk"))
+    with pytest.raises(LabelSetError) as info:
+        load_labelset(path)
+    message = str(info.value)
+    assert str(path) in message and "not UTF-8" in message and "\n" not in message
+    assert isinstance(info.value, ConfigError)  # shown as one line by the commands
+    templates = tmp_path / "templates.txt"
+    templates.write_bytes("{}的照片。\n".encode("gbk"))
+    path.write_text("台灯\n", encoding="utf-8")
+    with pytest.raises(LabelSetError, match=f"templates file {templates}"):
+        load_labelset(path, templates)
+
+
 def test_shipped_label_sets_load():
-    root = Path(__file__).resolve().parents[1] / "worker" / "labelsets"
-    labelset = load_labelset(root / "ecommerce_zh.txt", root / "templates_zh.txt")
+    labelset = load_labelset(LABELSETS / "ecommerce_zh.txt", LABELSETS / "templates_zh.txt")
     assert len(labelset.labels) > 100 and len(labelset.templates) == 80

@@ -139,8 +139,9 @@ def database_url(name: str, raw: str) -> str:
 
     try:
         driver = make_url(raw).drivername
-    except ArgumentError:
-        raise ConfigError(f"{name} is not a database URL ({raw[:40]!r}): use "
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        shown = raw.rpartition("@")[2] if "@" in raw else raw  # never the password
+        raise ConfigError(f"{name} is not a database URL ({shown[:40]!r}): use "
                           "postgresql://user:password@host/db or sqlite:///path/results.db"
                           ) from None
     if driver not in DATABASES:

@@ -101,6 +101,8 @@ def uri_problem(uri: str) -> Skipped | None:
         return Skipped(Skip.BAD_URI, "control character in the URI")
     if len(uri) > MAX_URI_CHARS:
         return Skipped(Skip.URI_TOO_LONG, f"{len(uri)} characters, over {MAX_URI_CHARS}")
+    if scheme(uri) not in SCHEMES:
+        return Skipped(Skip.BAD_URI, f"no source for {scheme(uri)}:// URIs")
     try:
         parts = urlsplit(uri)
         parts.port  # noqa: B018 - raises ValueError for a bad port

@@ -68,10 +68,11 @@ class Source:
             raise ItemError(Reason.FORBIDDEN, f"cannot read {path}: permission denied") from exc
         except OSError as exc:
             raise ItemError(Reason.NOT_A_FILE, f"cannot open {path}: {exc.strerror}") from exc
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # before fdopen, which refuses a folder itself
+            os.close(fd)
+            raise ItemError(Reason.NOT_A_FILE, f"{path} is not a regular file")
         with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise ItemError(Reason.NOT_A_FILE, f"{path} is not a regular file")
             if info.st_size > self.max_bytes:
                 raise ItemError(Reason.TOO_LARGE, f"file is {info.st_size} bytes, over the "
                                 f"cap of {self.max_bytes}")

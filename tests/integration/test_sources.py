@@ -1,33 +1,44 @@
-"""Fetching against real servers: address guard, redirects, timeouts, byte cap, S3 faults."""
+"""Fetching against real servers: address guard, redirects, timeouts, byte cap, files, S3 faults."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import boto3
 import pytest
 
-from tests.faultservers import FaultProxy, ImageServer, Reply
-from tests.helpers import image_bytes
-from worker import sources
-from worker.errors import ItemError, TransientError
-from worker.sources import fetch
+from tests.kit.faults import FaultProxy, ImageServer, Reply
+from tests.kit.images import image_bytes
+from tests.kit.services import reset_s3_clients
+from worker.core.errors import ConfigError, ItemError, SourceError, TransientError
+from worker.core.settings import load_settings
+from worker.sources import Budget, check_uri, source_for
 
 CAP = 1_000_000
 LOOPBACK_ONLY = (ipaddress.ip_network("127.0.0.1/32"),)
 
 
-def get(uri: str, **kwargs: object) -> bytes:
-    options = {"max_bytes": CAP, "timeout": 1.0, **kwargs}
-    return fetch(uri, **options)  # type: ignore[arg-type]
+def get(uri: str, *, max_bytes: int = CAP, timeout: int = 1, seconds: float = 30,
+        allow_private: bool = False, allow_networks: Sequence[object] = (),
+        roots: Sequence[Path] = ()) -> bytes:
+    """What a fetch thread does: check the URI, then fetch it from its source on a budget."""
+    settings = load_settings({"TAGGER_MAX_IMAGE_BYTES": str(max_bytes),
+                              "TAGGER_FETCH_TIMEOUT": str(timeout),
+                              "TAGGER_ALLOW_PRIVATE_URLS": "1" if allow_private else "0",
+                              "TAGGER_URL_ALLOW_NETWORKS": ",".join(map(str, allow_networks))})
+    check_uri(uri)
+    budget = Budget(time.monotonic() + seconds, tuple(roots))
+    return source_for(uri, settings).fetch(uri, budget)
 
 
 def item_error(uri: str, **kwargs: object) -> ItemError:
     with pytest.raises(ItemError) as info:
-        get(uri, **kwargs)
+        get(uri, **kwargs)  # type: ignore[arg-type]
+    assert str(info.value)
     return info.value
 
 
@@ -57,7 +68,7 @@ def test_loopback_is_refused_unless_allowed(server):
     "[::1]", "[::ffff:127.0.0.1]", "[fd00::1]", "[fe80::1]", "[fd00:ec2::254]"])
 def test_internal_addresses_are_refused_before_connecting(host):
     started = time.monotonic()
-    error = item_error(f"http://{host}:9/latest/meta-data/", timeout=1.0)
+    error = item_error(f"http://{host}:9/latest/meta-data/", timeout=1)
     assert error.reason == "blocked-address"
     assert time.monotonic() - started < 0.5  # refused, not tried and timed out
 
@@ -92,13 +103,34 @@ def test_other_schemes_are_refused(uri):
     assert item_error(uri).reason == "bad-uri"
 
 
+@pytest.mark.parametrize("uri", [
+    "https://img.example.com:99999/a.jpg",  # port out of range
+    "https://img.example.com:http/a.jpg",  # not a number
+    "https://[::1/a.jpg",  # an unclosed IPv6 literal
+    "https://[not-an-ip]/a.jpg",
+    "/data/a\0b.jpg",  # NUL: no file has it
+    "s3://bucket/a\nb.jpg",
+])
+def test_malformed_uris_are_bad_uri_before_any_source(uri):
+    with pytest.raises(ItemError) as info:
+        check_uri(uri)
+    assert info.value.reason == "bad-uri" and str(info.value).startswith("bad URI")
+
+
+def test_unknown_scheme_has_no_source():
+    with pytest.raises(ConfigError, match="no source for ftp://"):
+        source_for("ftp://example.com/a.jpg", load_settings({}))
+    with pytest.raises(SourceError, match="cannot list"):
+        list(source_for("https://x.example/", load_settings({})).listing("https://x.example/"))
+
+
 # --- timeouts and the byte cap -------------------------------------------------------------
 
 def test_slow_server_times_out(server):
     server.routes["/slow"] = Reply(image_bytes(2), delay=3)
     started = time.monotonic()
     with pytest.raises(TransientError):
-        get(server.url("/slow"), allow_private=True, timeout=1.0)
+        get(server.url("/slow"), allow_private=True, timeout=1)
     assert time.monotonic() - started < 2.5
 
 
@@ -107,7 +139,7 @@ def test_dripping_server_hits_the_download_deadline(server):
     server.routes["/drip"] = Reply(b"x" * 100, drip=0.1)
     started = time.monotonic()
     with pytest.raises(TransientError, match="time limit"):
-        get(server.url("/drip"), allow_private=True, timeout=1.0)
+        get(server.url("/drip"), allow_private=True, timeout=1, seconds=2)
     assert time.monotonic() - started < 4
 
 
@@ -134,16 +166,74 @@ def test_http_overload_is_transient(server, status):
         get(server.url("/x"), allow_private=True)
 
 
+def test_signed_url_is_redacted_in_errors(server):
+    server.routes["/gone.jpg"] = Reply(b"no", status=404)
+    error = item_error(server.url("/gone.jpg?X-Amz-Signature=deadbeef42&w=2"),
+                       allow_private=True)
+    assert "deadbeef42" not in str(error) and "X-Amz-Signature=***" in str(error)
+
+
 # --- local files -----------------------------------------------------------------------------
 
-def test_local_names_with_spaces_and_chinese(tmp_path: Path):
-    path = tmp_path / "商品 图片" / "红色 鞋子 #1.png"
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    folder = (tmp_path / "root").resolve()
+    folder.mkdir()
+    return folder
+
+
+def test_local_names_with_spaces_and_chinese(root: Path):
+    path = root / "商品 图片" / "红色 鞋子 #1.png"
     path.parent.mkdir()
     path.write_bytes(b"png bytes")
-    assert get(str(path)) == b"png bytes"
-    assert get(path.as_uri()) == b"png bytes"
-    assert item_error(str(path) + ".missing").reason == "not-found"
-    assert item_error(str(path), max_bytes=3).reason == "too-large"
+    assert get(str(path), roots=[root]) == b"png bytes"
+    assert get(path.as_uri(), roots=[root]) == b"png bytes"
+    assert item_error(str(path) + ".missing", roots=[root]).reason == "not-found"
+    assert item_error(str(path), max_bytes=3, roots=[root]).reason == "too-large"
+
+
+def test_files_outside_the_roots_are_refused_before_they_are_touched(root: Path, tmp_path: Path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "real.jpg").write_bytes(b"secret")
+    os.mkfifo(outside / "pipe.jpg")  # opened, it would block; touched, it would be not-a-file
+    messages = set()
+    for name in ("real.jpg", "missing.jpg", "pipe.jpg"):
+        uri = str(outside / name)
+        error = item_error(uri, roots=[root])
+        assert error.reason == "outside-roots"
+        messages.add(str(error).replace(uri, "URI"))
+    assert len(messages) == 1  # the answer says nothing about what exists there
+    assert item_error(str(outside / "real.jpg")).reason == "outside-roots"  # no roots at all
+    assert item_error(str(root / ".." / "outside" / "real.jpg"),
+                      roots=[root]).reason == "outside-roots"
+    assert get(str(outside / "real.jpg"), roots=[root, outside]) == b"secret"
+
+
+def test_a_link_out_of_the_root_is_refused(root: Path, tmp_path: Path):
+    (tmp_path / "passwd.jpg").write_bytes(b"secret")
+    (root / "inside.jpg").write_bytes(b"ok")
+    (root / "escape.jpg").symlink_to(tmp_path / "passwd.jpg")
+    (root / "alias.jpg").symlink_to(root / "inside.jpg")
+    (root / "up").symlink_to(tmp_path, target_is_directory=True)
+    assert item_error(str(root / "escape.jpg"), roots=[root]).reason == "outside-roots"
+    assert item_error(str(root / "up" / "passwd.jpg"), roots=[root]).reason == "outside-roots"
+    assert get(str(root / "alias.jpg"), roots=[root]) == b"ok"  # a link within the root is fine
+
+
+@pytest.mark.timeout(20)
+def test_a_fifo_named_like_an_image_does_not_block(root: Path):
+    os.mkfifo(root / "a.jpg")
+    started = time.monotonic()
+    assert item_error(str(root / "a.jpg"), roots=[root]).reason == "not-a-file"
+    assert time.monotonic() - started < 2
+
+
+def test_a_folder_or_a_path_through_a_file_is_an_item_error(root: Path):
+    (root / "file.jpg").write_bytes(b"x")
+    (root / "folder.jpg").mkdir()
+    assert item_error(str(root / "file.jpg" / "x.jpg"), roots=[root]).reason == "not-a-file"
+    assert item_error(str(root / "folder.jpg"), roots=[root]).reason == "not-a-file"
 
 
 # --- S3 through a fault proxy in front of moto's server ------------------------------------
@@ -153,9 +243,9 @@ def proxy(s3_endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch
           ) -> Iterator[FaultProxy]:
     with FaultProxy(s3_endpoint) as fault_proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", fault_proxy.endpoint)
-        sources.s3_client.cache_clear()  # the client reads its endpoint when it is made
+        reset_s3_clients()
         yield fault_proxy
-    sources.s3_client.cache_clear()
+    reset_s3_clients()
 
 
 @pytest.fixture
@@ -180,7 +270,7 @@ def test_s3_5xx_that_persists_is_transient(proxy, cat):
 def test_s3_timeout_is_retried(proxy, cat):
     proxy.inject(1, 503, "SlowDown", delay=2.5)  # answers after the 1 s read timeout
     started = time.monotonic()
-    assert get(cat, timeout=1.0) == image_bytes(7)
+    assert get(cat, timeout=1) == image_bytes(7)
     assert proxy.gets == 2 and time.monotonic() - started < 2.5
 
 
@@ -197,6 +287,7 @@ def test_s3_forbidden_fails_at_once(proxy, cat):
 
 
 def test_s3_keys_with_spaces_chinese_and_url_characters(bucket):
+    reset_s3_clients()
     s3 = boto3.client("s3")
     for key in ("商品/红色 鞋子.png", "a b/c?d#e.png", "100%/x+y.png"):
         s3.put_object(Bucket=bucket, Key=key, Body=key.encode())
@@ -204,5 +295,10 @@ def test_s3_keys_with_spaces_chinese_and_url_characters(bucket):
 
 
 def test_s3_object_over_the_cap(bucket):
+    reset_s3_clients()
     boto3.client("s3").put_object(Bucket=bucket, Key="big.png", Body=b"\0" * 2000)
     assert item_error(f"s3://{bucket}/big.png", max_bytes=1000).reason == "too-large"
+
+
+def test_s3_uri_without_a_key(bucket):
+    assert item_error(f"s3://{bucket}").reason == "bad-uri"

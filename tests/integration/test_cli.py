@@ -1,0 +1,95 @@
+"""The producer command on real services: one-line errors, dry runs, no torch in the producer."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.kit.commands import invoke, one_line_error
+from tests.kit.images import image_bytes, image_folder
+from tests.kit.imports import heavy_imports
+from tests.kit.services import REDIS_URL, reset_s3_clients
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return image_folder(tmp_path / "images")
+
+
+@pytest.fixture
+def local_env(tmp_path, pg_url, labels_file, monkeypatch) -> dict[str, str]:
+    env = {"DATABASE_URL": pg_url, "CELERY_BROKER_URL": REDIS_URL,
+           "TAGGER_QUEUE": f"cli-{uuid.uuid4().hex[:12]}", "TAGGER_LABELS": str(labels_file),
+           "TAGGER_HOME": str(tmp_path / "home")}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    reset_s3_clients()
+    return env
+
+
+def test_missing_bucket_is_one_line(local_env, aws_env):
+    assert one_line_error("enqueue", "--bucket", "no-such-bucket") == (
+        "Error: cannot list s3://no-such-bucket/: NoSuchBucket: "
+        "The specified bucket does not exist")
+
+
+def test_missing_credentials_are_one_line(local_env, aws_env, monkeypatch, tmp_path):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    reset_s3_clients()
+    assert "Unable to locate credentials" in one_line_error("enqueue", "--bucket", "products")
+
+
+def test_unmigrated_database_says_what_to_do(local_env, folder, empty_pg_url, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", empty_pg_url)
+    error = one_line_error("enqueue", "--dir", str(folder))
+    assert "schema none" in error and "producer db upgrade" in error
+    result = invoke("db", "upgrade")
+    assert result.exit_code == 0 and "schema none -> 0002" in result.stdout
+    assert invoke("enqueue", "--dir", str(folder), "--dry-run").exit_code == 0
+
+
+def test_unreachable_database_is_one_line(local_env, folder, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://tagger:s3cret@127.0.0.1:1/none")
+    error = one_line_error("enqueue", "--dir", str(folder))
+    assert error.startswith("Error: database unreachable (postgresql://tagger:***@127.0.0.1:1")
+    assert "s3cret" not in error
+
+
+def test_dry_run_lists_and_sends_nothing(local_env, folder):
+    result = invoke("enqueue", "--dir", str(folder), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert sorted(Path(line[len("file://"):]).name for line in result.stdout.splitlines()) == [
+        "0.png", "1.png", "2.png"]
+    assert "listed 4, would enqueue 3 in 1 chunks, skipped 1" in result.stderr
+    status = json.loads(invoke("status", "--json").stdout)
+    assert (status["queue_depth"], status["pending"], status["run"]) == (0, 0, None)
+
+
+def test_enqueue_chunks_and_counts(local_env, folder):
+    result = invoke("enqueue", "--dir", str(folder), "--chunk-size", "2")
+    assert result.exit_code == 0, result.output
+    assert "listed 4, enqueued 3 in 2 chunks, skipped 1" in result.stdout
+    status = json.loads(invoke("status", "--json").stdout)
+    assert (status["queue_depth"], status["pending"], status["done"]) == (2, 3, 0)
+    assert status["run"]["enqueued"] == 3 and status["run"]["finished_at"]
+    assert status["run"]["file_roots"] == [str(folder.resolve())]
+
+
+def test_producer_never_imports_torch(local_env, folder, aws_env, bucket):
+    boto3.client("s3").put_object(Bucket=bucket, Key="a.png", Body=image_bytes(1))
+    loaded = heavy_imports(
+        "from click.testing import CliRunner\n"
+        "from producer.cli import main\n"
+        f"for args in (['enqueue', '--dir', {str(folder)!r}], ['enqueue', '--bucket', "
+        f"{bucket!r}], ['status', '--json'], ['runs'], ['export', '--format', 'csv'], "
+        "['retry-failed']):\n"
+        "    result = CliRunner().invoke(main, args)\n"
+        "    assert result.exit_code == 0, (args, result.output)\n")  # this environment
+    assert loaded == []

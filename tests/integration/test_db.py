@@ -1,0 +1,242 @@
+"""The results database on PostgreSQL and SQLite: idempotent upserts, pending marks, migrations."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from worker.core.contract import Item, Result, uri_hash
+from worker.core.errors import Reason, TransientError
+from worker.db import migrate
+from worker.db import results as worker_db
+from worker.db import runs as producer_db
+from worker.db.schema import engine_for, metadata, normalise_url, pending, results
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest) -> sa.Engine:
+    fixture = "sqlite_url" if request.param == "sqlite" else "pg_url"
+    return engine_for(request.getfixturevalue(fixture))
+
+
+def result(uri: str, status: str = "done", score: float = 0.9, **changes: Any) -> Result:
+    done = status == "done"
+    fields: dict[str, Any] = {
+        "model": "m", "labelset_id": "ls", "run_id": "r1", "content_sha256": "ab" * 32,
+        "labels": [{"label": "台灯", "score": score}] if done else [],
+        "reason": None if done else Reason.UNDECODABLE, "error": None if done else "bad"}
+    return Result(item=Item(uri, version=changes.pop("version", "v1")), **(fields | changes))
+
+
+def all_rows(engine: sa.Engine) -> list[sa.Row]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(results).order_by(results.c.uri)))
+
+
+def pending_count(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.scalar(sa.select(sa.func.count()).select_from(pending)) or 0)
+
+
+def test_upsert_is_idempotent(engine):
+    chunk = [result("s3://b/1.jpg"), result("s3://b/2.jpg"), result("s3://b/1.jpg", score=0.8)]
+    worker_db.write_results(engine, chunk)
+    worker_db.write_results(engine, chunk)
+    stored = all_rows(engine)
+    assert [r.uri for r in stored] == ["s3://b/1.jpg", "s3://b/2.jpg"]
+    assert stored[0].labels == [{"label": "台灯", "score": 0.8}]
+    assert stored[0].uri_hash == uri_hash("s3://b/1.jpg") and stored[0].top_score == 0.8
+
+
+def test_failure_never_replaces_done_but_success_replaces_failure(engine):
+    worker_db.write_results(engine, [result("a"), result("b", status="failed")])
+    worker_db.write_results(engine, [result("a", status="failed"), result("b", score=0.7)])
+    stored = {r.uri: r for r in all_rows(engine)}
+    assert stored["a"].status == "done" and stored["a"].labels[0]["score"] == 0.9
+    assert stored["b"].status == "done" and stored["b"].error is None
+    assert stored["b"].reason is None
+
+
+def test_top_label_query_uses_an_index(pg_url):
+    engine = engine_for(pg_url)
+    worker_db.write_results(engine, [result(f"u{i}", score=i / 100) for i in range(100)])
+    with engine.begin() as conn:
+        conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
+        plan = "\n".join(conn.scalars(sa.text(
+            "EXPLAIN SELECT uri FROM results WHERE top_label = '台灯' AND top_score > 0.5")))
+        matches = conn.scalar(sa.text(
+            "SELECT count(*) FROM results WHERE top_label = '台灯' AND top_score > 0.5"))
+    assert "ix_results_top_label" in plan
+    assert matches == 49
+
+
+def test_long_and_chinese_uris_are_stored_and_upserted(engine):
+    # A btree entry holds at most ~2.7 KB: URIs are indexed by their hash, never their text.
+    long = "https://img.example.com/p/" + "長" * 3000 + "x" * (10_000 - 3026)
+    chinese = "/数据/商品 图片/红色 鞋子 #1.jpg"
+    assert len(long) == 10_000
+    items = [Item(long, version="v1"), Item(chinese, version="v1")]
+    with engine.begin() as conn:
+        assert producer_db.claim_pending(conn, items, "m", "ls", "r1", ttl_seconds=60) == items
+    worker_db.write_results(engine, [result(long, status="failed"), result(chinese)])
+    worker_db.write_results(engine, [result(long, score=0.5), result(chinese, score=0.6)])
+    stored = {r.uri: r for r in all_rows(engine)}
+    assert set(stored) == {long, chinese}
+    assert (stored[long].status, stored[long].top_score, stored[chinese].top_score) == (
+        "done", 0.5, 0.6)
+    assert pending_count(engine) == 0
+    with engine.connect() as conn:
+        assert producer_db.due_items(conn, items, "m", "ls") == []
+    assert [r["uri"] for r in producer_db.iter_results(engine, uri_prefix="/数据/商品 ")] == [
+        chinese]
+
+
+def test_a_chunk_of_5000_results_writes_on_sqlite(sqlite_url):
+    # SQLite allows a few thousand bound variables per statement; a chunk has many more.
+    engine = engine_for(sqlite_url)
+    items = [Item(f"s3://b/{i}.jpg", version="v1") for i in range(5000)]
+    with engine.begin() as conn:
+        assert len(producer_db.claim_pending(conn, items, "m", "ls", "r1", 60)) == 5000
+    worker_db.write_results(engine, [result(i.uri, content_sha256=f"{n:064x}")
+                                     for n, i in enumerate(items)], task_id="big")
+    assert len(all_rows(engine)) == 5000 and pending_count(engine) == 0
+    with engine.connect() as conn:
+        assert producer_db.due_items(conn, items, "m", "ls") == []
+    known = worker_db.done_by_content(engine, "m", "ls", [f"{n:064x}" for n in range(5000)])
+    assert len(known) == 5000
+    with engine.begin() as conn:
+        producer_db.claim_pending(conn, items, "m", "ls", "r2", 60)
+    assert producer_db.release_pending(engine, "r2", items[:4000]) == 4000
+    assert producer_db.release_pending(engine, "r2") == 1000
+
+
+def test_pending_blocks_a_second_claim_until_written(engine):
+    items = [Item("a", version="1"), Item("b", version="1")]
+    with engine.begin() as conn:
+        assert producer_db.claim_pending(conn, items, "m", "ls", "run1", ttl_seconds=60) == items
+        assert producer_db.claim_pending(conn, items, "m", "ls", "run2", ttl_seconds=60) == []
+    worker_db.write_results(engine, [result("a")])  # answering an image clears its mark
+    with engine.begin() as conn:
+        assert producer_db.claim_pending(conn, items, "m", "ls", "run3",
+                                         ttl_seconds=60) == [items[0]]
+        assert producer_db.claim_pending(conn, items, "m", "ls", "run4", ttl_seconds=60,
+                                         force=True) == items
+        # Forced or not, a run never claims one image twice.
+        assert producer_db.claim_pending(conn, items, "m", "ls", "run4", ttl_seconds=60,
+                                         force=True) == []
+
+
+def test_stale_pending_marks_expire(engine):
+    items = [Item("a")]
+    with engine.begin() as conn:
+        producer_db.claim_pending(conn, items, "m", "ls", "run1", ttl_seconds=60)
+        assert producer_db.claim_pending(conn, items, "m", "ls", "run2", ttl_seconds=0) == items
+
+
+def test_due_items_compare_versions(engine):
+    worker_db.write_results(engine, [result("a"), result("b")])
+    items = [Item("a", version="v1"), Item("b", version="v2"), Item("c", version="v1"),
+             Item("a")]
+    with engine.connect() as conn:
+        due = producer_db.due_items(conn, items, "m", "ls")
+        assert [i.uri for i in due] == ["b", "c"]
+        assert [i.uri for i in producer_db.due_items(conn, items, "other-model", "ls")] == [
+            "a", "b", "c", "a"]
+
+
+def test_deliveries_are_counted_and_closed(engine):
+    assert [worker_db.start_delivery(engine, "task-1", "r1", 2) for _ in range(3)] == [1, 2, 3]
+    assert worker_db.start_delivery(engine, "task-2", "r1", 1) == 1
+    with engine.begin() as conn:
+        producer_db.claim_pending(conn, [Item("a"), Item("b"), Item("c")], "m", "ls", "r1", 60)
+    assert producer_db.result_counts(engine, "r1")["in_flight"] == 3
+    worker_db.write_results(engine, [result("a"), result("b")], task_id="task-1")
+    counts = producer_db.result_counts(engine, "r1")
+    assert (counts["done"], counts["pending"], counts["in_flight"]) == (2, 1, 1)
+    assert worker_db.start_delivery(engine, "task-1", "r1", 2) == 4  # re-opened by a restart
+
+
+def test_text_embeddings_are_keyed_by_encoder(engine):
+    assert worker_db.load_text_embeddings(engine, "m", "ls", "torch float32") is None
+    worker_db.save_text_embeddings(engine, "m", "ls", "torch float32", 2, 3, b"\x00" * 24)
+    worker_db.save_text_embeddings(engine, "m", "ls", "torch float32", 2, 3, b"\x01" * 24)
+    assert worker_db.load_text_embeddings(engine, "m", "ls", "torch float32") == (
+        2, 3, b"\x00" * 24)  # the first writer wins
+    assert worker_db.load_text_embeddings(engine, "m", "ls", "onnx float32") is None
+    worker_db.save_text_embeddings(engine, "m", "ls", "onnx float32", 2, 3, b"\x02" * 24)
+    assert worker_db.load_text_embeddings(engine, "m", "ls", "onnx float32")[2] == b"\x02" * 24
+    assert worker_db.load_text_embeddings(engine, "m", "ls", "torch float32")[2] == b"\x00" * 24
+
+
+def test_unreachable_database_is_transient():
+    engine = engine_for("postgresql://postgres:s3cret@127.0.0.1:1/none")
+    with pytest.raises(TransientError, match="database unavailable") as info:
+        worker_db.start_delivery(engine, "t", None, 1)
+    assert "s3cret" not in str(info.value)
+
+
+def test_a_mistake_in_sql_is_not_transient(empty_pg_url):
+    # No tables: retrying cannot help, and the error must not be hidden as "unavailable".
+    engine = engine_for(empty_pg_url)
+    started = time.monotonic()
+    with pytest.raises(sa.exc.ProgrammingError, match="results"):
+        worker_db.write_results(engine, [result("a")])
+    with pytest.raises(sa.exc.ProgrammingError):
+        worker_db.start_delivery(engine, "t", None, 1)
+    assert time.monotonic() - started < 1.0  # raised at once, not retried
+
+
+def test_postgres_urls_use_psycopg2():
+    assert normalise_url("postgresql://u:p@h/db").startswith("postgresql+psycopg2://u:p@")
+    assert normalise_url("postgres://h/db").startswith("postgresql+psycopg2://")
+    assert normalise_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_iter_results_filters(engine):
+    worker_db.write_results(engine, [result("s3://b/100%_off/1.jpg"), result("s3://b/100x/2.jpg"),
+                                     result("s3://b/100%_off/3.jpg", status="failed")])
+    by_prefix = [r["uri"] for r in producer_db.iter_results(engine, uri_prefix="s3://b/100%_")]
+    assert by_prefix == ["s3://b/100%_off/1.jpg", "s3://b/100%_off/3.jpg"]  # % and _ literal
+    failed = list(producer_db.iter_results(engine, status="failed", model="m", reason=None))
+    assert [r["uri"] for r in failed] == ["s3://b/100%_off/3.jpg"]
+    assert producer_db.failed_labelsets(engine, "m") == ["ls"]
+    assert producer_db.failed_labelsets(engine, "m", "not-found") == []
+
+
+def test_migrations_match_the_tables(engine):
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+    assert migrate.revisions(str(engine.url.render_as_string(hide_password=False))) == (
+        "0002", "0002")
+
+
+@pytest.mark.parametrize("fixture", ["sqlite_url", "pg_url"])
+def test_migrate_down_and_up_again_keeps_results(fixture: str, request: pytest.FixtureRequest):
+    url = request.getfixturevalue(fixture)
+    engine = engine_for(url)
+    worker_db.write_results(engine, [result("s3://b/1.jpg"), result("/商品/2.jpg")])
+    with engine.begin() as conn:
+        producer_db.claim_pending(conn, [Item("s3://b/3.jpg")], "m", "ls", "r1", 60)
+    migrate.downgrade(url, "0001")
+    assert migrate.revisions(url)[0] == "0001"
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("results")}
+    assert "uri_hash" not in columns and "runtime" not in columns
+    migrate.upgrade(url)
+    stored = all_rows(engine)
+    assert [(r.uri, r.uri_hash) for r in stored] == [(u, uri_hash(u)) for u in
+                                                     ("/商品/2.jpg", "s3://b/1.jpg")]
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(pending.c.uri, pending.c.uri_hash)).all() == [
+            ("s3://b/3.jpg", uri_hash("s3://b/3.jpg"))]
+    migrate.downgrade(url, "base")
+    assert not sa.inspect(engine).has_table("results")
+    assert migrate.revisions(url)[0] is None
+    migrate.upgrade(url)
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []

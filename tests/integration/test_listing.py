@@ -1,0 +1,197 @@
+"""Listings against real sources: a PostgreSQL catalogue table, moto's S3 server, a folder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import sqlalchemy as sa
+
+from tests.kit.images import image_bytes
+from tests.kit.services import reset_s3_clients
+from worker.core.contract import Item
+from worker.core.errors import Skip, SourceError
+from worker.core.settings import load_settings
+from worker.db.schema import engine_for
+from worker.sources import Listed, Skipped, source_for
+from worker.sources.sql import describe, table_query
+
+
+def listing(location: str, **options: Any) -> Iterator[Listed]:
+    return source_for(location, load_settings({})).listing(location, **options)
+
+
+def make_catalogue(url: str, table: str = "public.products") -> None:
+    with engine_for(url).begin() as conn:
+        conn.execute(sa.text("CREATE SCHEMA IF NOT EXISTS shop"))
+        conn.execute(sa.text(f"CREATE TABLE {table} (id bigint PRIMARY KEY, "
+                             "image_url text, updated_at timestamptz)"))
+        conn.execute(sa.text(
+            f"INSERT INTO {table} VALUES (3, 's3://b/3.jpg', '2026-11-01 00:00+00'), "
+            "(1, 'https://img.example.com/1.jpg', '2026-11-02 00:00+00'), (2, NULL, NULL)"))
+
+
+def product_count(url: str) -> int:
+    with engine_for(url).connect() as conn:
+        return int(conn.scalar(sa.text("SELECT count(*) FROM products")))
+
+
+@pytest.mark.parametrize("table", ["products", "public.products", "shop.products"])
+def test_table_listing_with_schema_names(empty_pg_url: str, table: str):
+    make_catalogue(empty_pg_url, "shop.products" if table.startswith("shop") else "products")
+    query = table_query(table, "id", "image_url", "updated_at")
+    items = list(listing(empty_pg_url, query=query))
+    # Ordered by key; a row without a URL is skipped with its reason (counted on the run).
+    assert items[0] == Item(uri="https://img.example.com/1.jpg", key="1",
+                            version="2026-11-02 00:00:00+00:00")
+    assert items[1] == Skipped(Skip.NO_URL, "key 2")
+    assert items[2].key == "3" and items[2].uri == "s3://b/3.jpg"
+    assert [i.version for i in listing(empty_pg_url, query=table_query(table, "id", "image_url"))
+            if isinstance(i, Item)] == [None, None]
+    assert describe(query).startswith("SELECT")
+
+
+@pytest.mark.parametrize("names", [
+    ("products; DROP TABLE products; --", "id", "image_url"),
+    ("products", "id FROM products; DROP TABLE products; --", "image_url"),
+    ("products", "id", "image_url, (SELECT 1) AS x"),
+])
+def test_table_and_column_names_are_identifiers_not_sql(empty_pg_url: str, names):
+    make_catalogue(empty_pg_url, "products")
+    with pytest.raises(SourceError, match="does not exist"):
+        list(listing(empty_pg_url, query=table_query(*names)))
+    assert product_count(empty_pg_url) == 3
+
+
+def test_the_catalogue_is_read_in_a_read_only_transaction(empty_pg_url: str):
+    engine = engine_for(empty_pg_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE SEQUENCE product_ids"))
+    # The cursor refuses INSERT/DELETE by itself; functions that write need the read-only mode.
+    with pytest.raises(SourceError, match="read-only transaction"):
+        list(listing(empty_pg_url,
+                     query="SELECT nextval('product_ids'), 'https://x.example/1.jpg'"))
+    with engine.begin() as conn:  # the pooled connection is writable again
+        assert conn.scalar(sa.text("SELECT nextval('product_ids')")) == 1
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    # A COMMIT would end the read-only transaction: refused by the parser, before running.
+    ("SELECT id, image_url FROM products; COMMIT; DROP TABLE products", "single SELECT"),
+    ("SELECT id, image_url FROM products; DROP TABLE products", "single SELECT"),
+    ("DELETE FROM products RETURNING id, image_url", "single SELECT"),
+    ("WITH gone AS (DELETE FROM products RETURNING id, image_url) SELECT * FROM gone",
+     "data-modifying"),  # a SELECT at the top: the cursor refuses it
+])
+def test_a_second_statement_or_a_write_is_refused(empty_pg_url: str, query: str, message: str):
+    make_catalogue(empty_pg_url, "products")
+    with pytest.raises(SourceError, match=message):
+        list(listing(empty_pg_url, query=query))
+    assert product_count(empty_pg_url) == 3
+
+
+def test_a_query_that_does_not_parse_is_refused(empty_pg_url: str):
+    with pytest.raises(SourceError, match="does not parse"):
+        list(listing(empty_pg_url, query="SELEKT id FROM products"))
+
+
+def test_empty_names_are_refused():
+    with pytest.raises(SourceError):
+        table_query("public.", "id", "image_url")
+    with pytest.raises(SourceError):
+        table_query("products", "", "image_url")
+
+
+def test_query_streams_through_a_server_side_cursor(empty_pg_url: str):
+    query = "SELECT g, 's3://b/' || g || '.jpg' FROM generate_series(1, 100000) AS g"
+    items = listing(empty_pg_url, query=query, batch=500)
+    first = [next(items) for _ in range(1000)]
+    assert first[-1].key == "1000"
+    # The rest of the 100,000 rows are still on the server, behind a named cursor.
+    database = sa.make_url(empty_pg_url).database
+    with sa.create_engine(sa.make_url(empty_pg_url).set(drivername="postgresql+psycopg2"),
+                          poolclass=sa.pool.NullPool).connect() as other:
+        queries = other.scalars(sa.text(
+            "SELECT query FROM pg_stat_activity WHERE datname = :db AND pid <> pg_backend_pid()"),
+            {"db": database}).all()
+    assert any(q.startswith("FETCH FORWARD") for q in queries), queries
+    assert sum(1 for _ in items) == 99000
+
+
+def test_bad_queries_are_source_errors(empty_pg_url: str):
+    with pytest.raises(SourceError, match="catalogue query failed"):
+        list(listing(empty_pg_url, query="SELECT id, url FROM missing_table"))
+    with pytest.raises(SourceError, match="key, image_url"):
+        list(listing(empty_pg_url, query="SELECT 1"))
+    with pytest.raises(SourceError, match="needs --query or --table"):
+        list(listing(empty_pg_url))
+    with pytest.raises(SourceError, match="not supported"):
+        list(source_for("sqlite:///x", load_settings({})).listing("mysql://db/x", query="x"))
+
+
+def test_a_sqlite_catalogue_is_read_only_while_listed(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'catalogue.db'}"
+    with engine_for(url).begin() as conn:
+        conn.execute(sa.text("CREATE TABLE products (id integer, image_url text)"))
+        conn.execute(sa.text("INSERT INTO products VALUES (1, '/a.jpg'), (2, '')"))
+    assert list(listing(url, query="SELECT id, image_url FROM products ORDER BY id")) == [
+        Item("/a.jpg", key="1"), Skipped(Skip.NO_URL, "key 2")]
+    with pytest.raises(SourceError, match="readonly database"):
+        list(listing(url, query="DELETE FROM products RETURNING id, image_url"))
+    with engine_for(url).begin() as conn:  # the pooled connection is writable again
+        conn.execute(sa.text("INSERT INTO products VALUES (3, '/c.jpg')"))
+        assert conn.scalar(sa.text("SELECT count(*) FROM products")) == 3
+
+
+def test_folder_version_is_mtime_and_size(tmp_path: Path):
+    (tmp_path / "a").mkdir()
+    image = tmp_path / "a" / "x.jpg"
+    image.write_bytes(b"one")
+    (tmp_path / "notes.txt").write_text("not an image")
+    first = list(listing(str(tmp_path)))
+    assert Skipped(Skip.NOT_IMAGE, str(tmp_path / "notes.txt")) in first
+    before = next(i for i in first if isinstance(i, Item))
+    assert before.uri == image.as_uri()
+    image.write_bytes(b"three")
+    os.utime(image, ns=(1, 1))
+    after = next(i for i in listing(str(tmp_path)) if isinstance(i, Item))
+    assert after.uri == before.uri and after.version != before.version
+    with pytest.raises(SourceError, match="not a folder"):
+        list(listing(str(tmp_path / "missing")))
+
+
+@pytest.mark.timeout(30)
+def test_folder_listing_skips_odd_entries_and_goes_on(tmp_path: Path):
+    (tmp_path / "0-first.jpg").write_bytes(image_bytes(0))
+    (tmp_path / "1-dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    os.mkfifo(tmp_path / "2-pipe.jpg")
+    (tmp_path / "3-readme.md").write_text("text")
+    (tmp_path / "4-folder.png").mkdir()
+    (tmp_path / "4-folder.png" / "inner.png").write_bytes(image_bytes(1))
+    (tmp_path / "5-link.png").symlink_to(tmp_path / "0-first.jpg")
+    (tmp_path / "6-last.webp").write_bytes(image_bytes(2, fmt="WEBP"))
+    entries = list(listing(f"file://{tmp_path}"))
+    skipped = {Path(e.detail).name: e.reason for e in entries if isinstance(e, Skipped)}
+    assert skipped == {"1-dangling.jpg": Skip.BROKEN_LINK, "2-pipe.jpg": Skip.NOT_A_FILE,
+                       "3-readme.md": Skip.NOT_IMAGE}
+    listed = [Path(e.uri).name for e in entries if isinstance(e, Item)]
+    assert listed == ["0-first.jpg", "5-link.png", "6-last.webp", "inner.png"]
+
+
+def test_s3_version_is_the_etag(bucket: str):
+    reset_s3_clients()
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=bucket, Key="p/1.jpg", Body=b"one")
+    s3.put_object(Bucket=bucket, Key="p/readme.md", Body=b"text")
+    s3.put_object(Bucket=bucket, Key="q/2.jpg", Body=b"other prefix")
+    items = list(listing(f"s3://{bucket}/p/"))
+    assert items[1] == Skipped(Skip.NOT_IMAGE, "p/readme.md")
+    assert items[0].uri == f"s3://{bucket}/p/1.jpg" and len(items) == 2
+    s3.put_object(Bucket=bucket, Key="p/1.jpg", Body=b"changed bytes")
+    assert next(iter(listing(f"s3://{bucket}/p/"))).version != items[0].version
+    with pytest.raises(SourceError, match="NoSuchBucket"):
+        list(listing(f"s3://{bucket}-missing/"))

@@ -1,0 +1,154 @@
+"""Guards against hostile input: pickled messages, credentials in messages, image bombs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import kombu.compression
+import pytest
+import redis
+import sqlalchemy as sa
+
+from producer.broker import sending_app
+from tests.kit.commands import invoke
+from tests.kit.images import image_bytes, png_bomb, scan_bomb
+from tests.kit.services import REDIS_URL, reset_s3_clients, wait_until
+from worker.core.contract import TASK_NAME
+from worker.core.errors import ItemError
+from worker.core.labels import load_labelset
+from worker.core.settings import Settings, load_settings
+from worker.db.schema import deliveries, engine_for, results
+from worker.decoders import Preprocess
+from worker.decoders.pillow import PillowDecoder
+
+SPEC = Preprocess(height=32, width=32)
+
+
+class OpensAFile:
+    """Unpickling this creates a file: proof that a pickled message was executed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return open, (str(self.path), "w")
+
+
+def result_rows(url: str) -> dict[str, sa.Row]:
+    with engine_for(url).connect() as conn:
+        return {r.uri: r for r in conn.execute(sa.select(results))}
+
+
+@pytest.mark.timeout(180)
+def test_pickled_message_is_refused(tagger_env, start_worker, tmp_path, labels_file,
+                                    monkeypatch):
+    monkeypatch.setenv("TAGGER_FILE_ROOTS", str(tmp_path))
+    worker = start_worker({**tagger_env, "TAGGER_FILE_ROOTS": str(tmp_path)})
+    settings = load_settings()
+    app = sending_app(settings)
+    marker = tmp_path / "pickle-was-executed"
+    good = tmp_path / "good.png"
+    good.write_bytes(image_bytes(1))
+    labelset_id = load_labelset(labels_file).id
+    evil = tmp_path / "evil.png"
+    app.send_task(TASK_NAME, queue=settings.queue, serializer="pickle", kwargs={
+        "items": [{"uri": str(evil), "key": OpensAFile(marker)}], "model": settings.model,
+        "labelset_id": labelset_id})
+    # A JSON chunk sent after it: once it is tagged, the pickled one has been seen and handled.
+    app.send_task(TASK_NAME, queue=settings.queue, kwargs={
+        "items": [{"uri": str(good)}], "model": settings.model, "labelset_id": labelset_id})
+    url = tagger_env["DATABASE_URL"]
+    wait_until(lambda: str(good) in result_rows(url), 60, message="the JSON chunk was not tagged")
+
+    assert not marker.exists()
+    rows = result_rows(url)
+    assert set(rows) == {str(good)} and rows[str(good)].status == "done"
+    with engine_for(url).connect() as conn:
+        assert conn.scalar(sa.select(sa.func.count()).select_from(deliveries)) == 1
+    assert "Refusing to deserialize untrusted content of type pickle" in worker.log()
+    assert redis.Redis.from_url(REDIS_URL).llen(settings.queue) == 0  # dropped, not looping
+
+
+def test_no_credentials_in_task_messages(tagger_env, bucket, monkeypatch):
+    secret = f"aws-secret-{uuid.uuid4().hex}"
+    password = f"db-pass-{uuid.uuid4().hex}"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    reset_s3_clients()
+    # The test server trusts local connections, so any password connects.
+    db_url = sa.make_url(tagger_env["DATABASE_URL"]).set(password=password)
+    monkeypatch.setenv("DATABASE_URL", db_url.render_as_string(hide_password=False))
+    boto3.client("s3").put_object(Bucket=bucket, Key="shoes/a.png", Body=image_bytes(2))
+    result = invoke("enqueue", "--bucket", bucket)
+    assert result.exit_code == 0, result.output
+    assert "enqueued 1" in result.output and password not in result.output
+
+    raw = redis.Redis.from_url(REDIS_URL).lrange(tagger_env["TAGGER_QUEUE"], 0, -1)
+    assert len(raw) == 1
+    envelope = json.loads(raw[0])
+    assert envelope["content-type"] == "application/json"
+    body = base64.b64decode(envelope["body"])
+    compression = envelope["headers"].get("compression")
+    body = (kombu.compression.decompress(body, compression) if compression else body).decode()
+    assert f"s3://{bucket}/shoes/a.png" in body  # we are looking at the real message
+    for text in (raw[0].decode(), body):
+        assert secret not in text and password not in text
+        assert "AWS_SECRET" not in text and "DATABASE_URL" not in text
+    reset_s3_clients()
+
+
+# --- image bombs in the decoder processes ----------------------------------------------------
+
+@pytest.fixture
+def decoder_for() -> Iterator:
+    made: list[PillowDecoder] = []
+
+    def make(**values: str) -> PillowDecoder:
+        settings: Settings = load_settings({"TAGGER_DECODE_PROCESSES": "1", **values})
+        made.append(PillowDecoder(settings))
+        return made[-1]
+
+    yield make
+    for decoder in made:
+        decoder.close()
+
+
+def reasons(decoder: PillowDecoder, *blobs: bytes) -> list[str]:
+    return [o.reason if isinstance(o, ItemError) else f"{o.shape}"
+            for o in decoder.decode(list(blobs), SPEC)]
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_bombs_are_refused_in_the_decoder_process(decoder_for):
+    decoder = decoder_for()
+    good = image_bytes(1)
+    # 100 MP: over our cap (Pillow's default), under the 179 MP where Pillow itself refuses.
+    assert reasons(decoder, png_bomb(10_000, 10_000), good) == ["too-many-pixels",
+                                                                "(32, 32, 3)"]
+    small = decoder_for(TAGGER_MAX_IMAGE_PIXELS="1000000")
+    # Over twice the cap: Pillow's own limit, set to ours in the process, refuses it at open.
+    assert reasons(small, png_bomb(1500, 1500), png_bomb(1000, 1000)) == [
+        "too-many-pixels", "(32, 32, 3)"]
+
+
+def test_memory_cap_in_the_decoder_process(decoder_for):
+    decoder = decoder_for(TAGGER_MAX_IMAGE_MEMORY=str(32 * 2**20))
+    rgb = png_bomb(3000, 3000, bit_depth=8, color_type=2)  # ~100 MiB to decode
+    assert reasons(decoder, rgb, image_bytes(2)) == ["too-much-memory", "(32, 32, 3)"]
+    roomy = decoder_for(TAGGER_MAX_IMAGE_MEMORY=str(256 * 2**20))
+    assert reasons(roomy, rgb) == ["(32, 32, 3)"]
+
+
+@pytest.mark.timeout(60)
+def test_a_runaway_decode_is_stopped_and_its_process_replaced(decoder_for):
+    decoder = decoder_for(TAGGER_ITEM_TIMEOUT="1", TAGGER_DECODE_PROCESSES="2")
+    bomb = scan_bomb(8192, 1000)  # ~4 s of libjpeg work
+    started = time.monotonic()
+    assert reasons(decoder, bomb, image_bytes(3)) == ["timeout", "(32, 32, 3)"]
+    assert time.monotonic() - started < 2.5
+    assert reasons(decoder, image_bytes(4)) == ["(32, 32, 3)"]  # the pool carries on

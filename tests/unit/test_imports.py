@@ -1,0 +1,55 @@
+"""Import boundaries: the producer stays light, the core stands alone (import-linter)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.kit.imports import ROOT, heavy_imports
+
+LINT_IMPORTS = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+
+
+def lint_imports(*args: str) -> subprocess.CompletedProcess[str]:
+    assert LINT_IMPORTS, "import-linter is not installed (pip install -e '.[test]')"
+    return subprocess.run([LINT_IMPORTS, "--no-cache", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_import_contracts_are_kept():
+    done = lint_imports()
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "2 kept, 0 broken" in done.stdout
+
+
+def test_the_contracts_see_real_imports(tmp_path: Path):
+    # The same root packages with a contract the code breaks: the graph is not empty, and
+    # subpackages without an __init__ (invisible to import-linter) would fail here too.
+    config = (ROOT / ".importlinter").read_text().split("[importlinter:contract")[0] + (
+        "[importlinter:contract:broken]\nname = broken on purpose\ntype = forbidden\n"
+        "source_modules =\n    producer\nforbidden_modules =\n    worker.core\n    worker.db\n")
+    (tmp_path / "broken.ini").write_text(config)
+    done = lint_imports("--config", str(tmp_path / "broken.ini"))
+    assert done.returncode == 1, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "producer is not allowed to import worker.core" in done.stdout
+    assert "producer is not allowed to import worker.db" in done.stdout
+
+
+def test_producer_help_without_torch():
+    loaded = heavy_imports(
+        "from click.testing import CliRunner\n"
+        "from producer.cli import main\n"
+        "for args in (['--help'], ['tag', '--help'], ['enqueue', '--help'], ['export', '--help'],"
+        " ['status', '--help'], ['db', 'upgrade', '--help'], ['retry-failed', '--help']):\n"
+        "    result = CliRunner().invoke(main, args)\n"
+        "    assert result.exit_code == 0, (args, result.output)\n")
+    assert loaded == []
+
+
+def test_a_blocked_import_is_noticed():
+    # The check above would pass vacuously if blocking did nothing: it does.
+    loaded = heavy_imports("try:\n    import torch\nexcept ImportError:\n    print('blocked')\n"
+                           "import numpy\n")
+    assert loaded == ["numpy"]

@@ -1,0 +1,71 @@
+"""Secrets out of text: URL passwords and signed-URL parameters are masked, the rest kept."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.core.redact import MASK, redact
+
+
+@pytest.mark.parametrize(("text", "secret", "kept"), [
+    ("redis://:s3cret@redis:6379/0", "s3cret", "redis:6379/0"),
+    ("postgresql://tagger:s3cret@db:5432/tagger", "s3cret", "tagger:***@db:5432/tagger"),
+    ("could not connect to postgresql+psycopg2://u:p%40ss@db/x: refused", "p%40ss",
+     "refused"),
+    ("https://user:hunter2@img.example.com/a.jpg", "hunter2", "user:***@img.example.com"),
+])
+def test_userinfo_passwords(text: str, secret: str, kept: str):
+    out = redact(text)
+    assert secret not in out and kept in out and MASK in out
+
+
+def test_aws_presigned_url():
+    url = ("https://bucket.s3.amazonaws.com/p/1.jpg?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+           "&X-Amz-Credential=AKIAEXAMPLE%2F20261123%2Fus-east-1%2Fs3%2Faws4_request"
+           "&X-Amz-Date=20261123T000000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host"
+           "&X-Amz-Security-Token=FwoGZXIvYXdzEJr&X-Amz-Signature=0123456789abcdef")
+    out = redact(url)
+    for secret in ("AKIAEXAMPLE", "FwoGZXIvYXdzEJr", "0123456789abcdef"):
+        assert secret not in out
+    assert "X-Amz-Signature=***" in out and "X-Amz-Credential=***" in out
+    assert "X-Amz-Security-Token=***" in out
+    assert "X-Amz-Expires=3600" in out and "X-Amz-Date=20261123T000000Z" in out
+    assert out.startswith("https://bucket.s3.amazonaws.com/p/1.jpg?")
+
+
+def test_azure_sas_and_gcs_signed_urls():
+    azure = ("https://acct.blob.core.windows.net/c/1.jpg?sv=2022-11-02&se=2026-12-01"
+             "&sr=b&sp=r&sig=AbCdEf%2Bsecret%3D")
+    out = redact(azure)
+    assert "AbCdEf" not in out and "sig=***" in out and "sv=2022-11-02" in out
+    gcs = ("https://storage.googleapis.com/b/1.jpg?X-Goog-Algorithm=GOOG4-RSA-SHA256"
+           "&X-Goog-Credential=svc%40proj.iam&X-Goog-Signature=deadbeefcafe&X-Goog-Expires=900")
+    out = redact(gcs)
+    assert "deadbeefcafe" not in out and "svc%40proj" not in out
+    assert "X-Goog-Signature=***" in out and "X-Goog-Expires=900" in out
+
+
+@pytest.mark.parametrize("name", ["token", "access_token", "api_key", "Key-Pair-Id", "Policy",
+                                  "password", "pwd", "auth"])
+def test_other_secret_parameters(name: str):
+    out = redact(f"https://cdn.example.com/a.jpg?w=1&{name}=topsecret")
+    assert "topsecret" not in out and f"{name}=***" in out
+
+
+@pytest.mark.parametrize("text", [
+    "https://img.example.com/a.jpg?w=200&h=100&format=webp",
+    "s3://bucket/商品/台灯 1.jpg",
+    "/data/images/a=b.jpg",
+    "no URL here, just a sentence with key words like signature",
+    "https://img.example.com/p/a.jpg#frag",
+])
+def test_harmless_text_is_kept(text: str):
+    assert redact(text) == text
+
+
+def test_several_urls_in_one_message():
+    text = ("GET https://a.example/x.jpg?sig=first-secret failed; retried "
+            "https://u:second-secret@b.example/y.jpg?size=3")
+    out = redact(text)
+    assert "first-secret" not in out and "second-secret" not in out
+    assert "size=3" in out and "https://a.example/x.jpg?sig=***" in out

@@ -1,0 +1,236 @@
+"""The Chinese CLIP image tower as ONNX files, exported (and quantised) once per host, cached."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+import torch
+
+from worker.backends.files import PROCESSOR, WEIGHTS
+from worker.decoders import Preprocess
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+GRAPH_VERSION = 1  # bump when ImageTower or a conversion changes: older cache files are ignored
+INPUT, OUTPUT = "pixels", "embeddings"
+BUILT_FROM = {"int8": "float32", "float16": "float32"}  # the rest is exported from torch
+HOW = {"float32": "torch.onnx export", "int8": "dynamic quantisation of float32",
+       "float16": "float16 conversion of float32"}
+
+
+class ImageTower(torch.nn.Module):
+    """(B, H, W, 3) uint8 pixels -> image embeddings, with TorchBackend's scaling in the graph."""
+
+    def __init__(self, model: Any, spec: Preprocess) -> None:
+        super().__init__()
+        self.vision_model = model.vision_model
+        self.visual_projection = model.visual_projection
+        mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
+        # (x / 255 - mean) / std as one multiply-add, so the runtime does it with the rest.
+        self.register_buffer("scale", 1 / (255 * std))
+        self.register_buffer("shift", mean / std)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.permute(0, 3, 1, 2).float() * self.scale - self.shift
+        return self.visual_projection(self.vision_model(pixel_values=x).pooler_output)
+
+
+class _Quieter(logging.Filter):
+    """Drops records below ``level`` logged from files under a package (on the root logger)."""
+
+    def __init__(self, package: str, level: int) -> None:
+        super().__init__()
+        self.package, self.level = package, level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level or self.package not in record.pathname
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """The exporter and quantiser log a page of progress at INFO, some of it on the root logger.
+
+    Their errors still show; what they log below that says nothing an operator can act on.
+    """
+    loggers = {name: logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")}
+    levels = {name: logger.level for name, logger in loggers.items()}
+    quieter = _Quieter(f"{os.sep}onnxruntime{os.sep}quantization{os.sep}", logging.ERROR)
+    for logger in loggers.values():
+        logger.setLevel(logging.ERROR)
+    logging.getLogger().addFilter(quieter)
+    try:
+        with warnings.catch_warnings():  # deprecations inside torch.export, not in our calls
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        logging.getLogger().removeFilter(quieter)
+        for name, logger in loggers.items():
+            logger.setLevel(levels[name])
+
+
+def export_float32(model: Any, spec: Preprocess, path: Path) -> None:
+    """torch.export-based exporter (onnxscript); TorchScript's where it fails on a new model."""
+    tower = ImageTower(model, spec).eval()
+    example = (torch.zeros(2, spec.height, spec.width, 3, dtype=torch.uint8),)
+    try:
+        batch = torch.export.Dim("batch", min=1, max=65536)
+        program = torch.onnx.export(tower, example, None, input_names=[INPUT],
+                                    output_names=[OUTPUT], dynamic_shapes={INPUT: {0: batch}},
+                                    opset_version=OPSET, dynamo=True, external_data=False,
+                                    verbose=False)
+        assert program is not None
+        program.save(str(path))
+    except Exception as exc:  # the exporter's failures have no common type
+        log.warning("torch.export-based ONNX export failed (%s); trying the TorchScript one", exc)
+        torch.onnx.export(tower, example, str(path), input_names=[INPUT], output_names=[OUTPUT],
+                          dynamic_axes={INPUT: {0: "batch"}}, opset_version=OPSET, dynamo=False)
+
+
+def quantize_int8(source: Path, path: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Only the matrix products: the patch Conv as ConvInteger gains nothing and costs accuracy.
+    quantize_dynamic(source, path, op_types_to_quantize=["MatMul", "Gemm"],
+                     weight_type=QuantType.QInt8)
+
+
+def convert_float16(source: Path, path: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    # keep_io_types: the uint8 input and float32 embeddings stay; the casts are in the graph.
+    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    onnx.save(model, str(path))
+
+
+def checkpoint_digest(folder: Path) -> str:
+    """What identifies a checkpoint cheaply: its configs, its weights' sizes and mtimes."""
+    digest = hashlib.sha256()
+    for name in ("config.json", *PROCESSOR):
+        if (folder / name).is_file():
+            digest.update(name.encode() + b"\0" + (folder / name).read_bytes())
+    for name in WEIGHTS:
+        if (folder / name).is_file():  # hub snapshots link to blobs: stat what they point to
+            stat = (folder / name).resolve().stat()
+            digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` to write; renamed over ``path`` once durable."""
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        with open(temporary, "rb+") as file:
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:  # the rename itself must survive a crash, or a reader may find the old state
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+class ModelCache:
+    """ONNX files of one checkpoint under cache_dir/onnx/<digest>: built once per host.
+
+    Writers hold an flock on the folder's lock file, so N workers starting together export
+    once; each file has a JSON sidecar, written after it, with its size and sha256, checked on
+    every load, so that a torn or damaged file is rebuilt instead of loaded.
+    """
+
+    def __init__(self, root: Path, folder: Path, source: Any, spec: Preprocess) -> None:
+        self.folder = root / checkpoint_digest(folder)
+        self.source = source  # () -> the float32 torch ChineseCLIPModel on the CPU
+        self.spec = spec
+
+    def path(self, precision: str) -> Path:
+        return self.folder / (f"{precision}-opset{OPSET}-g{GRAPH_VERSION}-ort{ort.__version__}"
+                              f"-torch{torch.__version__}.onnx")
+
+    def get(self, precision: str) -> Path:
+        path = self.path(precision)
+        if self.valid(path, quiet=True):
+            log.info("ONNX %s image tower from the cache: %s", precision, path)
+            return path
+        with self.locked():
+            built = self._get_locked(precision)
+        log.info("ONNX %s image tower: %s", precision, built)
+        return built
+
+    def _get_locked(self, precision: str) -> Path:
+        path = self.path(precision)
+        if self.valid(path, quiet=False):  # built by another process while this one waited
+            return path
+        source = self._get_locked(BUILT_FROM[precision]) if precision in BUILT_FROM else None
+        path.with_suffix(".json").unlink(missing_ok=True)  # a reader must never pair old + new
+        started = time.monotonic()
+        with atomic_path(path) as temporary, quiet():
+            if source is None:
+                export_float32(self.source(), self.spec, temporary)
+            elif precision == "int8":
+                quantize_int8(source, temporary)
+            else:
+                convert_float16(source, temporary)
+        seconds = time.monotonic() - started
+        meta = {"sha256": file_sha256(path), "size": path.stat().st_size, "seconds": seconds,
+                "onnxruntime": ort.__version__, "torch": torch.__version__, "opset": OPSET}
+        with atomic_path(path.with_suffix(".json")) as temporary:
+            temporary.write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        log.info("built the ONNX %s image tower in %.1f s (%s): %s", precision, seconds,
+                 HOW[precision], path)
+        return path
+
+    def valid(self, path: Path, quiet: bool) -> bool:
+        try:
+            meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+            size = path.stat().st_size
+        except (OSError, ValueError):
+            return False
+        if meta.get("size") == size and meta.get("sha256") == file_sha256(path):
+            return True
+        if not quiet:  # unlocked, a mismatch may be another process's rename in between
+            log.warning("cached ONNX model %s is damaged (size or sha256 differs from its "
+                        "sidecar); rebuilding it", path)
+        return False
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / ".lock", "a+b") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("waiting for another process building ONNX models in %s", self.folder)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            for stale in self.folder.glob(".*.tmp"):  # writers hold the lock: these are orphans
+                stale.unlink(missing_ok=True)
+            yield

@@ -1,0 +1,1 @@
+"""The torch-free core: settings, errors, label sets, the message contract, redaction."""

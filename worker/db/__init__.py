@@ -1,0 +1,1 @@
+"""The results database: tables, the worker's and the producer's calls, migrations."""
