@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -67,20 +68,27 @@ class LocalWorker:
         detail = worst[0] if worst else (self.log().strip().splitlines() or ["no output"])[-1]
         return f"the worker exited with code {code}: {detail} (log: {self.log_path})"
 
-    def signal(self, sig: int) -> None:
+    def signal(self, sig: int, group: bool = True) -> None:
+        """Signal the worker's whole process group (pool children, decoders), or its main."""
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
+            if group:
+                os.killpg(self.proc.pid, sig)
+            else:
+                self.proc.send_signal(sig)
 
-    def stop(self, timeout: float = 30) -> None:
-        """Warm shutdown (the chunk in hand finishes), then a kill if it takes too long."""
+    def stop(self, timeout: float = 30, warm: bool = True) -> None:
+        """Warm shutdown (the chunk in hand finishes) or cold (it is dropped and comes back
+        later: acks late), then the whole group killed if that takes too long."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.signal(signal.SIGTERM)
+        self.signal(signal.SIGTERM if warm else signal.SIGQUIT, group=False)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.signal(signal.SIGKILL)
             self.proc.wait(10)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # what its group left behind, if anything
 
     def __enter__(self) -> LocalWorker:
         return self.start()

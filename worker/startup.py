@@ -109,6 +109,7 @@ def _child_index() -> int:
 
 
 EXIT_CHILD_FAILED = 3
+stopping = False  # set in the parent once a child could not load the model
 
 
 def stop_when_a_child_fails() -> None:
@@ -117,6 +118,8 @@ def stop_when_a_child_fails() -> None:
     def _stop(_signum: int, _frame: Any) -> None:
         from celery.worker import state
 
+        global stopping
+        stopping = True  # children forked from now on inherit it and exit at once, quietly
         state.should_stop = EXIT_CHILD_FAILED
 
     signal.signal(signal.SIGUSR2, _stop)

@@ -51,6 +51,8 @@ def _forks(instance: Any) -> bool:
 @signals.worker_process_init.connect
 def _warm_up(**_: Any) -> None:
     # In each prefork child, after fork: CUDA is first touched here.
+    if startup.stopping:  # a sibling already failed: the pool is being shut down
+        raise SystemExit(1)
     try:
         startup.warm_up(settings)
     except Exception as exc:

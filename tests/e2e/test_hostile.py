@@ -69,6 +69,7 @@ def envelope(redis: object) -> dict:
 
 
 def test_the_broker_is_not_trusted(env, own_redis, start_worker, tmp_path):
+    """Malformed entries, a compression bomb, a built-in task, bad arguments, another timeout."""
     worker = start_worker(env)
     warm = rss_kib(worker.proc.pid)
     redis = own_redis.client()
@@ -100,10 +101,7 @@ def test_the_broker_is_not_trusted(env, own_redis, start_worker, tmp_path):
     assert "dropped a malformed chunk message" in log
     grown = (rss_kib(worker.proc.pid) - warm) / 1024
     assert grown < 200, f"the worker's main process grew by {grown:.0f} MiB"
-
-
-def test_workers_on_one_redis_database_agree_on_the_visibility_timeout(env, start_worker):
-    start_worker(env)
+    # Workers on one Redis database agree on the visibility timeout, or refuse to start.
     with pytest.raises(RuntimeError, match="exited with 1") as refused:
         start_worker({**env, "TAGGER_VISIBILITY_TIMEOUT": "20"}, ready_timeout=60)
     assert "TAGGER_VISIBILITY_TIMEOUT=30" in str(refused.value)
