@@ -54,8 +54,9 @@ def check_schema(settings: Settings) -> None:
 
 
 def preload() -> None:
-    """Import torch and transformers in the parent, once: every prefork child then starts (and
+    """Import the model libraries in the parent, once: every prefork child then starts (and
     restarts, after a crash) without 8 s of imports. Importing touches no CUDA device."""
+    import onnxruntime  # noqa: F401
     import torch  # noqa: F401
     from transformers.models.chinese_clip import modeling_chinese_clip  # noqa: F401
 

@@ -35,7 +35,9 @@ def test_readme_first_command_is_producer_tag():
 def test_tag_on_the_embedded_default(tmp_path: Path, tiny_model: Path):
     images = write_images(tmp_path / "images", 4)
     home = tmp_path / "home"  # fresh: no database, no broker, no results yet
-    env = user_env(TAGGER_HOME=str(home), TAGGER_MODEL=str(tiny_model), TAGGER_BACKEND="torch")
+    # The default backend, `auto`: it exports the model to ONNX, measures and picks a runtime.
+    env = user_env(TAGGER_HOME=str(home), TAGGER_MODEL=str(tiny_model),
+                   TAGGER_CACHE_DIR=str(tmp_path / "cache"))
     command, records = tag_as_user(str(tmp_path / "images"), env, cwd=tmp_path)
 
     assert "tagged 4 images, 0 failed" in command.stdout
@@ -45,4 +47,6 @@ def test_tag_on_the_embedded_default(tmp_path: Path, tiny_model: Path):
         assert record["status"] == "done" and record["error"] is None
         assert len(record["labels"]) == 5 and {e["label"] for e in record["labels"]} <= shipped
         assert record["top_label"] == record["labels"][0]["label"]
+        assert record["runtime"].startswith(("torch ", "onnx "))  # what auto chose
     assert (home / "results.db").is_file()
+    assert list((tmp_path / "cache" / "onnx").rglob("*.onnx"))

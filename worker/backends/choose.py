@@ -1,0 +1,205 @@
+"""TAGGER_BACKEND=auto: measure each runtime here at warm-up, keep the fastest accurate one."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from worker.backends import Backend
+from worker.backends.onnx_clip import OnnxBackend, drop_image_tower
+from worker.backends.torch_clip import TorchBackend, choose_device, cpu_has_amx
+from worker.core.errors import ConfigError
+from worker.core.settings import Settings
+from worker.decoders import Preprocess
+
+log = logging.getLogger(__name__)
+
+MIN_COSINE = 0.999  # worst image-embedding cosine to torch float32 on the probe, to be kept
+ROUNDS = 2  # timed rounds per candidate, after one untimed pass; the best round counts
+ROUND_SECONDS = 1.0  # at least, per candidate and round: fast passes are repeated
+PROBE_SEED = 1234
+MAX_PROBE = 64  # images: enough to time a GPU batch, few enough to build in a blink
+REFERENCE = "torch float32"
+
+
+@dataclass
+class Candidate:
+    """What one runtime measured on the probe (``backend.candidates``, metrics, the log)."""
+
+    name: str
+    images_per_second: float = 0.0
+    min_cosine: float | None = None
+    kept: bool = False
+    error: str | None = None
+
+
+def candidate_names(precision: str, device: torch.device) -> list[str]:
+    """The runtimes worth measuring on ``device``; TAGGER_PRECISION, when set, narrows them."""
+    if device.type == "cuda":
+        onnx = "CUDAExecutionProvider" in ort.get_available_providers()
+        table = {"auto": [REFERENCE, "torch float16", *(["onnx float16"] if onnx else [])],
+                 "float32": [REFERENCE, *(["onnx float32"] if onnx else [])],
+                 "float16": ["torch float16", *(["onnx float16"] if onnx else [])],
+                 "bfloat16": ["torch bfloat16"], "int8": []}
+    else:
+        # bf16 is slower than fp32 on CPUs without AMX tiles (see choose_precision); fp16 always
+        amx = ["torch bfloat16"] if cpu_has_amx() else []
+        table = {"auto": [REFERENCE, "onnx float32", "onnx int8", *amx],
+                 "float32": [REFERENCE, "onnx float32"], "int8": ["onnx int8"],
+                 "bfloat16": ["torch bfloat16"], "float16": ["torch float16"]}
+    if not table[precision]:
+        raise ConfigError(f"TAGGER_PRECISION={precision} has no runtime on {device}: int8 runs "
+                          "on the CPU (TAGGER_DEVICE=cpu)")
+    return table[precision]
+
+
+def probe_images(spec: Preprocess, count: int, seed: int = PROBE_SEED) -> list[np.ndarray]:
+    """Deterministic photo-like images: colour ramps, discs and boxes, then sensor noise.
+
+    Pure noise would make every runtime look alike (or unlike) for reasons photos do not have.
+    """
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:spec.height, 0:spec.width].astype(np.float32)
+    side = max(spec.height, spec.width)
+    images = []
+    for _ in range(count):
+        angle = rng.uniform(0, 2 * np.pi)
+        ramp = np.cos(angle) * cols + np.sin(angle) * rows
+        ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1.0)
+        start, end = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        image = start + ramp[..., None] * (end - start)
+        for _ in range(int(rng.integers(1, 6))):
+            y, x = rng.uniform(0, spec.height), rng.uniform(0, spec.width)
+            size = rng.uniform(0.05, 0.35) * side
+            if rng.random() < 0.5:
+                mask = (rows - y) ** 2 + (cols - x) ** 2 < size**2
+            else:
+                mask = (abs(rows - y) < size) & (abs(cols - x) < size * rng.uniform(0.3, 1.0))
+            image[mask] = rng.uniform(0, 255, 3)
+        image += rng.normal(0, rng.uniform(2, 20), image.shape)
+        images.append(np.clip(image, 0, 255).astype(np.uint8))
+    return images
+
+
+def load_candidate(name: str, settings: Settings, folder: Path, reference: TorchBackend
+                   ) -> Backend:
+    runtime, _, precision = name.partition(" ")
+    if name == REFERENCE:
+        return reference
+    if runtime == "torch":
+        return TorchBackend(settings, folder, precision)
+    return OnnxBackend(settings, folder, precision, text=reference)  # one torch model for both
+
+
+def time_round(backend: Backend, probe: list[np.ndarray]) -> float:
+    """Images per second over passes lasting ROUND_SECONDS or more (one slow pass is enough)."""
+    passes, started = 0, time.perf_counter()
+    while True:
+        backend.encode_images(probe)
+        passes += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= ROUND_SECONDS:
+            return passes * len(probe) / elapsed
+
+
+def load_all(names: list[str], settings: Settings, folder: Path, reference: TorchBackend,
+             probe: list[np.ndarray], truth: np.ndarray
+             ) -> tuple[list[Candidate], dict[str, Backend]]:
+    """Each candidate loaded and run once, untimed (allocations, kernel choice): its cosine."""
+    results: list[Candidate] = []
+    loaded: dict[str, Backend] = {}
+    for name in names:
+        candidate = Candidate(name)
+        results.append(candidate)
+        try:
+            backend = load_candidate(name, settings, folder, reference)
+            rows = truth if backend is reference else backend.encode_images(probe)
+        except Exception as exc:  # one runtime failing here must not stop the worker
+            _failed(candidate, exc)
+            continue
+        candidate.min_cosine = float((rows * truth).sum(axis=1).min())
+        loaded[name] = backend
+    return results, loaded
+
+
+def time_all(results: list[Candidate], loaded: dict[str, Backend], probe: list[np.ndarray]
+             ) -> None:
+    """The best of ROUNDS rounds, candidates taking turns: on a shared host a neighbour's
+    burst then slows one round of every candidate, instead of all of one candidate's.
+
+    A candidate timed already (the reference's first pass) sits out the first round.
+    """
+    for round_ in range(ROUNDS):
+        for candidate in results:
+            if candidate.name not in loaded or (round_ == 0 and candidate.images_per_second):
+                continue
+            try:
+                rate = time_round(loaded[candidate.name], probe)
+            except Exception as exc:
+                _failed(candidate, exc)
+                del loaded[candidate.name]
+                continue
+            candidate.images_per_second = max(candidate.images_per_second, rate)
+
+
+def _failed(candidate: Candidate, exc: Exception) -> None:
+    log.warning("backend candidate %s failed: %s", candidate.name, exc)
+    candidate.error = f"{type(exc).__name__}: {exc}"
+    candidate.images_per_second = 0.0
+
+
+def choose(settings: Settings, folder: Path) -> Backend:
+    """The fastest candidate whose worst cosine to torch float32 is >= MIN_COSINE."""
+    started = time.monotonic()
+    names = candidate_names(settings.precision, choose_device(settings.device))
+    reference = TorchBackend(settings, folder, "float32")  # the yardstick, and the text side
+    probe = probe_images(reference.preprocess, min(reference.batch_size, MAX_PROBE))
+    first = time.perf_counter()
+    truth = reference.encode_images(probe)
+    # Eager torch compiles nothing on a first pass: it counts as one of its timed rounds.
+    first_rate = len(probe) / (time.perf_counter() - first)
+    results, loaded = load_all(names, settings, folder, reference, probe, truth)
+    for candidate in results:
+        if candidate.name == REFERENCE:
+            candidate.images_per_second = first_rate
+    time_all(results, loaded, probe)
+    accurate = [c for c in results if c.name in loaded and (c.min_cosine or 0) >= MIN_COSINE]
+    kept = max(accurate, key=lambda c: c.images_per_second, default=None)
+    winner = loaded[kept.name] if kept else None
+    loaded.clear()  # the candidates not kept are freed here
+    gc.collect()
+    return _keep(winner, kept, reference, results, time.monotonic() - started)
+
+
+def _keep(winner: Backend | None, kept: Candidate | None, reference: TorchBackend,
+          results: list[Candidate], seconds: float) -> Backend:
+    if winner is None or kept is None:
+        log.warning("no candidate reached a worst cosine of %s to torch float32 on the probe; "
+                    "falling back to torch float32", MIN_COSINE)
+        winner = reference
+    else:
+        kept.kept = True
+    if winner is not reference and getattr(winner, "text", None) is reference:
+        drop_image_tower(reference)  # ONNX won: the shared torch model now encodes texts only
+    for candidate in results:
+        log.info("backend candidate %s: %s", candidate.name, _figures(candidate))
+    log.info("backend auto chose %s (%d candidates measured in %.1f s)", winner.description,
+             len(results), seconds)
+    winner.candidates = [asdict(candidate) for candidate in results]  # type: ignore[attr-defined]
+    return winner
+
+
+def _figures(candidate: Candidate) -> str:
+    if candidate.error is not None:
+        return f"failed ({candidate.error})"
+    verdict = ("kept" if candidate.kept else "not kept" if candidate.min_cosine is not None
+               and candidate.min_cosine >= MIN_COSINE else "too inaccurate")
+    return (f"{candidate.images_per_second:.2f} images/s, worst cosine "
+            f"{candidate.min_cosine:.5f} to torch float32 on the probe, {verdict}")

@@ -1,0 +1,165 @@
+"""ONNX Runtime Chinese CLIP: the image tower in onnxruntime (float32/int8 CPU, float16 CUDA)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from worker.backends import normalise
+from worker.backends.onnx_export import INPUT, OUTPUT, ModelCache
+from worker.backends.torch_clip import TorchBackend, choose_device
+from worker.core.errors import ConfigError
+from worker.core.settings import Settings
+from worker.decoders import Pixels
+
+CUDA, TENSORRT = "CUDAExecutionProvider", "TensorrtExecutionProvider"
+
+
+def choose_onnx_precision(requested: str, device: torch.device) -> str:
+    """float32 or int8 on the CPU, float16 (or float32) through the CUDA provider."""
+    precision = requested if requested != "auto" else (
+        "float16" if device.type == "cuda" else "float32")
+    have = ort.get_available_providers()
+    if precision == "bfloat16":
+        raise ConfigError("TAGGER_BACKEND=onnx runs float32 or int8 on the CPU and float16 on "
+                          "CUDA; for bfloat16 set TAGGER_BACKEND=torch")
+    if (precision == "float16" or device.type == "cuda") and CUDA not in have:
+        raise ConfigError(f"TAGGER_BACKEND=onnx with TAGGER_PRECISION={precision} on "
+                          f"{'a GPU' if device.type == 'cuda' else 'the CPU'} needs "
+                          f"onnxruntime's {CUDA}, which this onnxruntime lacks (it has "
+                          f"{', '.join(have)}): install onnxruntime-gpu, or use float32 or "
+                          "int8 on the CPU (TAGGER_DEVICE=cpu)")
+    if precision == "float16" and device.type != "cuda":
+        raise ConfigError("TAGGER_BACKEND=onnx runs float16 on a CUDA device only, and this "
+                          "worker's device is the CPU: set TAGGER_DEVICE=cuda, or float32/int8")
+    if precision == "int8" and device.type != "cpu":
+        raise ConfigError("TAGGER_PRECISION=int8 (onnx) runs on the CPU: set TAGGER_DEVICE=cpu")
+    return precision
+
+
+def drop_image_tower(text: TorchBackend) -> None:
+    """Free the torch image tower of a TorchBackend kept only for texts."""
+    text.model.vision_model = None
+    text.model.visual_projection = None
+    if text.torch_device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def providers(precision: str, device: torch.device, cache: ModelCache, batch_size: int
+              ) -> list[Any]:
+    """The execution providers, best first: TensorRT (float16) where installed, CUDA, CPU."""
+    if device.type == "cpu":
+        return ["CPUExecutionProvider"]
+    index = device.index or 0
+    chain: list[Any] = [(CUDA, {"device_id": index}), "CPUExecutionProvider"]
+    if precision == "float16" and TENSORRT in ort.get_available_providers():
+        spec = cache.spec
+        shape = f"{INPUT}:{{}}x{spec.height}x{spec.width}x3"
+        # A dynamic batch needs a profile; engines are slow to build, so they are cached too.
+        chain.insert(0, (TENSORRT, {
+            "device_id": index, "trt_fp16_enable": True, "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache.folder / "tensorrt"),
+            "trt_profile_min_shapes": shape.format(1),
+            "trt_profile_opt_shapes": shape.format(batch_size),
+            "trt_profile_max_shapes": shape.format(batch_size)}))
+    return chain
+
+
+def session_options() -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads() or os.cpu_count() or 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # its warnings are about graph details, not about us
+    return options
+
+
+class OnnxBackend:
+    """The image tower in ONNX Runtime; texts through a float32 TorchBackend (shared cache).
+
+    ``text``: a float32 TorchBackend already loaded (``auto`` measures both, one model).
+    """
+
+    name = "onnx"
+
+    def __init__(self, settings: Settings, folder: Path, precision: str | None = None, *,
+                 text: TorchBackend | None = None) -> None:
+        self.torch_device = choose_device(settings.device)
+        self.device = str(self.torch_device)
+        self.precision = choose_onnx_precision(precision or settings.precision,
+                                               self.torch_device)
+        self.folder = folder
+        self.text = text or TorchBackend(settings, folder, "float32")
+        self.preprocess = self.text.preprocess
+        self.batch_size = self.text.batch_size
+        self.logit_scale = self.text.logit_scale
+        self.text_encoder = self.text.text_encoder  # "torch float32": texts cached once for all
+        self.cache = ModelCache(settings.cache_dir / "onnx", folder, self._torch_model,
+                                self.preprocess)
+        chain = providers(self.precision, self.torch_device, self.cache, self.batch_size)
+        self.session = ort.InferenceSession(str(self.cache.get(self.precision)),
+                                            session_options(), providers=chain)
+        if text is None:
+            drop_image_tower(self.text)
+        used = self.session.get_providers()
+        extra = ", TensorRT" if TENSORRT in used else ""
+        self.description = (f"onnx {self.precision} {self.device} "
+                            f"(onnxruntime {ort.__version__}{extra})")
+        self._peak = 0
+
+    def _torch_model(self) -> Any:
+        """The float32 model on the CPU to export from: the text side's own where it is one."""
+        text = self.text
+        if (text.torch_device.type == "cpu" and text.precision == "float32"
+                and text.model.vision_model is not None):
+            return text.model
+        from transformers import ChineseCLIPModel
+
+        return ChineseCLIPModel.from_pretrained(self.folder, dtype=torch.float32,
+                                                local_files_only=True).eval()
+
+    def encode_texts(self, prompts: Sequence[Sequence[str]]) -> np.ndarray:
+        return self.text.encode_texts(prompts)
+
+    def encode_images(self, pixels: Sequence[Pixels]) -> np.ndarray:
+        """(H, W, 3) uint8 arrays or (3, H, W) uint8 tensors -> (B, D) normalised float32."""
+        if isinstance(pixels[0], torch.Tensor):
+            out = self._run_tensors(pixels)
+        else:
+            out = self.session.run([OUTPUT], {INPUT: np.stack(pixels)})[0]
+        return normalise(np.asarray(out, dtype=np.float32))
+
+    def _run_tensors(self, pixels: Sequence[torch.Tensor]) -> np.ndarray:
+        # Decoded on the GPU: hand the runtime the tensor's memory, no copy through the host.
+        batch = torch.stack(list(pixels)).permute(0, 2, 3, 1).contiguous()
+        if self.torch_device.type == "cpu":
+            batch = batch.cpu()
+        binding = self.session.io_binding()
+        binding.bind_input(INPUT, batch.device.type, batch.device.index or 0, np.uint8,
+                           list(batch.shape), batch.data_ptr())
+        binding.bind_output(OUTPUT)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]  # type: ignore[no-any-return]
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        if isinstance(exc, MemoryError | torch.OutOfMemoryError):
+            return True
+        message = str(exc)  # onnxruntime raises one exception type for all of its failures
+        return "Failed to allocate memory" in message or "out of memory" in message.lower()
+
+    def release_memory(self) -> None:
+        if self.torch_device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def memory(self) -> tuple[int, int] | None:
+        """Device-wide bytes in use (onnxruntime's arena is invisible to torch's counters)."""
+        if self.torch_device.type != "cuda":
+            return None
+        free, total = torch.cuda.mem_get_info(self.torch_device)
+        self._peak = max(self._peak, total - free)
+        return total - free, self._peak
