@@ -74,9 +74,14 @@ def print_report(command: str, info: dict[str, Any], rows: list[dict[str, Any]],
           "fastest runtime here; busy = share of (4) in forward passes; min cos / max dscore: "
           "worst image-embedding cosine and largest softmax score difference to torch float32 "
           "over the whole corpus; RSS of the process holding the model")
+    for name, rate in info.get("other_decoders", {}).items():
+        print(f"  (3) with the {name.replace('/', ' decoder on ')}: {rate:.1f} images/s")
+    shown = set()
     for row in rows:
         for candidate in row.get("candidates") or []:
-            print(f"  auto measured {candidate}")
+            if candidate["name"] not in shown:
+                shown.add(candidate["name"])
+                print(f"  auto measured {candidate}")
     if args.json:
         args.json.write_text(json.dumps({"command": command, "info": info, "rows": rows},
                                         indent=2, ensure_ascii=False, default=str))

@@ -28,6 +28,7 @@ from worker.backends import backend_class
 from worker.core.labels import load_labelset
 from worker.core.settings import LABELSETS, load_settings
 from worker.decoders import make_decoder
+from worker.decoders.pillow import PillowDecoder
 
 ROOT = Path(__file__).resolve().parents[1]
 SIX_LABELS = ["台灯", "家具", "桌子", "椅子", "猫", "狗"]
@@ -111,13 +112,18 @@ def measure_stages(model: Path, corpora: dict[str, list[corpus.Image]],
     reference = load(model, "torch", "float32")
     texts = {"6": reference.encode_texts([[label] for label in SIX_LABELS]),
              "1000": reference.encode_texts(load_labelset(IMAGENET).prompts())}
-    decoder = make_decoder(settings, reference.device)
+    decoder = make_decoder(settings, reference.device)  # the worker's: its rate is (3)
+    # On a GPU, Pillow's rate too: what nvJPEG is measured against.
+    others = [] if decoder.name == "pillow" else [PillowDecoder(settings)]
     info = report.machine(settings, reference, decoder)
-    decoded, info["decode"] = {}, {}
+    decoded, info["decode"], info["other_decoders"] = {}, {}, {}
     for name, images in corpora.items():
         say(f"measuring (3) the {decoder.name} decoder on {name}")
         info["decode"][name], decoded[name] = stages.decode_all(
             decoder, images, reference.preprocess, reference.batch_size)
+        for other in others:
+            info["other_decoders"][f"{other.name}/{name}"] = stages.decode_all(
+                other, images, reference.preprocess, reference.batch_size)[0]
     truth = {name: stages.embed(reference, pixels) for name, pixels in decoded.items()}
     rows = []
     for backend, precision in wanted:
@@ -128,13 +134,16 @@ def measure_stages(model: Path, corpora: dict[str, list[corpus.Image]],
                                "tower": stages.tower(runtime, args.tower_seconds),
                                "candidates": getattr(runtime, "candidates", [])}
         for name, pixels in decoded.items():
+            same = (backend, precision) == ("torch", "float32")  # the reference itself
+            embeddings = truth[name] if same else stages.embed(runtime, pixels)
             for which, text in texts.items():
                 row[f"accuracy/{name}/{which}"] = stages.accuracy(
-                    truth[name], stages.embed(runtime, pixels), text, reference.logit_scale)
+                    truth[name], embeddings, text, reference.logit_scale)
         rows.append(row)
         del runtime
         gc.collect()
-    decoder.close()
+    for closing in (decoder, *others):
+        closing.close()
     return info, rows
 
 
@@ -185,7 +194,7 @@ def pipeline(args: argparse.Namespace, which: str, labels: Path, tower: dict[str
             distributed.upload(svc, row["corpus"], corpora[row["corpus"]])
         say(f"starting the worker ({which} labels, {tower['runtime']})")
         started = time.perf_counter()
-        worker = Worker(svc.env, run_dir / "worker.log", name="bench").start(900)
+        worker = Worker(svc.env, run_dir / "worker.log", threads=None, name="bench").start(900)
         warm_up = time.perf_counter() - started
         worker.sample_rss()
         try:

@@ -6,7 +6,6 @@ Tests are marked by folder: tests/unit (no services, fast: `pytest -m unit`), te
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,8 +15,6 @@ import pytest
 from tests.kit.models import TEST_LABELS, tiny_checkpoint
 from tests.kit.processes import Worker
 from tests.kit.services import REDIS_URL, postgres_database, s3_server
-
-logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto server request lines
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -108,7 +105,7 @@ def tagger_env(tmp_path: Path, tiny_model: Path, labels_file: Path, pg_url: str,
 
 @pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    """Start real Celery workers with a given environment; all are stopped afterwards."""
+    """Start real Celery workers with a given environment; all are killed afterwards."""
     workers: list[Worker] = []
 
     def start(env: dict[str, str], ready_timeout: float = 120, **options: object) -> Worker:
@@ -118,4 +115,4 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
 
     yield start
     for worker in workers:
-        worker.stop()
+        worker.kill()

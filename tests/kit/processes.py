@@ -13,17 +13,23 @@ from pathlib import Path
 
 from producer.local_worker import LocalWorker
 
-# What every test and benchmark worker shares: no hub, unbuffered, one thread per library.
-QUIET = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-         "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+# What every test and benchmark worker shares: no hub, unbuffered, no progress bars.
+QUIET = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 class Worker(LocalWorker):
-    """A real worker with waits on its log, its pool children, and its memory."""
+    """A real worker with waits on its log, its pool children, and its memory.
 
-    def __init__(self, env: Mapping[str, str], log_path: Path, **options: object) -> None:
+    ``threads``: the model's threads (OMP_NUM_THREADS); tests keep to one, so that several
+    workers and the test itself share two cores; benchmarks pass None (all of them).
+    """
+
+    def __init__(self, env: Mapping[str, str], log_path: Path, threads: int | None = 1,
+                 **options: object) -> None:
+        omp = {"OMP_NUM_THREADS": str(threads)} if threads else {}
         super().__init__(log_path, queue=env["TAGGER_QUEUE"],
-                         env={**os.environ, **QUIET, **env}, **options)  # type: ignore[arg-type]
+                         env={**os.environ, **QUIET, **omp, **env},
+                         **options)  # type: ignore[arg-type]
         self.rss_samples: list[float] = []
         self._sampling = threading.Event()
 
@@ -75,9 +81,17 @@ class Worker(LocalWorker):
                     self.rss_samples.append(self.rss_mib())
         threading.Thread(target=sample, daemon=True).start()
 
-    def stop(self, timeout: float = 30) -> None:
+    def stop(self, timeout: float = 30, warm: bool = True) -> None:
         self._sampling.set()
-        super().stop(timeout)
+        super().stop(timeout, warm)
+
+    def kill(self) -> None:
+        """The whole process group, at once: for a test's end, where a graceful stop (Celery's
+        and billiard's take 3-4 s) proves nothing."""
+        self._sampling.set()
+        self.signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(10)
 
 
 def _cmdline(pid: int) -> str:

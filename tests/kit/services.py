@@ -116,7 +116,11 @@ class RedisServer:
 @contextlib.contextmanager
 def s3_server() -> Iterator[dict[str, str]]:
     """moto's S3 server over real HTTP; yields boto3's standard environment for it."""
+    import logging
+
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
