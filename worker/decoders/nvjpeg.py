@@ -9,12 +9,14 @@ the Pillow decoder's processes can be stopped at the item deadline.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from worker.core.errors import ConfigError, ItemError
 from worker.core.settings import Settings
@@ -46,6 +48,9 @@ class NvJpegDecoder:
         self.limits = Limits.from_settings(settings)
         self.fallback = PillowDecoder(settings)
         self.decode_jpeg = decode_jpeg or torchvision_decode_jpeg()
+        # Headers are read in this process: Pillow warns between its limit and twice that,
+        # where open_checked refuses with a reason instead (the Pillow processes do the same).
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
     def decode(self, blobs: Sequence[bytes], spec: Preprocess) -> list[Pixels | ItemError]:
         out: list[Pixels | ItemError | None] = [None] * len(blobs)
