@@ -277,4 +277,5 @@ def current() -> None:
     """Show the database's schema revision and the one this version needs."""
     settings = _settings()
     revision, head = migrate.revisions(settings.database_url)
-    click.echo(f"{redact(settings.database_url)}: schema {revision or 'none'}, needs {head}")
+    state = "up to date" if revision == head else f"needs {head}: run `producer db upgrade`"
+    click.echo(f"{redact(settings.database_url)}: schema {revision or 'none'}, {state}")
