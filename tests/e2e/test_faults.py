@@ -16,12 +16,15 @@ import boto3
 import pytest
 import redis
 import sqlalchemy as sa
+from kombu import Connection
 
 from tests.kit.commands import count, rows, send, wait_for_results
 from tests.kit.faults import FaultProxy, ImageServer, Reply
 from tests.kit.images import image_bytes
 from tests.kit.processes import Worker, kill
 from tests.kit.services import RedisServer, admin_engine_for, wait_until
+from worker.core.celeryconf import transport_options
+from worker.core.settings import load_settings
 from worker.db.schema import deliveries, engine_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -102,10 +105,11 @@ def test_sigkill_of_whole_worker_is_restored_after_visibility_timeout(env, origi
         # The parent and its child of the worker that holds the chunk: nobody can requeue it.
         holder = wait_until(lambda: next((w for w in workers if any(
             str(r["message"]).endswith("received") for r in w.records())), None), 10)
+        sweep_lock_left_by_a_death_mid_sweep(env)
         holder.signal(signal.SIGKILL)
         killed_at = time.monotonic()
         holder.proc.wait(10)
-        # The other one restores the unacked chunk once it is 10 s old.
+        # The other one restores the unacked chunk once it is 10 s old (and the lock expired).
         by_uri = wait_for_results(env["DATABASE_URL"], uris, 60)
         recovered = time.monotonic() - killed_at
     finally:
@@ -113,6 +117,16 @@ def test_sigkill_of_whole_worker_is_restored_after_visibility_timeout(env, origi
     assert recovered >= 9, "re-delivered before the visibility timeout: would duplicate work"
     assert recovered < 40, f"took {recovered:.0f}s: expired reservations are swept too rarely"
     assert all(r.status == "done" and r.attempts >= 2 for r in by_uri.values())
+
+
+def sweep_lock_left_by_a_death_mid_sweep(env: dict[str, str]) -> None:
+    """Take kombu's restore-sweep lock as a worker's sweep does, and never release it."""
+    options = transport_options(load_settings(env))
+    with Connection(env["CELERY_BROKER_URL"], transport_options=options) as connection:
+        channel = connection.default_channel
+        lock = redis.Redis.from_url(env["CELERY_BROKER_URL"]).lock(
+            channel.unacked_mutex_key, timeout=channel.unacked_mutex_expire)
+        assert lock.acquire(blocking=False)
 
 
 def test_sigterm_finishes_the_running_chunk(env, origin, own_redis, start_worker):

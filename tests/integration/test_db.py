@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -240,3 +241,28 @@ def test_migrate_down_and_up_again_keeps_results(fixture: str, request: pytest.F
     migrate.upgrade(url)
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+
+
+def test_a_forked_child_opens_its_own_connection(pg_url):
+    # Prefork pool children are forked after the parent used the database: sharing its pooled
+    # socket garbles the protocol once two processes (or a killed child and the next) use it.
+    def backend_pid() -> int:
+        with engine_for(pg_url).connect() as conn:
+            return conn.scalar(sa.text("SELECT pg_backend_pid()"))
+
+    parent = backend_pid()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        code = 0
+        try:
+            os.write(write, str(backend_pid()).encode())
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        in_child = pipe.read()
+    assert os.waitpid(child, 0)[1] == 0
+    assert in_child and int(in_child) != parent
+    assert backend_pid() == parent  # the parent keeps its own

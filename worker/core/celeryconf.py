@@ -23,9 +23,13 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     # (bounded by task_time_limit) and than any retry countdown, short enough for quick recovery.
     # kombu sweeps for expired reservations every interval x throttle seconds (default 10 x 10):
     # sweep every few seconds instead, so recovery takes the visibility timeout, not +100 s.
+    # A sweep holds a Redis lock that outlives a worker killed during it (kombu's default: 300 s,
+    # every other worker's sweep skipped meanwhile); each message is restored in a WATCH
+    # transaction, so a short lock only throttles sweeps and never restores one twice.
+    sweep = max(1, min(30, settings.visibility_timeout // 5))
     return {"visibility_timeout": settings.visibility_timeout,
-            "unacked_restore_interval": max(1, min(30, settings.visibility_timeout // 5)),
-            "unacked_restore_throttle": 1}
+            "unacked_restore_interval": sweep, "unacked_restore_throttle": 1,
+            "unacked_mutex_expire": 2 * sweep + 1}
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import random
 import sqlite3
 import time
@@ -133,9 +134,26 @@ def engine_for(url: str) -> Engine:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 60})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2,
-                            connect_args={"connect_timeout": 10})
+    else:
+        engine = sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2,
+                                  connect_args={"connect_timeout": 10})
+    _engines.append(engine)
+    return engine
+
+
+_engines: list[Engine] = []
+
+
+def _forget_inherited_connections() -> None:
+    # A forked child (a prefork pool child) must not use the parent's pooled connections: two
+    # processes on one socket garble the protocol ("error with status PGRES_TUPLES_OK"), and a
+    # child killed mid-query leaves it broken for the next child. close=False: they stay the
+    # parent's to use and close.
+    for engine in _engines:
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_inherited_connections)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
