@@ -124,8 +124,7 @@ def sweep_lock_left_by_a_death_mid_sweep(env: dict[str, str]) -> None:
     options = transport_options(load_settings(env))
     with Connection(env["CELERY_BROKER_URL"], transport_options=options) as connection:
         channel = connection.default_channel
-        lock = redis.Redis.from_url(env["CELERY_BROKER_URL"]).lock(
-            channel.unacked_mutex_key, timeout=channel.unacked_mutex_expire)
+        lock = channel.client.lock(channel.unacked_mutex_key, timeout=channel.unacked_mutex_expire)
         assert lock.acquire(blocking=False)
 
 

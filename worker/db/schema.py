@@ -124,24 +124,27 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-@functools.cache
+_engines: dict[str, Engine] = {}  # by normalised URL; after a fork, see below
+
+
 def engine_for(url: str) -> Engine:
     """One pooled engine per URL and process."""
     url = normalise_url(url)
+    if url not in _engines:
+        _engines[url] = _create_engine(url)
+    return _engines[url]
+
+
+def _create_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 60})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
-    else:
-        engine = sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2,
-                                  connect_args={"connect_timeout": 10})
-    _engines.append(engine)
-    return engine
-
-
-_engines: list[Engine] = []
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2,
+                            connect_args={"connect_timeout": 10})
 
 
 def _forget_inherited_connections() -> None:
@@ -149,7 +152,7 @@ def _forget_inherited_connections() -> None:
     # processes on one socket garble the protocol ("error with status PGRES_TUPLES_OK"), and a
     # child killed mid-query leaves it broken for the next child. close=False: they stay the
     # parent's to use and close.
-    for engine in _engines:
+    for engine in _engines.values():
         engine.dispose(close=False)
 
 
