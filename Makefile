@@ -23,7 +23,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 4
 
 bench: setup
 	$(BIN)/python -m benchmarks.run

@@ -22,9 +22,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tests.kit.corpus import Image
-from tests.kit.processes import Worker, peak_rss_kib
-from tests.kit.services import postgres_database, s3_client, s3_server
+from testkit.corpus import Image
+from testkit.processes import Worker, peak_rss_kib
+from testkit.services import postgres_database, s3_client, s3_server
 from worker.db import migrate
 from worker.db.schema import engine_for, results, runs
 

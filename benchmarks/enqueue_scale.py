@@ -24,8 +24,8 @@ from pathlib import Path
 import redis
 import sqlalchemy as sa
 
-from tests.kit.processes import peak_rss_kib
-from tests.kit.services import PG_ADMIN_URL, RedisServer, postgres_database
+from testkit.processes import peak_rss_kib
+from testkit.services import PG_ADMIN_URL, RedisServer, postgres_database
 from worker.core.labels import load_labelset
 from worker.core.settings import DEFAULT_LABELS, DEFAULT_MODEL
 from worker.db.schema import normalise_url

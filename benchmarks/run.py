@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import distributed, report, stages
-from tests.kit import corpus
-from tests.kit.processes import Worker
-from tests.kit.services import PG_ADMIN_URL
+from testkit import corpus
+from testkit.processes import Worker
+from testkit.services import PG_ADMIN_URL
 from worker import checkpoint
-from worker.backends import backend_class
+from worker.backends import BACKENDS
 from worker.core.labels import load_labelset
 from worker.core.settings import LABELSETS, load_settings
 from worker.decoders import make_decoder
@@ -104,7 +104,7 @@ def load(model: Path, backend: str, precision: str) -> Any:
         from worker.backends.choose import choose
 
         return choose(settings, model)
-    return backend_class(backend)(settings, model, precision=precision)
+    return BACKENDS.get(backend)(settings, model, precision=precision)
 
 
 def measure_stages(model: Path, corpora: dict[str, list[corpus.Image]],

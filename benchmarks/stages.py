@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.kit.corpus import Image
+from testkit.corpus import Image
 from worker.backends import Backend
-from worker.decoders import Decoder, Pixels, Preprocess
+from worker.core.pixels import Pixels, Preprocess
+from worker.decoders import Decoder
 
 
 def seed_loop(checkpoint: Path, images: Sequence[Image], labels: Sequence[str]) -> float:

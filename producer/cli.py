@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ import sqlalchemy as sa
 from producer import enqueue as enqueuing
 from producer import render
 from producer import status as reporting
+from producer.export import WRITERS, format_of
+from producer.export import export as export_rows
 from producer.progress import Progress
 from producer.tag import tag as tag_location
 from worker.core.errors import ConfigError, SourceError
@@ -24,10 +27,7 @@ from worker.core.settings import Settings, load_settings
 from worker.db import migrate
 from worker.db import runs as db
 from worker.db.schema import engine_for
-from worker.sinks.files import WRITERS, format_of
-from worker.sinks.files import export as export_rows
-from worker.sources import source_for
-from worker.sources.sql import describe, table_query
+from worker.sources.sql import table_query
 
 
 class Main(click.Group):
@@ -55,13 +55,8 @@ def _settings() -> Settings:
 
 
 def _ready(settings: Settings) -> sa.Engine:
-    """The results database at the current schema: the embedded one upgrades itself."""
-    current, head = migrate.revisions(settings.database_url)
-    if current != head:
-        if not settings.database_url.startswith("sqlite"):
-            raise ConfigError(f"the results database is at schema {current or 'none'}, not "
-                              f"{head}: run `producer db upgrade`")
-        migrate.upgrade(settings.database_url)
+    """The results database at the current schema (the embedded one upgrades itself)."""
+    migrate.ensure_current(settings.database_url)
     return engine_for(settings.database_url)
 
 
@@ -112,11 +107,13 @@ def tag(location: str, labels: Path | None, templates: Path | None, output: Path
 
 
 @main.command()
-@click.option("--bucket", help="S3 bucket to list.")
-@click.option("--prefix", default="", help="Only keys under this prefix.")
-@click.option("--dir", "folder", type=click.Path(path_type=Path), help="Local folder (recursive).")
+@click.argument("locations", metavar="[URI]...", nargs=-1)
+@click.option("--bucket", help="Shorthand for s3://BUCKET/PREFIX.")
+@click.option("--prefix", default="", help="Only keys under this prefix (with --bucket).")
+@click.option("--dir", "folder", type=click.Path(path_type=Path),
+              help="Shorthand for a local folder (recursive).")
 @click.option("--database-url", envvar="CATALOG_DATABASE_URL",
-              help="Catalogue database to read image URLs from.")
+              help="Shorthand for a catalogue database to read image URLs from.")
 @click.option("--query", help="One SELECT returning (key, image_url[, version]) rows.")
 @click.option("--table", help="Catalogue table (instead of --query).")
 @click.option("--key-column", default="id", show_default=True)
@@ -127,42 +124,49 @@ def tag(location: str, labels: Path | None, templates: Path | None, output: Path
 @chunk_option
 @click.option("--force", is_flag=True, help="Re-tag images that already have a result.")
 @click.option("--dry-run", is_flag=True, help="Print what would be enqueued; send nothing.")
-def enqueue(bucket: str | None, prefix: str, folder: Path | None, database_url: str | None,
-            query: str | None, table: str | None, key_column: str, url_column: str,
-            version_column: str | None, labels: Path | None, templates: Path | None,
-            chunk_size: int | None, force: bool, dry_run: bool) -> None:
-    """List a source and enqueue its images (new or changed ones only, unless --force)."""
+def enqueue(locations: tuple[str, ...], bucket: str | None, prefix: str, folder: Path | None,
+            database_url: str | None, query: str | None, table: str | None, key_column: str,
+            url_column: str, version_column: str | None, labels: Path | None,
+            templates: Path | None, chunk_size: int | None, force: bool, dry_run: bool) -> None:
+    """List each URI (s3://bucket/prefix, a folder, file:///dir, a catalogue database, or any
+    other registered scheme) and enqueue its images: new or changed ones only, unless --force."""
     settings = _settings()
-    if sum(x is not None for x in (bucket, folder, database_url)) != 1:
-        raise click.UsageError("give exactly one source: --bucket, --dir or --database-url")
+    locations += tuple(_shorthands(bucket, prefix, folder, database_url))
+    if not locations:
+        raise click.UsageError("give what to list: a URI (s3://bucket/prefix, a folder, ...), "
+                               "--bucket, --dir or --database-url")
     options: dict[str, Any] = {}
-    roots: list[str] = []
-    if bucket:
-        location = source = f"s3://{bucket}/{prefix}"
-    elif folder:
-        location = source = str(folder.expanduser().absolute())
-        roots = [str(Path(location).resolve())]
-    else:
-        if not query and not table:
-            raise click.UsageError("--database-url needs --query or --table")
-        location = database_url or ""
+    if query or table:
         options["query"] = query or table_query(table or "", key_column, url_column,
                                                 version_column)
-        source = f"sql: {describe(options['query'])}"
+    listings = [enqueuing.locate(location, settings, **options) for location in locations]
     labelset = _labelset(settings, labels, templates)
     _ready(settings)
     with Progress("listing", unit=" entries") as bar:
         summary = enqueuing.enqueue(
-            source_for(location, settings).listing(location, **options), settings=settings,
-            labelset=labelset, source=source, chunk_size=chunk_size or settings.chunk_size,
-            file_roots=roots, force=force, dry_run=dry_run,
-            progress=lambda n: bar.update(bar.done + n), show_due=lambda i: click.echo(i.uri))
+            itertools.chain.from_iterable(listing.entries for listing in listings),
+            settings=settings, labelset=labelset,
+            source=" ".join(listing.source for listing in listings),
+            chunk_size=chunk_size or settings.chunk_size,
+            file_roots=[root for listing in listings for root in listing.file_roots],
+            force=force, dry_run=dry_run, progress=lambda n: bar.update(bar.done + n),
+            show_due=lambda i: click.echo(i.uri))
     if not summary.listed:
-        click.echo(f"warning: nothing was listed at {redact(location)}", err=True)
+        click.echo(f"warning: nothing was listed at {redact(' '.join(locations))}", err=True)
     verb = "would enqueue" if dry_run else "enqueued"
     click.echo(f"run {summary.run_id}: listed {summary.listed}, {verb} {summary.enqueued} in "
                f"{summary.chunks} chunks, {summary.describe_skips()} (label set {labelset.id}, "
                f"model {settings.model})", err=dry_run)
+
+
+def _shorthands(bucket: str | None, prefix: str, folder: Path | None,
+                database_url: str | None) -> list[str]:
+    """--bucket, --dir and --database-url as the URIs they stand for."""
+    if prefix and not bucket:
+        raise click.UsageError("--prefix goes with --bucket (or give s3://bucket/prefix)")
+    return [*([f"s3://{bucket}/{prefix}"] if bucket else []),
+            *([str(folder.expanduser())] if folder else []),
+            *([database_url] if database_url else [])]
 
 
 @main.command()
@@ -233,29 +237,13 @@ def export(fmt: str | None, output: Path | None, run_id: str | None, status_: st
 def retry_failed(reason: str | None, chunk_size: int | None) -> None:
     """Enqueue failed images again; a later success replaces the failure."""
     settings = _settings()
-    engine = _ready(settings)
-    labelset_ids = db.failed_labelsets(engine, settings.model, reason)
-    if not labelset_ids:
+    _ready(settings)
+    summaries = enqueuing.retry_failed(settings, reason, chunk_size or settings.chunk_size)
+    if not summaries:
         click.echo("no failed images to retry")
-    for labelset_id in labelset_ids:
-        labelset = load_labelset_by_id(engine, labelset_id)
-        items = enqueuing.failed_items(engine, settings.model, labelset_id, reason)
-        summary = enqueuing.enqueue(
-            items, settings=settings, labelset=labelset, force=True,
-            source=f"retry-failed reason={reason or '*'}",
-            chunk_size=chunk_size or settings.chunk_size,
-            file_roots=db.failed_file_roots(engine, settings.model, labelset_id, reason))
+    for labelset_id, summary in summaries:
         click.echo(f"run {summary.run_id}: re-enqueued {summary.enqueued} failed images "
                    f"of label set {labelset_id} in {summary.chunks} chunks")
-
-
-def load_labelset_by_id(engine: sa.Engine, labelset_id: str) -> LabelSet:
-    from worker.db.results import load_labelset
-
-    labelset = load_labelset(engine, labelset_id)
-    if labelset is None:
-        raise ConfigError(f"label set {labelset_id} is not in the results database")
-    return labelset
 
 
 @main.group("db")

@@ -2,30 +2,52 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from producer import broker
+from producer import sending
 from worker.core.contract import Chunk, Item
-from worker.core.errors import Skip
+from worker.core.errors import ConfigError, Skip
 from worker.core.labels import LabelSet
+from worker.core.redact import redact
 from worker.core.settings import Settings
+from worker.db import labelsets
 from worker.db import runs as db
 from worker.db.schema import engine_for
-from worker.sources import Listed, Skipped, uri_problem
+from worker.sources import Listed, Skipped, source_for, uri_problem
 
 log = logging.getLogger(__name__)
 LOOKUP_BATCH = 1000  # items checked against the database per round trip
 RECORD_EVERY = 2.0  # seconds between updates of the run's counts while listing
+
+
+@dataclass
+class Listing:
+    """One location to enqueue: its entries (already started), the folders its run may read
+    files from, and what the run records as its source."""
+
+    location: str
+    entries: Iterator[Listed]
+    file_roots: list[str]
+    source: str
+
+
+def locate(location: str, settings: Settings, **options: Any) -> Listing:
+    """The listing of ``location`` by the source its scheme names, started at once, so that a
+    missing folder or bucket fails before anything is enqueued or started."""
+    source = source_for(location, settings)
+    location, roots = source.locate(location)
+    entries = source.listing(location, **options)
+    first = list(islice(entries, 1))
+    return Listing(location, chain(first, entries), roots, source.describe(location, **options))
 
 
 @dataclass
@@ -72,8 +94,8 @@ def enqueue(listing: Iterable[Listed], *, settings: Settings, labelset: LabelSet
     engine = engine_for(settings.database_url)
     summary = Summary(run_id=uuid.uuid4().hex[:16], dry_run=dry_run)
     if not dry_run:
-        broker.check_broker(settings)
-        db.save_labelset(engine, labelset)
+        sending.check_broker(settings)
+        labelsets.save_labelset(engine, labelset)
         db.create_run(engine, summary.run_id, source, settings.model, labelset.id, file_roots)
     outgoing: list[Item] = []
     recorded, error = time.monotonic(), None
@@ -101,11 +123,18 @@ def enqueue(listing: Iterable[Listed], *, settings: Settings, labelset: LabelSet
 
 
 def _close_run(engine: Engine, summary: Summary, unsent: list[Item], error: str | None) -> None:
-    """Record the counts so far and how the listing ended; release what was never sent."""
-    with contextlib.suppress(Exception):  # the database may be what failed: keep its error
+    """Record the counts so far and how the listing ended; release what was never sent.
+
+    The database may be what failed: then this fails too, and the listing's own error is the
+    one the user sees; what could not be recorded is said here.
+    """
+    try:
         if unsent:  # claimed but never sent: the next run must not take them for in flight
             db.release_pending(engine, summary.run_id, unsent)
         db.update_run(engine, summary.run_id, finished=True, error=error, **summary.counts())
+    except Exception as exc:
+        log.warning("could not record the end of run %s (%d unsent images stay pending for "
+                    "TAGGER_PENDING_TTL): %s", summary.run_id, len(unsent), redact(str(exc)))
 
 
 def _due(engine: Engine, batch: list[Listed], settings: Settings, labelset_id: str,
@@ -137,10 +166,29 @@ def _due(engine: Engine, batch: list[Listed], settings: Settings, labelset_id: s
 def _flush(settings: Settings, items: list[Item], labelset_id: str, summary: Summary) -> None:
     # A chunk that fails to send is still in enqueue()'s outgoing list, released there.
     if not summary.dry_run:
-        broker.send(settings, Chunk(items=tuple(items), model=settings.model,
+        sending.send(settings, Chunk(items=tuple(items), model=settings.model,
                                     labelset_id=labelset_id, run_id=summary.run_id))
     summary.enqueued += len(items)
     summary.chunks += 1
+
+
+def retry_failed(settings: Settings, reason: str | None, chunk_size: int
+                 ) -> list[tuple[str, Summary]]:
+    """Enqueue this model's failed images again (those of one reason, if given): one run per
+    label set they failed under, each reading the folders their first runs could read."""
+    engine = engine_for(settings.database_url)
+    done = []
+    for labelset_id in db.failed_labelsets(engine, settings.model, reason):
+        labelset = labelsets.load_labelset(engine, labelset_id)
+        if labelset is None:
+            raise ConfigError(f"label set {labelset_id} is not in the results database")
+        summary = enqueue(
+            failed_items(engine, settings.model, labelset_id, reason), settings=settings,
+            labelset=labelset, force=True, source=f"retry-failed reason={reason or '*'}",
+            chunk_size=chunk_size,
+            file_roots=db.failed_file_roots(engine, settings.model, labelset_id, reason))
+        done.append((labelset_id, summary))
+    return done
 
 
 def failed_items(engine: Engine, model: str, labelset_id: str,

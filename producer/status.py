@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from producer import broker
+from producer import sending
 from worker.core.errors import ConfigError
 from worker.core.settings import Settings
 from worker.db import runs as db
@@ -24,7 +24,7 @@ def find_run(settings: Settings, run_id: str | None) -> dict[str, Any] | None:
 def status(settings: Settings, run_id: str | None = None) -> dict[str, Any]:
     """The whole picture; with ``run_id`` the counts are the run's, else everything's."""
     run = find_run(settings, run_id)
-    depth = broker.queue_depth(settings)
+    depth = sending.queue_depth(settings)
     counts = db.result_counts(engine_for(settings.database_url), run_id)
     return {"queue": settings.queue, "queue_depth": depth["waiting"],
             "reserved": depth["reserved"], **counts, "run": run}

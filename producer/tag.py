@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -11,18 +11,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from producer.enqueue import Summary, enqueue
+from producer.enqueue import Listing, Summary, enqueue, locate
+from producer.export import export, format_of
 from producer.local_worker import LocalWorker
 from producer.progress import Progress
 from producer.status import wait
-from worker.core.errors import SourceError
 from worker.core.labels import LabelSet
+from worker.core.redact import redact
 from worker.core.settings import Settings
 from worker.db import migrate
 from worker.db import runs as db
 from worker.db.schema import engine_for
-from worker.sinks.files import export, format_of
-from worker.sources import Listed, scheme, source_for
+from worker.sources import scheme
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,51 +40,35 @@ class Tagged:
     seconds: float = 0.0
 
 
-def location_of(path_or_uri: str) -> tuple[str, list[str]]:
-    """The listing location, and the folders the worker may read files from for it."""
-    if scheme(path_or_uri) in {"", "file"}:
-        folder = Path(path_or_uri.removeprefix("file://")).expanduser().absolute()
-        if not folder.is_dir():
-            raise SourceError(f"not a folder: {folder}")
-        return str(folder), [str(folder.resolve())]
-    return path_or_uri, []
-
-
-def tag(settings: Settings, path_or_uri: str, *, labelset: LabelSet, output: Path | None,
+def tag(settings: Settings, location: str, *, labelset: LabelSet, output: Path | None,
         chunk_size: int, timeout: float, force: bool = False, own_worker: bool = True,
         echo: Callable[[str], None] = print) -> Tagged:
     """List, enqueue, tag with a worker of our own, wait with progress, export; clean up always."""
     started = time.monotonic()
-    migrate.upgrade(settings.database_url)  # creates or upgrades the database as needed
-    location, roots = location_of(path_or_uri)
-    listing = _primed(source_for(location, settings).listing(location))
+    migrate.ensure_current(settings.database_url)
+    listing = locate(location, settings)
     log_path = settings.home / "logs" / f"worker-{time.strftime('%Y%m%d-%H%M%S')}.log"
     worker = LocalWorker(log_path, settings.queue) if own_worker else None
     with worker or contextlib.nullcontext():
         if worker:
             echo(f"starting a worker for {settings.model} (log: {log_path})")
-        summary = _enqueue(settings, location, listing, labelset, roots, chunk_size, force)
+        summary = _enqueue(settings, listing, labelset, chunk_size, force)
         echo(f"run {summary.run_id}: listed {summary.listed}, enqueued {summary.enqueued}, "
              f"{summary.describe_skips()}")
         if summary.enqueued:
             _wait(settings, summary, worker, timeout)
     output = output or settings.home / "results" / f"{summary.run_id}.jsonl"
-    tagged = _export(settings, location, labelset, summary, output)
+    tagged = _export(settings, listing.location, labelset, summary, output)
     tagged.seconds = time.monotonic() - started
     return tagged
 
 
-def _primed(listing: Iterator[Listed]) -> Iterator[Listed]:
-    """Start the listing now, so that a missing folder or bucket fails before anything starts."""
-    first = list(itertools.islice(listing, 1))
-    return itertools.chain(first, listing)
-
-
-def _enqueue(settings: Settings, location: str, listing: Iterator[Listed], labelset: LabelSet,
-             roots: list[str], chunk_size: int, force: bool) -> Summary:
+def _enqueue(settings: Settings, listing: Listing, labelset: LabelSet, chunk_size: int,
+             force: bool) -> Summary:
     with Progress("listing", unit=" files") as bar:
-        return enqueue(listing, settings=settings, labelset=labelset, source=location,
-                       chunk_size=chunk_size, file_roots=roots, force=force,
+        return enqueue(listing.entries, settings=settings, labelset=labelset,
+                       source=listing.source, chunk_size=chunk_size,
+                       file_roots=listing.file_roots, force=force,
                        progress=lambda n: bar.update(bar.done + n))
 
 
@@ -100,12 +86,19 @@ def _wait(settings: Settings, summary: Summary, worker: LocalWorker | None,
             wait(settings, summary.run_id, timeout, on_progress=show,
                  stop=worker.failure if worker else None)
         except BaseException:
-            # Nothing of ours will answer what is left: a later run may send it again.
-            engine = engine_for(settings.database_url)
-            with contextlib.suppress(Exception):
-                db.release_pending(engine, summary.run_id)
-                db.update_run(engine, summary.run_id, error="cancelled before it finished")
+            _cancel(settings, summary.run_id)
             raise
+
+
+def _cancel(settings: Settings, run_id: str) -> None:
+    """Nothing of ours will answer what is left: a later run may send it again."""
+    engine = engine_for(settings.database_url)
+    try:
+        db.release_pending(engine, run_id)
+        db.update_run(engine, run_id, error="cancelled before it finished")
+    except Exception as exc:  # the database may be why we stopped: its error is shown
+        log.warning("could not release run %s's pending images (they stay pending for "
+                    "TAGGER_PENDING_TTL): %s", run_id, redact(str(exc)))
 
 
 def _export(settings: Settings, location: str, labelset: LabelSet, summary: Summary,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.kit.models import TEST_LABELS, tiny_checkpoint
-from tests.kit.processes import Worker
-from tests.kit.services import REDIS_URL, postgres_database, s3_server
+from testkit.models import TEST_LABELS, tiny_checkpoint
+from testkit.processes import Worker
+from testkit.services import REDIS_URL, postgres_database, s3_server
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -6,10 +6,8 @@ import ctypes
 import ctypes.util
 import hashlib
 import logging
-import threading
 import time
-from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,20 +17,18 @@ import numpy as np
 
 from worker import metrics
 from worker.backends import Backend
-from worker.core.contract import Chunk, Item, label_scores
+from worker.core.contract import Item, label_scores
 from worker.core.errors import ItemError, Reason, TransientError
 from worker.core.labels import LabelSet
+from worker.core.pixels import Pixels
 from worker.core.redact import redact
-from worker.core.settings import Settings
-from worker.db import results as db
-from worker.db.schema import engine_for
-from worker.decoders import Decoder, Pixels
-from worker.sinks import Sink, make_sinks
-from worker.sources import Budget, check_uri, source_for
+from worker.decoders import Decoder
+from worker.dedupe import KnownContent
+from worker.labelstore import Scoring
+from worker.sources import Budget, Source, check_uri
 from worker.turns import Turns
 
 log = logging.getLogger(__name__)
-KNOWN_CAPACITY = 20_000  # content hashes whose labels are kept in memory
 
 
 @dataclass
@@ -47,75 +43,45 @@ class Work:
     error: ItemError | None = None
 
 
-class Tagger:
-    """What a worker process holds: a backend, a decoder, sinks, label sets, fetch threads."""
+@dataclass(frozen=True)
+class LoopOptions:
+    """What the loop is told: fetch threads, each item's deadline, top-k, turn-taking."""
 
-    def __init__(self, settings: Settings, backend: Backend, decoder: Decoder,
-                 sinks: Sequence[Sink] | None = None) -> None:
-        self.settings = settings
+    fetch_threads: int
+    item_timeout: float
+    top_k: int
+    take_turns: bool  # decoders and the model share CPU cores (worker/turns.py)
+
+
+class Tagger:
+    """The loop over one chunk's images, handed its parts: it builds none of them."""
+
+    def __init__(self, backend: Backend, decoder: Decoder, sources: Callable[[str], Source],
+                 known: KnownContent, options: LoopOptions) -> None:
         self.backend = backend
         self.decoder = decoder
-        self.sinks = list(sinks) if sinks is not None else make_sinks(settings)
-        self.engine = engine_for(settings.database_url)
-        self.fetchers = ThreadPoolExecutor(settings.fetch_threads, thread_name_prefix="fetch")
+        self.sources = sources
+        self.known = known
+        self.options = options
+        self.fetchers = ThreadPoolExecutor(options.fetch_threads, thread_name_prefix="fetch")
         self.stages = ThreadPoolExecutor(4, thread_name_prefix="decode")
-        # On CPU the decoders and the model take turns on the cores (see worker/turns.py).
-        overlap, on_cpu = settings.decode_overlap, backend.device == "cpu"
-        self.turns = Turns(enabled=overlap == "off" or (overlap == "auto" and on_cpu))
-        self._labelsets: dict[str, tuple[LabelSet, np.ndarray]] = {}
-        self._roots: dict[str | None, tuple[Path, ...]] = {}
-        self._known: OrderedDict[tuple[str, str], list[dict[str, Any]]] = OrderedDict()
-        self._lock = threading.Lock()
-        self._labelset_lock = threading.Lock()  # held while a label set is encoded
-
-    # --- what a chunk needs before its images: label set and file roots -----------------------
-
-    def labelset(self, labelset_id: str) -> tuple[LabelSet, np.ndarray] | None:
-        """The label set and its text embeddings, once per process; None if unknown."""
-        with self._labelset_lock:
-            if labelset_id not in self._labelsets:
-                labelset = db.load_labelset(self.engine, labelset_id)
-                if labelset is None:
-                    return None
-                self._labelsets[labelset_id] = (labelset, self.embed(labelset))
-            return self._labelsets[labelset_id]
-
-    def embed(self, labelset: LabelSet) -> np.ndarray:
-        """Text embeddings from the database cache, or computed here and cached for the fleet."""
-        key = (self.settings.model, labelset.id, self.backend.text_encoder)
-        cached = db.load_text_embeddings(self.engine, *key)
-        if cached:
-            rows, dim, data = cached
-            return np.frombuffer(data, dtype=np.float32).reshape(rows, dim).copy()
-        started = time.perf_counter()
-        embeddings = np.ascontiguousarray(self.backend.encode_texts(labelset.prompts()),
-                                          dtype=np.float32)
-        log.info("encoded %d labels x %d templates in %.1fs", len(labelset.labels),
-                 len(labelset.templates), time.perf_counter() - started)
-        db.save_text_embeddings(self.engine, *key, *embeddings.shape, embeddings.tobytes())
-        return embeddings
-
-    def file_roots(self, run_id: str | None) -> tuple[Path, ...]:
-        """TAGGER_FILE_ROOTS plus the run's own folder (a folder listing); never a row's say."""
-        with self._lock:
-            if run_id not in self._roots:
-                own = db.run_file_roots(self.engine, run_id) if run_id else []
-                if len(self._roots) > 1000:
-                    self._roots.clear()
-                self._roots[run_id] = self.settings.file_roots + tuple(Path(p) for p in own)
-            return self._roots[run_id]
+        self.turns = Turns(enabled=options.take_turns)
 
     # --- the loop -------------------------------------------------------------------------------
 
-    def tag(self, chunk: Chunk, labelset: LabelSet, texts: np.ndarray, final: bool
+    def tag(self, items: Sequence[Item], scoring: Scoring, roots: tuple[Path, ...], final: bool
             ) -> tuple[list[Work], dict[str, float]]:
-        """Fetch ahead in threads; decode one batch ahead of the one being scored."""
+        """Fetch ahead in threads; decode one batch ahead of the one being scored.
+
+        ``roots``: the folders files may be read from; ``final``: the last try, where a
+        transient error becomes the item's failure instead of a retry of the chunk.
+        """
+        labelset, texts = scoring.labelset, scoring.texts
         timings = {"wait": 0.0, "forward": 0.0}
-        roots = self.file_roots(chunk.run_id)
         works: list[Work] = []
         started = time.perf_counter()
         ahead: Future[list[Work]] | None = None
-        for group in self._batches(self._fetched(chunk.items, roots, final, timings)):
+        for group in self._batches(self._fetched(items, roots, final, timings)):
             works.extend(group)
             self._reuse_known(group, labelset.id)
             decoding = self.stages.submit(self._decode, group)
@@ -131,7 +97,7 @@ class Tagger:
     def _fetched(self, items: Sequence[Item], roots: tuple[Path, ...], final: bool,
                  timings: dict[str, float]) -> Iterator[Work]:
         """Fetch results in order, at most a few batches ahead (bounded memory)."""
-        window = max(2 * self.backend.batch_size, self.settings.fetch_threads)
+        window = max(2 * self.backend.batch_size, self.options.fetch_threads)
         futures: list[Future[Work]] = []
         queue = iter(items)
         try:
@@ -154,10 +120,10 @@ class Tagger:
 
     def _fetch(self, item: Item, roots: tuple[Path, ...], final: bool) -> Work:
         """One item's bytes, or its error (runs in a fetch thread)."""
-        budget = Budget(time.monotonic() + self.settings.item_timeout, roots)
+        budget = Budget(time.monotonic() + self.options.item_timeout, roots)
         try:
             check_uri(item.uri)
-            data = source_for(item.uri, self.settings).fetch(item.uri, budget)
+            data = self.sources(item.uri).fetch(item.uri, budget)
             return Work(item, sha256=hashlib.sha256(data).hexdigest(), data=data)
         except ItemError as exc:
             return Work(item, error=exc)
@@ -183,21 +149,12 @@ class Tagger:
 
     def _reuse_known(self, group: list[Work], labelset_id: str) -> None:
         """Labels of content already tagged here or by any worker (same bytes, other URI)."""
-        with self._lock:
-            missing = [w.sha256 for w in group
-                       if w.sha256 and (labelset_id, w.sha256) not in self._known]
-        found = db.done_by_content(self.engine, self.settings.model, labelset_id,
-                                   missing) if missing else {}
-        with self._lock:
-            for sha, labels in found.items():
-                self._known[(labelset_id, sha)] = labels
-            for work in group:
-                if work.sha256 and work.error is None:
-                    work.labels = self._known.get((labelset_id, work.sha256))
-                    if work.labels is not None:
-                        work.data = None
-            while len(self._known) > KNOWN_CAPACITY:
-                self._known.popitem(last=False)
+        found = self.known.lookup(labelset_id, (w.sha256 for w in group if w.sha256))
+        for work in group:
+            if work.sha256 and work.error is None:
+                work.labels = found.get(work.sha256)
+                if work.labels is not None:
+                    work.data = None
 
     def _decode(self, group: list[Work]) -> list[Work]:
         """Decode each distinct content of the group once; returns the works to score."""
@@ -221,14 +178,13 @@ class Tagger:
         if ready:
             embeddings = self._forward([w.pixels for w in ready])
             probs = _softmax(self.backend.logit_scale * embeddings @ texts.T)
-            k = min(self.settings.top_k, len(labelset.labels))
+            k = min(self.options.top_k, len(labelset.labels))
             top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-            with self._lock:
-                for work, row, indices in zip(ready, probs, top, strict=True):
-                    work.labels = label_scores(labelset.labels, labelset.parents, indices,
-                                               row[indices])
-                    self._known[(labelset.id, work.sha256 or "")] = work.labels
-                    work.pixels = None
+            for work, row, indices in zip(ready, probs, top, strict=True):
+                work.labels = label_scores(labelset.labels, labelset.parents, indices,
+                                           row[indices])
+                self.known.remember(labelset.id, work.sha256 or "", work.labels)
+                work.pixels = None
         by_content = {w.sha256: w.labels for w in group if w.labels is not None}
         for work in group:  # identical bytes in one batch were scored once
             if work.labels is None and work.error is None:

@@ -5,52 +5,49 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from worker import broker, metrics
-from worker.core.errors import ConfigError
+from worker import broker_guards, metrics
+from worker.assemble import Parts, assemble
 from worker.core.labels import LabelSet, load_labelset
 from worker.core.redact import redact
 from worker.core.settings import Settings
 from worker.db import migrate
-from worker.db.runs import save_labelset
-from worker.db.schema import engine_for
-from worker.pipeline import Tagger
 
 log = logging.getLogger(__name__)
-_folder: Path | None = None  # the resolved checkpoint, found in the parent before any fork
-_tagger: Tagger | None = None
 
 
-def check(settings: Settings) -> LabelSet:
+@dataclass(frozen=True)
+class Checked:
+    """What the parent found at start: the default label set and the checkpoint's folder."""
+
+    labelset: LabelSet
+    folder: Path
+
+
+_checked: Checked | None = None  # found in the parent, before any fork
+_parts: Parts | None = None  # this process's parts, once warmed up
+
+
+def check(settings: Settings) -> Checked:
     """In the worker's parent: label set, model files, database schema, broker agreement."""
-    from worker.backends.files import resolve
+    from worker.backends.folder import resolve
 
-    global _folder
+    global _checked
     labelset = load_labelset(settings.labels_path, settings.templates_path)
-    _folder = resolve(settings.model)
-    check_schema(settings)
-    broker.agree_on_visibility_timeout(settings)
+    folder = resolve(settings.model)
+    migrate.ensure_current(settings.database_url)
+    broker_guards.agree_on_visibility_timeout(settings)
     log.info("broker %s, database %s, model %s (%s), label set %s (%s: %d labels x %d "
              "templates)", redact(settings.broker_url), redact(settings.database_url),
-             settings.model, _folder, settings.labels_path, labelset.id, len(labelset.labels),
+             settings.model, folder, settings.labels_path, labelset.id, len(labelset.labels),
              len(labelset.templates))
-    return labelset
-
-
-def check_schema(settings: Settings) -> None:
-    """The embedded database upgrades itself; a shared one must be upgraded on purpose."""
-    current, head = migrate.revisions(settings.database_url)
-    if current == head:
-        return
-    if settings.database_url.startswith("sqlite"):
-        migrate.upgrade(settings.database_url)
-        return
-    raise ConfigError(f"the results database is at revision {current or 'none'}, this worker "
-                      f"needs {head}: run `producer db upgrade` (with the same DATABASE_URL)")
+    _checked = Checked(labelset, folder)
+    return _checked
 
 
 def preload() -> None:
@@ -61,45 +58,37 @@ def preload() -> None:
     from transformers.models.chinese_clip import modeling_chinese_clip  # noqa: F401
 
 
-def warm_up(settings: Settings) -> Tagger:
+def warm_up(settings: Settings) -> Parts:
     """Load the model once, encode the default label set, run one dry batch; log the choice."""
-    from worker.backends import load_backend
-    from worker.decoders import make_decoder
-
-    global _tagger
-    if _folder is None:
-        check(settings)
-    assert _folder is not None
-    labelset = load_labelset(settings.labels_path, settings.templates_path)
-    backend = load_backend(settings, _folder)
-    tagger = Tagger(settings, backend, make_decoder(settings, backend.device))
-    save_labelset(engine_for(settings.database_url), labelset)
-    tagger.labelset(labelset.id)
+    global _parts
+    checked = _checked or check(settings)
+    parts = assemble(settings, checked.folder)
+    backend, decoder = parts.tagger.backend, parts.tagger.decoder
+    parts.labels.add(checked.labelset)
     spec = backend.preprocess
     backend.encode_images([np.zeros((spec.height, spec.width, 3), np.uint8)] * backend.batch_size)
     if settings.metrics_port:
         metrics.serve(settings.metrics_port + _child_index())
     metrics.observe_backend({"backend": backend.name, "runtime": backend.description,
-                             "decoder": tagger.decoder.name},
-                            getattr(backend, "candidates", ()))
+                             "decoder": decoder.name}, getattr(backend, "candidates", ()))
     log.info("model %s: %s, batch size %d, %s decoder, %d fetch threads; label set %s ready",
-             settings.model, backend.description, backend.batch_size, tagger.decoder.name,
-             settings.fetch_threads, labelset.id)
-    _tagger = tagger
-    return tagger
+             settings.model, backend.description, backend.batch_size, decoder.name,
+             settings.fetch_threads, checked.labelset.id)
+    _parts = parts
+    return parts
 
 
-def tagger(settings: Settings) -> Tagger:
-    """The process's tagger, warmed up on first use (in the child, never before a fork)."""
-    return _tagger if _tagger is not None else warm_up(settings)
+def parts(settings: Settings) -> Parts:
+    """The process's parts, warmed up on first use (in the child, never before a fork)."""
+    return _parts if _parts is not None else warm_up(settings)
 
 
 def close() -> None:
     """Stop the process's decoder processes and release what they hold (at a child's exit)."""
-    global _tagger
-    if _tagger is not None:
-        _tagger.close()
-        _tagger = None
+    global _parts
+    if _parts is not None:
+        _parts.close()
+        _parts = None
 
 
 def _child_index() -> int:

@@ -10,7 +10,7 @@ from celery import Task, bootsteps, signals
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 
-from worker import broker, chunks, logs, metrics, startup
+from worker import broker_guards, chunks, logs, metrics, startup
 from worker.app import app
 from worker.core.contract import TASK_NAME, Chunk
 from worker.core.errors import MessageError, Reason, TransientError
@@ -18,7 +18,7 @@ from worker.core.settings import load_settings
 
 log = logging.getLogger(__name__)
 settings = load_settings()
-broker.cap_decompression()
+broker_guards.cap_decompression()
 
 
 @signals.setup_logging.connect
@@ -75,7 +75,7 @@ class VisibilityLease(bootsteps.StartStopStep):
 
     def start(self, consumer: Any) -> None:
         if not settings.embedded_broker:
-            consumer.timer.call_repeatedly(broker.LEASE_REFRESH, broker.refresh_lease,
+            consumer.timer.call_repeatedly(broker_guards.LEASE_REFRESH, broker_guards.refresh_lease,
                                            (settings,), priority=10)
 
 
@@ -103,22 +103,22 @@ def tag_chunk(self: Task, **message: Any) -> dict[str, Any]:
 def _run(task: Task, chunk: Chunk) -> chunks.ChunkReport:
     retries = task.request.retries
     final = retries >= settings.chunk_retries
-    tagger = startup.tagger(settings)
+    parts = startup.parts(settings)
     try:
-        return chunks.run_chunk(tagger, chunk, task_id=task.request.id, retries=retries,
+        return chunks.run_chunk(parts, chunk, task_id=task.request.id, retries=retries,
                                 final=final)
     except (SoftTimeLimitExceeded, TransientError) as exc:
         if not final:
             raise _retry(task, exc, chunk) from exc
         reason = Reason.TIMEOUT if isinstance(exc, SoftTimeLimitExceeded) else Reason.TRANSIENT
         log.error("giving up on the chunk after %d retries: %s", retries, exc)
-        return chunks.park(tagger, chunk, reason, task_id=task.request.id, attempts=retries + 1,
+        return chunks.park(parts, chunk, reason, task_id=task.request.id, attempts=retries + 1,
                            message=f"gave up after {retries} retries: {exc or 'time limit'}; "
                                    f"send again with `producer retry-failed --reason {reason}`")
     except Exception as exc:
         # A bug must not lose the chunk nor loop on it: its items are recorded failed.
         log.exception("chunk crashed")
-        return chunks.park(tagger, chunk, Reason.INTERNAL_ERROR, task_id=task.request.id,
+        return chunks.park(parts, chunk, Reason.INTERNAL_ERROR, task_id=task.request.id,
                            message=f"{type(exc).__name__}: {exc}")
 
 

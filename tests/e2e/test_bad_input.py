@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.kit.commands import producer, rows, send
-from tests.kit.images import image_bytes, png_bomb, save
-from tests.kit.processes import descendants, peak_rss_kib
-from tests.kit.services import wait_until
+from testkit.commands import producer, rows, send
+from testkit.images import image_bytes, png_bomb, save
+from testkit.processes import descendants, peak_rss_kib
+from testkit.services import wait_until
 
 pytestmark = pytest.mark.timeout(240)
 BYTE_CAP = 300_000

@@ -18,11 +18,11 @@ import redis
 import sqlalchemy as sa
 from kombu import Connection
 
-from tests.kit.commands import count, rows, send, wait_for_results
-from tests.kit.faults import FaultProxy, ImageServer, Reply
-from tests.kit.images import image_bytes
-from tests.kit.processes import Worker, kill
-from tests.kit.services import RedisServer, admin_engine_for, wait_until
+from testkit.commands import count, rows, send, wait_for_results
+from testkit.faults import FaultProxy, ImageServer, Reply
+from testkit.images import image_bytes
+from testkit.processes import Worker, kill
+from testkit.services import RedisServer, admin_engine_for, wait_until
 from worker.core.celeryconf import transport_options
 from worker.core.settings import load_settings
 from worker.db.schema import deliveries, engine_for

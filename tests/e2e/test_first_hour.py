@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kit.commands import (
+from testkit.commands import (
     PRODUCER,
     assert_nothing_left,
     count,
@@ -27,9 +27,9 @@ from tests.kit.commands import (
     user_env,
     wait_for_results,
 )
-from tests.kit.faults import ImageServer, Reply
-from tests.kit.images import scan_bomb, write_images
-from tests.kit.processes import Command, Worker
+from testkit.faults import ImageServer, Reply
+from testkit.images import scan_bomb, write_images
+from testkit.processes import Command, Worker
 
 OTHER_MODEL = "OFA-Sys/chinese-clip-vit-large-patch14"
 

@@ -9,10 +9,10 @@ import boto3
 import pytest
 import sqlalchemy as sa
 
-from tests.kit.commands import count, producer, rows
-from tests.kit.images import image_bytes
-from tests.kit.models import TEST_LABELS, direct_scores
-from tests.kit.services import wait_until
+from testkit.commands import count, producer, rows
+from testkit.images import image_bytes
+from testkit.models import TEST_LABELS, direct_scores
+from testkit.services import wait_until
 from worker.db import migrate
 from worker.db.schema import engine_for
 

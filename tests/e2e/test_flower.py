@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.kit.commands import ROOT, producer
-from tests.kit.images import image_bytes
-from tests.kit.processes import QUIET
-from tests.kit.services import free_port, wait_until
+from testkit.commands import ROOT, producer
+from testkit.images import image_bytes
+from testkit.processes import QUIET
+from testkit.services import free_port, wait_until
 
 CHUNKS = 3
 USER, PASSWORD = "ops", "flower-test-pw"

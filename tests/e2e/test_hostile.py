@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from producer.broker import send
-from tests.kit.commands import producer, rows
-from tests.kit.images import image_bytes, png_bomb, save, scan_bomb
-from tests.kit.processes import rss_kib
-from tests.kit.services import RedisServer, wait_until
-from worker.broker import DEAD_LETTERS
+from producer.sending import send
+from testkit.commands import producer, rows
+from testkit.images import image_bytes, png_bomb, save, scan_bomb
+from testkit.processes import rss_kib
+from testkit.services import RedisServer, wait_until
+from worker.broker_guards import DEAD_LETTERS
 from worker.core.contract import Chunk, Item
 from worker.core.labels import load_labelset
 from worker.core.settings import load_settings
-from worker.db import runs as producer_db
+from worker.db import labelsets
 from worker.db.schema import engine_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -48,7 +48,7 @@ def env(tagger_env: dict[str, str], own_redis: RedisServer, tmp_path: Path,
 def chunk(uris: list[str], run_id: str | None = None) -> Chunk:
     settings = load_settings()
     labelset = load_labelset(settings.labels_path)
-    producer_db.save_labelset(engine_for(settings.database_url), labelset)
+    labelsets.save_labelset(engine_for(settings.database_url), labelset)
     return Chunk(items=tuple(Item(u) for u in uris), model=settings.model,
                  labelset_id=labelset.id, run_id=run_id)
 
@@ -152,7 +152,7 @@ def _flat(width: int, height: int, mode: str) -> object:
 
 
 def test_retries_are_bounded_then_parked_and_resendable(env, start_worker, tmp_path):
-    from tests.kit.faults import ImageServer, Reply
+    from testkit.faults import ImageServer, Reply
 
     env = {**env, "TAGGER_CHUNK_RETRIES": "2", "TAGGER_ALLOW_PRIVATE_URLS": "1",
            "TAGGER_VISIBILITY_TIMEOUT": "30"}

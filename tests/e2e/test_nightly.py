@@ -20,10 +20,10 @@ import boto3
 import pytest
 import sqlalchemy as sa
 
-from tests.kit.commands import ROOT, count, producer, rows, run_id
-from tests.kit.faults import ImageServer, Reply
-from tests.kit.images import image_bytes
-from tests.kit.models import TEST_LABELS
+from testkit.commands import ROOT, count, producer, rows, run_id
+from testkit.faults import ImageServer, Reply
+from testkit.images import image_bytes
+from testkit.models import TEST_LABELS
 from worker.core.labels import load_labelset
 from worker.core.settings import DEFAULT_LABELS
 from worker.db.schema import engine_for

@@ -17,11 +17,11 @@ import sqlalchemy as sa
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.kit.commands import ROOT, count, producer, run_id
-from tests.kit.faults import ImageServer, Reply
-from tests.kit.images import image_bytes
-from tests.kit.processes import Worker
-from tests.kit.services import RedisServer, free_port, wait_until
+from testkit.commands import ROOT, count, producer, run_id
+from testkit.faults import ImageServer, Reply
+from testkit.images import image_bytes
+from testkit.processes import Worker
+from testkit.services import RedisServer, free_port, wait_until
 from worker import metrics
 from worker.db.schema import engine_for
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.kit.commands import ROOT, tag_as_user, user_env
-from tests.kit.images import write_images
+from testkit.commands import ROOT, tag_as_user, user_env
+from testkit.images import write_images
 from worker.core.labels import load_labelset
 from worker.core.settings import DEFAULT_LABELS
 

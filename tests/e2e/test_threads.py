@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.kit.commands import send, wait_for_results
-from tests.kit.faults import ImageServer, Reply
-from tests.kit.images import image_bytes
-from tests.kit.services import RedisServer
+from testkit.commands import send, wait_for_results
+from testkit.faults import ImageServer, Reply
+from testkit.images import image_bytes
+from testkit.services import RedisServer
 from worker.db.schema import deliveries, engine_for
 
 pytestmark = pytest.mark.timeout(240)

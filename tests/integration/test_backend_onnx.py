@@ -21,9 +21,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from worker.backends import BACKENDS
 from worker.backends import choose as choose_module
-from worker.backends import load_backend
-from worker.backends.choose import MIN_COSINE, candidate_names, probe_images
+from worker.backends.choose import MIN_COSINE, candidate_names, load_backend, probe_images
 from worker.backends.onnx_clip import OnnxBackend
 from worker.backends.onnx_export import ModelCache, checkpoint_digest, export_float32, quiet
 from worker.backends.torch_clip import TorchBackend
@@ -109,7 +109,7 @@ def test_float32_matches_torch(tiny_model: Path, cache: Path, reference: TorchBa
 
 def test_int8_is_close_to_torch(tiny_model: Path, cache: Path, reference: TorchBackend,
                                 probe: list[np.ndarray]) -> None:
-    backend = OnnxBackend(settings_for(cache), tiny_model, "int8", text=reference)
+    backend = OnnxBackend(settings_for(cache), tiny_model, "int8", reference=reference)
     assert backend.description.startswith("onnx int8 cpu")
     # 0.9998-0.9999 measured on the tiny model; a broken quantisation lands far below.
     assert worst_cosine(backend.encode_images(probe), reference.encode_images(probe)) > 0.999
@@ -151,7 +151,7 @@ def test_export_falls_back_to_the_torchscript_exporter(
 
 def test_another_process_reuses_the_cached_file(tiny_model: Path, cache: Path,
                                                 reference: TorchBackend, tmp_path: Path) -> None:
-    OnnxBackend(settings_for(cache), tiny_model, "float32", text=reference)
+    OnnxBackend(settings_for(cache), tiny_model, "float32", reference=reference)
     (path,) = (cache / "onnx").glob("*/float32-*.onnx")
     before = path.stat().st_mtime_ns
     child = start_child(tiny_model, cache, tmp_path / "child.log")
@@ -181,7 +181,7 @@ def test_processes_starting_together_export_once(tiny_model: Path, tmp_path: Pat
 def test_a_damaged_cached_file_is_rebuilt(tiny_model: Path, cache: Path, tmp_path: Path,
                                           reference: TorchBackend, probe: list[np.ndarray],
                                           caplog: pytest.LogCaptureFixture) -> None:
-    OnnxBackend(settings_for(cache), tiny_model, "int8", text=reference)
+    OnnxBackend(settings_for(cache), tiny_model, "int8", reference=reference)
     own = tmp_path / "cache"
     shutil.copytree(cache, own)
     (folder,) = (own / "onnx").iterdir()
@@ -192,7 +192,7 @@ def test_a_damaged_cached_file_is_rebuilt(tiny_model: Path, cache: Path, tmp_pat
     int8.with_suffix(".json").unlink()  # killed between the rename and the sidecar
     (folder / ".int8.onnx.123.tmp").write_bytes(b"left by a killed writer")
     with caplog.at_level(logging.INFO, logger="worker.backends"):
-        backend = OnnxBackend(settings_for(own), tiny_model, "int8", text=reference)
+        backend = OnnxBackend(settings_for(own), tiny_model, "int8", reference=reference)
     assert caplog.text.count("is damaged") == 2 and BUILT in caplog.text
     assert "built the ONNX int8 image tower" in caplog.text
     assert not list(folder.glob(".*.tmp"))
@@ -225,10 +225,11 @@ def test_auto_precision_narrows_the_candidates(tiny_model: Path, cache: Path,
 
 def test_auto_falls_back_to_torch_float32(tiny_model: Path, cache: Path, quick: None,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("no runtime today")
+    class Broken(OnnxBackend):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            raise RuntimeError("no runtime today")
 
-    monkeypatch.setattr(choose_module, "OnnxBackend", broken)
+    monkeypatch.setattr(BACKENDS, "_entries", {**BACKENDS._entries, "onnx": Broken})
     monkeypatch.setattr(choose_module, "MIN_COSINE", 1.5)  # nothing is accurate enough
     backend = load_backend(settings_for(cache, TAGGER_BACKEND="auto"), tiny_model)
     assert backend.description == "torch float32 cpu"

@@ -10,13 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.kit.images import image_bytes
-from tests.kit.models import TEST_LABELS, direct_scores
-from worker.backends import load_backend
+from testkit.images import image_bytes
+from testkit.models import TEST_LABELS, direct_scores
+from worker.backends.choose import load_backend
 from worker.backends.torch_clip import TorchBackend, choose_batch_size, choose_precision
 from worker.core.errors import ConfigError
+from worker.core.pixels import Preprocess
 from worker.core.settings import Settings, load_settings
-from worker.decoders import Limits, Preprocess
+from worker.decoders import Limits
 from worker.decoders.pillow import decode_image
 
 LIMITS = Limits(max_pixels=10**8, max_memory=2**30, seconds=30)

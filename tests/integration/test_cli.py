@@ -9,10 +9,10 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.kit.commands import invoke, one_line_error
-from tests.kit.images import image_bytes, image_folder
-from tests.kit.imports import heavy_imports
-from tests.kit.services import REDIS_URL, reset_s3_clients
+from testkit.commands import invoke, one_line_error
+from testkit.images import image_bytes, image_folder
+from testkit.imports import heavy_imports
+from testkit.services import REDIS_URL, reset_s3_clients
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from alembic.migration import MigrationContext
 
 from worker.core.contract import Item, Result, uri_hash
 from worker.core.errors import Reason, TransientError
-from worker.db import migrate
-from worker.db import results as worker_db
+from worker.db import labelsets, migrate
 from worker.db import runs as producer_db
+from worker.db import writes as worker_db
 from worker.db.schema import engine_for, metadata, normalise_url, pending, results
 
 
@@ -163,15 +163,15 @@ def test_deliveries_are_counted_and_closed(engine):
 
 
 def test_text_embeddings_are_keyed_by_encoder(engine):
-    assert worker_db.load_text_embeddings(engine, "m", "ls", "torch float32") is None
-    worker_db.save_text_embeddings(engine, "m", "ls", "torch float32", 2, 3, b"\x00" * 24)
-    worker_db.save_text_embeddings(engine, "m", "ls", "torch float32", 2, 3, b"\x01" * 24)
-    assert worker_db.load_text_embeddings(engine, "m", "ls", "torch float32") == (
+    assert labelsets.load_text_embeddings(engine, "m", "ls", "torch float32") is None
+    labelsets.save_text_embeddings(engine, "m", "ls", "torch float32", 2, 3, b"\x00" * 24)
+    labelsets.save_text_embeddings(engine, "m", "ls", "torch float32", 2, 3, b"\x01" * 24)
+    assert labelsets.load_text_embeddings(engine, "m", "ls", "torch float32") == (
         2, 3, b"\x00" * 24)  # the first writer wins
-    assert worker_db.load_text_embeddings(engine, "m", "ls", "onnx float32") is None
-    worker_db.save_text_embeddings(engine, "m", "ls", "onnx float32", 2, 3, b"\x02" * 24)
-    assert worker_db.load_text_embeddings(engine, "m", "ls", "onnx float32")[2] == b"\x02" * 24
-    assert worker_db.load_text_embeddings(engine, "m", "ls", "torch float32")[2] == b"\x00" * 24
+    assert labelsets.load_text_embeddings(engine, "m", "ls", "onnx float32") is None
+    labelsets.save_text_embeddings(engine, "m", "ls", "onnx float32", 2, 3, b"\x02" * 24)
+    assert labelsets.load_text_embeddings(engine, "m", "ls", "onnx float32")[2] == b"\x02" * 24
+    assert labelsets.load_text_embeddings(engine, "m", "ls", "torch float32")[2] == b"\x00" * 24
 
 
 def test_unreachable_database_is_transient():

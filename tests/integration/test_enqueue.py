@@ -17,14 +17,14 @@ from click.testing import CliRunner
 
 from producer import enqueue as enqueuing
 from producer.cli import main
-from tests.kit.services import REDIS_URL
+from testkit.services import REDIS_URL
 from worker.core.contract import MAX_URI_CHARS, Item, Result
 from worker.core.errors import Reason, Skip, SourceError
 from worker.core.labels import LabelSet
 from worker.core.settings import Settings, load_settings
 from worker.db import runs as db
-from worker.db.results import write_results
 from worker.db.schema import engine_for, pending, results, runs
+from worker.db.writes import write_results
 from worker.sources import Listed, Skipped
 
 FLAT = LabelSet(labels=("台灯", "椅子"), parents=(None, None), name="flat")

@@ -11,8 +11,8 @@ import boto3
 import pytest
 import sqlalchemy as sa
 
-from tests.kit.images import image_bytes
-from tests.kit.services import reset_s3_clients
+from testkit.images import image_bytes
+from testkit.services import reset_s3_clients
 from worker.core.contract import Item
 from worker.core.errors import Skip, SourceError
 from worker.core.settings import load_settings

@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from tests.kit.images import image_bytes, png_bomb, save
+from testkit.images import image_bytes, png_bomb, save
 from worker.core.errors import ConfigError, Reason
+from worker.core.pixels import Preprocess
 from worker.core.settings import load_settings
-from worker.decoders import Preprocess
 from worker.decoders.nvjpeg import NvJpegDecoder, orient
 from worker.decoders.pillow import PillowDecoder
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from tests.kit.images import image_bytes, scan_bomb
-from tests.kit.models import TEST_LABELS, FakeBackend, direct_scores
+from testkit.images import image_bytes, scan_bomb
+from testkit.models import TEST_LABELS, FakeBackend, direct_scores
+from worker.assemble import Parts, assemble
 from worker.backends import Backend
 from worker.backends.torch_clip import TorchBackend
 from worker.chunks import ChunkReport, run_chunk
@@ -20,11 +21,9 @@ from worker.core.contract import Chunk, Item
 from worker.core.errors import TransientError
 from worker.core.labels import LabelSet
 from worker.core.settings import Settings, load_settings
-from worker.db import results as worker_db
-from worker.db.runs import save_labelset
+from worker.db import labelsets
+from worker.db import writes as worker_db
 from worker.db.schema import deliveries, results
-from worker.decoders.pillow import PillowDecoder
-from worker.pipeline import Tagger
 
 LABELSET = LabelSet(labels=tuple(TEST_LABELS), parents=("家居", "家居", "家居", "家居", None, None))
 
@@ -43,31 +42,32 @@ def settings(sqlite_url: str, tiny_model: Path, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def taggers() -> Iterator[list[Tagger]]:
-    made: list[Tagger] = []
-    yield made
-    for tagger in made:
-        tagger.close()
+def made() -> Iterator[list[Parts]]:
+    parts: list[Parts] = []
+    yield parts
+    for each in parts:
+        each.close()
 
 
 @pytest.fixture
-def start(taggers: list[Tagger]):
-    """A Tagger with the real Pillow decoder processes and the given backend."""
-    def make(settings: Settings, backend: Backend) -> Tagger:
-        tagger = Tagger(settings, backend, PillowDecoder(settings))
-        save_labelset(tagger.engine, LABELSET)
-        taggers.append(tagger)
-        return tagger
+def start(made: list[Parts], tmp_path: Path):
+    """A worker's parts as assembled from settings (real Pillow decoder processes), with the
+    given backend."""
+    def make(settings: Settings, backend: Backend) -> Parts:
+        parts = assemble(settings, tmp_path, backend=backend)
+        labelsets.save_labelset(parts.engine, LABELSET)
+        made.append(parts)
+        return parts
     return make
 
 
 @pytest.fixture
-def tagger(start, settings: Settings, tiny_model: Path) -> Tagger:
+def tagger(start, settings: Settings, tiny_model: Path) -> Parts:
     return start(settings, TorchBackend(settings, tiny_model))
 
 
 @pytest.fixture
-def fake(start, settings: Settings) -> Tagger:
+def fake(start, settings: Settings) -> Parts:
     return start(settings, FakeBackend())
 
 
@@ -78,14 +78,15 @@ def chunk(uris: Sequence[str | Item], labelset_id: str = LABELSET.id, run_id: st
                  labelset_id=labelset_id, run_id=run_id)
 
 
-def tag(tagger: Tagger, uris: Sequence[str | Item], task_id: str = "t1", retries: int = 0,
+def tag(parts: Parts, uris: Sequence[str | Item], task_id: str = "t1", retries: int = 0,
         final: bool = False, **options: str | None) -> ChunkReport:
-    return run_chunk(tagger, chunk(uris, settings=tagger.settings, **options), task_id=task_id,
-                     retries=retries, final=final)
+    options.setdefault("model", parts.model)
+    return run_chunk(parts, chunk(uris, **options), task_id=task_id, retries=retries,
+                     final=final)
 
 
-def stored(tagger: Tagger) -> dict[str, sa.Row]:
-    with tagger.engine.connect() as conn:
+def stored(parts: Parts) -> dict[str, sa.Row]:
+    with parts.engine.connect() as conn:
         return {r.uri: r for r in conn.execute(sa.select(results))}
 
 
@@ -164,7 +165,7 @@ def test_a_chunk_for_another_model_is_parked_untouched(fake, tmp_path: Path):
     rows = stored(fake)
     assert {(r.model, r.reason) for r in rows.values()} == {("other/model", "model-mismatch")}
     assert all("TAGGER_MODEL" in r.error for r in rows.values())
-    assert fake.backend.batches == []  # nothing was scored with the wrong model
+    assert fake.tagger.backend.batches == []  # nothing was scored with the wrong model
     with fake.engine.connect() as conn:
         assert conn.scalar(sa.select(sa.func.count()).select_from(deliveries)) == 0
 
@@ -245,10 +246,11 @@ class CountingBackend(FakeBackend):
         return super().encode_images(pixels)
 
 
-def labels_of(tagger: Tagger, uris: Sequence[str]) -> dict[str, list[dict]]:
-    known = tagger.labelset(LABELSET.id)
-    assert known is not None
-    works, _ = tagger.tag(chunk(uris, settings=tagger.settings), *known, final=False)
+def labels_of(parts: Parts, uris: Sequence[str]) -> dict[str, list[dict]]:
+    scoring = parts.labels.get(LABELSET.id)
+    assert scoring is not None
+    works, _ = parts.tagger.tag([Item(u) for u in uris], scoring, parts.roots.for_run(None),
+                                final=False)
     assert all(w.error is None for w in works)
     return {w.item.uri: w.labels for w in works}
 
@@ -258,7 +260,7 @@ def test_out_of_memory_splits_the_batch_and_scores_every_image(start, settings, 
     expected = labels_of(start(settings, CountingBackend(batch_size=8)), uris)
     tagger = start(settings, CountingBackend(batch_size=8, oom_above=2))
     got = labels_of(tagger, uris)
-    assert tagger.backend.tried == [8, 4, 2, 2, 4, 2, 2]
+    assert tagger.tagger.backend.tried == [8, 4, 2, 2, 4, 2, 2]
     assert got == expected and all(got.values())
 
 
@@ -275,7 +277,7 @@ def test_identical_content_under_other_uris_is_scored_once(start, settings, tmp_
     tagger = start(settings, FakeBackend(batch_size=8))
     report = tag(tagger, files(tmp_path, [1, 2, 3, 1, 2, 3], prefix="a"))
     assert report.done == 6
-    assert sum(tagger.backend.batches) == 3
+    assert sum(tagger.tagger.backend.batches) == 3
     rows = list(stored(tagger).values())
     labels = {r.content_sha256: r.labels for r in rows}
     assert len(rows) == 6 and len(labels) == 3
@@ -284,7 +286,7 @@ def test_identical_content_under_other_uris_is_scored_once(start, settings, tmp_
     # Another worker (a fresh Tagger) meets the same bytes under new URIs: the database answers.
     other = start(settings, FakeBackend(batch_size=8))
     got = labels_of(other, files(tmp_path, [3, 1], prefix="b"))
-    assert other.backend.batches == []
+    assert other.tagger.backend.batches == []
     assert list(got.values()) == [labels[hashlib.sha256(image_bytes(seed)).hexdigest()]
                                   for seed in (3, 1)]
 
@@ -293,38 +295,38 @@ def test_text_embeddings_are_computed_once_per_model_label_set_and_encoder(start
     labelset = LabelSet(labels=tuple(TEST_LABELS), parents=(None,) * len(TEST_LABELS),
                         templates=("{}", "一张{}的照片。"))
     first = start(settings, CountingBackend())
-    save_labelset(first.engine, labelset)
-    _, texts = first.labelset(labelset.id)
-    first.labelset(labelset.id)
-    assert first.backend.text_calls == [len(TEST_LABELS) * 2]  # every label, both templates
-    cached = worker_db.load_text_embeddings(first.engine, settings.model, labelset.id, "fake")
+    labelsets.save_labelset(first.engine, labelset)
+    texts = first.labels.get(labelset.id).texts
+    first.labels.get(labelset.id)
+    assert first.tagger.backend.text_calls == [len(TEST_LABELS) * 2]  # every label, both templates
+    cached = labelsets.load_text_embeddings(first.engine, settings.model, labelset.id, "fake")
     assert cached is not None and cached[:2] == (len(TEST_LABELS), texts.shape[1])
 
     second = start(settings, CountingBackend())  # another worker process, same database
-    _, again = second.labelset(labelset.id)
-    assert second.backend.text_calls == [] and np.array_equal(again, texts)
+    again = second.labels.get(labelset.id).texts
+    assert second.tagger.backend.text_calls == [] and np.array_equal(again, texts)
 
     other = LabelSet(labels=("猫", "狗"), parents=(None, None))
-    save_labelset(second.engine, other)
-    second.labelset(other.id)
-    assert second.backend.text_calls == [2]
+    labelsets.save_labelset(second.engine, other)
+    second.labels.get(other.id)
+    assert second.tagger.backend.text_calls == [2]
 
     onnx_like = start(settings, CountingBackend(text_encoder="another encoder"))
-    onnx_like.labelset(labelset.id)  # embeddings of another encoder are not reused
-    assert onnx_like.backend.text_calls == [len(TEST_LABELS) * 2]
+    onnx_like.labels.get(labelset.id)  # embeddings of another encoder are not reused
+    assert onnx_like.tagger.backend.text_calls == [len(TEST_LABELS) * 2]
 
 
 def test_overlap_follows_the_device_and_the_setting(start, settings):
-    assert start(settings, FakeBackend()).turns.enabled  # auto on CPU: take turns
+    assert start(settings, FakeBackend()).tagger.turns.enabled  # auto on CPU: take turns
     on = load_settings({"DATABASE_URL": settings.database_url, "TAGGER_DECODE_OVERLAP": "on",
                         "TAGGER_DECODE_PROCESSES": "1"})
-    assert not start(on, FakeBackend()).turns.enabled
+    assert not start(on, FakeBackend()).tagger.turns.enabled
 
 
 def test_top_k_is_capped_by_the_label_count(fake, tmp_path: Path):
     pets = LabelSet(labels=("猫", "狗"), parents=("动物", None))
-    save_labelset(fake.engine, pets)
-    assert fake.settings.top_k == 3
+    labelsets.save_labelset(fake.engine, pets)
+    assert fake.tagger.options.top_k == 3
     uri = files(tmp_path, [5])[0]
     assert tag(fake, [uri], labelset_id=pets.id).done == 1
     labels = stored(fake)[uri].labels

@@ -15,16 +15,16 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from producer.broker import sending_app
-from tests.kit.commands import invoke
-from tests.kit.images import image_bytes, png_bomb, scan_bomb
-from tests.kit.services import REDIS_URL, reset_s3_clients, wait_until
+from producer.sending import sending_app
+from testkit.commands import invoke
+from testkit.images import image_bytes, png_bomb, scan_bomb
+from testkit.services import REDIS_URL, reset_s3_clients, wait_until
 from worker.core.contract import TASK_NAME
 from worker.core.errors import ItemError
 from worker.core.labels import load_labelset
+from worker.core.pixels import Preprocess
 from worker.core.settings import Settings, load_settings
 from worker.db.schema import deliveries, engine_for, results
-from worker.decoders import Preprocess
 from worker.decoders.pillow import PillowDecoder
 
 SPEC = Preprocess(height=32, width=32)

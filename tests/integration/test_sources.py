@@ -11,9 +11,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.kit.faults import FaultProxy, ImageServer, Reply
-from tests.kit.images import image_bytes
-from tests.kit.services import reset_s3_clients
+from testkit.faults import FaultProxy, ImageServer, Reply
+from testkit.images import image_bytes
+from testkit.services import reset_s3_clients
 from worker.core.errors import ConfigError, ItemError, SourceError, TransientError
 from worker.core.settings import load_settings
 from worker.sources import Budget, check_uri, source_for

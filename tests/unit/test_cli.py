@@ -8,13 +8,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.kit.commands import invoke, one_line_error
-from tests.kit.images import image_folder
+from testkit.commands import invoke, one_line_error
+from testkit.images import image_folder
 from worker.core.contract import Item, Result
 from worker.core.errors import Reason
 from worker.core.settings import load_settings
-from worker.db.results import write_results
 from worker.db.schema import engine_for
+from worker.db.writes import write_results
 
 
 @pytest.fixture
@@ -33,10 +33,20 @@ def embedded_env(tmp_path: Path, labels_file: Path, monkeypatch: pytest.MonkeyPa
     return tmp_path / "home"
 
 
-def test_exactly_one_source(folder: Path):
+def test_enqueue_needs_a_location_it_can_list(folder: Path):
     assert invoke("enqueue").exit_code == 2
-    assert invoke("enqueue", "--dir", str(folder), "--bucket", "b").exit_code == 2
-    assert invoke("enqueue", "--database-url", "sqlite:///x.db").exit_code == 2  # no query
+    assert invoke("enqueue", "--prefix", "shoes/").exit_code == 2  # goes with --bucket
+    assert "needs --query or --table" in one_line_error("enqueue", "--database-url",
+                                                        "sqlite:///x.db")
+    assert "no source for gs:// URIs (known: file://, s3://" in one_line_error(
+        "enqueue", "gs://products/shoes/")
+
+
+def test_a_folder_by_uri_path_or_flag_is_one_location(folder: Path):
+    runs = [invoke("enqueue", *args, "--dry-run") for args in (
+        [folder.as_uri()], [str(folder)], ["--dir", str(folder)])]
+    assert [r.exit_code for r in runs] == [0, 0, 0], [r.output for r in runs]
+    assert len({r.stdout for r in runs}) == 1 and runs[0].stdout.count("\n") == 3
 
 
 def test_bad_label_file_is_one_line(folder: Path, tmp_path: Path):

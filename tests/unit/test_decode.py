@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.kit.images import image_bytes, png_bomb, save
+from testkit.images import image_bytes, png_bomb, save
 from worker.core.errors import ItemError
-from worker.decoders import Limits, Preprocess
+from worker.core.pixels import Preprocess
+from worker.decoders import Limits
 from worker.decoders.guards import describe, open_checked
 from worker.decoders.pillow import decode_image, to_rgb
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from worker.sinks.files import FIELDS, WRITERS, export, format_of, record
+from producer.export import FIELDS, WRITERS, export, format_of, record
 
 SIGNED = ("https://cdn.example.com/商品/台灯.jpg?X-Amz-Credential=AKIAEXAMPLE"
           "&X-Amz-Signature=cafebabe1234&w=200")

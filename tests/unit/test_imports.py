@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.kit.imports import ROOT, heavy_imports
+from testkit.imports import ROOT, heavy_imports
 
 LINT_IMPORTS = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from worker.backends.files import ModelError, read_preprocess, resolve
+from worker.backends.folder import ModelError, read_preprocess, resolve
 from worker.core.errors import ConfigError
-from worker.decoders import Preprocess
+from worker.core.pixels import Preprocess
 
 FILES = ("config.json", "vocab.txt", "model.safetensors", "preprocessor_config.json")
 

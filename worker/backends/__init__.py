@@ -1,23 +1,23 @@
-"""Model runtimes behind one small interface; TAGGER_BACKEND picks one (``auto`` measures).
+"""Model runtimes behind one small interface, their registry, and TAGGER_BACKEND's choice.
 
-A new runtime is one module with a class shaped like ``Backend`` and a line in ``BACKENDS``.
-Every backend returns L2-normalised float32 NumPy embeddings, so scoring is the same for all.
+A new runtime is one module with a class shaped like ``Backend`` and one line in ``BACKENDS``;
+its ``auto_candidates`` says which precisions ``TAGGER_BACKEND=auto`` should measure on a
+device. Every backend returns L2-normalised float32 NumPy embeddings, so scoring is the same.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
+from worker.core.pixels import Pixels, Preprocess
+from worker.core.registry import Registry
 
-from worker.core.settings import Settings
-from worker.decoders import Pixels, Preprocess
+if TYPE_CHECKING:
+    import numpy as np
 
-BACKENDS = {"torch": "worker.backends.torch_clip:TorchBackend",
-            "onnx": "worker.backends.onnx_clip:OnnxBackend"}
+    from worker.core.settings import Settings
 
 
 class Backend(Protocol):
@@ -30,6 +30,18 @@ class Backend(Protocol):
     preprocess: Preprocess
     batch_size: int
     logit_scale: float
+
+    def __init__(self, settings: Settings, folder: Path, precision: str | None = None, *,
+                 reference: Any = None) -> None:
+        """``reference``: a float32 torch backend already loaded on this device, which a
+        runtime may share (for its text tower) instead of loading the checkpoint again."""
+        ...
+
+    @classmethod
+    def auto_candidates(cls, device: str, precision: str) -> list[str]:
+        """The precisions worth measuring for ``auto`` on ``device`` ("cpu", "cuda") when
+        TAGGER_PRECISION is ``precision`` ("auto" or one precision)."""
+        ...
 
     def encode_texts(self, prompts: Sequence[Sequence[str]]) -> np.ndarray:
         """One row per label: the normalised mean of its prompts' embeddings (L, D)."""
@@ -48,19 +60,7 @@ class Backend(Protocol):
         ...
 
 
-def backend_class(name: str) -> Any:
-    module, _, cls = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
-
-
-def load_backend(settings: Settings, folder: Path) -> Backend:
-    """The backend TAGGER_BACKEND names, or for ``auto`` the fastest accurate one here."""
-    if settings.backend == "auto":
-        from worker.backends.choose import choose
-
-        return choose(settings, folder)
-    return backend_class(settings.backend)(settings, folder)  # type: ignore[no-any-return]
-
-
-def normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+BACKENDS: Registry[type[Backend]] = Registry("backend", {
+    "torch": "worker.backends.torch_clip:TorchBackend",
+    "onnx": "worker.backends.onnx_clip:OnnxBackend",
+})

@@ -1,4 +1,4 @@
-"""TAGGER_BACKEND=auto: measure each runtime here at warm-up, keep the fastest accurate one."""
+"""TAGGER_BACKEND: the runtime it names, or for ``auto`` the fastest accurate one measured here."""
 
 from __future__ import annotations
 
@@ -9,15 +9,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
-from worker.backends import Backend
-from worker.backends.onnx_clip import OnnxBackend, drop_image_tower
-from worker.backends.torch_clip import TorchBackend, choose_device, cpu_has_amx
+from worker.backends import BACKENDS, Backend
+from worker.backends.torch_clip import TorchBackend, choose_device
 from worker.core.errors import ConfigError
+from worker.core.pixels import Preprocess
 from worker.core.settings import Settings
-from worker.decoders import Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -41,23 +39,14 @@ class Candidate:
 
 
 def candidate_names(precision: str, device: torch.device) -> list[str]:
-    """The runtimes worth measuring on ``device``; TAGGER_PRECISION, when set, narrows them."""
-    if device.type == "cuda":
-        onnx = "CUDAExecutionProvider" in ort.get_available_providers()
-        table = {"auto": [REFERENCE, "torch float16", *(["onnx float16"] if onnx else [])],
-                 "float32": [REFERENCE, *(["onnx float32"] if onnx else [])],
-                 "float16": ["torch float16", *(["onnx float16"] if onnx else [])],
-                 "bfloat16": ["torch bfloat16"], "int8": []}
-    else:
-        # bf16 is slower than fp32 on CPUs without AMX tiles (see choose_precision); fp16 always
-        amx = ["torch bfloat16"] if cpu_has_amx() else []
-        table = {"auto": [REFERENCE, "onnx float32", "onnx int8", *amx],
-                 "float32": [REFERENCE, "onnx float32"], "int8": ["onnx int8"],
-                 "bfloat16": ["torch bfloat16"], "float16": ["torch float16"]}
-    if not table[precision]:
+    """What each registered runtime offers on ``device`` for TAGGER_PRECISION, as
+    "runtime precision" names; the reference comes first where it is one of them."""
+    names = [f"{name} {offered}" for name in BACKENDS
+             for offered in BACKENDS.get(name).auto_candidates(device.type, precision)]
+    if not names:
         raise ConfigError(f"TAGGER_PRECISION={precision} has no runtime on {device}: int8 runs "
                           "on the CPU (TAGGER_DEVICE=cpu)")
-    return table[precision]
+    return sorted(names, key=lambda name: name != REFERENCE)
 
 
 def probe_images(spec: Preprocess, count: int, seed: int = PROBE_SEED) -> list[np.ndarray]:
@@ -90,12 +79,11 @@ def probe_images(spec: Preprocess, count: int, seed: int = PROBE_SEED) -> list[n
 
 def load_candidate(name: str, settings: Settings, folder: Path, reference: TorchBackend
                    ) -> Backend:
-    runtime, _, precision = name.partition(" ")
     if name == REFERENCE:
         return reference
-    if runtime == "torch":
-        return TorchBackend(settings, folder, precision)
-    return OnnxBackend(settings, folder, precision, text=reference)  # one torch model for both
+    runtime, _, precision = name.partition(" ")
+    # The reference is shared: a runtime may encode texts with it instead of a second copy.
+    return BACKENDS.get(runtime)(settings, folder, precision, reference=reference)
 
 
 def time_round(backend: Backend, probe: list[np.ndarray]) -> float:
@@ -155,6 +143,13 @@ def _failed(candidate: Candidate, exc: Exception) -> None:
     candidate.images_per_second = 0.0
 
 
+def load_backend(settings: Settings, folder: Path) -> Backend:
+    """The backend TAGGER_BACKEND names, or for ``auto`` the fastest accurate one here."""
+    if settings.backend == "auto":
+        return choose(settings, folder)
+    return BACKENDS.get(settings.backend)(settings, folder)
+
+
 def choose(settings: Settings, folder: Path) -> Backend:
     """The fastest candidate whose worst cosine to torch float32 is >= MIN_COSINE."""
     started = time.monotonic()
@@ -187,7 +182,7 @@ def _keep(winner: Backend | None, kept: Candidate | None, reference: TorchBacken
     else:
         kept.kept = True
     if winner is not reference and getattr(winner, "text", None) is reference:
-        drop_image_tower(reference)  # ONNX won: the shared torch model now encodes texts only
+        reference.drop_image_tower()  # another runtime won: the shared model now does texts
     for candidate in results:
         log.info("backend candidate %s: %s", candidate.name, _figures(candidate))
     log.info("backend auto chose %s (%d candidates measured in %.1f s)", winner.description,

@@ -11,12 +11,11 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from worker.backends import normalise
 from worker.backends.onnx_export import INPUT, OUTPUT, ModelCache
 from worker.backends.torch_clip import TorchBackend, choose_device
 from worker.core.errors import ConfigError
+from worker.core.pixels import Pixels
 from worker.core.settings import Settings
-from worker.decoders import Pixels
 
 CUDA, TENSORRT = "CUDAExecutionProvider", "TensorrtExecutionProvider"
 
@@ -41,14 +40,6 @@ def choose_onnx_precision(requested: str, device: torch.device) -> str:
     if precision == "int8" and device.type != "cpu":
         raise ConfigError("TAGGER_PRECISION=int8 (onnx) runs on the CPU: set TAGGER_DEVICE=cpu")
     return precision
-
-
-def drop_image_tower(text: TorchBackend) -> None:
-    """Free the torch image tower of a TorchBackend kept only for texts."""
-    text.model.vision_model = None
-    text.model.visual_projection = None
-    if text.torch_device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def providers(precision: str, device: torch.device, cache: ModelCache, batch_size: int
@@ -82,19 +73,30 @@ def session_options() -> ort.SessionOptions:
 class OnnxBackend:
     """The image tower in ONNX Runtime; texts through a float32 TorchBackend (shared cache).
 
-    ``text``: a float32 TorchBackend already loaded (``auto`` measures both, one model).
+    ``reference``: a float32 TorchBackend already loaded (``auto`` measures both, one model).
     """
 
     name = "onnx"
 
+    @classmethod
+    def auto_candidates(cls, device: str, precision: str) -> list[str]:
+        """fp32 and int8 on a CPU; fp16 (or fp32 when asked) where the CUDA provider is."""
+        if device == "cuda":
+            if CUDA not in ort.get_available_providers():
+                return []
+            offered = {"auto": ["float16"], "float16": ["float16"], "float32": ["float32"]}
+        else:
+            offered = {"auto": ["float32", "int8"], "float32": ["float32"], "int8": ["int8"]}
+        return offered.get(precision, [])
+
     def __init__(self, settings: Settings, folder: Path, precision: str | None = None, *,
-                 text: TorchBackend | None = None) -> None:
+                 reference: TorchBackend | None = None) -> None:
         self.torch_device = choose_device(settings.device)
         self.device = str(self.torch_device)
         self.precision = choose_onnx_precision(precision or settings.precision,
                                                self.torch_device)
         self.folder = folder
-        self.text = text or TorchBackend(settings, folder, "float32")
+        self.text = reference or TorchBackend(settings, folder, "float32")
         self.preprocess = self.text.preprocess
         self.batch_size = self.text.batch_size
         self.logit_scale = self.text.logit_scale
@@ -104,8 +106,8 @@ class OnnxBackend:
         chain = providers(self.precision, self.torch_device, self.cache, self.batch_size)
         self.session = ort.InferenceSession(str(self.cache.get(self.precision)),
                                             session_options(), providers=chain)
-        if text is None:
-            drop_image_tower(self.text)
+        if reference is None:
+            self.text.drop_image_tower()
         used = self.session.get_providers()
         extra = ", TensorRT" if TENSORRT in used else ""
         self.description = (f"onnx {self.precision} {self.device} "
@@ -132,7 +134,8 @@ class OnnxBackend:
             out = self._run_tensors(pixels)
         else:
             out = self.session.run([OUTPUT], {INPUT: np.stack(pixels)})[0]
-        return normalise(np.asarray(out, dtype=np.float32))
+        out = np.asarray(out, dtype=np.float32)
+        return out / np.linalg.norm(out, axis=-1, keepdims=True)  # type: ignore[no-any-return]
 
     def _run_tensors(self, pixels: Sequence[torch.Tensor]) -> np.ndarray:
         # Decoded on the GPU: hand the runtime the tensor's memory, no copy through the host.

@@ -18,8 +18,8 @@ from typing import Any
 import onnxruntime as ort
 import torch
 
-from worker.backends.files import PROCESSOR, WEIGHTS
-from worker.decoders import Preprocess
+from worker.backends.folder import PROCESSOR, WEIGHTS
+from worker.core.pixels import Preprocess
 
 log = logging.getLogger(__name__)
 

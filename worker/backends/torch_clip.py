@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, ChineseCLIPModel
 
-from worker.backends.files import read_preprocess
+from worker.backends.folder import read_preprocess
 from worker.core.errors import ConfigError
+from worker.core.pixels import Pixels
 from worker.core.settings import Settings
-from worker.decoders import Pixels
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,17 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, settings: Settings, folder: Path, precision: str | None = None) -> None:
+    @classmethod
+    def auto_candidates(cls, device: str, precision: str) -> list[str]:
+        """fp32 and fp16 on a GPU; on a CPU fp32, and bf16 only where it has AMX tiles."""
+        if precision != "auto":
+            return [] if precision == "int8" else [precision]
+        if device == "cuda":
+            return ["float32", "float16"]
+        return ["float32", *(["bfloat16"] if cpu_has_amx() else [])]
+
+    def __init__(self, settings: Settings, folder: Path, precision: str | None = None, *,
+                 reference: object = None) -> None:
         self.torch_device = choose_device(settings.device)
         self.device = str(self.torch_device)
         self.precision = choose_precision(precision or settings.precision, self.torch_device)
@@ -116,6 +126,12 @@ class TorchBackend:
         if self.torch_device.type == "cuda":
             return batch.pin_memory().to(self.torch_device, non_blocking=True)
         return batch
+
+    def drop_image_tower(self) -> None:
+        """Free the image tower when this backend is kept only to encode texts."""
+        self.model.vision_model = None
+        self.model.visual_projection = None
+        self.release_memory()
 
     def is_out_of_memory(self, exc: BaseException) -> bool:
         return isinstance(exc, torch.OutOfMemoryError)

@@ -11,7 +11,11 @@ from typing import Any
 
 import platformdirs
 
+from worker.backends import BACKENDS
 from worker.core.errors import ConfigError
+from worker.core.registry import Registry
+from worker.decoders import DECODERS
+from worker.sinks import PRIMARY, SINKS
 
 APP_NAME = "catalog-tagger"
 DEFAULT_MODEL = "OFA-Sys/chinese-clip-vit-base-patch16"
@@ -21,7 +25,6 @@ DATABASES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgr
              "postgresql+psycopg2": "postgresql"}
 BROKERS = ("redis", "rediss", "filesystem")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-SettingsError = ConfigError  # the name callers knew
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class Settings:
     precision: str
     device: str
     decoder: str
+    sinks: tuple[str, ...]
     top_k: int
     batch_size: int
     chunk_size: int
@@ -111,6 +115,21 @@ def _choice(*choices: str) -> Callable[[str, str], str]:
     return parse
 
 
+def _registered(registry: Registry[Any]) -> Callable[[str, str], str]:
+    """A name from a seam's registry (the one list of its names), or ``auto``."""
+    def parse(name: str, raw: str) -> str:
+        return registry.check(name, raw, also=("auto",))
+    return parse
+
+
+def _sinks(name: str, raw: str) -> tuple[str, ...]:
+    names = tuple(SINKS.check(name, part) for part in raw.split(",") if part.strip())
+    if PRIMARY not in names:
+        raise ConfigError(f"{name} must include {PRIMARY} (it records what is done, pending and "
+                          f"in flight), got {raw!r}")
+    return (PRIMARY, *(n for n in dict.fromkeys(names) if n != PRIMARY))
+
+
 def _networks(name: str, raw: str) -> tuple[Network, ...]:
     try:
         return tuple(ipaddress.ip_network(p.strip()) for p in raw.split(",") if p.strip())
@@ -161,11 +180,12 @@ def _broker_url(name: str, raw: str) -> str:
 _FIELDS: tuple[tuple[str, str, Callable[[str, str], Any], Any], ...] = (
     ("TAGGER_QUEUE", "queue", _text, "tagger"),
     ("TAGGER_MODEL", "model", _text, DEFAULT_MODEL),
-    ("TAGGER_BACKEND", "backend", _choice("auto", "torch", "onnx"), "auto"),
+    ("TAGGER_BACKEND", "backend", _registered(BACKENDS), "auto"),
     ("TAGGER_PRECISION", "precision",
      _choice("auto", "float32", "float16", "bfloat16", "int8"), "auto"),
     ("TAGGER_DEVICE", "device", _choice("auto", "cpu", "cuda"), "auto"),
-    ("TAGGER_DECODER", "decoder", _choice("auto", "pillow", "nvjpeg"), "auto"),
+    ("TAGGER_DECODER", "decoder", _registered(DECODERS), "auto"),
+    ("TAGGER_SINKS", "sinks", _sinks, (PRIMARY,)),
     ("TAGGER_TOP_K", "top_k", _int(1), 5),
     ("TAGGER_BATCH_SIZE", "batch_size", _int(0), 0),
     ("TAGGER_CHUNK_SIZE", "chunk_size", _int(1), 64),

@@ -10,6 +10,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 import migrations
+from worker.core.errors import ConfigError
+from worker.core.redact import redact
 from worker.db.schema import engine_for
 
 SCRIPTS = Path(migrations.__file__).resolve().parent
@@ -37,3 +39,17 @@ def revisions(url: str) -> tuple[str | None, str]:
     with engine_for(url).connect() as conn:
         current = MigrationContext.configure(conn).get_current_revision()
     return current, str(head)
+
+
+def ensure_current(url: str) -> None:
+    """The schema rule, in one place: the embedded database (SQLite) upgrades itself; a shared
+    one is upgraded on purpose, by `producer db upgrade`, never as a side effect."""
+    current, head = revisions(url)
+    if current == head:
+        return
+    if url.startswith("sqlite"):
+        upgrade(url)
+        return
+    raise ConfigError(f"the results database {redact(url)} is at schema {current or 'none'}, "
+                      f"this version needs {head}: run `producer db upgrade` (with the same "
+                      "DATABASE_URL)")

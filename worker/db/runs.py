@@ -10,19 +10,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from worker.core.contract import Item, uri_hash
-from worker.core.labels import LabelSet
-from worker.db.results import batches
-from worker.db.schema import deliveries, insert, labelsets, pending, results, retried, runs
+from worker.db.schema import batches, deliveries, insert, pending, results, retried, runs
 
 RATE_WINDOW = timedelta(minutes=5)
-
-
-@retried
-def save_labelset(engine: Engine, labelset: LabelSet) -> None:
-    with engine.begin() as conn:
-        conn.execute(insert(conn, labelsets)
-                     .values(id=labelset.id, name=labelset.name, body=labelset.to_json())
-                     .on_conflict_do_nothing(index_elements=["id"]))
 
 
 def due_items(conn: Connection, items: Sequence[Item], model: str, labelset_id: str
@@ -106,10 +96,6 @@ def update_run(engine: Engine, run_id: str, *, finished: bool = False, error: st
         values["error"] = error
     with engine.begin() as conn:
         conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
-
-
-def has_schema(engine: Engine) -> bool:
-    return sa.inspect(engine).has_table("results")
 
 
 def failed_labelsets(engine: Engine, model: str, reason: str | None = None) -> list[str]:

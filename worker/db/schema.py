@@ -8,7 +8,7 @@ import os
 import random
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -184,6 +184,14 @@ def is_transient(exc: sa.exc.DBAPIError) -> bool:
         return any(word in str(exc.orig) for word in ("locked", "busy"))
     # psycopg2 reports a refused or dropped connection without a SQLSTATE
     return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError)
+
+
+BATCH = 500  # keys per IN (...) list: well under SQLite's limit on bound variables
+
+
+def batches(values: Sequence[Any], size: int = BATCH) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
 
 
 P = ParamSpec("P")

@@ -1,41 +1,45 @@
-"""Image bytes to model-sized pixels: the Decoder interface, and the one TAGGER_DECODER picks.
+"""Image bytes to model-sized pixels: the Decoder interface, its registry, and ``auto``.
 
-A new decoder is one module with a class that has ``decode`` and ``close``, and a line in
-``DECODERS``. Pixels are whatever the backend takes: an (H, W, 3) uint8 NumPy array from the CPU
-decoders, a (3, H, W) uint8 tensor in GPU memory from nvJPEG.
+A new decoder is one module with a class shaped like ``Decoder`` and one line in ``DECODERS``.
+Pixels are whatever the backends take (``worker.core.pixels``).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from worker.core.errors import ItemError
-from worker.core.settings import Settings
+from worker.core.pixels import Pixels, Preprocess
+from worker.core.registry import Registry
 
-Pixels = Any  # numpy.ndarray or torch.Tensor: decoders and backends agree, the pipeline passes
-DECODERS = {"pillow": "worker.decoders.pillow:PillowDecoder",
-            "nvjpeg": "worker.decoders.nvjpeg:NvJpegDecoder"}
-BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, without importing Pillow here
+if TYPE_CHECKING:
+    from worker.core.settings import Settings
 
 
-@dataclass(frozen=True)
-class Preprocess:
-    """How the checkpoint's image processor sizes and normalises its input (from its config)."""
+class Decoder(Protocol):
+    """Decodes a batch of images; one bad image is an ItemError in its place, never a raise."""
 
-    height: int
-    width: int
-    resample: int = BICUBIC
-    shortest_edge: int | None = None  # resize the short side to this, then centre-crop
-    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    name: str
 
-    @property
-    def draft_size(self) -> tuple[int, int]:
-        side = self.shortest_edge or max(self.height, self.width)
-        return side, side
+    def __init__(self, settings: Settings, device: str) -> None: ...
+
+    @classmethod
+    def preferred_on(cls, device: str) -> bool:
+        """Whether ``TAGGER_DECODER=auto`` should take this decoder on ``device``."""
+        ...
+
+    def decode(self, blobs: Sequence[bytes], spec: Preprocess) -> list[Pixels | ItemError]: ...
+
+    def close(self) -> None: ...
+
+
+DECODERS: Registry[type[Decoder]] = Registry("decoder", {
+    "pillow": "worker.decoders.pillow:PillowDecoder",
+    "nvjpeg": "worker.decoders.nvjpeg:NvJpegDecoder",
+})
+FALLBACK = "pillow"  # runs everywhere: what ``auto`` takes when no other decoder prefers a device
 
 
 @dataclass(frozen=True)
@@ -53,28 +57,15 @@ class Limits:
                    seconds=settings.item_timeout, jpeg_draft=settings.jpeg_draft)
 
 
-class Decoder(Protocol):
-    """Decodes a batch of images; one bad image is an ItemError in its place, never a raise."""
-
-    name: str
-
-    def decode(self, blobs: Sequence[bytes], spec: Preprocess) -> list[Pixels | ItemError]: ...
-
-    def close(self) -> None: ...
+def decoder_name(requested: str, device: str) -> str:
+    """TAGGER_DECODER, or for ``auto`` the first registered decoder that prefers ``device``."""
+    if requested != "auto":
+        return requested
+    for name in DECODERS:
+        if name != FALLBACK and DECODERS.get(name).preferred_on(device):
+            return name
+    return FALLBACK
 
 
 def make_decoder(settings: Settings, device: str) -> Decoder:
-    """TAGGER_DECODER, or for ``auto``: nvJPEG on a CUDA device where torchvision has it."""
-    name = settings.decoder
-    if name == "auto":
-        name = "nvjpeg" if device.startswith("cuda") and _has_nvjpeg() else "pillow"
-    module, _, cls = DECODERS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)(settings, device)  # type: ignore
-
-
-def _has_nvjpeg() -> bool:
-    try:
-        from torchvision.io import decode_jpeg  # noqa: F401
-    except (ImportError, RuntimeError, OSError):
-        return False
-    return True
+    return DECODERS.get(decoder_name(settings.decoder, device))(settings, device)

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from worker.core.errors import ConfigError, ItemError
+from worker.core.pixels import Pixels, Preprocess
 from worker.core.settings import Settings
-from worker.decoders import Limits, Pixels, Preprocess
+from worker.decoders import Limits
 from worker.decoders.guards import describe, open_checked
 from worker.decoders.pillow import PillowDecoder
 
@@ -41,6 +42,16 @@ class NvJpegDecoder:
     """Baseline JPEGs on the GPU in one batched call; the rest through PillowDecoder."""
 
     name = "nvjpeg"
+
+    @classmethod
+    def preferred_on(cls, device: str) -> bool:
+        if not device.startswith("cuda"):
+            return False
+        try:
+            torchvision_decode_jpeg()
+        except ConfigError:
+            return False
+        return True
 
     def __init__(self, settings: Settings, device: str,
                  decode_jpeg: DecodeJpeg | None = None) -> None:

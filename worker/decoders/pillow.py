@@ -20,8 +20,9 @@ import pebble
 from PIL import Image, ImageOps
 
 from worker.core.errors import ItemError, Reason
+from worker.core.pixels import Pixels, Preprocess
 from worker.core.settings import Settings
-from worker.decoders import Limits, Pixels, Preprocess
+from worker.decoders import Limits
 from worker.decoders.guards import open_checked
 
 RESIZE_FIRST = frozenset({"RGB", "RGBA", "L", "LA"})  # modes Pillow resizes as they are
@@ -124,6 +125,10 @@ class PillowDecoder:
     """Decodes on the CPU in ``TAGGER_DECODE_PROCESSES`` processes (no GIL, killable)."""
 
     name = "pillow"
+
+    @classmethod
+    def preferred_on(cls, device: str) -> bool:
+        return device == "cpu"
 
     def __init__(self, settings: Settings, device: str = "cpu") -> None:
         self.limits = Limits.from_settings(settings)

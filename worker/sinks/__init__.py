@@ -1,26 +1,37 @@
-"""Where results go: the results database first (committed before the message is acknowledged).
+"""Where results go: the Sink interface and its registry; TAGGER_SINKS names the ones a worker uses.
 
-A live sink (a Kafka topic, a search index) is one module with a class shaped like ``Sink``,
-added in ``make_sinks``; export files (jsonl, csv, parquet) are writers in ``sinks.files``.
+A new sink (a Kafka topic, a search index) is one module with a class shaped like ``Sink`` and
+one line in ``SINKS``; ``TAGGER_SINKS=database,kafka`` turns it on. The results database always
+comes first: it commits before the message is acknowledged, and the others follow it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from worker.core.contract import Result
-from worker.core.settings import Settings
+from worker.core.registry import Registry
+
+if TYPE_CHECKING:
+    from worker.core.settings import Settings
+
+PRIMARY = "database"
 
 
 class Sink(Protocol):
     """Takes one chunk's results; raises TransientError when they could not be stored."""
 
+    def __init__(self, settings: Settings) -> None: ...
+
     def write(self, results: Sequence[Result], task_id: str | None = None) -> None: ...
 
 
-def make_sinks(settings: Settings) -> list[Sink]:
-    """The sinks a worker writes to, the results database first."""
-    from worker.sinks.database import DatabaseSink
+SINKS: Registry[type[Sink]] = Registry("sink", {
+    "database": "worker.sinks.database:DatabaseSink",
+})
 
-    return [DatabaseSink(settings.database_url)]
+
+def make_sinks(settings: Settings) -> list[Sink]:
+    """The sinks TAGGER_SINKS names, in its order (the results database first)."""
+    return [SINKS.get(name)(settings) for name in settings.sinks]

@@ -1,31 +1,25 @@
 """Where images come from: one module per URI scheme, each listing and fetching, found here.
 
-A new source (say ``gs://``) is one module with a ``Source`` class and a line in ``SCHEMES``.
+A new source (say ``gs://``) is one module with a ``Source`` subclass and one line in
+``SOURCES``; ``producer enqueue gs://bucket/prefix`` and the workers' fetches then find it.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 from worker.core.contract import MAX_URI_CHARS, Item
-from worker.core.errors import ConfigError, ItemError, Reason, Skip, TransientError
+from worker.core.errors import ConfigError, ItemError, Reason, Skip, SourceError, TransientError
+from worker.core.redact import redact
+from worker.core.registry import Registry
 from worker.core.settings import Settings
 
-# scheme -> module; a path without a scheme is a local file.
-SCHEMES = {
-    "": "worker.sources.local", "file": "worker.sources.local",
-    "s3": "worker.sources.s3",
-    "http": "worker.sources.http", "https": "worker.sources.http",
-    "postgresql": "worker.sources.sql", "postgres": "worker.sources.sql",
-    "sqlite": "worker.sources.sql",
-}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
@@ -55,18 +49,41 @@ class Budget:
         return remaining
 
 
-class Source(Protocol):
-    """Lists a location into Items and fetches the bytes of one URI of its scheme."""
+class Source:
+    """Lists a location into Items and fetches the bytes of one URI of its scheme.
 
-    def __init__(self, settings: Settings) -> None: ...
+    Subclasses override what their scheme can do; the defaults refuse with a clear reason.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def locate(self, location: str) -> tuple[str, list[str]]:
+        """The location as it is to be listed, and the folders a run of it may read files from
+        (a folder listing reads its own folder; nothing else opens local files)."""
+        return location, []
 
     def listing(self, location: str, **options: Any) -> Iterator[Listed]:
         """Every entry at ``location``, streaming; SourceError if it cannot be listed at all."""
-        ...
+        raise SourceError(f"{scheme(location)}:// locations cannot be listed")
+
+    def describe(self, location: str, **options: Any) -> str:
+        """What a run of this listing records as its source."""
+        return redact(location)
 
     def fetch(self, uri: str, budget: Budget) -> bytes:
         """The bytes at ``uri``; ItemError when they will never come, TransientError if later."""
-        ...
+        raise ItemError(Reason.BAD_URI, f"{scheme(uri)}:// URIs cannot be fetched")
+
+
+# URI scheme -> its source; a path without a scheme is a local file.
+SOURCES: Registry[type[Source]] = Registry("source", {
+    "": "worker.sources.local:LocalSource", "file": "worker.sources.local:LocalSource",
+    "s3": "worker.sources.s3:S3Source",
+    "http": "worker.sources.http:HttpSource", "https": "worker.sources.http:HttpSource",
+    "postgresql": "worker.sources.sql:SqlSource", "postgres": "worker.sources.sql:SqlSource",
+    "sqlite": "worker.sources.sql:SqlSource",
+})
 
 
 def scheme(uri: str) -> str:
@@ -76,18 +93,13 @@ def scheme(uri: str) -> str:
     return "file" if uri.startswith("file:") else ""
 
 
-@functools.cache
-def _source_class(name: str) -> type[Source]:
-    return importlib.import_module(SCHEMES[name]).Source  # type: ignore[no-any-return]
-
-
 def source_for(uri: str, settings: Settings) -> Source:
     """The source that serves ``uri``'s scheme (ConfigError for an unknown one)."""
     name = scheme(uri)
-    if name not in SCHEMES:
+    if name not in SOURCES:
         raise ConfigError(f"no source for {name}:// URIs (known: "
-                          f"{', '.join(sorted(s for s in SCHEMES if s))})")
-    return _cached(_source_class(name), settings)
+                          f"{', '.join(f'{s}://' for s in SOURCES if s)})")
+    return _cached(SOURCES.get(name), settings)
 
 
 @functools.cache
@@ -101,7 +113,7 @@ def uri_problem(uri: str) -> Skipped | None:
         return Skipped(Skip.BAD_URI, "control character in the URI")
     if len(uri) > MAX_URI_CHARS:
         return Skipped(Skip.URI_TOO_LONG, f"{len(uri)} characters, over {MAX_URI_CHARS}")
-    if scheme(uri) not in SCHEMES:
+    if scheme(uri) not in SOURCES:
         return Skipped(Skip.BAD_URI, f"no source for {scheme(uri)}:// URIs")
     try:
         parts = urlsplit(uri)

@@ -13,7 +13,7 @@ import urllib3
 from worker.core.errors import ItemError, Reason, SourceError, TransientError
 from worker.core.redact import redact
 from worker.core.settings import Network, Settings
-from worker.sources import Budget, Listed, read_capped
+from worker.sources import Budget, Listed, Source, read_capped
 
 MAX_REDIRECTS = 5
 
@@ -35,10 +35,11 @@ def check_address(host: str, port: int, allow_private: bool,
     return str(addresses[0])
 
 
-class Source:
+class HttpSource(Source):
     """``http://`` and ``https://`` URLs (fetch only: there is nothing to list)."""
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
         self.max_bytes = settings.max_image_bytes
         self.timeout = settings.fetch_timeout
         self.allow_private = settings.allow_private_urls

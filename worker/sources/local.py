@@ -12,18 +12,26 @@ from urllib.parse import unquote, urlsplit
 from worker.core.contract import Item
 from worker.core.errors import ItemError, Reason, Skip, SourceError
 from worker.core.settings import Settings
-from worker.sources import Budget, Listed, Skipped, is_image_name, read_capped
+from worker.sources import Budget, Listed, Skipped, Source, is_image_name, read_capped
 
 
 def path_of(uri: str) -> Path:
     return Path(unquote(urlsplit(uri).path) if uri.startswith("file:") else uri)
 
 
-class Source:
+class LocalSource(Source):
     """``file://`` URIs and absolute paths."""
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
         self.max_bytes = settings.max_image_bytes
+
+    def locate(self, location: str) -> tuple[str, list[str]]:
+        """A folder given as a path or a file:// URI: its absolute path, which the run reads."""
+        folder = path_of(location).expanduser().absolute()
+        if not folder.is_dir():
+            raise SourceError(f"not a folder: {folder}")
+        return str(folder), [str(folder.resolve())]
 
     def listing(self, location: str, **_: Any) -> Iterator[Listed]:
         """Every file below ``location`` in a stable order; non-images and odd files skipped."""

@@ -14,7 +14,7 @@ from botocore.config import Config
 from worker.core.contract import Item
 from worker.core.errors import ItemError, Reason, Skip, SourceError, TransientError
 from worker.core.settings import Settings
-from worker.sources import Budget, Listed, Skipped, is_image_name, read_capped
+from worker.sources import Budget, Listed, Skipped, Source, is_image_name, read_capped
 
 # S3 answers that mean "this object will not be readable by retrying".
 _PERMANENT = {"NoSuchKey": Reason.NOT_FOUND, "404": Reason.NOT_FOUND,
@@ -37,10 +37,11 @@ def split(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-class Source:
+class S3Source(Source):
     """``s3://bucket/key``."""
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
         self.max_bytes = settings.max_image_bytes
         self.client = client(min(settings.fetch_timeout, settings.item_timeout),
                              2 * settings.fetch_threads)

@@ -12,9 +12,9 @@ from sqlalchemy.dialects import postgresql
 from worker.core.contract import Item
 from worker.core.errors import ConfigError, ItemError, Reason, Skip, SourceError
 from worker.core.redact import redact
-from worker.core.settings import Settings, database_url
+from worker.core.settings import database_url
 from worker.db.schema import engine_for
-from worker.sources import Budget, Listed, Skipped
+from worker.sources import Budget, Listed, Skipped, Source
 
 
 def table_query(table: str, key_column: str, url_column: str,
@@ -56,11 +56,8 @@ def check_single_select(query: str) -> None:
                           f"(got {len(statements)} statements)")
 
 
-class Source:
+class SqlSource(Source):
     """``postgresql://`` and ``sqlite://`` catalogue databases (listing only)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
 
     def listing(self, location: str, query: str | sa.Select | None = None, batch: int = 5000,
                 **_: Any) -> Iterator[Listed]:
@@ -86,6 +83,9 @@ class Source:
             reason = getattr(exc, "orig", None) or exc
             raise SourceError(f"catalogue query failed: {type(reason).__name__}: "
                               f"{redact(str(reason)).strip().splitlines()[0]}") from exc
+
+    def describe(self, location: str, query: str | sa.Select | None = None, **_: Any) -> str:
+        return f"sql: {describe(query)}" if query is not None else redact(location)
 
     def fetch(self, uri: str, budget: Budget) -> bytes:
         raise ItemError(Reason.BAD_URI, "a database URL is a catalogue to list, not an image")

@@ -15,10 +15,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tests.kit.processes import Command, with_environment
-from tests.kit.services import wait_until
+from testkit.processes import Command, with_environment
+from testkit.services import wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 PRODUCER = str(Path(sys.executable).parent / "producer")  # the console script a user runs
 
 

@@ -1,40 +1,24 @@
-"""The worker's database calls: label sets, text embeddings, deliveries, dedupe, results."""
+"""The worker's database calls: a run's folders, deliveries, dedupe lookups, result writes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from worker.core.contract import Result
-from worker.core.labels import LabelSet
 from worker.db.schema import (
+    batches,
     deliveries,
     insert,
-    labelsets,
     now,
     pending,
     results,
     retried,
     runs,
-    text_embeddings,
 )
-
-BATCH = 500  # keys per IN (...) list: well under SQLite's limit on bound variables
-
-
-def batches(values: Sequence[Any], size: int = BATCH) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(values), size):
-        yield values[start:start + size]
-
-
-@retried
-def load_labelset(engine: Engine, labelset_id: str) -> LabelSet | None:
-    with engine.connect() as conn:
-        body = conn.scalar(sa.select(labelsets.c.body).where(labelsets.c.id == labelset_id))
-    return LabelSet.from_json(body) if body is not None else None
 
 
 @retried
@@ -42,27 +26,6 @@ def run_file_roots(engine: Engine, run_id: str) -> list[str]:
     """The folders this run may read files from (its own folder, for a folder listing)."""
     with engine.connect() as conn:
         return list(conn.scalar(sa.select(runs.c.file_roots).where(runs.c.id == run_id)) or [])
-
-
-@retried
-def load_text_embeddings(engine: Engine, model: str, labelset_id: str, encoder: str
-                         ) -> tuple[int, int, bytes] | None:
-    table = text_embeddings
-    with engine.connect() as conn:
-        row = conn.execute(sa.select(table.c.rows, table.c.dim, table.c.data).where(
-            table.c.model == model, table.c.labelset_id == labelset_id,
-            table.c.encoder == encoder)).first()
-    return (row.rows, row.dim, bytes(row.data)) if row else None
-
-
-@retried
-def save_text_embeddings(engine: Engine, model: str, labelset_id: str, encoder: str,
-                         rows: int, dim: int, data: bytes) -> None:
-    with engine.begin() as conn:
-        conn.execute(insert(conn, text_embeddings)
-                     .values(model=model, labelset_id=labelset_id, encoder=encoder, rows=rows,
-                             dim=dim, data=data)
-                     .on_conflict_do_nothing(index_elements=["model", "labelset_id", "encoder"]))
 
 
 @retried

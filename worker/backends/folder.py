@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from worker.core.errors import ConfigError
-from worker.decoders import Preprocess
+from worker.core.pixels import Preprocess
 
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 PATTERNS = ["*.json", "*.txt", "*.safetensors", "*.bin"]

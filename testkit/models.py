@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from worker.core.pixels import Pixels, Preprocess
 from worker.core.settings import LABELSETS
-from worker.decoders import Pixels, Preprocess
 
 TEST_LABELS = ["台灯", "家具", "桌子", "椅子", "猫", "狗"]
 

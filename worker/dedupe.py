@@ -1,0 +1,45 @@
+"""Identical bytes under another URI: labels already computed for a content hash, by any worker."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from worker.db import writes as db
+
+Labels = list[dict[str, Any]]
+
+
+class KnownContent:
+    """Labels by (label set, content SHA-256): this process's recent ones, then the database's."""
+
+    def __init__(self, engine: Engine, model: str, capacity: int = 20_000) -> None:
+        self.engine = engine
+        self.model = model
+        self.capacity = capacity
+        self._recent: OrderedDict[tuple[str, str], Labels] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def lookup(self, labelset_id: str, hashes: Iterable[str]) -> dict[str, Labels]:
+        """The labels known for these hashes (one database query for those not seen here)."""
+        wanted = set(hashes)
+        with self._lock:
+            found = {h: self._recent[(labelset_id, h)] for h in wanted
+                     if (labelset_id, h) in self._recent}
+        missing = wanted - found.keys()
+        if missing:
+            stored = db.done_by_content(self.engine, self.model, labelset_id, missing)
+            for sha, labels in stored.items():
+                self.remember(labelset_id, sha, labels)
+            found.update(stored)
+        return found
+
+    def remember(self, labelset_id: str, sha256: str, labels: Labels) -> None:
+        with self._lock:
+            self._recent[(labelset_id, sha256)] = labels
+            while len(self._recent) > self.capacity:
+                self._recent.popitem(last=False)
