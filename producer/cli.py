@@ -18,9 +18,12 @@ from producer import render
 from producer import status as reporting
 from producer.export import WRITERS, format_of
 from producer.export import export as export_rows
+from producer.interrupts import Terminated, sigterm_unwinds
 from producer.progress import Progress
+from producer.tag import NothingToTag
 from producer.tag import tag as tag_location
-from worker.core.errors import ConfigError, SourceError
+from worker.core.errors import ConfigError, Skip, SourceError
+from worker.core.invocation import command
 from worker.core.labels import LabelSet, load_labelset
 from worker.core.redact import redact
 from worker.core.settings import Settings, load_settings
@@ -29,13 +32,22 @@ from worker.db import runs as db
 from worker.db.schema import engine_for
 from worker.sources.sql import table_query
 
+EXIT_NOTHING_TO_TAG = 3  # `producer tag` found no image: nothing was started (README)
+
 
 class Main(click.Group):
-    """Shows configuration, source, broker and database trouble as one line, exit code 1."""
+    """Shows configuration, source, broker and database trouble as one line, exit code 1.
+
+    SIGTERM ends a command as Ctrl-C does (its run withdrawn, its worker stopped), exit 143.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with sigterm_unwinds():
+                return super().invoke(ctx)
+        except NothingToTag as exc:
+            click.echo(str(exc), err=True)
+            ctx.exit(EXIT_NOTHING_TO_TAG)
         except (ConfigError, SourceError, TimeoutError) as exc:
             raise click.ClickException(str(exc)) from exc
         except kombu.exceptions.OperationalError as exc:
@@ -48,6 +60,9 @@ class Main(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except Terminated:
+            click.echo("terminated", err=True)
+            raise
 
 
 def _settings() -> Settings:
@@ -91,19 +106,24 @@ chunk_option = click.option("--chunk-size", type=click.IntRange(1),
               help="Results file: .jsonl, .csv or .parquet [default: under TAGGER_HOME].")
 @chunk_option
 @click.option("--force", is_flag=True, help="Tag again images that already have labels.")
+@click.option("--retry-failed", is_flag=True,
+              help="Try again images that failed in an earlier run (skipped otherwise).")
 @click.option("--timeout", type=float, default=24 * 3600, show_default=True, help="Seconds.")
 @click.option("--no-worker", is_flag=True, help="Use running workers instead of starting one.")
 def tag(location: str, labels: Path | None, templates: Path | None, output: Path | None,
-        chunk_size: int | None, force: bool, timeout: float, no_worker: bool) -> None:
-    """Tag every image of a folder (or s3://bucket/prefix) and write their labels to a file."""
+        chunk_size: int | None, force: bool, retry_failed: bool, timeout: float,
+        no_worker: bool) -> None:
+    """Tag every image of a folder (or s3://bucket/prefix) and write their labels to a file.
+
+    Exit code 0 once every image has a result (failed ones are listed), 3 if the location holds
+    no image (nothing is started), 1 on an error, 130 on Ctrl-C, 143 on SIGTERM.
+    """
     settings = _settings()
     result = tag_location(settings, location, labelset=_labelset(settings, labels, templates),
                           output=output, chunk_size=chunk_size or settings.chunk_size,
-                          timeout=timeout, force=force, own_worker=not no_worker,
-                          echo=lambda line: click.echo(line, err=True))
-    if not result.summary.listed:
-        click.echo(f"warning: no files found under {location}", err=True)
-    click.echo(render.tagged(result))
+                          timeout=timeout, force=force, retry_failed=retry_failed,
+                          own_worker=not no_worker, echo=lambda line: click.echo(line, err=True))
+    click.echo(render.tagged(result, location))
 
 
 @main.command()
@@ -157,6 +177,9 @@ def enqueue(locations: tuple[str, ...], bucket: str | None, prefix: str, folder:
     click.echo(f"run {summary.run_id}: listed {summary.listed}, {verb} {summary.enqueued} in "
                f"{summary.chunks} chunks, {summary.describe_skips()} (label set {labelset.id}, "
                f"model {settings.model})", err=dry_run)
+    if before := summary.skipped_by_reason.get(Skip.FAILED.value):
+        click.echo(f"{before} images failed in an earlier run and were not enqueued again: "
+                   f"`{command('producer')} retry-failed` sends them again", err=True)
 
 
 def _shorthands(bucket: str | None, prefix: str, folder: Path | None,

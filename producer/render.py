@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from typing import Any
 
 from producer.tag import Tagged
+from worker.core.errors import Skip
+from worker.core.invocation import command
 
 
 def counts(mapping: Mapping[str, int]) -> str:
@@ -43,13 +46,18 @@ def run(info: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def tagged(result: Tagged) -> str:
+def tagged(result: Tagged, location: str) -> str:
     done, failed = result.by_status["done"], result.by_status["failed"]
     lines = [f"tagged {done} images, {failed} failed, in {result.seconds:.0f}s"
              + (f" (this run {result.summary.enqueued}; the rest were tagged before)"
                 if result.summary.enqueued != done + failed else "")]
     if result.failed_by_reason:
         lines.append(f"  failed: {counts(result.failed_by_reason)}")
+    before = result.summary.skipped_by_reason.get(Skip.FAILED.value, 0)
+    if before:
+        lines.append(f"  {before} of them failed in an earlier run and were not tried again: "
+                     f"`{command('producer')} tag {shlex.quote(location)} --retry-failed` tries "
+                     "them again")
     if result.top_labels:
         top = ", ".join(f"{label} {n}" for label, n in result.top_labels.most_common(8))
         lines.append(f"  top labels: {top}")

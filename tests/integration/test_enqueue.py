@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from producer import enqueue as enqueuing
 from producer.cli import main
 from testkit.services import REDIS_URL
+from worker.core.celeryconf import tagging_queue
 from worker.core.contract import MAX_URI_CHARS, Item, Result
 from worker.core.errors import Reason, Skip, SourceError
 from worker.core.labels import LabelSet
@@ -34,11 +35,11 @@ TWO_LEVEL = LabelSet(labels=("台灯", "椅子", "沙发"), parents=("家居", "
 
 @pytest.fixture
 def settings(pg_url: str, tmp_path: Path) -> Iterator[Settings]:
-    queue = f"test-enqueue-{uuid.uuid4().hex[:8]}"
-    yield load_settings({"CELERY_BROKER_URL": REDIS_URL, "DATABASE_URL": pg_url,
-                         "TAGGER_QUEUE": queue, "TAGGER_MODEL": "model-a",
-                         "TAGGER_HOME": str(tmp_path / "home")})
-    redis.Redis.from_url(REDIS_URL).delete(queue)
+    settings = load_settings({"CELERY_BROKER_URL": REDIS_URL, "DATABASE_URL": pg_url,
+                              "TAGGER_QUEUE": f"test-enqueue-{uuid.uuid4().hex[:8]}",
+                              "TAGGER_MODEL": "model-a", "TAGGER_HOME": str(tmp_path / "home")})
+    yield settings
+    redis.Redis.from_url(REDIS_URL).delete(tagging_queue(settings))
 
 
 NOT_IMAGE = Skipped(Skip.NOT_IMAGE, "notes.txt")
@@ -59,7 +60,7 @@ def messages(settings: Settings) -> list[dict]:
     """Pop every chunk message of the queue: the task's keyword arguments."""
     client = redis.Redis.from_url(settings.broker_url)
     out = []
-    while raw := client.rpop(settings.queue):
+    while raw := client.rpop(tagging_queue(settings)):
         envelope = json.loads(raw)
         body = base64.b64decode(envelope["body"])
         assert envelope["headers"]["task"] == "tagger.tag_chunk"

@@ -78,11 +78,11 @@ def chunk(uris: Sequence[str | Item], labelset_id: str = LABELSET.id, run_id: st
                  labelset_id=labelset_id, run_id=run_id)
 
 
-def tag(parts: Parts, uris: Sequence[str | Item], task_id: str = "t1", retries: int = 0,
-        final: bool = False, **options: str | None) -> ChunkReport:
+def tag(parts: Parts, uris: Sequence[str | Item], task_id: str = "t1", chunk_retries: int = 8,
+        **options: str | None) -> ChunkReport:
+    """One start of a chunk message; ``chunk_retries=0``: its last try."""
     options.setdefault("model", parts.model)
-    return run_chunk(parts, chunk(uris, **options), task_id=task_id, retries=retries,
-                     final=final)
+    return run_chunk(parts, chunk(uris, **options), task_id=task_id, chunk_retries=chunk_retries)
 
 
 def stored(parts: Parts) -> dict[str, sa.Row]:
@@ -131,12 +131,13 @@ def test_redelivery_counts_attempts_and_parks_a_poison_chunk(tagger, tmp_path: P
     (tmp_path / "a.png").write_bytes(image_bytes(1))
     uris = [str(tmp_path / "a.png")]
     tag(tagger, uris, task_id="t2")
-    tag(tagger, uris, task_id="t2")
+    tag(tagger, uris, task_id="t2")  # the first start died (say): one death
     assert stored(tagger)[uris[0]].attempts == 2
     # Starts caused by our own retries are not deaths: still tagged normally.
-    report = tag(tagger, uris, task_id="t2", retries=1)
-    assert not report.parked and report.done == 1
+    assert worker_db.grant_retry(tagger.engine, "t2", limit=8) == 1
     report = tag(tagger, uris, task_id="t2")
+    assert not report.parked and report.done == 1
+    report = tag(tagger, uris, task_id="t2")  # two deaths: TAGGER_MAX_DELIVERIES here
     assert report.parked == "parked" and report.failed == 1
     row = stored(tagger)[uris[0]]
     # A parked delivery is a failure, and a failure never replaces the earlier done result.
@@ -202,7 +203,7 @@ def test_transient_fetch_errors_become_failures_on_the_final_attempt(start, sett
     with pytest.raises(TransientError):
         tag(fake, uris, task_id="t1")
     assert stored(fake) == {}  # nothing written: the whole chunk is retried
-    report = tag(fake, uris, task_id="t1", retries=1, final=True)
+    report = tag(fake, uris, task_id="t1", chunk_retries=0)
     assert (report.done, report.failed) == (1, 1)
     assert stored(fake)[uris[0]].reason == "transient"
 

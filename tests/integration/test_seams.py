@@ -23,6 +23,7 @@ from worker.assemble import assemble
 from worker.backends import BACKENDS
 from worker.backends.choose import candidate_names
 from worker.chunks import run_chunk
+from worker.core.celeryconf import tagging_queue
 from worker.core.contract import Chunk, Item, Result
 from worker.core.errors import ConfigError, ItemError, Reason
 from worker.core.pixels import Pixels, Preprocess
@@ -147,14 +148,14 @@ def env(registered: None, pg_url: str, tmp_path: Path, monkeypatch: pytest.Monke
     for key, value in values.items():
         monkeypatch.setenv(key, value)
     yield values
-    redis.Redis.from_url(REDIS_URL).delete(values["TAGGER_QUEUE"])
+    redis.Redis.from_url(REDIS_URL).delete(tagging_queue(load_settings(values)))
 
 
 def queued_chunks(settings: Settings) -> list[Chunk]:
     """The chunk messages waiting on the queue, taken off it as a worker would."""
     found = []
     with sending_app(settings).connection_for_read() as conn:
-        queue = conn.SimpleQueue(settings.queue)
+        queue = conn.SimpleQueue(tagging_queue(settings))
         while True:
             try:
                 message = queue.get(timeout=0.5)
@@ -180,7 +181,7 @@ def test_new_parts_carry_a_catalogue_end_to_end(env: dict[str, str], tmp_path: P
         assert type(parts.tagger.decoder) is SolidDecoder
         assert [type(s).__name__ for s in parts.sinks] == ["DatabaseSink", "ListSink"]
         for number, chunk in enumerate(queued_chunks(settings)):
-            report = run_chunk(parts, chunk, task_id=f"task-{number}", retries=0, final=False)
+            report = run_chunk(parts, chunk, task_id=f"task-{number}", chunk_retries=8)
             assert report.parked is None
     finally:
         parts.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,21 +16,36 @@ from worker.db.schema import batches, deliveries, insert, pending, results, retr
 RATE_WINDOW = timedelta(minutes=5)
 
 
-def due_items(conn: Connection, items: Sequence[Item], model: str, labelset_id: str
-              ) -> list[Item]:
-    """The items without a result for this model and label set at their current version."""
-    known: dict[str, str | None] = {}
+@dataclass
+class Due:
+    """The items of a listed batch to send, and those left out because they failed before."""
+
+    items: list[Item] = field(default_factory=list)
+    failed_before: int = 0  # a failed result at this version: sent again only when asked
+
+
+def due_items(conn: Connection, items: Sequence[Item], model: str, labelset_id: str,
+              retry_failed: bool = False) -> Due:
+    """The items without a result for this model and label set at their current version
+    (with ``retry_failed``: or with a failed one)."""
+    known: dict[str, tuple[str | None, str]] = {}
     hashes = sorted({uri_hash(i.uri) for i in items})
     for part in batches(hashes):
-        rows = conn.execute(sa.select(results.c.uri_hash, results.c.source_version).where(
+        rows = conn.execute(sa.select(results.c.uri_hash, results.c.source_version,
+                                      results.c.status).where(
             results.c.model == model, results.c.labelset_id == labelset_id,
             results.c.uri_hash.in_(part)))
-        known.update((row.uri_hash, row.source_version) for row in rows)
-    due = []
+        known.update((row.uri_hash, (row.source_version, row.status)) for row in rows)
+    due = Due()
     for item in items:
-        key = uri_hash(item.uri)
-        if key not in known or (item.version or known[key]) != known[key]:
-            due.append(item)
+        version, status = known.get(uri_hash(item.uri), (None, None))
+        if status is None or (item.version or version) != version:
+            due.items.append(item)
+        elif status == "failed":
+            if retry_failed:
+                due.items.append(item)
+            else:
+                due.failed_before += 1
     return due
 
 
@@ -74,6 +90,28 @@ def release_pending(engine: Engine, run_id: str, items: Sequence[Item] | None = 
             count += conn.execute(pending.delete().where(pending.c.run_id == run_id,
                                                          pending.c.uri_hash.in_(part))).rowcount
         return count
+
+
+@retried
+def cancel_run(engine: Engine, run_id: str, error: str | None) -> None:
+    """Withdraw a run: workers drop its chunks from now on, its pending marks go (a later run
+    may send those images again). ``error``: what happened, None if nothing was left to do."""
+    with engine.begin() as conn:
+        conn.execute(runs.update().where(runs.c.id == run_id)
+                     .values(cancelled_at=datetime.now(UTC), error=error))
+        conn.execute(pending.delete().where(pending.c.run_id == run_id))
+
+
+@retried
+def add_file_roots(engine: Engine, run_id: str, paths: Sequence[str]) -> None:
+    """Let this run's chunks read these files too (the targets of links in a listed folder)."""
+    with engine.begin() as conn:
+        known = conn.scalar(sa.select(runs.c.file_roots).where(runs.c.id == run_id)) or []
+        have = set(known)
+        added = [p for p in dict.fromkeys(paths) if p not in have]
+        if added:
+            conn.execute(runs.update().where(runs.c.id == run_id)
+                         .values(file_roots=[*known, *added]))
 
 
 @retried
@@ -196,8 +234,9 @@ def find_runs(engine: Engine, run_id: str | None = None, limit: int = 1) -> list
 
 
 def run_state(run: Mapping[str, Any]) -> str:
-    """listing -> running -> complete; ``stopped`` when the listing ended early."""
-    if run["finished_at"] is None:
+    """listing -> running -> complete; ``stopped`` when the listing ended early or the run
+    was withdrawn with images unanswered."""
+    if run["finished_at"] is None and not run.get("cancelled_at"):
         return "listing"
     if run.get("error"):
         return "stopped"

@@ -16,11 +16,26 @@ from worker.core.errors import ItemError, Reason, Skip, SourceError, TransientEr
 from worker.core.settings import Settings
 from worker.sources import Budget, Listed, Skipped, Source, is_image_name, read_capped
 
-# S3 answers that mean "this object will not be readable by retrying".
+# S3 answers that mean "this object will not be readable by retrying", by error code; any other
+# 4xx answer is permanent too (as http-error), except for these codes, which pass.
 _PERMANENT = {"NoSuchKey": Reason.NOT_FOUND, "404": Reason.NOT_FOUND,
               "NotFound": Reason.NOT_FOUND, "NoSuchBucket": Reason.NOT_FOUND,
               "AccessDenied": Reason.FORBIDDEN, "403": Reason.FORBIDDEN,
-              "InvalidObjectState": Reason.FORBIDDEN}
+              "InvalidObjectState": Reason.FORBIDDEN, "InvalidBucketName": Reason.BAD_URI,
+              "KeyTooLongError": Reason.BAD_URI, "InvalidURI": Reason.BAD_URI,
+              "InvalidArgument": Reason.BAD_URI}
+_PASSING = {"RequestTimeout", "RequestTimeTooSkewed", "SlowDown", "Throttling",
+            "ThrottlingException", "TooManyRequests", "RequestLimitExceeded", "ExpiredToken",
+            "TokenRefreshRequired", "OperationAborted", "InternalError", "ServiceUnavailable"}
+# boto3 errors raised before or instead of an answer that a retry can clear: the network, and
+# credentials fetched from a service that may be back. Any other (an invalid bucket name, a key
+# boto3 will not send, an unusable region or endpoint) fails the image at once.
+_UNREACHABLE = (urllib3.exceptions.HTTPError, OSError, botocore.exceptions.ConnectionError,
+                botocore.exceptions.HTTPClientError, botocore.exceptions.IncompleteReadError,
+                botocore.exceptions.ResponseStreamingError, botocore.exceptions.ChecksumError,
+                botocore.exceptions.NoCredentialsError,
+                botocore.exceptions.CredentialRetrievalError,
+                botocore.exceptions.MetadataRetrievalError)
 
 
 @functools.cache
@@ -82,9 +97,19 @@ class S3Source(Source):
                                     f"object is {size} bytes, over the cap of {self.max_bytes}")
                 return read_capped(body.read, uri, self.max_bytes, budget)
         except botocore.exceptions.ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in _PERMANENT:
-                raise ItemError(_PERMANENT[code], f"S3 {code}: {uri}") from exc
-            raise TransientError(f"S3 {code or 'error'} for {uri}: {exc}") from exc
-        except (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise answer_error(exc, uri) from exc
+        except _UNREACHABLE as exc:
             raise TransientError(f"S3 unreachable for {uri}: {exc}") from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise ItemError(Reason.BAD_URI, f"S3 cannot ask for {uri}: {exc}") from exc
+
+
+def answer_error(exc: botocore.exceptions.ClientError, uri: str) -> ItemError | TransientError:
+    """What an S3 error answer means for one object: failed for good, or worth a retry."""
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    if code in _PERMANENT:
+        return ItemError(_PERMANENT[code], f"S3 {code}: {uri}")
+    if code not in _PASSING and 300 <= status < 500 and status not in (408, 429):
+        return ItemError(Reason.HTTP_ERROR, f"S3 {code or status} for {uri}: {exc}")
+    return TransientError(f"S3 {code or 'error'} for {uri}: {exc}")
