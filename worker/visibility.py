@@ -28,7 +28,7 @@ from worker.core.redact import redact
 from worker.core.settings import Settings
 
 log = logging.getLogger(__name__)
-PREFIX = "tagger.visibility-timeout:"
+PREFIX = "tagger:visibility-timeout:"  # not "tagger.": queues are named so
 HEARTBEAT = 10  # seconds between refreshes of a worker's claim
 EXPIRES = 60  # a claim outlives a worker that died without deleting it by this long
 SETTLE = 2 * HEARTBEAT  # no sweep before every running worker has refreshed its claim once

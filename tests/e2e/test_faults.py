@@ -23,7 +23,7 @@ from testkit.faults import FaultProxy, ImageServer, Reply
 from testkit.images import image_bytes
 from testkit.processes import Worker, kill
 from testkit.services import RedisServer, admin_engine_for, wait_until
-from worker.core.celeryconf import transport_options
+from worker.core.celeryconf import tagging_queue, transport_options
 from worker.core.settings import load_settings
 from worker.db.schema import deliveries, engine_for
 
@@ -140,10 +140,10 @@ def test_sigterm_finishes_the_running_chunk(env, origin, own_redis, start_worker
     assert all(r.status == "done" and r.attempts == 1 for r in by_uri.values())
     assert count(env["DATABASE_URL"]) == 4, "only the running chunk is finished"
     # The chunk it had not started is back in the queue at once, not held until a timeout.
-    broker = redis.Redis(port=own_redis.port)
-    assert broker.llen(env["TAGGER_QUEUE"]) == 1
+    broker, queue = redis.Redis(port=own_redis.port), tagging_queue(load_settings(env))
+    assert broker.llen(queue) == 1
     reserved = [json.loads(v)[2] for v in broker.hvals("unacked")]  # [message, exchange, key]
-    assert env["TAGGER_QUEUE"] not in reserved
+    assert queue not in reserved
 
 
 def test_redis_restart_keeps_backlog_and_worker_resumes(env, origin, own_redis, start_worker):

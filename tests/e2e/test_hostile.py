@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from producer.sending import send
+from producer.sending import send, sending_app
 from testkit.commands import producer, rows
 from testkit.images import image_bytes, png_bomb, save, scan_bomb
 from testkit.processes import rss_kib
 from testkit.services import RedisServer, wait_until
 from worker.broker_guards import DEAD_LETTERS
-from worker.core.contract import Chunk, Item
+from worker.core.celeryconf import tagging_queue
+from worker.core.contract import TASK_NAME, Chunk, Item
 from worker.core.labels import load_labelset
 from worker.core.settings import load_settings
 from worker.db import labelsets
@@ -65,7 +66,7 @@ def envelope(redis: object) -> dict:
     """A real message as the producer sends it, read back raw from Redis (to be tampered)."""
     settings = load_settings({**os.environ, "TAGGER_QUEUE": "scratch"})
     send(settings, chunk(["/nowhere.png"]))
-    return json.loads(redis.rpop("scratch"))  # type: ignore[attr-defined]
+    return json.loads(redis.rpop(tagging_queue(settings)))  # type: ignore[attr-defined]
 
 
 def test_the_broker_is_not_trusted(env, own_redis, start_worker, tmp_path):
@@ -83,7 +84,7 @@ def test_the_broker_is_not_trusted(env, own_redis, start_worker, tmp_path):
     for raw in [b"not json at all", b"[1, 2, 3]", json.dumps({"body": "x"}).encode(),
                 json.dumps(bomb).encode(), json.dumps(bz2).encode(),
                 json.dumps(builtin).encode()]:
-        redis.lpush(env["TAGGER_QUEUE"], raw)
+        redis.lpush(tagging_queue(load_settings()), raw)
     settings = load_settings()
     send(settings, Chunk(items=(Item("a"),), model=settings.model, labelset_id="bad id!"))
     good = folder_of(tmp_path, {"good.png": image_bytes(1)})
@@ -152,25 +153,36 @@ def _flat(width: int, height: int, mode: str) -> object:
 
 
 def test_retries_are_bounded_then_parked_and_resendable(env, start_worker, tmp_path):
+    """Whatever a message's own retries header says (any sender can write it): the workers'
+    records bound the retries, neither ending them at once nor letting them run for ever."""
     from testkit.faults import ImageServer, Reply
 
     env = {**env, "TAGGER_CHUNK_RETRIES": "2", "TAGGER_ALLOW_PRIVATE_URLS": "1",
            "TAGGER_VISIBILITY_TIMEOUT": "30"}
     with ImageServer() as origin:
-        path = "/busy.png?X-Amz-Signature=s3cr3t-sig&w=200"  # a presigned URL, say
-        origin.routes[path] = Reply(b"busy", status=503)
-        url = origin.url(path)
+        paths = {"honest": "/busy.png?X-Amz-Signature=s3cr3t-sig&w=200",  # presigned, say
+                 1_000_000: "/forged-high.png", -1_000_000: "/forged-low.png"}
+        urls = {origin.url(path): header for header, path in paths.items()}
+        for path in paths.values():
+            origin.routes[path] = Reply(b"busy", status=503)
         worker = start_worker(env)
-        send(load_settings(), chunk([url]))
-        found = wait_until(lambda: rows(env["DATABASE_URL"]).get(url), 90,
-                           message="the chunk was never given up")
-        assert (found.status, found.reason) == ("failed", "transient")
-        assert origin.hits[path] == 3  # the first try and two retries, no more
-        assert "s3cr3t-sig" not in found.error and "s3cr3t-sig" not in worker.log()
-        assert "X-Amz-Signature=***" in found.error
-        assert json.loads(producer("status", "--json"))["failed_by_reason"] == {"transient": 1}
-        origin.routes[path] = Reply(image_bytes(4))
-        assert "re-enqueued 1 failed" in producer("retry-failed", "--reason", "transient")
-        wait_until(lambda: rows(env["DATABASE_URL"])[url].status == "done", 60)
+        settings = load_settings()
+        for url, header in urls.items():
+            sending_app(settings).send_task(
+                TASK_NAME, kwargs=chunk([url]).encode(), queue=tagging_queue(settings),
+                retries=0 if header == "honest" else header)
+        found = wait_until(lambda: len(r := rows(env["DATABASE_URL"])) == 3 and r, 120,
+                           message="the chunks were never given up")
+        assert {(r.status, r.reason) for r in found.values()} == {("failed", "transient")}
+        assert [origin.hits[path] for path in paths.values()] == [3, 3, 3]  # 1 try, 2 retries
+        url = origin.url(paths["honest"])
+        assert "s3cr3t-sig" not in found[url].error and "s3cr3t-sig" not in worker.log()
+        assert "X-Amz-Signature=***" in found[url].error
+        assert json.loads(producer("status", "--json"))["failed_by_reason"] == {"transient": 3}
+        for path in paths.values():
+            origin.routes[path] = Reply(image_bytes(4))
+        assert "re-enqueued 3 failed" in producer("retry-failed", "--reason", "transient")
+        wait_until(lambda: {r.status for r in rows(env["DATABASE_URL"]).values()} == {"done"},
+                   60)
     exported = producer("export")
     assert "s3cr3t-sig" not in exported and "X-Amz-Signature=***" in exported

@@ -63,12 +63,11 @@ def redis_with_password(tmp_path: Path) -> Iterator[str]:
         yield server.url
 
 
-def compose_worker_command(queue: str) -> list[str]:
-    """The worker's command in docker-compose.yml, with its queue variable filled in."""
+def compose_worker_command() -> list[str]:
+    """The worker's command in docker-compose.yml (its queue comes from the environment)."""
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
-    command = [part.replace("${TAGGER_QUEUE:-tagger}", queue)
-               for part in compose["x-worker"]["command"]]
-    assert command[0] == "celery" and "--logfile" not in command
+    command = list(compose["x-worker"]["command"])
+    assert command[0] == "celery" and "--logfile" not in command and "-Q" not in command
     return [sys.executable, "-m", *command]
 
 
@@ -77,7 +76,7 @@ class DeployedWorker(Worker):
 
     def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
         super().__init__(env, log_path)
-        self.command = compose_worker_command(env["TAGGER_QUEUE"])
+        self.command = compose_worker_command()
 
 
 def test_deployed_worker_serves_metrics_and_logs_json_without_secrets(
