@@ -314,9 +314,22 @@ def test_s3_errors_retry_the_chunk_or_fail_the_item(env, bucket, start_worker, s
         assert (by_uri[missing].status, by_uri[missing].reason) == ("failed", "not-found")
         assert by_uri[missing].attempts == 1 and proxy.gets == 1  # at once, no retry
 
+        # Requests that can never succeed fail at once too: a bucket name S3 cannot have (boto3
+        # refuses to send it), an answer that the request itself is wrong.
+        bad_name, refused = "s3://RT_bad_bucket!/x.jpg", f"s3://{bucket}/refused.png"
+        send([bad_name])
+        assert wait_for_results(env["DATABASE_URL"], [missing, bad_name], 60)[bad_name].reason \
+            == "bad-uri"
+        proxy.inject(1, 400, "InvalidArgument")
+        send([refused])
+        by_uri = wait_for_results(env["DATABASE_URL"], [missing, bad_name, refused], 60)
+        assert {(by_uri[u].reason, by_uri[u].attempts) for u in (bad_name, refused)} == {
+            ("bad-uri", 1)}
+        assert proxy.gets == 2
+
         # More 5xx than boto3's own retries absorb: the chunk is retried later, then succeeds.
         proxy.inject(8, 500, "InternalError")
         send([ok])
-        by_uri = wait_for_results(env["DATABASE_URL"], [missing, ok], 60)
+        by_uri = wait_for_results(env["DATABASE_URL"], [missing, bad_name, refused, ok], 60)
     assert (by_uri[ok].status, by_uri[ok].attempts) == ("done", 2)
-    assert proxy.faults_left == 0 and proxy.gets == 1 + 9
+    assert proxy.faults_left == 0 and proxy.gets == 2 + 9

@@ -22,6 +22,7 @@ from worker.core.errors import TransientError
 from worker.core.labels import LabelSet
 from worker.core.settings import Settings, load_settings
 from worker.db import labelsets
+from worker.db import runs as runs_db
 from worker.db import writes as worker_db
 from worker.db.schema import deliveries, results
 
@@ -169,6 +170,38 @@ def test_a_chunk_for_another_model_is_parked_untouched(fake, tmp_path: Path):
     assert fake.tagger.backend.batches == []  # nothing was scored with the wrong model
     with fake.engine.connect() as conn:
         assert conn.scalar(sa.select(sa.func.count()).select_from(deliveries)) == 0
+
+
+def test_a_chunk_of_a_withdrawn_run_is_dropped_untouched(fake, tmp_path: Path):
+    uris = files(tmp_path, [1, 2])
+    runs_db.create_run(fake.engine, "gone", "test", fake.model, LABELSET.id)
+    runs_db.cancel_run(fake.engine, "gone", "interrupted")
+    report = tag(fake, uris, run_id="gone")
+    assert (report.parked, report.done, report.failed) == ("withdrawn", 0, 0)
+    assert stored(fake) == {} and fake.tagger.backend.batches == []  # no failure invented
+    assert runs_db.result_counts(fake.engine, "gone")["in_flight"] == 0
+
+
+def test_a_link_target_recorded_while_listing_is_read(fake, tmp_path: Path,
+                                                       tmp_path_factory: pytest.TempPathFactory):
+    outside = tmp_path_factory.mktemp("outside")  # not under TAGGER_FILE_ROOTS
+    (outside / "real.png").write_bytes(image_bytes(5))
+    (outside / "other.png").write_bytes(image_bytes(6))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "link.png").symlink_to(outside / "real.png")
+    (folder / "sneaky.png").symlink_to(outside / "other.png")  # made after the listing
+    runs_db.create_run(fake.engine, "r", "test", fake.model, LABELSET.id, [str(folder)])
+    first = tag(fake, [str(folder / "link.png")], run_id="r", task_id="t1")
+    assert first.failed == 1  # its target was not recorded (yet): outside the roots
+    # The listing meets the link and records its target; the worker sees it at once.
+    runs_db.add_file_roots(fake.engine, "r", [str((outside / "real.png").resolve())])
+    assert tag(fake, [str(folder / "link.png")], run_id="r", task_id="t2").done == 1
+    runs_db.update_run(fake.engine, "r", finished=True)
+    assert tag(fake, [str(folder / "sneaky.png")], run_id="r", task_id="t3").failed == 1
+    rows = stored(fake)
+    assert (rows[str(folder / "link.png")].status, rows[str(folder / "sneaky.png")].reason) == (
+        "done", "outside-roots")
 
 
 def test_an_unknown_label_set_is_parked(fake, tmp_path: Path):
