@@ -79,6 +79,30 @@ class DeployedWorker(Worker):
         self.command = compose_worker_command()
 
 
+def documented_worker_command() -> list[str]:
+    """The worker line of the README's fleet example, as a user copies it."""
+    line = next(line.strip() for line in (ROOT / "README.md").read_text().splitlines()
+                if line.strip().startswith("celery -A worker worker"))
+    return [sys.executable, "-m", *line.partition("#")[0].split()]
+
+
+def test_the_documented_worker_line_says_when_it_is_ready_and_what_each_chunk_did(
+        tagger_env, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").write_bytes(image_bytes(1))
+    worker = Worker(tagger_env, tmp_path / "documented.log")
+    worker.command = documented_worker_command()  # no --loglevel, no --logfile: its stderr
+    assert "--loglevel" not in worker.command
+    try:
+        worker.start()  # waits for its "... ready" line
+        producer("enqueue", "--dir", str(images))
+        worker.wait_for(lambda: any(r["message"] == "chunk tagged" for r in worker.records()),
+                        60, "no line for the chunk")
+    finally:
+        worker.kill()
+
+
 def test_deployed_worker_serves_metrics_and_logs_json_without_secrets(
         tagger_env, bucket, redis_with_password, tmp_path, monkeypatch):
     port = free_port()
