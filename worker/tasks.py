@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -137,7 +138,10 @@ def _int(value: Any) -> int:
 def _retry(task: Task, exc: Exception, chunk: Chunk, number: int) -> Exception:
     countdown = get_exponential_backoff_interval(
         factor=2, retries=number - 1, maximum=settings.max_retry_countdown, full_jitter=True)
+    if isinstance(exc, chunks.RetryItems):  # only the images that met the trouble go again
+        chunk = dataclasses.replace(chunk, items=exc.items)
     log.warning("retrying chunk in %ss (%d of %d): %s", countdown, number,
                 settings.chunk_retries, exc)
     task.request.retries = number - 1  # the header of the message sent again says ours
-    return task.retry(exc=exc, countdown=countdown, throw=False, kwargsrepr=chunk.describe())
+    return task.retry(exc=exc, countdown=countdown, throw=False, kwargs=chunk.encode(),
+                      kwargsrepr=chunk.describe())
