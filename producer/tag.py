@@ -91,7 +91,7 @@ def _require_images(listing: Listing) -> None:
             listing.entries = chain(seen, listing.entries)
             return
     skipped = Counter(str(entry.reason) for entry in seen)
-    found = (f"{len(seen)} entries, none an image: "
+    found = (f"listed {len(seen)}, none an image: "
              + ", ".join(f"{n} {reason}" for reason, n in skipped.most_common())
              if seen else "no files")
     raise NothingToTag(f"nothing to tag at {redact(listing.location)} ({found})")
