@@ -1,8 +1,12 @@
-"""An image's header, checked before any pixel is decoded: format, pixels, memory, EXIF."""
+"""An image's header, checked before any pixel is decoded (format, pixels, memory, EXIF), and
+the limits a decoding process runs under."""
 
 from __future__ import annotations
 
 import io
+import resource
+import signal
+import warnings
 from dataclasses import dataclass
 
 from PIL import Image
@@ -80,3 +84,24 @@ def describe(image: Image.Image) -> Header:
         orientation = 1
     return Header(image.format or "?", width, height, image.mode, memory,
                   orientation if 1 <= orientation <= 8 else 1)
+
+
+def limit_process(limits: Limits) -> None:
+    """In each decoding process, first: the memory cap, and Pillow's bomb limit set to ours."""
+    # pebble stops a timed-out task with SIGTERM, and its own handler runs only between
+    # bytecodes: a decode stuck in C would run on until SIGKILL 3 s later. Die at once instead.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    baseline = _address_space()
+    cap = baseline + limits.max_memory + 64 * 2**20  # Pillow's block cache and the bytes
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    Image.MAX_IMAGE_PIXELS = limits.max_pixels
+    # Pillow only warns between its limit and twice that; our own check refuses instead.
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+
+def _address_space() -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0

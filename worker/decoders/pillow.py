@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import resource
-import signal
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from multiprocessing.process import AuthenticationString  # type: ignore[attr-defined]
@@ -23,9 +20,9 @@ from worker.core.errors import ItemError, Reason
 from worker.core.pixels import Pixels, Preprocess
 from worker.core.settings import Settings
 from worker.decoders import Limits
-from worker.decoders.guards import open_checked
+from worker.decoders.guards import limit_process, open_checked
+from worker.decoders.modes import RESIZE_FIRST, to_rgb
 
-RESIZE_FIRST = frozenset({"RGB", "RGBA", "L", "LA"})  # modes Pillow resizes as they are
 # Shrink by an integer box reduction first while the remaining bicubic step is at least this
 # large: several times faster on multi-megapixel sources, indistinguishable at the model's size.
 REDUCING_GAP = 3.0
@@ -53,25 +50,6 @@ def decode_image(data: bytes, spec: Preprocess, limits: Limits) -> np.ndarray:
                             f"{image.format} image: {type(exc).__name__}: {exc}") from exc
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode to RGB; transparency is composed onto white, 16-bit scaled to 8-bit."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in {"I;16", "I;16B", "I;16L", "I;16N", "I"}:
-        array = np.asarray(image, dtype=np.uint32)
-        shift = 8 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 0
-        return Image.fromarray((array >> shift).clip(0, 255).astype(np.uint8)).convert("RGB")
-    if image.mode == "F":
-        array = np.asarray(image, dtype=np.float32)
-        return Image.fromarray(array.clip(0, 255).astype(np.uint8)).convert("RGB")
-    if image.mode in {"RGBA", "LA", "PA", "La", "RGBa"} or (
-            image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
 def resize(image: Image.Image, spec: Preprocess) -> Image.Image:
     """Resize as the processor does: squash to (height, width), or short side then centre crop."""
     if spec.shortest_edge is None:
@@ -84,27 +62,6 @@ def resize(image: Image.Image, spec: Preprocess) -> Image.Image:
     left = (size[0] - spec.width) // 2
     top = (size[1] - spec.height) // 2
     return image.crop((left, top, left + spec.width, top + spec.height))
-
-
-def _start_process(limits: Limits) -> None:
-    """In each decoder process: the memory cap, and Pillow's bomb limit set to ours."""
-    # pebble stops a timed-out task with SIGTERM, and its own handler runs only between
-    # bytecodes: a decode stuck in C would run on until SIGKILL 3 s later. Die at once instead.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    baseline = _address_space()
-    cap = baseline + limits.max_memory + 64 * 2**20  # Pillow's block cache and the bytes
-    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    Image.MAX_IMAGE_PIXELS = limits.max_pixels
-    # Pillow only warns between its limit and twice that; our own check refuses instead.
-    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-
-
-def _address_space() -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def _allow_children() -> None:
@@ -136,7 +93,7 @@ class PillowDecoder:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([__name__])  # each fork starts with Pillow loaded
         self.pool = pebble.ProcessPool(max_workers=settings.decode_processes,
-                                       max_tasks=TASKS_PER_PROCESS, initializer=_start_process,
+                                       max_tasks=TASKS_PER_PROCESS, initializer=limit_process,
                                        initargs=(self.limits,), context=context)
 
     def decode(self, blobs: Sequence[bytes], spec: Preprocess) -> list[Pixels | ItemError]:
