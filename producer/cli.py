@@ -244,7 +244,7 @@ def report(run_id: str | None, output: Path | None, preview_seconds: float) -> N
     confident images, failures by reason and a score histogram."""
     settings = _settings()
     _ready(settings)
-    click.echo(f"report: {write_report(settings, output, run_id, None, preview_seconds)}")
+    click.echo(f"report: {write_report(settings, output, run_id, preview_seconds=preview_seconds)}")
 
 
 @main.command("retry-failed")
