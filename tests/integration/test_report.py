@@ -28,10 +28,10 @@ SECRET = "hunter2"
 HOSTILE = LabelSet(labels=(HOSTILE_LABEL, "台灯", "家具"), parents=("<i>p</i>", "家居", "家居"))
 
 
-def labels(first: str, score: float) -> list[dict[str, object]]:
-    rest = [label for label in HOSTILE.labels if label != first]
+def labels(first: str, score: float, then: str = "家具") -> list[dict[str, object]]:
+    """Stored labels: ``first`` at ``score``, then a runner-up."""
     return [{"label": first, "score": score, "parent": None},
-            {"label": rest[0], "score": round(1 - score, 3), "parent": None}]
+            {"label": then, "score": round(score / 2, 3), "parent": None}]
 
 
 @pytest.fixture
@@ -84,9 +84,9 @@ def test_page_shows_text_not_markup_and_no_secret(tmp_path, settings, browser):
 
 def test_galleries_are_bounded(settings, monkeypatch):
     many = LabelSet(labels=tuple(f"标签{i}" for i in range(70)), parents=(None,) * 70)
-    chosen = {f"s3://b/a{i}.jpg": labels_of(many, 0, i / 100) for i in range(60)}
-    chosen |= {f"s3://b/b{i}.jpg": labels_of(many, 1, i / 100) for i in range(50)}
-    chosen |= {f"s3://b/c{i}.jpg": labels_of(many, 2 + i, 0.5) for i in range(60)}
+    chosen = {f"s3://b/a{i}.jpg": labels("标签0", i / 100) for i in range(60)}
+    chosen |= {f"s3://b/b{i}.jpg": labels("标签1", i / 100) for i in range(50)}
+    chosen |= {f"s3://b/c{i}.jpg": labels(f"标签{2 + i}", 0.5) for i in range(60)}
     failed = {f"s3://b/f{i}.jpg": (Reason.NOT_FOUND, "no such key") for i in range(60)}
     run_id = seed_run(settings.database_url, [*chosen, *failed], many, labels=chosen,
                       failures=failed)
@@ -107,10 +107,6 @@ def test_galleries_are_bounded(settings, monkeypatch):
     counts = [len(g.photos) for g in shown.galleries]
     assert counts[:2] == [1, 1] and sum(counts) == 50 and len(counts) == 62
     assert figures.per_label_cap([60, 50], 48, 50) == 25
-
-
-def labels_of(labelset: LabelSet, index: int, score: float) -> list[dict[str, object]]:
-    return [{"label": labelset.labels[index], "score": score, "parent": None}]
 
 
 def test_hostile_images_get_no_preview_in_bounded_time(tmp_path, monkeypatch):
