@@ -75,7 +75,14 @@ def main() -> None:
     parser.add_argument("--preview-seconds", type=float, default=PREVIEW_SECONDS)
     options = parser.parse_args()
     root = corpus.ensure(options.corpus_dir)
-    work = Path(tempfile.mkdtemp(prefix="bench-report-"))
+    print(f"command: python -m benchmarks.report_page --images {options.images} "
+          f"--corpus {options.corpus} --preview-seconds {options.preview_seconds:g}  "
+          f"({os.cpu_count()} CPUs)")
+    with tempfile.TemporaryDirectory(prefix="bench-report-") as folder:  # GBs of originals
+        measure(root, Path(folder), options)
+
+
+def measure(root: Path, work: Path, options: argparse.Namespace) -> None:
     uris = folder_of_images(root, options.corpus, options.images, work / "images")
     url = f"sqlite:///{work / 'results.db'}"
     migrate.upgrade(url)
@@ -89,14 +96,10 @@ def main() -> None:
     page = output.read_text(encoding="utf-8")
     shown = len(re.findall(r'<img src="data:', page))
     missing = page.count('class="none"')
-    print(f"command: python -m benchmarks.report_page --images {options.images} "
-          f"--corpus {options.corpus} --preview-seconds {options.preview_seconds:g}  "
-          f"({os.cpu_count()} CPUs)")
     print(f"{options.images} images ({options.corpus}, {len(failures)} failed): report written "
           f"in {seconds:.1f} s, {output.stat().st_size / 1e6:.1f} MB, {shown} <img> "
           f"({missing} without a preview), peak RSS {peak:.0f} MiB (all its processes)")
     print(f"  producer said: {said.splitlines()[-1] if said else ''}")
-    print(f"  (files left in {work})")
 
 
 if __name__ == "__main__":
