@@ -18,11 +18,12 @@ from producer import render
 from producer import status as reporting
 from producer.export import WRITERS, format_of
 from producer.export import export as export_rows
-from producer.interrupts import Terminated, sigterm_unwinds
+from producer.interrupts import sigterm_unwinds
 from producer.progress import Progress
+from producer.report import PREVIEW_SECONDS, write_report
 from producer.tag import NothingToTag
 from producer.tag import tag as tag_location
-from worker.core.errors import ConfigError, Skip, SourceError
+from worker.core.errors import ConfigError, SourceError
 from worker.core.invocation import command
 from worker.core.labels import LabelSet, load_labelset
 from worker.core.redact import redact
@@ -32,14 +33,10 @@ from worker.db import runs as db
 from worker.db.schema import engine_for
 from worker.sources.sql import table_query
 
-EXIT_NOTHING_TO_TAG = 3  # `producer tag` found no image: nothing was started (README)
-
 
 class Main(click.Group):
-    """Shows configuration, source, broker and database trouble as one line, exit code 1.
-
-    SIGTERM ends a command as Ctrl-C does (its run withdrawn, its worker stopped), exit 143.
-    """
+    """Shows configuration, source, broker and database trouble as one line, exit code 1;
+    SIGTERM ends a command as Ctrl-C does (runs withdrawn, workers stopped), exit code 143."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -47,7 +44,7 @@ class Main(click.Group):
                 return super().invoke(ctx)
         except NothingToTag as exc:
             click.echo(str(exc), err=True)
-            ctx.exit(EXIT_NOTHING_TO_TAG)
+            ctx.exit(exc.exit_code)
         except (ConfigError, SourceError, TimeoutError) as exc:
             raise click.ClickException(str(exc)) from exc
         except kombu.exceptions.OperationalError as exc:
@@ -60,9 +57,6 @@ class Main(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
-        except Terminated:
-            click.echo("terminated", err=True)
-            raise
 
 
 def _settings() -> Settings:
@@ -115,9 +109,7 @@ def tag(location: str, labels: Path | None, templates: Path | None, output: Path
         no_worker: bool) -> None:
     """Tag every image of a folder (or s3://bucket/prefix) and write their labels to a file.
 
-    Exit code 0 once every image has a result (failed ones are listed), 3 if the location holds
-    no image (nothing is started), 1 on an error, 130 on Ctrl-C, 143 on SIGTERM.
-    """
+    Exit code 0 once every image has a result, 3 if there is no image (nothing is started)."""
     settings = _settings()
     result = tag_location(settings, location, labelset=_labelset(settings, labels, templates),
                           output=output, chunk_size=chunk_size or settings.chunk_size,
@@ -177,9 +169,9 @@ def enqueue(locations: tuple[str, ...], bucket: str | None, prefix: str, folder:
     click.echo(f"run {summary.run_id}: listed {summary.listed}, {verb} {summary.enqueued} in "
                f"{summary.chunks} chunks, {summary.describe_skips()} (label set {labelset.id}, "
                f"model {settings.model})", err=dry_run)
-    if before := summary.skipped_by_reason.get(Skip.FAILED.value):
-        click.echo(f"{before} images failed in an earlier run and were not enqueued again: "
-                   f"`{command('producer')} retry-failed` sends them again", err=True)
+    if again := render.failed_before(summary.skipped_by_reason, f"{command('producer')} "
+                                     "retry-failed"):
+        click.echo(again, err=True)
 
 
 def _shorthands(bucket: str | None, prefix: str, folder: Path | None,
@@ -252,6 +244,21 @@ def export(fmt: str | None, output: Path | None, run_id: str | None, status_: st
     with output.open("wb") if output else contextlib.nullcontext(sys.stdout.buffer) as out:
         count = export_rows(rows, out, fmt)
     click.echo(f"exported {count} results" + (f" to {output}" if output else ""), err=True)
+
+
+@main.command()
+@click.option("--run", "run_id", help="The run to show (default: the latest).")
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False),
+              help="HTML file to write [default: RUN.html beside the run's results under "
+                   "TAGGER_HOME].")
+@click.option("--preview-seconds", type=click.FloatRange(min=1), default=PREVIEW_SECONDS,
+              show_default=True, help="Time for all previews; the rest say they ran out.")
+def report(run_id: str | None, output: Path | None, preview_seconds: float) -> None:
+    """Write one self-contained HTML page of a run: its figures, a gallery per label, the least
+    confident images, failures by reason and a score histogram."""
+    settings = _settings()
+    _ready(settings)
+    click.echo(f"report: {write_report(settings, output, run_id, preview_seconds=preview_seconds)}")
 
 
 @main.command("retry-failed")

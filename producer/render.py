@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from producer.tag import Tagged
 from worker.core.errors import Skip
 from worker.core.invocation import command
+
+if TYPE_CHECKING:  # producer.tag writes a report, whose page uses counts() from here
+    from producer.tag import Tagged
 
 
 def counts(mapping: Mapping[str, int]) -> str:
@@ -46,6 +48,13 @@ def run(info: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def failed_before(skipped: Mapping[str, int], retry: str) -> str | None:
+    """Images skipped because they failed before, and the command that tries them again."""
+    count = skipped.get(Skip.FAILED.value, 0)
+    return (f"{count} images failed in an earlier run and were not tried again: `{retry}` "
+            "tries them again") if count else None
+
+
 def tagged(result: Tagged, location: str) -> str:
     done, failed = result.by_status["done"], result.by_status["failed"]
     lines = [f"tagged {done} images, {failed} failed, in {result.seconds:.0f}s"
@@ -53,13 +62,14 @@ def tagged(result: Tagged, location: str) -> str:
                 if result.summary.enqueued != done + failed else "")]
     if result.failed_by_reason:
         lines.append(f"  failed: {counts(result.failed_by_reason)}")
-    before = result.summary.skipped_by_reason.get(Skip.FAILED.value, 0)
-    if before:
-        lines.append(f"  {before} of them failed in an earlier run and were not tried again: "
-                     f"`{command('producer')} tag {shlex.quote(location)} --retry-failed` tries "
-                     "them again")
+    again = failed_before(result.summary.skipped_by_reason,
+                          f"{command('producer')} tag {shlex.quote(location)} --retry-failed")
+    if again:
+        lines.append(f"  {again}")
     if result.top_labels:
         top = ", ".join(f"{label} {n}" for label, n in result.top_labels.most_common(8))
         lines.append(f"  top labels: {top}")
     lines.append(f"labels of {result.exported} images: {result.output}")
+    if result.report:
+        lines.append(f"report: {result.report}")
     return "\n".join(lines)

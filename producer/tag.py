@@ -17,6 +17,7 @@ from producer.enqueue import Listing, Summary, enqueue, locate, new_run_id
 from producer.export import export, format_of
 from producer.local_worker import LocalWorker
 from producer.progress import Progress
+from producer.report import write_report
 from producer.status import wait
 from worker.core.contract import Item
 from worker.core.errors import TaggerError
@@ -35,6 +36,8 @@ PEEK = 10_000  # entries read, at most, to find out whether a location holds any
 class NothingToTag(TaggerError):
     """The location lists no image at all: nothing was started or recorded."""
 
+    exit_code = 3  # documented in the README: a script can tell it from an error (1)
+
 
 @dataclass
 class Tagged:
@@ -47,6 +50,7 @@ class Tagged:
     failed_by_reason: Counter[str] = field(default_factory=Counter)
     top_labels: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    report: Path | None = None
 
 
 def tag(settings: Settings, location: str, *, labelset: LabelSet, output: Path | None,
@@ -77,7 +81,10 @@ def tag(settings: Settings, location: str, *, labelset: LabelSet, output: Path |
             _withdraw(settings, run_id, exc)
             raise
     output = output or settings.home / "results" / f"{summary.run_id}.jsonl"
-    tagged = _export(settings, listing.location, labelset, summary, output)
+    selection = _selection(settings, listing.location, labelset)
+    tagged = _export(settings, selection, summary, output)
+    page = output.with_suffix(".html" if output.suffix != ".html" else ".report.html")
+    tagged.report = write_report(settings, page, summary.run_id, selection)
     tagged.seconds = time.monotonic() - started
     return tagged
 
@@ -138,14 +145,17 @@ def _withdraw(settings: Settings, run_id: str, cause: BaseException) -> None:
                     "TAGGER_PENDING_TTL): %s", run_id, redact(str(exc)))
 
 
-def _export(settings: Settings, location: str, labelset: LabelSet, summary: Summary,
-            output: Path) -> Tagged:
+def _selection(settings: Settings, location: str, labelset: LabelSet) -> dict[str, str]:
     """Every image under ``location`` with a result for this model and label set: those of this
     run, and those an earlier run already tagged (skipped as done this time)."""
-    tagged = Tagged(summary=summary, output=output)
     prefix = Path(location).as_uri() + "/" if scheme(location) == "" else location
-    rows = db.iter_results(engine_for(settings.database_url), uri_prefix=prefix,
-                           model=settings.model, labelset_id=labelset.id)
+    return {"uri_prefix": prefix, "model": settings.model, "labelset_id": labelset.id}
+
+
+def _export(settings: Settings, selection: Mapping[str, str], summary: Summary,
+            output: Path) -> Tagged:
+    tagged = Tagged(summary=summary, output=output)
+    rows = db.iter_results(engine_for(settings.database_url), **selection)
 
     def counted() -> Iterator[Mapping[str, Any]]:
         for row in rows:

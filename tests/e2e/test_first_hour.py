@@ -259,7 +259,7 @@ def test_tag_a_relative_folder_from_another_directory(tmp_path, env):
                                        "not-a-file": 1})
     hint = re.search(r"`(.+ --retry-failed)` tries them again", again.stdout)
     assert hint and "tagged 3 images, 1 failed" in again.stdout, again.stdout
-    exported = Path(again.stdout.strip().splitlines()[-1].partition(": ")[2])
+    exported = Path(re.search(r"^labels of \d+ images: (.+)$", again.stdout, re.M).group(1))
     assert sorted(r["uri"] for r in jsonl(exported)) == [(photos / n).as_uri() for n in names]
 
     # The printed command, as typed from there, tries the failed image again.
