@@ -51,8 +51,9 @@ def run(info: Mapping[str, Any]) -> str:
 def failed_before(skipped: Mapping[str, int], retry: str) -> str | None:
     """Images skipped because they failed before, and the command that tries them again."""
     count = skipped.get(Skip.FAILED.value, 0)
-    return (f"{count} images failed in an earlier run and were not tried again: `{retry}` "
-            "tries them again") if count else None
+    images = "1 image" if count == 1 else f"{count} images"
+    return (f"{images} failed in an earlier run and were not tried again: `{retry}` tries "
+            f"{'it' if count == 1 else 'them'} again") if count else None
 
 
 def tagged(result: Tagged, location: str) -> str:

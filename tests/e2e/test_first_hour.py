@@ -257,7 +257,7 @@ def test_tag_a_relative_folder_from_another_directory(tmp_path, env):
         assert again.wait(120) == 0, again.stderr
     assert skips(again.stderr) == (0, {"done": 3, "failed-before": 1, "broken-link": 1,
                                        "not-a-file": 1})
-    hint = re.search(r"`(.+ --retry-failed)` tries them again", again.stdout)
+    hint = re.search(r"1 image failed .*: `(.+ --retry-failed)` tries it again", again.stdout)
     assert hint and "tagged 3 images, 1 failed" in again.stdout, again.stdout
     exported = Path(re.search(r"^labels of \d+ images: (.+)$", again.stdout, re.M).group(1))
     assert sorted(r["uri"] for r in jsonl(exported)) == [(photos / n).as_uri() for n in names]
