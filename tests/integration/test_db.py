@@ -263,8 +263,9 @@ def test_migrations_match_the_tables(engine):
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
-    assert migrate.revisions(str(engine.url.render_as_string(hide_password=False))) == (
-        "0003", "0003")
+    # One head (alembic refuses to name one otherwise), and the database is at it.
+    current, head = migrate.revisions(str(engine.url.render_as_string(hide_password=False)))
+    assert current == head
 
 
 @pytest.mark.parametrize("fixture", ["sqlite_url", "pg_url"])

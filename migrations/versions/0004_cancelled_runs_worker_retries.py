@@ -1,7 +1,8 @@
 """Runs that were withdrawn, and the retries a worker granted a chunk.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0002 (0003, URIs without secrets, is another branch's: once both are in, this one
+revises it)
 Create Date: 2026-12-02
 
 - runs.cancelled_at: `producer tag` withdrew the run's unstarted chunks (it failed or was
@@ -15,7 +16,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
+revision = "0004"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
