@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,6 +15,7 @@ from worker.core.redact import redact
 from worker.core.settings import database_url
 from worker.db.schema import engine_for
 from worker.sources import Budget, Listed, Skipped, Source
+from worker.sources.sql_guard import check_select, limit_problem, postgresql_limits, sqlite_limits
 
 
 def table_query(table: str, key_column: str, url_column: str,
@@ -40,28 +41,13 @@ def describe(query: str | sa.Select) -> str:
     return str(query.compile(dialect=postgresql.dialect()))
 
 
-def check_single_select(query: str) -> None:
-    """One SELECT and nothing else, by PostgreSQL's own parser.
-
-    A second statement could COMMIT the read-only transaction and write in a new one.
-    """
-    import pglast
-
-    try:
-        statements = pglast.parse_sql(query)
-    except pglast.parser.ParseError as exc:
-        raise SourceError(f"the catalogue query does not parse: {exc}") from exc
-    if len(statements) != 1 or type(statements[0].stmt).__name__ != "SelectStmt":
-        raise SourceError("the catalogue query must be a single SELECT statement "
-                          f"(got {len(statements)} statements)")
-
-
 class SqlSource(Source):
     """``postgresql://`` and ``sqlite://`` catalogue databases (listing only)."""
 
     def listing(self, location: str, query: str | sa.Select | None = None, batch: int = 5000,
                 **_: Any) -> Iterator[Listed]:
-        """Rows through a server-side cursor in a read-only transaction, ``batch`` at a time."""
+        """Rows through a server-side cursor in a read-only transaction, ``batch`` at a time,
+        each step under TAGGER_CATALOGUE_TIMEOUT."""
         try:
             database_url("the catalogue database URL", location)
         except ConfigError as exc:
@@ -70,19 +56,22 @@ class SqlSource(Source):
             raise SourceError("a catalogue database needs --query or --table")
         engine = engine_for(location)
         if isinstance(query, str) and engine.dialect.name == "postgresql":
-            check_single_select(query)
+            check_select(query)
         statement = sa.text(query) if isinstance(query, str) else query
+        seconds = self.settings.catalogue_timeout
         try:
             with engine.connect().execution_options(**_read_only(engine)) as conn, \
-                    _sqlite_query_only(conn):
+                    _limits(conn, seconds) as restart:
+                restart()
                 rows = conn.execution_options(stream_results=True, yield_per=batch).execute(
                     statement)
-                for row in rows:
+                for row in _paced(rows, restart):
                     yield _entry(row)
         except sa.exc.SQLAlchemyError as exc:
             reason = getattr(exc, "orig", None) or exc
-            raise SourceError(f"catalogue query failed: {type(reason).__name__}: "
-                              f"{redact(str(reason)).strip().splitlines()[0]}") from exc
+            raise SourceError(limit_problem(reason, seconds) or (
+                f"catalogue query failed: {type(reason).__name__}: "
+                f"{redact(str(reason)).strip().splitlines()[0]}")) from exc
 
     def describe(self, location: str, query: str | sa.Select | None = None, **_: Any) -> str:
         return f"sql: {describe(query)}" if query is not None else redact(location)
@@ -92,16 +81,25 @@ class SqlSource(Source):
 
 
 @contextlib.contextmanager
-def _sqlite_query_only(conn: sa.Connection) -> Iterator[None]:
-    """SQLite has no read-only transactions; its connection-wide switch is put back after."""
-    if conn.dialect.name != "sqlite":
-        yield
+def _limits(conn: sa.Connection, seconds: int) -> Iterator[Callable[[], None]]:
+    """The time limit (and, on SQLite, read-only mode); yields what restarts the clock."""
+    if conn.dialect.name == "sqlite":
+        with sqlite_limits(conn, seconds) as restart:
+            yield restart
         return
-    conn.exec_driver_sql("PRAGMA query_only = ON")
-    try:
-        yield
-    finally:
-        conn.exec_driver_sql("PRAGMA query_only = OFF")
+    postgresql_limits(conn, seconds)  # the server's own clock: nothing to restart
+    yield lambda: None
+
+
+def _paced(rows: Iterator[sa.Row], restart: Callable[[], None]) -> Iterator[sa.Row]:
+    """The rows, with the clock restarted before each is asked for."""
+    iterator = iter(rows)
+    while True:
+        restart()
+        row = next(iterator, None)
+        if row is None:
+            return
+        yield row
 
 
 def _read_only(engine: sa.Engine) -> dict[str, Any]:
