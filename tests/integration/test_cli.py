@@ -119,3 +119,11 @@ def test_csv_export_cells_never_start_a_formula(local_env, pg_url):
     # The labels cell is JSON: it starts with [, and the labels inside are kept as they are.
     assert json.loads(rows[0]["labels"])[1]["label"].startswith("=HYPERLINK")
     assert text.startswith('"uri","key"')  # every cell quoted
+
+
+def test_a_label_file_with_a_nul_is_one_line(local_env, folder, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes("台灯\n椅\0子\n".encode())
+    assert one_line_error("enqueue", "--dir", str(folder), "--labels", str(labels)) == (
+        f"Error: {labels}:2: invisible or control character U+0000; the file must be plain "
+        "text, one entry per line")
