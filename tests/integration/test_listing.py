@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,10 @@ import sqlalchemy as sa
 from testkit.images import image_bytes
 from testkit.services import reset_s3_clients
 from worker.core.contract import Item
-from worker.core.errors import Skip, SourceError
+from worker.core.errors import ItemError, Skip, SourceError
 from worker.core.settings import load_settings
 from worker.db.schema import engine_for
-from worker.sources import Listed, Skipped, source_for
+from worker.sources import Budget, Listed, Skipped, source_for
 from worker.sources.sql import describe, table_query
 
 
@@ -181,3 +182,32 @@ def test_s3_version_is_the_etag(bucket: str):
     assert next(iter(listing(f"s3://{bucket}/p/"))).version != items[0].version
     with pytest.raises(SourceError, match="NoSuchBucket"):
         list(listing(f"s3://{bucket}-missing/"))
+
+
+def test_names_that_are_not_utf8_round_trip_through_their_uris(tmp_path: Path):
+    """Listed as file:// URIs whose escapes are the name's bytes; fetched from those bytes."""
+    folder = tmp_path / "photos"
+    (folder / os.fsdecode(b"sub-\xe9t\xe9")).mkdir(parents=True)  # Latin-1, as on old disks
+    names = {b"\xff\xfe.png": image_bytes(1), b"caf\xe9.png": image_bytes(2),
+             b"sub-\xe9t\xe9/\xb7\xfe.png": image_bytes(3)}  # GBK bytes, read as UTF-8: invalid
+    for name, data in names.items():
+        (folder / os.fsdecode(name)).write_bytes(data)
+    items = [e for e in listing(str(folder)) if isinstance(e, Item)]
+    assert sorted(i.uri for i in items) == sorted(
+        (folder / os.fsdecode(n)).as_uri() for n in names)
+    assert all(i.uri.isascii() for i in items)  # stored and sent as they are
+    source = source_for(items[0].uri, load_settings({}))
+    budget = Budget(time.monotonic() + 30, (folder,))
+    fetched = sorted(source.fetch(i.uri, budget) for i in items)
+    assert fetched == sorted(names.values())
+    missing = (folder / os.fsdecode(b"gone-\xff.png")).as_uri()
+    with pytest.raises(ItemError, match=r"no such file: .*gone-\\xff\.png") as gone:
+        source.fetch(missing, budget)
+    assert gone.value.reason == "not-found"
+
+
+def test_a_folder_whose_own_path_is_not_utf8_is_one_line(tmp_path: Path):
+    folder = tmp_path / os.fsdecode(b"fotos-\xe9")
+    folder.mkdir()
+    with pytest.raises(SourceError, match=r"not UTF-8 \(.*fotos-\\xe9\)"):
+        source_for(str(folder), load_settings({})).locate(str(folder))

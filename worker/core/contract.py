@@ -127,8 +127,15 @@ class Result:
 
 
 def storable(text: str | None) -> str | None:
-    """Text PostgreSQL can store: a NUL (from a hostile message) is written as \\x00."""
-    return text.replace("\0", "\\x00") if text and "\0" in text else text
+    """Text PostgreSQL can store: a NUL (from a hostile message) is written as \\x00, a lone
+    surrogate (a file name that is not UTF-8, a hostile message) as \\udcff."""
+    if not text:
+        return text
+    if "\0" in text:
+        text = text.replace("\0", "\\x00")
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def label_scores(labels: Sequence[str], parents: Sequence[str | None], indices: Sequence[int],
