@@ -74,7 +74,7 @@ class SqlSource(Source):
                 f"{redact(str(reason)).strip().splitlines()[0]}")) from exc
 
     def describe(self, location: str, query: str | sa.Select | None = None, **_: Any) -> str:
-        return f"sql: {describe(query)}" if query is not None else redact(location)
+        return redact(f"sql: {describe(query)}" if query is not None else location)
 
     def fetch(self, uri: str, budget: Budget) -> bytes:
         raise ItemError(Reason.BAD_URI, "a database URL is a catalogue to list, not an image")
