@@ -59,6 +59,9 @@ def catalogue(empty_pg_url: str) -> str:
     "SELECT id, public.lower(image_url) FROM products",
     "SELECT id, image_url OPERATOR(public.||) 'x' FROM products",
     "SELECT id, image_url::public.evil FROM products",
+    "SELECT id, image_url FROM products ORDER BY id USING OPERATOR(public.<)",
+    "SELECT id, image_url FROM products WHERE id OPERATOR(public.=) ANY (SELECT 1)",
+    "SELECT 1, x FROM XMLTABLE('/a' PASSING '<a/>' COLUMNS x text)",
     # writes the read-only transaction would stop too
     "SELECT id, image_url INTO stolen FROM products",
     "SELECT id, image_url FROM products FOR UPDATE",
@@ -80,6 +83,7 @@ def test_queries_that_do_more_than_read_are_refused_before_running(catalogue: st
 def test_ordinary_queries_still_run(catalogue: str):
     query = ("SELECT id, lower(image_url), to_char(updated_at, 'YYYY-MM-DD') FROM products "
              "WHERE image_url ILIKE 's3://%' AND id BETWEEN 1 AND 10 AND id = ANY(ARRAY[1, 2]) "
+             "AND id IN (SELECT id FROM products WHERE id < 5) "
              "ORDER BY coalesce(updated_at, now()), pg_catalog.length(image_url)")
     rows = listing(catalogue, query=query)
     assert [(r.key, r.uri) for r in rows] == [("1", "s3://b/1.jpg"), ("2", "s3://b/2.jpg")]

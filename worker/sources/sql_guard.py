@@ -95,10 +95,13 @@ def _problem(node: Any) -> str | None:
         return f"a {kind.removesuffix('Stmt').upper()} inside it is refused"
     if kind in {"IntoClause", "LockingClause"}:
         return "SELECT INTO and FOR UPDATE/SHARE are refused"
+    if kind in {"XmlExpr", "XmlSerialize", "RangeTableFunc"}:
+        return "XML functions are refused"
     if kind == "FuncCall":
         return _refused_name("function", _names(node.funcname), FUNCTIONS)
-    if kind == "A_Expr" and node.name:
-        return _refused_name("operator", _names(node.name), OPERATORS)
+    operator = {"A_Expr": "name", "SubLink": "operName", "SortBy": "useOp"}.get(kind)
+    if operator and getattr(node, operator):  # a = b, a = ANY (SELECT ...), ORDER BY a USING <
+        return _refused_name("operator", _names(getattr(node, operator)), OPERATORS)
     if kind == "TypeName":
         return _refused_name("type", _names(node.names), TYPES, any_builtin=True)
     if kind == "RangeTableSample":
