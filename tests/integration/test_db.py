@@ -33,7 +33,8 @@ def result(uri: str, status: str = "done", score: float = 0.9, **changes: Any) -
         "model": "m", "labelset_id": "ls", "run_id": "r1", "content_sha256": "ab" * 32,
         "labels": [{"label": "台灯", "score": score}] if done else [],
         "reason": None if done else Reason.UNDECODABLE, "error": None if done else "bad"}
-    return Result(item=Item(uri, version=changes.pop("version", "v1")), **(fields | changes))
+    item = Item(uri, key=changes.pop("item_key", None), version=changes.pop("version", "v1"))
+    return Result(item=item, **(fields | changes))
 
 
 def all_rows(engine: sa.Engine) -> list[sa.Row]:
@@ -44,6 +45,21 @@ def all_rows(engine: sa.Engine) -> list[sa.Row]:
 def pending_count(engine: sa.Engine) -> int:
     with engine.connect() as conn:
         return int(conn.scalar(sa.select(sa.func.count()).select_from(pending)) or 0)
+
+
+def test_every_character_survives_the_write(engine):
+    # PostgreSQL writes through COPY's text format: its escapes must round-trip exactly.
+    odd = "tab\there, line\nbreak, cr\r, back\\slash \\N, 引号 \"'"
+    labels = [{"label": "台\t灯\\", "score": 0.5, "parent": "家\n居"},
+              {"label": "\\N", "score": 0.5}]
+    worker_db.write_results(engine, [
+        result(f"s3://b/{odd}.jpg", labels=labels, item_key=odd, content_sha256=None),
+        result("s3://b/failed.jpg", status="failed", error=odd, run_id=None)])
+    rows = {r.uri: r for r in all_rows(engine)}
+    done, failed = rows[f"s3://b/{odd}.jpg"], rows["s3://b/failed.jpg"]
+    assert (done.item_key, done.labels, done.top_label) == (odd, labels, "台\t灯\\")
+    assert done.content_sha256 is None and done.error is None and done.reason is None
+    assert (failed.error, failed.run_id, failed.labels) == (odd, None, [])
 
 
 def test_upsert_is_idempotent(engine):

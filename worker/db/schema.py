@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 from worker.core.errors import TransientError
 from worker.core.redact import redact
+from worker.db.bulk import create_session_tables
 
 log = logging.getLogger(__name__)
 metadata = sa.MetaData()
@@ -145,8 +146,12 @@ def _create_engine(url: str) -> Engine:
         engine = sa.create_engine(url, connect_args={"timeout": 60})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2,
-                            connect_args={"connect_timeout": 10})
+    # No pre-ping (a SELECT 1 per checkout): a dead pooled connection fails its first call,
+    # which `retried` runs again on a fresh one.
+    engine = sa.create_engine(url, pool_size=2, max_overflow=2,
+                              connect_args={"connect_timeout": 10})
+    sa.event.listen(engine, "connect", create_session_tables)
+    return engine
 
 
 def _forget_inherited_connections() -> None:

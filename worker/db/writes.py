@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from worker.core.contract import Result
+from worker.db import bulk
 from worker.db.schema import (
     batches,
     deliveries,
@@ -68,29 +69,32 @@ def write_results(engine: Engine, outcomes: Sequence[Result], task_id: str | Non
     rows = list({(r["uri_hash"], r["model"], r["labelset_id"]): r
                  for r in (o.row() for o in outcomes)}.values())
     with engine.begin() as conn:
-        if rows:
-            _upsert(conn, rows)
-            for (model, labelset_id), hashes in _group(rows).items():
-                for part in batches(hashes):
-                    conn.execute(pending.delete().where(
-                        pending.c.model == model, pending.c.labelset_id == labelset_id,
-                        pending.c.uri_hash.in_(part)))
-        if task_id:
-            conn.execute(deliveries.update().where(deliveries.c.task_id == task_id)
-                         .values(finished_at=now))
+        if bulk.uses_copy(conn):
+            bulk.write_chunk(conn, rows, task_id)
+        else:
+            write_by_statements(conn, rows, task_id)
 
 
-def _upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    # One statement with many parameter sets: SQLAlchemy batches it ("insertmanyvalues")
-    # within each database's limit on bound variables, however long the chunk.
-    stmt = insert(conn, results)
-    updatable = [c.name for c in results.columns if c.name not in {"id", "created_at"}]
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["uri_hash", "model", "labelset_id"],
-        set_={**{name: stmt.excluded[name] for name in updatable}, "updated_at": now},
-        where=sa.or_(results.c.status != "done", stmt.excluded.status == "done"),
-    )
-    conn.execute(stmt, rows)
+def write_by_statements(conn: Connection, rows: list[dict[str, Any]], task_id: str | None
+                        ) -> None:
+    """The same writes as ``bulk.write_chunk``, as SQLAlchemy statements (SQLite)."""
+    if rows:
+        stmt = insert(conn, results)
+        updatable = [c.name for c in results.columns if c.name not in {"id", "created_at"}]
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["uri_hash", "model", "labelset_id"],
+            set_={**{name: stmt.excluded[name] for name in updatable}, "updated_at": now},
+            where=sa.or_(results.c.status != "done", stmt.excluded.status == "done"),
+        )
+        conn.execute(stmt, rows)  # batched by SQLAlchemy within the bound-variable limit
+        for (model, labelset_id), hashes in _group(rows).items():
+            for part in batches(hashes):
+                conn.execute(pending.delete().where(
+                    pending.c.model == model, pending.c.labelset_id == labelset_id,
+                    pending.c.uri_hash.in_(part)))
+    if task_id:
+        conn.execute(deliveries.update().where(deliveries.c.task_id == task_id)
+                     .values(finished_at=now))
 
 
 def _group(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, str], list[str]]:

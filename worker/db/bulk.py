@@ -1,0 +1,96 @@
+"""A chunk's writes on PostgreSQL in one round trip: COPY into a session table, then one merge.
+
+SQLAlchemy's executemany sends an upsert of 64 rows as 64 INSERTs (plus a pre-ping per
+checkout); COPY into a temporary table and one ``INSERT ... SELECT ... ON CONFLICT`` with the
+pending and delivery updates in the same statement batch costs a few round trips per chunk.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+INCOMING = "incoming_results"
+# (column, type in the session table): the results columns a worker writes.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("uri", "text"), ("uri_hash", "text"), ("model", "text"), ("labelset_id", "text"),
+    ("item_key", "text"), ("source_version", "text"), ("content_sha256", "text"),
+    ("status", "text"), ("reason", "text"), ("error", "text"), ("labels", "jsonb"),
+    ("top_label", "text"), ("top_score", "float8"), ("attempts", "int"), ("run_id", "text"),
+    ("runtime", "text"),
+)
+NAMES = ", ".join(name for name, _ in COLUMNS)
+CREATE_INCOMING = (f"CREATE TEMPORARY TABLE IF NOT EXISTS {INCOMING} "
+                   f"({', '.join(f'{n} {t}' for n, t in COLUMNS)}) ON COMMIT DELETE ROWS")
+_UPDATED = ", ".join(f"{name} = EXCLUDED.{name}" for name, _ in COLUMNS
+                     if name not in {"uri_hash", "model", "labelset_id"})
+# A done result replaces anything; a failure never replaces a done result.
+MERGE = f"""INSERT INTO results ({NAMES}) SELECT {NAMES} FROM {INCOMING}
+ON CONFLICT (uri_hash, model, labelset_id) DO UPDATE SET {_UPDATED}, updated_at = now()
+WHERE results.status <> 'done' OR EXCLUDED.status = 'done';
+DELETE FROM pending p USING {INCOMING} i
+WHERE p.uri_hash = i.uri_hash AND p.model = i.model AND p.labelset_id = i.labelset_id;
+UPDATE deliveries SET finished_at = now() WHERE task_id = %(task_id)s;
+"""
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def create_session_tables(dbapi_connection: Any, _record: Any) -> None:
+    """On each new PostgreSQL connection: the session table chunks are copied into."""
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(CREATE_INCOMING)
+    dbapi_connection.commit()
+
+
+_SPECIAL = re.compile(r"[\\\t\n\r]")
+
+
+def _field(value: Any) -> str:
+    if value is None:
+        return "\\N"
+    text = value if isinstance(value, str) else (
+        json.dumps(value, ensure_ascii=False) if isinstance(value, list | dict) else str(value))
+    return text.translate(_ESCAPES) if _SPECIAL.search(text) else text
+
+
+def copy_text(rows: Iterable[Mapping[str, Any]]) -> str:
+    """Rows in COPY's text format (tab-separated, backslash escapes, \\N for null)."""
+    names = [name for name, _ in COLUMNS]
+    return "".join("\t".join([_field(row[name]) for name in names]) + "\n" for row in rows)
+
+
+def write_chunk(conn: Connection, rows: Sequence[Mapping[str, Any]], task_id: str | None
+                ) -> None:
+    """Upsert ``rows``, clear their pending marks and close the delivery (caller's transaction)."""
+    if rows:
+        _copy(conn, f"COPY {INCOMING} ({NAMES}) FROM STDIN", copy_text(rows))
+    conn.exec_driver_sql(MERGE, {"task_id": task_id or ""})
+
+
+def _copy(conn: Connection, statement: str, text: str) -> None:
+    """COPY through the driver, its errors raised as SQLAlchemy's (``retried`` reads them)."""
+    import psycopg2
+
+    cursor = conn.connection.cursor()
+    try:
+        cursor.copy_expert(statement, io.StringIO(text))
+    except psycopg2.Error as exc:
+        lost = isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError)
+        if lost:
+            conn.invalidate()  # a broken connection must not go back to the pool
+        raise sa.exc.DBAPIError.instance(statement, None, exc, psycopg2.Error,
+                                         connection_invalidated=lost) from exc
+    finally:
+        if not cursor.closed:
+            cursor.close()
+
+
+def uses_copy(conn: Connection) -> bool:
+    return conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg2"
+
