@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -97,7 +99,7 @@ def test_functions_in_a_view_meet_the_read_only_transaction(catalogue: str):
         conn.execute(sa.text("CREATE VIEW numbered AS SELECT nextval('ids') AS id, 'x' AS u"))
     with pytest.raises(SourceError, match="read-only transaction"):
         listing(catalogue, query="SELECT id, u FROM numbered")
-    with engine_for(catalogue).begin() as conn:  # the pooled connection is writable again
+    with engine_for(catalogue).begin() as conn:  # nothing else is read-only
         assert conn.scalar(sa.text("SELECT nextval('ids')")) == 1
 
 
@@ -137,6 +139,27 @@ def test_a_killed_producer_leaves_no_query_running(catalogue: str, pg_url: str,
         producer.kill()
 
 
+def test_a_select_only_role_on_a_database_without_temp_tables(catalogue: str):
+    """The role docs/nightly.md recommends: it may read the catalogue and nothing else."""
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    admin = admin_engine_for(catalogue)
+    database = sa.make_url(catalogue).database
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE ROLE {role} LOGIN"))
+        conn.execute(sa.text(f'REVOKE TEMPORARY ON DATABASE "{database}" FROM PUBLIC'))
+        conn.execute(sa.text(f"GRANT SELECT ON products TO {role}"))
+    try:
+        url = sa.make_url(catalogue).set(username=role).render_as_string(hide_password=False)
+        rows = listing(url, query="SELECT id, image_url FROM products ORDER BY id")
+        assert [r.uri for r in rows] == ["s3://b/1.jpg", "S3://b/2.jpg"]
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'SELECT pg_terminate_backend(pid) FROM pg_stat_activity '
+                                 f"WHERE usename = '{role}'"))
+            conn.execute(sa.text(f"DROP OWNED BY {role}"))
+            conn.execute(sa.text(f"DROP ROLE {role}"))
+
+
 # --- SQLite catalogues ------------------------------------------------------------------------
 
 @pytest.fixture
@@ -160,10 +183,20 @@ def test_sqlite_queries_that_make_files_are_refused(sqlite_catalogue: str, tmp_p
     with pytest.raises(SourceError, match="may only read"):
         listing(sqlite_catalogue, query=query.format(made=made))
     assert not made.exists()
-    # The pooled connection is itself again: writable, no authorizer left behind.
+    # Nothing else is read-only or refused.
     with engine_for(sqlite_catalogue).begin() as conn:
         conn.execute(sa.text("INSERT INTO products VALUES (3, '/c.jpg')"))
         conn.execute(sa.text(f"ATTACH DATABASE '{tmp_path / 'ok.db'}' AS ok"))
+
+
+def test_a_sqlite_catalogue_keeps_its_journal_mode(tmp_path: Path):
+    path = tmp_path / "theirs.db"
+    with contextlib.closing(sqlite3.connect(path)) as theirs, theirs:
+        theirs.execute("CREATE TABLE products (id integer, image_url text)")
+        theirs.execute("INSERT INTO products VALUES (1, '/a.jpg')")
+    assert listing(f"sqlite:///{path}", query="SELECT id, image_url FROM products")
+    with contextlib.closing(sqlite3.connect(path)) as theirs:
+        assert theirs.execute("PRAGMA journal_mode").fetchone() == ("delete",)
 
 
 @pytest.mark.timeout(60)

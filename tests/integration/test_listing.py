@@ -129,7 +129,7 @@ def test_a_sqlite_catalogue_is_read_only_while_listed(tmp_path: Path):
         Item("/a.jpg", key="1"), Skipped(Skip.NO_URL, "key 2")]
     with pytest.raises(SourceError, match="may only read"):
         list(listing(url, query="DELETE FROM products RETURNING id, image_url"))
-    with engine_for(url).begin() as conn:  # the pooled connection is writable again
+    with engine_for(url).begin() as conn:  # nothing else is read-only
         conn.execute(sa.text("INSERT INTO products VALUES (3, '/c.jpg')"))
         assert conn.scalar(sa.text("SELECT count(*) FROM products")) == 3
 

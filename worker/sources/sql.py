@@ -13,7 +13,7 @@ from worker.core.contract import Item
 from worker.core.errors import ConfigError, ItemError, Reason, Skip, SourceError
 from worker.core.redact import redact
 from worker.core.settings import database_url
-from worker.db.schema import engine_for
+from worker.db.schema import normalise_url
 from worker.sources import Budget, Listed, Skipped, Source
 from worker.sources.sql_guard import check_select, limit_problem, postgresql_limits, sqlite_limits
 
@@ -54,7 +54,7 @@ class SqlSource(Source):
             raise SourceError(str(exc)) from exc
         if query is None:
             raise SourceError("a catalogue database needs --query or --table")
-        engine = engine_for(location)
+        engine = catalogue_engine(location)
         if isinstance(query, str) and engine.dialect.name == "postgresql":
             check_select(query)
         statement = sa.text(query) if isinstance(query, str) else query
@@ -100,6 +100,15 @@ def _paced(rows: Iterator[sa.Row], restart: Callable[[], None]) -> Iterator[sa.R
         if row is None:
             return
         yield row
+
+
+def catalogue_engine(url: str) -> sa.Engine:
+    """An engine of the listing's own, not the results database's ``engine_for``: that one
+    sets up its connections to write (a session table, SQLite's WAL journal), which a
+    SELECT-only role, a read-only replica or someone else's SQLite file must not see."""
+    options = {"timeout": 60} if url.startswith("sqlite") else {"connect_timeout": 10}
+    return sa.create_engine(normalise_url(url), poolclass=sa.pool.NullPool,
+                            connect_args=options)
 
 
 def _read_only(engine: sa.Engine) -> dict[str, Any]:

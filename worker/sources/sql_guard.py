@@ -146,8 +146,7 @@ def sqlite_limits(conn: sa.Connection, seconds: int) -> Iterator[Callable[[], No
     """Read-only, reading only, and each step of the query bounded in time.
 
     Yields ``restart``: call it before each row is asked for, so that the limit bounds the
-    query's own work, not the caller's between rows. All of it is put back afterwards: the
-    connection is pooled.
+    query's own work, not the caller's between rows. All of it is put back afterwards.
     """
     raw = conn.connection.dbapi_connection
     deadline = math.inf
