@@ -97,7 +97,7 @@ def tagger_env(tmp_path: Path, tiny_model: Path, labels_file: Path, pg_url: str,
            "TAGGER_PRECISION": "float32", "TAGGER_HOME": str(tmp_path / "home"),
            "TAGGER_CACHE_DIR": str(tmp_path / "cache"), "TAGGER_CHUNK_SIZE": "8",
            "TAGGER_BATCH_SIZE": "4", "TAGGER_VISIBILITY_TIMEOUT": "30",
-           "TAGGER_FETCH_THREADS": "2", "TAGGER_DECODE_PROCESSES": "2", **aws_env}
+           "TAGGER_DECODE_PROCESSES": "2", **aws_env}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env

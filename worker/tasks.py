@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -148,8 +149,10 @@ def _retry(task: Task, exc: Exception, chunk: Chunk) -> Exception:
     countdown = get_exponential_backoff_interval(
         factor=2, retries=task.request.retries, maximum=settings.max_retry_countdown,
         full_jitter=True)
+    if isinstance(exc, chunks.RetryItems):  # only the images that met the trouble go again
+        chunk = dataclasses.replace(chunk, items=exc.items)
     log.warning("retrying chunk in %ss (%d of %d): %s", countdown, task.request.retries + 1,
                 settings.chunk_retries, exc)
     # The exception travels in the task-retried event (Flower): without the secrets of a URL.
     return task.retry(exc=TransientError(redact(str(exc))), countdown=countdown, throw=False,
-                      kwargsrepr=chunk.describe())
+                      kwargs=chunk.encode(), kwargsrepr=chunk.describe())
