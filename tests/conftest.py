@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from testkit.browser import INSTALL, Browser, find_chromium
 from testkit.models import TEST_LABELS, tiny_checkpoint
 from testkit.processes import Worker
 from testkit.services import REDIS_URL, postgres_database, s3_server
@@ -116,3 +117,14 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     yield start
     for worker in workers:
         worker.kill()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium (the system's, driven by Playwright), once per test process."""
+    executable = find_chromium()
+    if executable is None:
+        pytest.skip(f"no Chromium to load pages in: {INSTALL}")
+    started = Browser(executable)
+    yield started
+    started.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -224,6 +225,31 @@ def test_a_decode_over_the_item_timeout_fails_only_its_item(start, settings, tmp
     assert row.reason == "timeout" and "TAGGER_ITEM_TIMEOUT" in row.error
     assert elapsed < 2.5  # stopped at the limit, not after the decode (nor 3 s after it)
     assert tag(fake, [uris[2]], task_id="t2").done == 1  # the next chunk, as usual
+
+
+@pytest.mark.timeout(120)
+def test_copies_of_one_content_end_alike_and_done_always_has_labels(start, settings, tmp_path):
+    fake = start(make_settings(settings.database_url, tmp_path, TAGGER_ITEM_TIMEOUT="1"),
+                 FakeBackend(batch_size=4))
+    junk, bomb = tmp_path / "junk.jpg", tmp_path / "bomb.jpg"
+    junk.write_bytes(b"a README saved as .jpg")
+    bomb.write_bytes(scan_bomb(8192, 1000))  # seconds of decoding: over the 1 s limit
+    uris = {"junk": [], "bomb": [], "good": files(tmp_path, [4, 4, 4], prefix="same")}
+    for kind, source in (("junk", junk), ("bomb", bomb)):
+        for i in range(3 if kind == "junk" else 6):
+            copy = tmp_path / f"{kind}-{i}.jpg"
+            copy.write_bytes(source.read_bytes())
+            uris[kind].append(str(copy))
+    started = time.monotonic()
+    report = tag(fake, [u for kind in ("bomb", "junk", "good") for u in uris[kind]])
+    assert (report.done, report.failed) == (3, 9)
+    rows = stored(fake)
+    assert {(rows[u].status, rows[u].reason) for u in uris["junk"]} == {("failed", "undecodable")}
+    assert {(rows[u].status, rows[u].reason) for u in uris["bomb"]} == {("failed", "timeout")}
+    assert len({json.dumps(rows[u].labels) for u in uris["good"]}) == 1
+    assert all(r.labels for r in rows.values() if r.status == "done")
+    # A copy that killed its process is not decoded again by that process's replacement.
+    assert time.monotonic() - started < 6
 
 
 class CountingBackend(FakeBackend):

@@ -13,14 +13,16 @@ from pathlib import Path
 
 import boto3
 import kombu.compression
+import numpy as np
 import psutil
 import pytest
 import redis
 import sqlalchemy as sa
+from PIL import Image
 
 from producer.sending import sending_app
 from testkit.commands import invoke
-from testkit.images import image_bytes, png_bomb, scan_bomb
+from testkit.images import image_bytes, png_bomb, save, scan_bomb
 from testkit.services import REDIS_URL, reset_s3_clients, wait_until
 from worker.core.contract import TASK_NAME
 from worker.core.errors import ItemError
@@ -156,6 +158,21 @@ def test_a_runaway_decode_is_stopped_and_its_process_replaced(decoder_for):
     assert reasons(decoder, bomb, image_bytes(3)) == ["timeout", "(32, 32, 3)"]
     assert time.monotonic() - started < 2.5
     assert reasons(decoder, image_bytes(4)) == ["(32, 32, 3)"]  # the pool carries on
+
+
+@pytest.mark.timeout(120)
+def test_a_decode_process_gives_back_the_memory_of_a_large_image(decoder_for):
+    pool = decoder_for()
+    assert reasons(pool, image_bytes(1)) == ["(32, 32, 3)"]
+    ramp = np.linspace(0, 255, 7600, dtype=np.uint8)
+    large = save(Image.fromarray(np.ascontiguousarray(np.stack(np.broadcast_arrays(
+        ramp[None, :], ramp[:, None], ramp[None, :] // 2 + ramp[:, None] // 2), axis=-1))),
+        "PNG", compress_level=1)  # 58 megapixels: ~600 MB while it is decoded
+    assert reasons(pool, large) == ["(32, 32, 3)"]
+    slot = pool.slots[0]
+    wait_until(lambda: slot.process is None or slot.process.proc.poll() is not None
+               or psutil.Process(slot.process.proc.pid).memory_info().rss < 150 * 2**20, 10,
+               message="the idle decode process kept the large image's memory")
 
 
 def test_decode_processes_die_with_their_parent(tmp_path: Path):

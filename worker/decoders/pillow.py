@@ -17,8 +17,8 @@ from worker.core.pixels import Pixels, Preprocess
 from worker.core.settings import Settings
 from worker.decoders import Limits
 from worker.decoders.guards import open_checked
+from worker.decoders.modes import RESIZE_FIRST, to_rgb
 
-RESIZE_FIRST = frozenset({"RGB", "RGBA", "L", "LA"})  # modes Pillow resizes as they are
 # Shrink by an integer box reduction first while the remaining bicubic step is at least this
 # large: several times faster on multi-megapixel sources, indistinguishable at the model's size.
 REDUCING_GAP = 3.0
@@ -43,25 +43,6 @@ def decode_image(data: bytes, spec: Preprocess, limits: Limits) -> np.ndarray:
         except Exception as exc:  # Pillow raises many types for damaged data; all are per-item.
             raise ItemError(Reason.UNDECODABLE,
                             f"{image.format} image: {type(exc).__name__}: {exc}") from exc
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode to RGB; transparency is composed onto white, 16-bit scaled to 8-bit."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in {"I;16", "I;16B", "I;16L", "I;16N", "I"}:
-        array = np.asarray(image, dtype=np.uint32)
-        shift = 8 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 0
-        return Image.fromarray((array >> shift).clip(0, 255).astype(np.uint8)).convert("RGB")
-    if image.mode == "F":
-        array = np.asarray(image, dtype=np.float32)
-        return Image.fromarray(array.clip(0, 255).astype(np.uint8)).convert("RGB")
-    if image.mode in {"RGBA", "LA", "PA", "La", "RGBa"} or (
-            image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 def resize(image: Image.Image, spec: Preprocess) -> Image.Image:

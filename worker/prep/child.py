@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import importlib
 import os
 import resource
 import signal
@@ -136,10 +137,13 @@ class Child:
                 self.record.clear()
 
     def _prepare(self, decoder: str) -> Any:
+        """A decoder's ``prepare`` by its registered name, or a ``module:function``."""
         if decoder not in self.decoders:
             from worker.decoders import DECODERS
 
-            self.decoders[decoder] = DECODERS.get(decoder).prepare
+            module, _, function = decoder.partition(":")
+            self.decoders[decoder] = (getattr(importlib.import_module(module), function)
+                                      if function else DECODERS.get(decoder).prepare)
         return self.decoders[decoder]
 
 

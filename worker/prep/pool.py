@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -45,6 +46,7 @@ class Job:
 
     id: int = field(default_factory=lambda: next(_jobs))
     answers: queue.SimpleQueue[Prepared] = field(default_factory=queue.SimpleQueue)
+    cancelled: bool = False  # its caller stopped waiting: its groups are dropped
 
 
 class Process:
@@ -83,27 +85,39 @@ class PrepPool:
         after which a process is taken for stuck and killed (beyond the item's own limits)."""
         self.turns = Turns(take_turns, processes)
         self.patience = patience
+        self.closing = False
         self.work: queue.Queue[tuple[Job, Group] | None] = queue.Queue()
         self.slots = [Slot(self, setup_of(n)) for n in range(processes)]
 
     def prepare(self, items: Sequence[Item], roots: tuple[Path, ...] = (),
-                group_size: int | None = None, decoder: str | None = None
-                ) -> Iterator[Prepared]:
-        """Every item's answer, as soon as it is ready (not in order); ``decoder``: another
-        decoder than the processes' own (the recent answers of which are not reused)."""
+                group_size: int | None = None, decoder: str | None = None,
+                deadline: float | None = None) -> Iterator[Prepared]:
+        """Every item's answer, as soon as it is ready (not in order). ``decoder``: another
+        decoder than the processes' own, a name or a ``module:function`` with the signature
+        of ``Decoder.prepare``; ``deadline`` (monotonic): stop there, the rest unanswered."""
         job = Job()
         size = group_size or max(1, min(8, -(-len(items) // (2 * len(self.slots)))))
         for start in range(0, len(items), size):
             group = Group(job.id, list(items[start:start + size]), roots, decoder=decoder)
             self.work.put((job, group))
-        for _ in range(len(items)):
-            yield job.answers.get()
+        try:
+            for _ in range(len(items)):
+                left = None if deadline is None else deadline - time.monotonic()
+                yield job.answers.get(timeout=left if left is None else max(0.0, left))
+        except queue.Empty:
+            pass
+        finally:  # answered, out of time, or the caller stopped reading
+            job.cancelled = True
 
     def close(self) -> None:
-        for _ in self.slots:
-            self.work.put(None)
+        """Stop every process now (a decode in progress is not waited for)."""
+        self.closing = True
         for slot in self.slots:
-            slot.thread.join(10)
+            self.work.put(None)
+            if slot.process is not None:
+                slot.process.kill()
+        for slot in self.slots:
+            slot.thread.join(30)
             slot.stop()
         self.turns.close()
 
@@ -124,6 +138,8 @@ class Slot:
         self.ensure()
         while (work := self.pool.work.get()) is not None:
             job, group = work
+            if job.cancelled or self.pool.closing:
+                continue
             try:
                 self.serve(job, group)
             except Exception as exc:  # never lose the answers a chunk is waiting for
@@ -142,7 +158,7 @@ class Slot:
 
     def serve(self, job: Job, group: Group) -> None:
         pending, known = list(group.items), dict(group.known)
-        while pending:
+        while pending and not (job.cancelled or self.pool.closing):
             process = self.ensure()
             try:
                 process.conn.send(Group(job.id, pending, group.roots, known, group.decoder))
@@ -189,7 +205,8 @@ class Slot:
         else:
             error = ItemError(Reason.DECODER_CRASHED, f"the decode process died (exit code "
                               f"{code}) while {'decoding' if decoding else 'fetching'}")
-        log.warning("decode process %d stopped on an item: %s", process.proc.pid, error)
+        if not self.pool.closing:
+            log.warning("decode process %d stopped on an item: %s", process.proc.pid, error)
         return sha, error
 
     def stop(self) -> None:
@@ -201,9 +218,10 @@ class Slot:
             self.pool.turns.forget(self.setup.slot)
 
 
-def prep_pool(settings: Settings, decoder: str, spec: Preprocess, take_turns: bool) -> PrepPool:
+def prep_pool(settings: Settings, decoder: str, spec: Preprocess, take_turns: bool,
+              limits: Limits | None = None) -> PrepPool:
     """TAGGER_DECODE_PROCESSES processes that fetch, hash and decode with ``decoder``."""
-    limits = Limits.from_settings(settings)
+    limits = limits or Limits.from_settings(settings)
     # Parts registered in this process (a plugin, a test) are registered there too.
     registries = {"sources": SOURCES.entries(), "decoders": DECODERS.entries()}
 
