@@ -10,20 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import click
-import kombu.exceptions
 import sqlalchemy as sa
 
 from producer import enqueue as enqueuing
 from producer import render
 from producer import status as reporting
+from producer.endings import endings
 from producer.export import WRITERS, format_of
 from producer.export import export as export_rows
-from producer.interrupts import sigterm_unwinds
 from producer.progress import Progress
 from producer.report import PREVIEW_SECONDS, write_report
-from producer.tag import NothingToTag
 from producer.tag import tag as tag_location
-from worker.core.errors import ConfigError, SourceError
 from worker.core.invocation import command
 from worker.core.labels import LabelSet, load_labelset
 from worker.core.redact import redact
@@ -35,28 +32,11 @@ from worker.sources.sql import table_query
 
 
 class Main(click.Group):
-    """Shows configuration, source, broker and database trouble as one line, exit code 1;
-    SIGTERM ends a command as Ctrl-C does (runs withdrawn, workers stopped), exit code 143."""
+    """Each command ends as producer/endings.py says: troubles as one line, exit codes."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            with sigterm_unwinds():
-                return super().invoke(ctx)
-        except NothingToTag as exc:
-            click.echo(str(exc), err=True)
-            ctx.exit(exc.exit_code)
-        except (ConfigError, SourceError, TimeoutError) as exc:
-            raise click.ClickException(str(exc)) from exc
-        except kombu.exceptions.OperationalError as exc:
-            raise click.ClickException(f"broker unreachable ({redact(_settings().broker_url)}): "
-                                       f"{exc}") from exc
-        except sa.exc.OperationalError as exc:
-            raise click.ClickException(
-                f"database unreachable ({redact(_settings().database_url)}): "
-                f"{redact(str(exc.orig)).strip().splitlines()[0]}") from exc
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+        with endings():
+            return super().invoke(ctx)
 
 
 def _settings() -> Settings:
@@ -162,7 +142,7 @@ def enqueue(locations: tuple[str, ...], bucket: str | None, prefix: str, folder:
             chunk_size=chunk_size or settings.chunk_size,
             file_roots=[root for listing in listings for root in listing.file_roots],
             force=force, dry_run=dry_run, progress=lambda n: bar.update(bar.done + n),
-            show_due=lambda i: click.echo(i.uri))
+            show_due=lambda i: click.echo(redact(i.uri)))
     if not summary.listed:
         click.echo(f"warning: nothing was listed at {redact(' '.join(locations))}", err=True)
     verb = "would enqueue" if dry_run else "enqueued"
@@ -265,11 +245,18 @@ def report(run_id: str | None, output: Path | None, preview_seconds: float) -> N
 @click.option("--reason", help="Only failures with this reason (see `producer status`).")
 @chunk_option
 def retry_failed(reason: str | None, chunk_size: int | None) -> None:
-    """Enqueue failed images again; a later success replaces the failure."""
+    """Enqueue failed images again; a later success replaces the failure.
+
+    Failed images whose URLs were signed (not stored) are cleared instead: the next listing
+    of their source sends them again, freshly signed."""
     settings = _settings()
-    _ready(settings)
+    forgotten = db.forget_signed_failures(_ready(settings), settings.model, reason)
+    if forgotten:
+        click.echo(f"{forgotten} failed images had signed URLs or credentials, which are not "
+                   "stored: their failures are cleared, and the next listing of their source "
+                   "sends them again")
     summaries = enqueuing.retry_failed(settings, reason, chunk_size or settings.chunk_size)
-    if not summaries:
+    if not summaries and not forgotten:
         click.echo("no failed images to retry")
     for labelset_id, summary in summaries:
         click.echo(f"run {summary.run_id}: re-enqueued {summary.enqueued} failed images "

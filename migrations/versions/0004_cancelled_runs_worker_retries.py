@@ -1,8 +1,7 @@
 """Runs that were withdrawn, and the retries a worker granted a chunk.
 
 Revision ID: 0004
-Revises: 0002 (0003, URIs without secrets, is another branch's: once both are in, this one
-revises it)
+Revises: 0003
 Create Date: 2026-12-02
 
 - runs.cancelled_at: `producer tag` withdrew the run's unstarted chunks (it failed or was
@@ -17,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

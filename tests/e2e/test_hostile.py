@@ -81,21 +81,41 @@ def test_the_broker_is_not_trusted(env, own_redis, start_worker, tmp_path):
     bz2 = dict(bomb, headers={**gzip, "compression": "application/x-bz2"})
     builtin = dict(real, headers={**real["headers"], "task": "celery.accumulate",
                                   "id": "builtin-1"})
+    # Refused entries that carry secrets, in the clear and in a base64 body
+    secret = "https://bob:Pa55@img.example.com/a.jpg?X-Amz-Signature=S1GN&t=https://T0K@x/"
+    body = json.dumps([[], {"items": [{"uri": secret}]}, {}]).encode()
+    untagged = dict(real, body=base64.b64encode(body).decode(),
+                    headers={k: v for k, v in real["headers"].items() if k != "compression"},
+                    properties={**real["properties"], "delivery_tag": None})
     for raw in [b"not json at all", b"[1, 2, 3]", json.dumps({"body": "x"}).encode(),
                 json.dumps(bomb).encode(), json.dumps(bz2).encode(),
-                json.dumps(builtin).encode()]:
+                json.dumps(builtin).encode(), json.dumps(untagged).encode(),
+                f"not json: {secret}".encode()]:
         redis.lpush(tagging_queue(load_settings()), raw)
     settings = load_settings()
     send(settings, Chunk(items=(Item("a"),), model=settings.model, labelset_id="bad id!"))
-    good = folder_of(tmp_path, {"good.png": image_bytes(1)})
-    send(settings, chunk(good))
+    good = folder_of(tmp_path, {"good.png": image_bytes(1), "no-repr.png": image_bytes(2),
+                                "empty-repr.png": image_bytes(3)})
+    # Other producers: one leaves kwargsrepr to Celery (every URI), one sends it empty.
+    app = sending_app(settings)
+    for uri, kwargsrepr in ((good[1], None), (good[2], "")):
+        app.send_task(TASK_NAME, kwargs=chunk([uri]).encode(), queue=tagging_queue(settings),
+                      kwargsrepr=kwargsrepr)
+    send(settings, chunk(good[:1]))
 
-    found = wait_until(lambda: rows(env["DATABASE_URL"]).get(good[0]), 60,
-                       message="the good chunk behind the hostile ones was not tagged")
-    assert found.status == "done" and worker.exited() is None
+    found = wait_until(lambda: len(r := rows(env["DATABASE_URL"])) == 3 and r, 60,
+                       message="the good chunks behind the hostile ones were not tagged")
+    assert {r.status for r in found.values()} == {"done"} and worker.exited() is None
     log = worker.log()
-    assert log.count("refused a malformed message") == 3
-    assert redis.llen(DEAD_LETTERS) == 3
+    assert log.count("refused a malformed message") == 5
+    assert redis.llen(DEAD_LETTERS) == 5
+    kept = b"".join(redis.lrange(DEAD_LETTERS, 0, -1)).decode()
+    assert "img.example.com/a.jpg" in kept  # the decoded body, to look at
+    for text in ("Pa55", "S1GN", "T0K@"):
+        assert text not in kept and text not in log, text
+    for name in ("no-repr.png", "empty-repr.png"):  # whatever the sender wrote, no arguments
+        assert name not in log, name
+    assert "<1 images>" in log
     assert "unpacks to over" in log and "compression is not accepted" in log
     assert "Received unregistered task of type 'celery.accumulate'" in log
     assert "celery.accumulate[builtin-1] succeeded" not in log
@@ -121,8 +141,11 @@ def test_hostile_images_fail_alone_and_the_worker_recovers(env, start_worker, tm
     os.mkfifo(fifo)
     secret = tmp_path / "secret.jpg"  # outside every allowed folder
     secret.write_bytes(image_bytes(3, fmt="JPEG"))
+    # IPv6 spellings of loopback: refused at once, never retried as transient
+    blocked = ["http://[::127.0.0.1]:9/x.jpg", "http://[64:ff9b::7f00:1]:9/x.jpg",
+               "http://[::ffff:0:127.0.0.1]:9/x.jpg", "http://[2002:7f00:1::1]:9/x.jpg"]
     uris += [str(fifo), secret.as_uri(), "file:///etc/shadow", "http://[::1/x.jpg",
-             "s3://bucket/a\0b.jpg"]
+             "s3://bucket/a\0b.jpg", *blocked]
     started = time.monotonic()
     send(load_settings(), chunk(uris))
     found = wait_until(lambda: len(r := rows(env["DATABASE_URL"])) == len(uris) and r, 120,
@@ -134,7 +157,8 @@ def test_hostile_images_fail_alone_and_the_worker_recovers(env, start_worker, tm
         "ok.png": None, "ok2.jpg": None, "scans.jpg": "timeout", "big.webp": "too-much-memory",
         "bomb.png": "too-many-pixels", "fifo.jpg": "not-a-file",
         secret.as_uri(): "outside-roots", "file:///etc/shadow": "outside-roots",
-        "http://[::1/x.jpg": "bad-uri", "s3://bucket/a\0b.jpg": "bad-uri"}
+        "http://[::1/x.jpg": "bad-uri", "s3://bucket/a\0b.jpg": "bad-uri",
+        **dict.fromkeys(blocked, "blocked-address")}
     assert time.monotonic() - started < 60
     assert found["file:///etc/shadow"].content_sha256 is None
     # Afterwards the same worker tags a plain image within seconds, memory back near warm.
@@ -160,29 +184,51 @@ def test_retries_are_bounded_then_parked_and_resendable(env, start_worker, tmp_p
     env = {**env, "TAGGER_CHUNK_RETRIES": "2", "TAGGER_ALLOW_PRIVATE_URLS": "1",
            "TAGGER_VISIBILITY_TIMEOUT": "30"}
     with ImageServer() as origin:
-        paths = {"honest": "/busy.png?X-Amz-Signature=s3cr3t-sig&w=200",  # presigned, say
-                 1_000_000: "/forged-high.png", -1_000_000: "/forged-low.png"}
-        urls = {origin.url(path): header for header, path in paths.items()}
+        signed, plain = "/busy.png?X-Amz-Signature=s3cr3t-sig&w=200", "/plain.png"  # presigned
+        for path in (signed, plain):
+            origin.routes[path] = Reply(b"busy", status=503)
+        url, stored = origin.url(signed), origin.url("/busy.png?w=200")
+        worker = start_worker(env)
+        send(load_settings(), chunk([url, origin.url(plain)]))
+        found = wait_until(lambda: len(r := rows(env["DATABASE_URL"])) == 2 and r, 90,
+                           message="the chunk was never given up")
+        assert (found[stored].status, found[stored].reason) == ("failed", "transient")
+        assert found[stored].signed  # stored without its signature, which it needs
+        assert origin.hits[signed] == 3  # the first try and two retries, no more
+        assert "s3cr3t-sig" not in found[stored].error and "s3cr3t-sig" not in worker.log()
+        assert "X-Amz-Signature=***" in found[stored].error
+        assert json.loads(producer("status", "--json"))["failed_by_reason"] == {"transient": 2}
+        origin.routes[signed], origin.routes[plain] = Reply(image_bytes(4)), Reply(image_bytes(5))
+        out = producer("retry-failed", "--reason", "transient")
+        assert "1 failed images had signed URLs" in out and "re-enqueued 1 failed" in out
+        wait_until(lambda: rows(env["DATABASE_URL"])[origin.url(plain)].status == "done", 60)
+        assert stored not in rows(env["DATABASE_URL"])  # cleared, for the next listing
+        # The next listing brings it signed afresh: the same image, tagged now.
+        origin.routes[signed.replace("s3cr3t", "fresh")] = Reply(image_bytes(4))
+        send(load_settings(), chunk([url.replace("s3cr3t", "fresh")]))
+        wait_until(lambda: rows(env["DATABASE_URL"]).get(stored, found[stored]).status
+                   == "done", 60)
+    exported = producer("export")
+    assert "s3cr3t-sig" not in exported and "fresh-sig" not in exported
+
+
+def test_a_forged_retries_header_neither_ends_nor_prolongs_retries(env, start_worker):
+    """Any sender can write a message's retries header: the workers' own records bound the
+    retries (before: 1,000,000 gave up at once, -1,000,000 retried for ever)."""
+    from testkit.faults import ImageServer, Reply
+
+    env = {**env, "TAGGER_CHUNK_RETRIES": "2", "TAGGER_ALLOW_PRIVATE_URLS": "1",
+           "TAGGER_VISIBILITY_TIMEOUT": "30"}
+    with ImageServer() as origin:
+        paths = {1_000_000: "/forged-high.png", -1_000_000: "/forged-low.png"}
         for path in paths.values():
             origin.routes[path] = Reply(b"busy", status=503)
-        worker = start_worker(env)
+        start_worker(env)
         settings = load_settings()
-        for url, header in urls.items():
-            sending_app(settings).send_task(
-                TASK_NAME, kwargs=chunk([url]).encode(), queue=tagging_queue(settings),
-                retries=0 if header == "honest" else header)
-        found = wait_until(lambda: len(r := rows(env["DATABASE_URL"])) == 3 and r, 120,
+        for header, path in paths.items():
+            sending_app(settings).send_task(TASK_NAME, kwargs=chunk([origin.url(path)]).encode(),
+                                            queue=tagging_queue(settings), retries=header)
+        found = wait_until(lambda: len(r := rows(env["DATABASE_URL"])) == 2 and r, 120,
                            message="the chunks were never given up")
-        assert {(r.status, r.reason) for r in found.values()} == {("failed", "transient")}
-        assert [origin.hits[path] for path in paths.values()] == [3, 3, 3]  # 1 try, 2 retries
-        url = origin.url(paths["honest"])
-        assert "s3cr3t-sig" not in found[url].error and "s3cr3t-sig" not in worker.log()
-        assert "X-Amz-Signature=***" in found[url].error
-        assert json.loads(producer("status", "--json"))["failed_by_reason"] == {"transient": 3}
-        for path in paths.values():
-            origin.routes[path] = Reply(image_bytes(4))
-        assert "re-enqueued 3 failed" in producer("retry-failed", "--reason", "transient")
-        wait_until(lambda: {r.status for r in rows(env["DATABASE_URL"]).values()} == {"done"},
-                   60)
-    exported = producer("export")
-    assert "s3cr3t-sig" not in exported and "X-Amz-Signature=***" in exported
+    assert {(r.status, r.reason) for r in found.values()} == {("failed", "transient")}
+    assert [origin.hits[path] for path in paths.values()] == [3, 3]  # 1 try, 2 retries each
