@@ -315,7 +315,7 @@ def test_uris_are_stored_without_secrets_and_signed_again_is_one_image(engine):
     assert stored["https://cdn.example.com/1.jpg?w=2"].status == "done"  # one image, done
     with engine.begin() as conn:  # the producer sees tonight's URL as already tagged
         items = [Item(SIGNED.format(d="20261125", s="night3sig"), version="v1")]
-        assert producer_db.due_items(conn, items, "m", "ls") == []
+        assert producer_db.due_items(conn, items, "m", "ls").items == []
         assert producer_db.claim_pending(conn, [Item("https://T0KEN@x.example/5.jpg")], "m",
                                          "ls", "r2", 60)
         assert conn.scalar(sa.select(pending.c.uri)) == "https://x.example/5.jpg"
