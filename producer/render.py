@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from producer.relabel import Relabelling
 from producer.tag import Tagged
 
 
@@ -55,3 +56,13 @@ def tagged(result: Tagged) -> str:
         lines.append(f"  top labels: {top}")
     lines.append(f"labels of {result.exported} images: {result.output}")
     return "\n".join(lines)
+
+
+def relabelling(sent: Relabelling, model: str) -> str:
+    return (f"run {sent.run_id}: about {sent.images} images in {sent.ranges} ranges of kept "
+            f"embeddings (model {model}); `producer wait --run {sent.run_id}` follows it")
+
+
+def relabelled(counts: Mapping[str, Any], labelset_id: str) -> str:
+    return (f"run {counts['run']}: relabelled {counts['done']} images with label set "
+            f"{labelset_id}; `producer export --run {counts['run']}` writes their labels")

@@ -10,7 +10,7 @@ from typing import Any
 
 from worker import metrics
 from worker.assemble import Parts
-from worker.core.contract import Chunk, Result
+from worker.core.contract import KEPT_RUNTIME, Chunk, Result
 from worker.core.errors import ItemError, Reason
 from worker.core.redact import redact
 from worker.db import writes as db
@@ -39,7 +39,8 @@ def results_of(works: Sequence[Work], chunk: Chunk, runtime: str, attempts: int
                    run_id=chunk.run_id, labels=w.labels or [], content_sha256=w.sha256,
                    reason=w.error.reason if w.error else None,
                    error=redact(str(w.error)) if w.error else None, attempts=attempts,
-                   runtime=None if w.error else runtime) for w in works]
+                   runtime=None if w.error else KEPT_RUNTIME if w.kept else runtime,
+                   embedding=w.embedding) for w in works]
 
 
 def park(parts: Parts, chunk: Chunk, reason: Reason, message: str, *, task_id: str | None,

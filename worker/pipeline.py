@@ -17,7 +17,7 @@ import numpy as np
 
 from worker import metrics
 from worker.backends import Backend
-from worker.core.contract import Item, label_scores
+from worker.core.contract import Item
 from worker.core.errors import ItemError, Reason, TransientError
 from worker.core.labels import LabelSet
 from worker.core.pixels import Pixels
@@ -25,6 +25,7 @@ from worker.core.redact import redact
 from worker.decoders import Decoder
 from worker.dedupe import KnownContent
 from worker.labelstore import Scoring
+from worker.scores import top_labels
 from worker.sources import Budget, Source, check_uri
 from worker.turns import Turns
 
@@ -41,6 +42,8 @@ class Work:
     pixels: Pixels | None = None
     labels: list[dict[str, Any]] | None = None
     error: ItemError | None = None
+    embedding: np.ndarray | None = None  # computed here by the image tower: kept (float32, (D,))
+    kept: bool = False  # scored from a kept embedding, nothing fetched
 
 
 @dataclass(frozen=True)
@@ -78,8 +81,8 @@ class Tagger:
         """
         labelset, texts = scoring.labelset, scoring.texts
         timings = {"wait": 0.0, "forward": 0.0}
-        works: list[Work] = []
         started = time.perf_counter()
+        works, items = self._score_kept(items, labelset, texts)
         ahead: Future[list[Work]] | None = None
         for group in self._batches(self._fetched(items, roots, final, timings)):
             works.extend(group)
@@ -93,6 +96,20 @@ class Tagger:
         timings["total"] = time.perf_counter() - started
         _return_freed_memory()
         return works, timings
+
+    def _score_kept(self, items: Sequence[Item], labelset: LabelSet, texts: np.ndarray
+                    ) -> tuple[list[Work], list[Item]]:
+        """Items sent with a content hash whose embedding is kept are scored from it, before
+        anything is fetched; the rest (an embedding gone since) are left to fetch."""
+        kept = self.known.embeddings(i.sha256 for i in items if i.sha256)
+        works = [Work(i, sha256=i.sha256, kept=True) for i in items if i.sha256 in kept]
+        if works:
+            vectors = np.stack([kept[w.sha256 or ""] for w in works])
+            for work, labels in zip(works, top_labels(vectors, labelset, texts,
+                                                      self.backend.logit_scale,
+                                                      self.options.top_k), strict=True):
+                work.labels = labels
+        return works, [i for i in items if i.sha256 not in kept]
 
     def _fetched(self, items: Sequence[Item], roots: tuple[Path, ...], final: bool,
                  timings: dict[str, float]) -> Iterator[Work]:
@@ -177,12 +194,10 @@ class Tagger:
         ready = [w for w in group if w.pixels is not None]
         if ready:
             embeddings = self._forward([w.pixels for w in ready])
-            probs = _softmax(self.backend.logit_scale * embeddings @ texts.T)
-            k = min(self.options.top_k, len(labelset.labels))
-            top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-            for work, row, indices in zip(ready, probs, top, strict=True):
-                work.labels = label_scores(labelset.labels, labelset.parents, indices,
-                                           row[indices])
+            scored = top_labels(embeddings, labelset, texts, self.backend.logit_scale,
+                                self.options.top_k)
+            for work, labels, embedding in zip(ready, scored, embeddings, strict=True):
+                work.labels, work.embedding = labels, embedding
                 self.known.remember(labelset.id, work.sha256 or "", work.labels)
                 work.pixels = None
         by_content = {w.sha256: w.labels for w in group if w.labels is not None}
@@ -213,11 +228,6 @@ class Tagger:
         self.fetchers.shutdown(cancel_futures=True)
         self.stages.shutdown(cancel_futures=True)
         self.decoder.close()
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def _return_freed_memory() -> None:

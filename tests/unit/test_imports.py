@@ -42,7 +42,8 @@ def test_producer_help_without_torch():
         "from click.testing import CliRunner\n"
         "from producer.cli import main\n"
         "for args in (['--help'], ['tag', '--help'], ['enqueue', '--help'], ['export', '--help'],"
-        " ['status', '--help'], ['db', 'upgrade', '--help'], ['retry-failed', '--help']):\n"
+        " ['status', '--help'], ['db', 'upgrade', '--help'], ['retry-failed', '--help'],"
+        " ['relabel', '--help']):\n"
         "    result = CliRunner().invoke(main, args)\n"
         "    assert result.exit_code == 0, (args, result.output)\n")
     assert loaded == []

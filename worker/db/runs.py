@@ -3,34 +3,66 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from worker.core.contract import Item, uri_hash
-from worker.db.schema import batches, deliveries, insert, pending, results, retried, runs
+from worker.core.contract import Item, Span, uri_hash
+from worker.db import embeddings
+from worker.db.schema import (
+    batches,
+    deliveries,
+    insert,
+    pending,
+    pending_ranges,
+    results,
+    retried,
+    runs,
+)
 
 RATE_WINDOW = timedelta(minutes=5)
 
 
-def due_items(conn: Connection, items: Sequence[Item], model: str, labelset_id: str
-              ) -> list[Item]:
-    """The items without a result for this model and label set at their current version."""
+def due_items(conn: Connection, items: Sequence[Item], model: str, labelset_id: str,
+              use_kept: bool = False) -> list[Item]:
+    """The items without a result for this model and label set at their current version.
+
+    ``use_kept``: a due item whose result under another label set is at the same version and
+    whose content has a kept embedding is sent with that content's hash (``Item.sha256``): the
+    worker scores it from the embedding instead of fetching it.
+    """
     known: dict[str, str | None] = {}
+    contents: dict[tuple[str, str | None], str] = {}  # (uri_hash, version) -> content
     hashes = sorted({uri_hash(i.uri) for i in items})
     for part in batches(hashes):
-        rows = conn.execute(sa.select(results.c.uri_hash, results.c.source_version).where(
-            results.c.model == model, results.c.labelset_id == labelset_id,
-            results.c.uri_hash.in_(part)))
-        known.update((row.uri_hash, row.source_version) for row in rows)
+        rows = conn.execute(sa.select(results.c.uri_hash, results.c.labelset_id,
+                                      results.c.source_version, results.c.content_sha256,
+                                      results.c.status).where(
+            results.c.model == model, results.c.uri_hash.in_(part),
+            *([] if use_kept else [results.c.labelset_id == labelset_id])))
+        for row in rows:
+            if row.labelset_id == labelset_id:
+                known[row.uri_hash] = row.source_version
+            elif row.status == "done" and row.content_sha256:
+                contents[(row.uri_hash, row.source_version)] = row.content_sha256
     due = []
     for item in items:
         key = uri_hash(item.uri)
         if key not in known or (item.version or known[key]) != known[key]:
             due.append(item)
-    return due
+    return _with_kept(conn, due, model, contents) if contents else due
+
+
+def _with_kept(conn: Connection, items: list[Item], model: str,
+               contents: Mapping[tuple[str, str | None], str]) -> list[Item]:
+    """Items whose content at their version has a kept embedding, sent with its hash."""
+    found = {uri_hash(i.uri): contents.get((uri_hash(i.uri), i.version)) for i in items}
+    kept = embeddings.kept_hashes(conn, model, {sha for sha in found.values() if sha})
+    return [replace(i, sha256=found[uri_hash(i.uri)]) if found[uri_hash(i.uri)] in kept else i
+            for i in items]
 
 
 def claim_pending(conn: Connection, items: Sequence[Item], model: str, labelset_id: str,
@@ -98,6 +130,25 @@ def update_run(engine: Engine, run_id: str, *, finished: bool = False, error: st
         conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
 
 
+@retried
+def add_pending_ranges(engine: Engine, spans: Sequence[Span], images: Sequence[int]) -> None:
+    """A relabel run's ranges, each with about how many images it will score, now pending."""
+    current = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(pending_ranges.insert(), [
+            {"run_id": span.run_id, "lo": span.lo, "hi": span.hi, "images": count,
+             "enqueued_at": current} for span, count in zip(spans, images, strict=True)])
+
+
+@retried
+def release_ranges(engine: Engine, run_id: str, spans: Sequence[Span] | None = None) -> None:
+    """A relabel run's ranges (those of ``spans`` only, if given) that nothing will answer."""
+    query = pending_ranges.delete().where(pending_ranges.c.run_id == run_id)
+    with engine.begin() as conn:
+        for part in [None] if spans is None else batches([span.lo for span in spans]):
+            conn.execute(query if part is None else query.where(pending_ranges.c.lo.in_(part)))
+
+
 def failed_labelsets(engine: Engine, model: str, reason: str | None = None) -> list[str]:
     """Label sets that have failed results for this model (optionally for one reason)."""
     query = sa.select(results.c.labelset_id).distinct().where(results.c.model == model,
@@ -145,6 +196,7 @@ def result_counts(engine: Engine, run_id: str | None = None) -> dict[str, Any]:
                                     .group_by(results.c.reason)).all())
         waiting = conn.scalar(sa.select(sa.func.count()).select_from(pending).where(
             *([pending.c.run_id == run_id] if run_id else [])))
+        waiting += _range_images(conn, [run_id] if run_id else None).get(run_id, 0)
         in_flight = conn.scalar(sa.select(sa.func.coalesce(sa.func.sum(deliveries.c.images), 0))
                                 .where(deliveries.c.finished_at.is_(None),
                                        *([deliveries.c.run_id == run_id] if run_id else [])))
@@ -188,11 +240,23 @@ def find_runs(engine: Engine, run_id: str | None = None, limit: int = 1) -> list
         waiting = dict(conn.execute(sa.select(pending.c.run_id, sa.func.count())
                                     .where(pending.c.run_id.in_(ids))
                                     .group_by(pending.c.run_id)).all())
+        for run, images in _range_images(conn, ids).items():
+            waiting[run] = waiting.get(run, 0) + images
     for run in found:
         run.update(counted[run["id"]], pending=int(waiting.get(run["id"], 0)))
         run["skipped_by_reason"] = run.get("skipped_by_reason") or {}
         run["state"] = run_state(run)
     return found
+
+
+def _range_images(conn: Connection, run_ids: Sequence[str] | None) -> dict[str | None, int]:
+    """Images of relabel ranges not answered yet, by run (under None: of every run)."""
+    images = sa.func.coalesce(sa.func.sum(pending_ranges.c.images), 0)
+    if run_ids is None:
+        return {None: int(conn.scalar(sa.select(images)) or 0)}
+    return {run: int(count) for run, count in conn.execute(
+        sa.select(pending_ranges.c.run_id, images).where(pending_ranges.c.run_id.in_(run_ids))
+        .group_by(pending_ranges.c.run_id))}
 
 
 def run_state(run: Mapping[str, Any]) -> str:

@@ -1,0 +1,105 @@
+"""`producer relabel`: a run that scores kept embeddings with a label set, in range messages.
+
+The images of a model (or of one run) are split into ranges of kept embeddings (by the key of
+their content hash, worker/core/embedding.py), one message each, so that a fleet shares them;
+each range counts as pending, with about how many images it holds, until a worker answers it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from producer import sending
+from producer.local_worker import LocalWorker
+from producer.progress import Progress
+from producer.status import find_run, wait
+from worker.core.contract import Span
+from worker.core.embedding import spans
+from worker.core.errors import ConfigError
+from worker.core.labels import LabelSet
+from worker.core.redact import redact
+from worker.core.settings import Settings
+from worker.db import embeddings, labelsets
+from worker.db import runs as db
+from worker.db.schema import engine_for
+
+log = logging.getLogger(__name__)
+RANGE_IMAGES = 20_000  # images per message: a few seconds of a worker, thousands of them a night
+
+
+@dataclass(frozen=True)
+class Relabelling:
+    """What `producer relabel` sent: its run, about how many images, in how many ranges."""
+
+    run_id: str
+    images: int
+    ranges: int
+
+
+def relabel(settings: Settings, labelset: LabelSet, *, scope_run: str | None = None,
+            range_images: int = RANGE_IMAGES) -> Relabelling:
+    """Record the run, mark its ranges pending and send one message per range."""
+    engine = engine_for(settings.database_url)
+    if scope_run:
+        find_run(settings, scope_run)  # an unknown run is a mistake, not 0 images
+    images = embeddings.estimate_images(engine, embeddings.Scope(settings.model, scope_run))
+    if not images:
+        raise ConfigError(f"no image has a kept embedding under model {settings.model}"
+                          + (f" in run {scope_run}" if scope_run else "")
+                          + ": tag them first (with TAGGER_KEEP_EMBEDDINGS on, the default)")
+    sending.check_broker(settings)
+    labelsets.save_labelset(engine, labelset)
+    run_id = uuid.uuid4().hex[:16]
+    db.create_run(engine, run_id, "relabel kept embeddings"
+                  + (f" of run {scope_run}" if scope_run else ""), settings.model, labelset.id)
+    count = max(1, -(-images // range_images))
+    parts = [Span(settings.model, labelset.id, run_id, lo, hi, scope_run)
+             for lo, hi in spans(count)]
+    db.add_pending_ranges(engine, parts, [images // count + (i < images % count)
+                                          for i in range(count)])
+    sent, error = 0, None
+    try:
+        for part in parts:
+            sending.send(settings, part)
+            sent += 1
+    except BaseException as exc:
+        error = "cancelled" if isinstance(exc, KeyboardInterrupt) else str(exc) or repr(exc)
+        db.release_ranges(engine, run_id, parts[sent:])
+        raise
+    finally:
+        db.update_run(engine, run_id, finished=True, error=error, listed=images,
+                      enqueued=images if sent == count else 0)
+    return Relabelling(run_id, images, count)
+
+
+def relabel_here(settings: Settings, labelset: LabelSet, *, scope_run: str | None,
+                 timeout: float, echo: Callable[[str], None]) -> dict[str, Any]:
+    """On the embedded default: with a worker of our own, until every range is answered."""
+    log_path = settings.home / "logs" / f"worker-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    with LocalWorker(log_path, settings.queue) as worker:
+        echo(f"starting a worker for {settings.model} (log: {log_path})")
+        sent = relabel(settings, labelset, scope_run=scope_run)
+        echo(f"run {sent.run_id}: about {sent.images} images in {sent.ranges} ranges")
+        with Progress("relabelling", total=sent.images) as bar:
+            try:
+                return wait(settings, sent.run_id, timeout, stop=worker.failure, on_progress=(
+                    lambda c: bar.update(c["done"] + c["failed"],
+                                         c["done"] + c["failed"] + c["pending"])))
+            except BaseException:
+                _cancel(settings, sent.run_id)
+                raise
+
+
+def _cancel(settings: Settings, run_id: str) -> None:
+    """Nothing of ours will answer what is left."""
+    engine = engine_for(settings.database_url)
+    try:
+        db.release_ranges(engine, run_id)
+        db.update_run(engine, run_id, error="cancelled before it finished")
+    except Exception as exc:  # the database may be why we stopped: its error is shown
+        log.warning("could not release run %s's pending ranges: %s", run_id, redact(str(exc)))
