@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1_000_000)
     parser.add_argument("--labels", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2, help="Celery workers, -c 1 each")
+    parser.add_argument("--threads", type=int, default=1, help="BLAS threads per worker")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     figures: dict[str, Any] = {}
@@ -148,7 +149,7 @@ def main() -> None:
             print(f"seeded: {figures['seed']}", flush=True)
             figures["storage"] = storage(engine)
             print(f"storage: {figures['storage']}", flush=True)
-            workers = [Worker(env, work / f"worker-{i}.log", threads=None).start()
+            workers = [Worker(env, work / f"worker-{i}.log", threads=args.threads).start()
                        for i in range(args.workers)]
             try:
                 figures["relabel"] = relabel_run(env, workers, engine, labels)

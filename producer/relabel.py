@@ -44,14 +44,25 @@ class Relabelling:
 def relabel(settings: Settings, labelset: LabelSet, *, scope_run: str | None = None,
             range_images: int = RANGE_IMAGES) -> Relabelling:
     """Record the run, mark its ranges pending and send one message per range."""
-    engine = engine_for(settings.database_url)
+    return _send(settings, labelset, scope_run, _images(settings, scope_run), range_images)
+
+
+def _images(settings: Settings, scope_run: str | None) -> int:
+    """About how many images there are to relabel; a ConfigError if there are none."""
     if scope_run:
         find_run(settings, scope_run)  # an unknown run is a mistake, not 0 images
-    images = embeddings.estimate_images(engine, embeddings.Scope(settings.model, scope_run))
+    images = embeddings.estimate_images(engine_for(settings.database_url),
+                                        embeddings.Scope(settings.model, scope_run))
     if not images:
         raise ConfigError(f"no image has a kept embedding under model {settings.model}"
                           + (f" in run {scope_run}" if scope_run else "")
                           + ": tag them first (with TAGGER_KEEP_EMBEDDINGS on, the default)")
+    return images
+
+
+def _send(settings: Settings, labelset: LabelSet, scope_run: str | None, images: int,
+          range_images: int) -> Relabelling:
+    engine = engine_for(settings.database_url)
     sending.check_broker(settings)
     labelsets.save_labelset(engine, labelset)
     run_id = uuid.uuid4().hex[:16]
@@ -80,10 +91,11 @@ def relabel(settings: Settings, labelset: LabelSet, *, scope_run: str | None = N
 def relabel_here(settings: Settings, labelset: LabelSet, *, scope_run: str | None,
                  timeout: float, echo: Callable[[str], None]) -> dict[str, Any]:
     """On the embedded default: with a worker of our own, until every range is answered."""
+    images = _images(settings, scope_run)
     log_path = settings.home / "logs" / f"worker-{time.strftime('%Y%m%d-%H%M%S')}.log"
     with LocalWorker(log_path, settings.queue) as worker:
         echo(f"starting a worker for {settings.model} (log: {log_path})")
-        sent = relabel(settings, labelset, scope_run=scope_run)
+        sent = _send(settings, labelset, scope_run, images, RANGE_IMAGES)
         echo(f"run {sent.run_id}: about {sent.images} images in {sent.ranges} ranges")
         with Progress("relabelling", total=sent.images) as bar:
             try:

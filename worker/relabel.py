@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from worker.assemble import Parts
 from worker.core.contract import KEPT_RUNTIME, Span
 from worker.db import embeddings, writes
-from worker.scores import top_labels
+from worker.scores import LabelsText, top_k
 
 log = logging.getLogger(__name__)
 BATCH = 5000  # images read, scored and written at a time: ~10 MB of float32 at 512 values
@@ -37,7 +37,7 @@ def relabel(parts: Parts, span: Span, task_id: str) -> dict[str, Any]:
     if scoring is None:
         return give_up(parts, span, task_id,
                        f"label set {span.labelset_id} is not in the results database")
-    backend, top_k = parts.tagger.backend, parts.tagger.options.top_k
+    backend, rendered = parts.tagger.backend, LabelsText(scoring.labelset)
     clock, images = Clock(), 0
     batches = embeddings.read_images(parts.engine, embeddings.Scope(span.model, span.scope_run),
                                      span.lo, span.hi, BATCH)
@@ -47,10 +47,9 @@ def relabel(parts: Parts, span: Span, task_id: str) -> dict[str, Any]:
         if batch is None:
             break
         with clock.stage("score"):
-            scored = top_labels(batch[1], scoring.labelset, scoring.texts, backend.logit_scale,
-                                top_k)
-            rows = [result_row(span, row, labels) for row, labels in zip(batch[0], scored,
-                                                                          strict=True)]
+            best = top_k(batch[1], scoring.texts, backend.logit_scale, parts.tagger.options.top_k)
+            rows = [result_row(span, found, *rendered.render(*top))
+                    for found, top in zip(batch[0], zip(*best, strict=True), strict=True)]
         with clock.stage("write"):
             writes.write_rows(parts.engine, rows)
         images += len(rows)
@@ -79,14 +78,15 @@ class Clock:
                 "cpu": {k: round(v, 4) for k, v in self.cpu.items()}}
 
 
-def result_row(span: Span, found: sa.Row, labels: list[dict[str, Any]]) -> dict[str, Any]:
+def result_row(span: Span, found: sa.Row, labels: str, top_label: str, top_score: float
+               ) -> dict[str, Any]:
     """The results row of one image scored from its kept embedding, under its stored identity
-    (its URI and hash as stored, not computed again)."""
+    (its URI and hash as stored, not computed again); ``labels`` as JSON text."""
     return {"uri": found.uri, "uri_hash": found.uri_hash, "model": span.model,
             "labelset_id": span.labelset_id, "item_key": found.item_key,
             "source_version": found.source_version, "content_sha256": found.content_sha256,
             "status": "done", "reason": None, "error": None, "labels": labels,
-            "top_label": labels[0]["label"], "top_score": labels[0]["score"], "attempts": 1,
+            "top_label": top_label, "top_score": top_score, "attempts": 1,
             "run_id": span.run_id, "runtime": KEPT_RUNTIME}
 
 

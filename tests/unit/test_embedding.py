@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from producer.export import export_embeddings
-from worker.core.contract import Item, Span
+from worker.core.contract import Item, Span, label_scores
 from worker.core.embedding import KEY_MAX, KEY_MIN, key_of, pack, spans, unpack
 from worker.core.errors import MessageError
 from worker.core.labels import LabelSet
-from worker.scores import top_labels
+from worker.scores import LabelsText, top_labels
 
 
 def normalised(rows: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -139,3 +139,12 @@ def test_embeddings_export_as_json_lines():
     records = [json.loads(line) for line in out.getvalue().decode().splitlines()]
     assert [r["key"] for r in records] == ["k0", "k1", "k2"] and len(records[0]["embedding"]) == 4
     assert records[2]["embedding"] == kept_rows()[1][1][0].astype(np.float32).tolist()
+
+
+def test_relabel_renders_the_labels_json_that_label_scores_would_store():
+    labelset = LabelSet(labels=("台\"灯", "猫", "c\\d"), parents=("家居", None, "x\ty"))
+    rendered = LabelsText(labelset)
+    for indices, scores in (([0, 1, 2], [0.61234567, 0.3, 1e-9]), ([2, 0], [0.5, 0.25])):
+        stored = label_scores(labelset.labels, labelset.parents, indices, scores)
+        assert rendered.render(indices, scores) == (
+            json.dumps(stored, ensure_ascii=False), stored[0]["label"], stored[0]["score"])

@@ -21,7 +21,8 @@ def test_embedded_defaults(tmp_path: Path):
         "auto", "auto", 5, 64)
     assert (settings.backend, settings.decoder, settings.fetch_threads) == ("auto", "auto", 8)
     assert settings.decode_processes == (os.cpu_count() or 2)
-    assert settings.file_roots == ()
+    assert settings.file_roots == () and settings.keep_embeddings
+    assert not load_settings({"TAGGER_KEEP_EMBEDDINGS": "0"}).keep_embeddings
 
 
 def test_distributed_configuration():
@@ -63,6 +64,7 @@ def test_cache_dir_and_file_roots(tmp_path: Path):
     ("TAGGER_ITEM_TIMEOUT", "0", "must be >= 1"),
     ("TAGGER_MAX_IMAGE_MEMORY", "1000", "must be >= "),
     ("TAGGER_ALLOW_PRIVATE_URLS", "maybe", "must be a boolean"),
+    ("TAGGER_KEEP_EMBEDDINGS", "sometimes", "must be a boolean"),
     ("TAGGER_URL_ALLOW_NETWORKS", "10.0.0.0/33", "CIDR"),
     ("CELERY_BROKER_URL", "amqp://guest@rabbit//", "redis://"),
 ])

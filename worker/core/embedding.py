@@ -47,20 +47,21 @@ def pack(vector: np.ndarray) -> bytes:
 
 
 def unpack(blobs: Sequence[bytes], dim: int) -> np.ndarray:
-    """Stored embeddings back to float16, (N, dim); ValueError if one is not ``dim`` wide."""
+    """Stored embeddings back to float16, (N, dim); ValueError if they are not ``dim`` wide."""
     import numpy as np
 
-    try:
-        highs = [zlib.decompress(blob[:-dim], -15) for blob in blobs]
+    try:  # ~4 us per embedding, most of it inflating: relabelling reads 20,000 a second
+        highs = b"".join([zlib.decompress(blob[:-dim], -15) for blob in blobs])
     except zlib.error as exc:
         raise ValueError(f"a kept embedding does not decode: {exc}") from None
-    if any(len(high) != dim or len(blob) <= dim for high, blob in zip(highs, blobs, strict=True)):
-        raise ValueError(f"a kept embedding is not {dim} values wide")
-    planes = np.empty((len(blobs), dim, 2), np.uint8)
-    planes[:, :, 0] = np.frombuffer(b"".join(blob[-dim:] for blob in blobs), np.uint8).reshape(
-        len(blobs), dim)
-    planes[:, :, 1] = np.frombuffer(b"".join(highs), np.uint8).reshape(len(blobs), dim)
-    return planes.view("<f2").reshape(len(blobs), dim)
+    lows = b"".join([blob[-dim:] for blob in blobs])
+    if len(highs) != len(lows) or len(lows) != len(blobs) * dim:
+        raise ValueError(f"kept embeddings are not {dim} values wide")
+    words = np.empty((len(blobs), dim), "<u2")
+    words[:] = np.frombuffer(highs, np.uint8).reshape(len(blobs), dim)
+    words <<= 8
+    words |= np.frombuffer(lows, np.uint8).reshape(len(blobs), dim)
+    return words.view("<f2")
 
 
 def spans(parts: int) -> Iterator[tuple[int, int]]:

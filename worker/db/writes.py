@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -85,8 +86,11 @@ def write_results(engine: Engine, outcomes: Sequence[Result], task_id: str | Non
 
 @retried
 def write_rows(engine: Engine, rows: list[dict[str, Any]]) -> None:
-    """Result rows, unique by image, model and label set (a relabel's batch), in one transaction."""
+    """Result rows, unique by image, model and label set, with their labels as JSON text (a
+    relabel's batch: COPY takes the text as it is), in one transaction."""
     with engine.begin() as conn:
+        if not bulk.uses_copy(conn):  # statements bind labels as a value, not as JSON text
+            rows = [{**row, "labels": json.loads(row["labels"])} for row in rows]
         _write(conn, rows, None)
 
 
