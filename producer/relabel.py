@@ -51,8 +51,9 @@ def _images(settings: Settings, scope_run: str | None) -> int:
     """About how many images there are to relabel; a ConfigError if there are none."""
     if scope_run:
         find_run(settings, scope_run)  # an unknown run is a mistake, not 0 images
-    images = embeddings.estimate_images(engine_for(settings.database_url),
-                                        embeddings.Scope(settings.model, scope_run))
+    engine = engine_for(settings.database_url)
+    embeddings.refresh_statistics(engine)
+    images = embeddings.estimate_images(engine, embeddings.Scope(settings.model, scope_run))
     if not images:
         raise ConfigError(f"no image has a kept embedding under model {settings.model}"
                           + (f" in run {scope_run}" if scope_run else "")

@@ -102,8 +102,8 @@ class Chunk:
 @dataclass(frozen=True)
 class Span:
     """One relabel message: score the images whose kept embeddings have keys in [lo, hi]
-    (worker/core/embedding.py) with a label set, for a run; ``scope_run``: only the images
-    that have a result in that run."""
+    (worker/core/embedding.py) with a label set, for a run; ``scope_run``: only that run's
+    images."""
 
     model: str
     labelset_id: str

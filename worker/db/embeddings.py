@@ -102,7 +102,7 @@ def kept_hashes(conn: Connection, model: str, hashes: Iterable[str]) -> set[str]
 
 @dataclass(frozen=True)
 class Scope:
-    """Which images a relabel scores: this model's, those with a result in ``run`` if given."""
+    """Which images a relabel scores: this model's, or only the images of ``run``."""
 
     model: str
     run: str | None = None
@@ -114,25 +114,30 @@ def _hex(conn: Connection, column: Any) -> Any:
     return sa.func.lower(sa.func.hex(column))
 
 
+def _only_filter(column: Any) -> Any:
+    """``column`` as a filter, never an index to search by: ``status = 'done'`` or a run's rows
+    match most of the table, and SQLite (no statistics) would search them per kept embedding."""
+    return column.concat("")
+
+
 def images_query(conn: Connection, scope: Scope, model_id: int, lo: int, hi: int) -> Any:
-    """Each image whose newest done result's content has a kept embedding with a key in
-    [lo, hi]: its URI, key, version and content, and that embedding."""
-    r, newer, of_run = results.alias("r"), results.alias("newer"), results.alias("of_run")
+    """Each image whose content has a kept embedding with a key in [lo, hi], at its newest done
+    result (with ``scope.run``: as that run's result has it): its URI, key, version, content,
+    and that embedding. Driven by the embeddings' key range, one index lookup per image."""
+    r, newer = results.alias("r"), results.alias("newer")
     e = embeddings
-    is_newer = sa.exists().where(
-        newer.c.uri_hash == r.c.uri_hash, newer.c.model == r.c.model, newer.c.status == "done",
-        sa.or_(newer.c.updated_at > r.c.updated_at,
-               sa.and_(newer.c.updated_at == r.c.updated_at, newer.c.id > r.c.id)))
     query = (sa.select(r.c.uri, r.c.uri_hash, r.c.item_key, r.c.source_version,
                        r.c.content_sha256, r.c.model, e.c.vector)
              .select_from(e.join(r, r.c.content_sha256 == _hex(conn, e.c.sha256)))
              .where(e.c.model_id == model_id, e.c.key.between(lo, hi), r.c.model == scope.model,
-                    r.c.status == "done", ~is_newer))
+                    _only_filter(r.c.status) == "done"))
     if scope.run:
-        query = query.where(sa.exists().where(of_run.c.uri_hash == r.c.uri_hash,
-                                              of_run.c.model == r.c.model,
-                                              of_run.c.run_id == scope.run))
-    return query
+        return query.where(_only_filter(r.c.run_id) == scope.run)
+    return query.where(~sa.exists().where(
+        newer.c.uri_hash == r.c.uri_hash, newer.c.model == r.c.model,
+        _only_filter(newer.c.status) == "done",
+        sa.or_(newer.c.updated_at > r.c.updated_at,
+               sa.and_(newer.c.updated_at == r.c.updated_at, newer.c.id > r.c.id))))
 
 
 def read_images(engine: Engine, scope: Scope, lo: int = KEY_MIN, hi: int = KEY_MAX,
@@ -144,9 +149,12 @@ def read_images(engine: Engine, scope: Scope, lo: int = KEY_MIN, hi: int = KEY_M
             found = model_id(conn, scope.model)
             if found is None:
                 return
-            if conn.dialect.name == "postgresql":  # index lookups, never a hash of results
-                conn.exec_driver_sql("SET LOCAL enable_hashjoin = off")
-                conn.exec_driver_sql("SET LOCAL enable_mergejoin = off")
+            if conn.dialect.name == "postgresql":
+                # One index lookup per image, never a hash of every result: cost in proportion
+                # to the range, one core per range (the fleet runs ranges side by side), and
+                # no JIT compiling per range.
+                for setting in ("enable_hashjoin", "enable_mergejoin", "jit"):
+                    conn.exec_driver_sql(f"SET LOCAL {setting} = off")
                 conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
             stream = conn.execution_options(stream_results=True, yield_per=batch).execute(
                 images_query(conn, scope, found[0], lo, hi))
@@ -156,6 +164,15 @@ def read_images(engine: Engine, scope: Scope, lo: int = KEY_MIN, hi: int = KEY_M
         if not is_transient(exc):
             raise
         raise TransientError(f"database unavailable: {redact(str(exc.orig or exc))}") from exc
+
+
+def refresh_statistics(engine: Engine) -> None:
+    """Let PostgreSQL know the tables relabel reads: without statistics (tables just filled,
+    autovacuum off or behind) it takes a content hash for unselective and plans a scan of every
+    result for each range. A role that does not own the tables gets a warning, not an error."""
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE embeddings, results")
 
 
 def estimate_images(engine: Engine, scope: Scope) -> int:
