@@ -15,7 +15,7 @@ from worker.core.settings import Settings
 
 def machine(settings: Settings, backend: Any, decoder: Any) -> dict[str, Any]:
     return {"device": backend.device, "decoder": decoder.name, "batch_size": backend.batch_size,
-            "chunk_size": settings.chunk_size, "fetch_threads": settings.fetch_threads,
+            "chunk_size": settings.chunk_size,
             "decode_processes": settings.decode_processes,
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "cpus": os.cpu_count(), "python": platform.python_version(),
@@ -58,7 +58,7 @@ def print_report(command: str, info: dict[str, Any], rows: list[dict[str, Any]],
     print(f"command: {command}")
     print(f"device {info['device']} ({info['gpu'] or str(info['cpus']) + ' CPUs'}), "
           f"{info['decoder']} decoder, batch {info['batch_size']}, chunk {info['chunk_size']}, "
-          f"{info['fetch_threads']} fetch threads, {info['decode_processes']} decode processes, "
+          f"{info['decode_processes']} decode processes, "
           f"{info['torch_threads']} torch threads, torch {info['torch']}, model "
           f"{'tiny' if args.tiny else 'ViT-B/16 (random weights)'}")
     print(f"(4): {args.pipeline} pipeline, {args.images} images per run, one worker process, "

@@ -27,8 +27,8 @@ from worker import checkpoint
 from worker.backends import BACKENDS
 from worker.core.labels import load_labelset
 from worker.core.settings import LABELSETS, load_settings
-from worker.decoders import make_decoder
-from worker.decoders.pillow import PillowDecoder
+from worker.decoders import DECODERS, decoder_name
+from worker.prep.pool import prep_pool
 
 ROOT = Path(__file__).resolve().parents[1]
 SIX_LABELS = ["台灯", "家具", "桌子", "椅子", "猫", "狗"]
@@ -115,18 +115,22 @@ def measure_stages(model: Path, corpora: dict[str, list[corpus.Image]],
     reference = load(model, "torch", "float32")
     texts = {"6": reference.encode_texts([[label] for label in SIX_LABELS]),
              "1000": reference.encode_texts(load_labelset(IMAGENET).prompts())}
-    decoder = make_decoder(settings, reference.device)  # the worker's: its rate is (3)
-    # On a GPU, Pillow's rate too: what nvJPEG is measured against.
-    others = [] if decoder.name == "pillow" else [PillowDecoder(settings)]
+    spec = reference.preprocess
+    # The worker's decoder (its rate is (3)); on a GPU, Pillow's too, what nvJPEG is measured
+    # against. Each runs as in the worker: decode processes, then `finish` here.
+    names = list(dict.fromkeys([decoder_name(settings.decoder, reference.device), "pillow"]))
+    decoders = [(DECODERS.get(n)(settings, reference.device), prep_pool(settings, n, spec, False))
+                for n in names]
+    decoder = decoders[0][0]
     info = report.machine(settings, reference, decoder)
     decoded, info["decode"], info["other_decoders"] = {}, {}, {}
     for name, images in corpora.items():
         say(f"measuring (3) the {decoder.name} decoder on {name}")
         info["decode"][name], decoded[name] = stages.decode_all(
-            decoder, images, reference.preprocess, reference.batch_size)
-        for other in others:
+            decoders[0][1], decoder, images, spec, reference.batch_size)
+        for other, pool in decoders[1:]:
             info["other_decoders"][f"{other.name}/{name}"] = stages.decode_all(
-                other, images, reference.preprocess, reference.batch_size)[0]
+                pool, other, images, spec, reference.batch_size)[0]
     truth = {name: stages.embed(reference, pixels) for name, pixels in decoded.items()}
     rows = []
     for backend, precision in wanted:
@@ -145,8 +149,9 @@ def measure_stages(model: Path, corpora: dict[str, list[corpus.Image]],
         rows.append(row)
         del runtime
         gc.collect()
-    for closing in (decoder, *others):
+    for closing, pool in decoders:
         closing.close()
+        pool.close()
     return info, rows
 
 

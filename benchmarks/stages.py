@@ -13,6 +13,7 @@ from testkit.corpus import Image
 from worker.backends import Backend
 from worker.core.pixels import Pixels, Preprocess
 from worker.decoders import Decoder
+from worker.prep.pool import PrepPool
 
 
 def seed_loop(checkpoint: Path, images: Sequence[Image], labels: Sequence[str]) -> float:
@@ -57,15 +58,22 @@ def tower(backend: Backend, seconds: float = 10.0, min_batches: int = 3) -> floa
     return done * len(batch) / (time.perf_counter() - started)
 
 
-def decode_all(decoder: Decoder, images: Sequence[Image], spec: Preprocess, batch: int
-               ) -> tuple[float, list[Pixels]]:
-    """A decoder over all images in batches: images/s, and the pixels (errors left out)."""
-    decoder.decode([image.data for image in images[:batch]], spec)  # warm the processes
+def decode_all(pool: PrepPool, decoder: Decoder, images: Sequence[Image], spec: Preprocess,
+               batch: int) -> tuple[float, list[Pixels]]:
+    """A decoder over all images in batches, as the worker runs it (``prepare`` in the decode
+    processes, ``finish`` here): images/s, and the pixels (errors left out)."""
+
+    def decode(part: Sequence[Image]) -> list[Pixels]:
+        answers = {a.index: a.outcome for a in pool.prepare(
+            [(i, image.data) for i, image in enumerate(part)])}
+        ready = [answers[i] for i in range(len(part)) if not isinstance(answers[i], Exception)]
+        return [p for p in decoder.finish(ready, spec) if not isinstance(p, Exception)]
+
+    decode(images[:batch])  # warm the processes
     pixels: list[Pixels] = []
     started = time.perf_counter()
     for start in range(0, len(images), batch):
-        out = decoder.decode([image.data for image in images[start:start + batch]], spec)
-        pixels.extend(p for p in out if not isinstance(p, Exception))
+        pixels.extend(decode(images[start:start + batch]))
     return len(images) / (time.perf_counter() - started), pixels
 
 

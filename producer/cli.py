@@ -20,6 +20,7 @@ from producer import status as reporting
 from producer.export import WRITERS, export_embeddings, format_of
 from producer.export import export as export_rows
 from producer.progress import Progress
+from producer.report import PREVIEW_SECONDS, write_report
 from producer.tag import tag as tag_location
 from worker.core.errors import ConfigError, SourceError
 from worker.core.labels import LabelSet, load_labelset
@@ -259,6 +260,21 @@ def relabel(labels: Path | None, templates: Path | None, scope_run: str | None,
     else:
         click.echo(render.relabelling(relabelling.relabel(settings, labelset,
                                                           scope_run=scope_run), settings.model))
+
+
+@main.command()
+@click.option("--run", "run_id", help="The run to show (default: the latest).")
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False),
+              help="HTML file to write [default: RUN.html beside the run's results under "
+                   "TAGGER_HOME].")
+@click.option("--preview-seconds", type=click.FloatRange(min=1), default=PREVIEW_SECONDS,
+              show_default=True, help="Time for all previews; the rest say they ran out.")
+def report(run_id: str | None, output: Path | None, preview_seconds: float) -> None:
+    """Write one self-contained HTML page of a run: its figures, a gallery per label, the least
+    confident images, failures by reason and a score histogram."""
+    settings = _settings()
+    _ready(settings)
+    click.echo(f"report: {write_report(settings, output, run_id, preview_seconds=preview_seconds)}")
 
 
 @main.command("retry-failed")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from producer.relabel import Relabelling
-from producer.tag import Tagged
+if TYPE_CHECKING:  # producer.tag writes a report, whose page uses counts() from here
+    from producer.relabel import Relabelling
+    from producer.tag import Tagged
 
 
 def counts(mapping: Mapping[str, int]) -> str:
@@ -55,6 +56,8 @@ def tagged(result: Tagged) -> str:
         top = ", ".join(f"{label} {n}" for label, n in result.top_labels.most_common(8))
         lines.append(f"  top labels: {top}")
     lines.append(f"labels of {result.exported} images: {result.output}")
+    if result.report:
+        lines.append(f"report: {result.report}")
     return "\n".join(lines)
 
 

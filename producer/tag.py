@@ -15,6 +15,7 @@ from producer.enqueue import Listing, Summary, enqueue, locate
 from producer.export import export, format_of
 from producer.local_worker import LocalWorker
 from producer.progress import Progress
+from producer.report import write_report
 from producer.status import wait
 from worker.core.labels import LabelSet
 from worker.core.redact import redact
@@ -38,6 +39,7 @@ class Tagged:
     failed_by_reason: Counter[str] = field(default_factory=Counter)
     top_labels: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    report: Path | None = None
 
 
 def tag(settings: Settings, location: str, *, labelset: LabelSet, output: Path | None,
@@ -58,7 +60,10 @@ def tag(settings: Settings, location: str, *, labelset: LabelSet, output: Path |
         if summary.enqueued:
             _wait(settings, summary, worker, timeout)
     output = output or settings.home / "results" / f"{summary.run_id}.jsonl"
-    tagged = _export(settings, listing.location, labelset, summary, output)
+    selection = _selection(settings, listing.location, labelset)
+    tagged = _export(settings, selection, summary, output)
+    page = output.with_suffix(".html" if output.suffix != ".html" else ".report.html")
+    tagged.report = write_report(settings, page, summary.run_id, selection)
     tagged.seconds = time.monotonic() - started
     return tagged
 
@@ -101,14 +106,17 @@ def _cancel(settings: Settings, run_id: str) -> None:
                     "TAGGER_PENDING_TTL): %s", run_id, redact(str(exc)))
 
 
-def _export(settings: Settings, location: str, labelset: LabelSet, summary: Summary,
-            output: Path) -> Tagged:
+def _selection(settings: Settings, location: str, labelset: LabelSet) -> dict[str, str]:
     """Every image under ``location`` with a result for this model and label set: those of this
     run, and those an earlier run already tagged (skipped as done this time)."""
-    tagged = Tagged(summary=summary, output=output)
     prefix = Path(location).as_uri() + "/" if scheme(location) == "" else location
-    rows = db.iter_results(engine_for(settings.database_url), uri_prefix=prefix,
-                           model=settings.model, labelset_id=labelset.id)
+    return {"uri_prefix": prefix, "model": settings.model, "labelset_id": labelset.id}
+
+
+def _export(settings: Settings, selection: Mapping[str, str], summary: Summary,
+            output: Path) -> Tagged:
+    tagged = Tagged(summary=summary, output=output)
+    rows = db.iter_results(engine_for(settings.database_url), **selection)
 
     def counted() -> Iterator[Mapping[str, Any]]:
         for row in rows:

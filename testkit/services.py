@@ -159,4 +159,5 @@ def reset_s3_clients() -> None:
     from worker.sources import s3
 
     s3.client.cache_clear()  # a client reads AWS_ENDPOINT_URL_S3 when it is made
+    s3._store.cache_clear()
     sources._cached.cache_clear()  # and each cached Source holds its client

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from testkit.browser import INSTALL, Browser, find_chromium
 from testkit.models import TEST_LABELS, tiny_checkpoint
 from testkit.processes import Worker
 from testkit.services import REDIS_URL, postgres_database, s3_server
@@ -97,7 +98,7 @@ def tagger_env(tmp_path: Path, tiny_model: Path, labels_file: Path, pg_url: str,
            "TAGGER_PRECISION": "float32", "TAGGER_HOME": str(tmp_path / "home"),
            "TAGGER_CACHE_DIR": str(tmp_path / "cache"), "TAGGER_CHUNK_SIZE": "8",
            "TAGGER_BATCH_SIZE": "4", "TAGGER_VISIBILITY_TIMEOUT": "30",
-           "TAGGER_FETCH_THREADS": "2", "TAGGER_DECODE_PROCESSES": "2", **aws_env}
+           "TAGGER_DECODE_PROCESSES": "2", **aws_env}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
@@ -116,3 +117,14 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     yield start
     for worker in workers:
         worker.kill()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium (the system's, driven by Playwright), once per test process."""
+    executable = find_chromium()
+    if executable is None:
+        pytest.skip(f"no Chromium to load pages in: {INSTALL}")
+    started = Browser(executable)
+    yield started
+    started.close()

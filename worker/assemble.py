@@ -1,8 +1,8 @@
 """Settings to parts: the one place that builds what a worker process holds.
 
-Backend, decoder, sinks, label-set store and database engine are made here from ``Settings`` and
-handed to the loop (``pipeline.Tagger``) and the chunk runner (``chunks``), which never read
-settings themselves.
+Backend, decoder, decode processes, forward thread, sinks, label-set store and database engine
+are made here from ``Settings`` and handed to the loop (``pipeline.Tagger``) and the chunk
+runner (``chunks``), which never read settings themselves.
 """
 
 from __future__ import annotations
@@ -14,15 +14,18 @@ from sqlalchemy.engine import Engine
 
 from worker.backends import Backend
 from worker.backends.choose import load_backend
+from worker.batcher import Batcher
 from worker.core.settings import Settings
 from worker.db.schema import engine_for
-from worker.decoders import make_decoder
+from worker.decoders import DECODERS, decoder_name
 from worker.dedupe import KnownContent
 from worker.file_roots import FileRoots
 from worker.labelstore import LabelStore
 from worker.pipeline import LoopOptions, Tagger
+from worker.prep.pool import prep_pool
 from worker.sinks import Sink, make_sinks
-from worker.sources import Source, source_for
+
+LINGER_ON_GPU = 0.005  # seconds a partial batch waits for other chunks' images
 
 
 @dataclass
@@ -38,7 +41,7 @@ class Parts:
     tagger: Tagger
 
     def close(self) -> None:
-        """Stop the loop's threads and the decoder's processes."""
+        """Stop the forward thread and the decode processes."""
         self.tagger.close()
 
 
@@ -46,18 +49,14 @@ def assemble(settings: Settings, folder: Path, backend: Backend | None = None) -
     """Every part, from ``settings``; ``backend``: one already loaded (tests, benchmarks)."""
     engine = engine_for(settings.database_url)
     backend = backend or load_backend(settings, folder)
-    decoder = make_decoder(settings, backend.device)
-
-    def sources(uri: str) -> Source:
-        return source_for(uri, settings)
-
+    on_cpu = backend.device == "cpu"
     overlap = settings.decode_overlap
-    options = LoopOptions(
-        fetch_threads=settings.fetch_threads, item_timeout=settings.item_timeout,
-        top_k=settings.top_k,
-        take_turns=overlap == "off" or (overlap == "auto" and backend.device == "cpu"))
-    tagger = Tagger(backend, decoder, sources, KnownContent(engine, settings.model), options)
+    take_turns = overlap == "off" or (overlap == "auto" and on_cpu)
+    name = decoder_name(settings.decoder, backend.device)
+    prep = prep_pool(settings, name, backend.preprocess, take_turns)
+    batcher = Batcher(backend, prep.turns, linger=0.0 if on_cpu else LINGER_ON_GPU)
+    tagger = Tagger(backend, DECODERS.get(name)(settings, backend.device), prep, batcher,
+                    KnownContent(engine, settings.model), LoopOptions(top_k=settings.top_k))
     return Parts(model=settings.model, max_deliveries=settings.max_deliveries, engine=engine,
-                 sinks=make_sinks(settings),
-                 labels=LabelStore(engine, settings.model, backend),
+                 sinks=make_sinks(settings), labels=LabelStore(engine, settings.model, backend),
                  roots=FileRoots(engine, settings.file_roots), tagger=tagger)

@@ -10,8 +10,8 @@ from typing import Any
 
 from worker import metrics
 from worker.assemble import Parts
-from worker.core.contract import KEPT_RUNTIME, Chunk, Result
-from worker.core.errors import ItemError, Reason
+from worker.core.contract import KEPT_RUNTIME, Chunk, Item, Result
+from worker.core.errors import ItemError, Reason, TransientError
 from worker.core.redact import redact
 from worker.db import writes as db
 from worker.pipeline import Work
@@ -33,14 +33,30 @@ class ChunkReport:
                 "timings": {k: round(v, 4) for k, v in self.timings.items()}}
 
 
+class RetryItems(TransientError):
+    """Some images met trouble that may pass: the others are written, these go again."""
+
+    def __init__(self, items: Sequence[Item], cause: TransientError) -> None:
+        super().__init__(f"{len(items)} of the chunk's images to try again: {cause}")
+        self.items = tuple(items)
+
+
 def results_of(works: Sequence[Work], chunk: Chunk, runtime: str, attempts: int
                ) -> list[Result]:
-    return [Result(item=w.item, model=chunk.model, labelset_id=chunk.labelset_id,
-                   run_id=chunk.run_id, labels=w.labels or [], content_sha256=w.sha256,
-                   reason=w.error.reason if w.error else None,
-                   error=redact(str(w.error)) if w.error else None, attempts=attempts,
-                   runtime=None if w.error else KEPT_RUNTIME if w.kept else runtime,
-                   embedding=w.embedding) for w in works]
+    """The rows of the answered works; a work with neither labels nor an error (a bug) is
+    failed, never stored done without labels."""
+    out = []
+    for w in works:
+        error = w.error
+        if error is None and not w.labels:
+            error = ItemError(Reason.INTERNAL_ERROR, "no labels were computed for the image")
+        out.append(Result(item=w.item, model=chunk.model, labelset_id=chunk.labelset_id,
+                          run_id=chunk.run_id, labels=[] if error else w.labels or [],
+                          content_sha256=w.sha256, reason=error.reason if error else None,
+                          error=redact(str(error)) if error else None, attempts=attempts,
+                          runtime=None if error else KEPT_RUNTIME if w.kept else runtime,
+                          embedding=None if error else w.embedding))
+    return out
 
 
 def park(parts: Parts, chunk: Chunk, reason: Reason, message: str, *, task_id: str | None,
@@ -85,8 +101,12 @@ def run_chunk(parts: Parts, chunk: Chunk, *, task_id: str, retries: int, final: 
     tagger = parts.tagger
     works, timings = tagger.tag(chunk.items, scoring, parts.roots.for_run(chunk.run_id),
                                 final=final)
-    outcomes = results_of(works, chunk, tagger.backend.description, deliveries)
+    again = [w for w in works if w.transient is not None]
+    answered = [w for w in works if w.transient is None]
+    outcomes = results_of(answered, chunk, tagger.backend.description, deliveries)
     timings["write"] = write(parts, outcomes, task_id)
     metrics.observe_timings(timings)
+    if again:  # after the write: the answered images are not fetched again
+        raise RetryItems([w.item for w in again], again[0].transient)  # type: ignore[arg-type]
     failed = sum(o.reason is not None for o in outcomes)
     return ChunkReport(done=len(outcomes) - failed, failed=failed, timings=timings)

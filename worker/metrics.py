@@ -16,7 +16,8 @@ BATCH_SIZE = Histogram("tagger_batch_size", "Images per forward pass",
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
 FORWARD_SECONDS = Histogram("tagger_forward_seconds", "Seconds per forward pass (image tower)")
 STAGE_SECONDS = Counter("tagger_stage_seconds_total",
-                        "Seconds spent per chunk stage (wait = waiting on fetch/decode)", ["stage"])
+                        "Seconds spent per chunk stage (prepare = until every image was fetched "
+                        "and decoded, score = after; forward = the image tower's)", ["stage"])
 QUEUE_WAIT = Histogram("tagger_queue_wait_seconds", "Seconds a chunk waited in the broker",
                        buckets=(0.1, 1, 5, 30, 60, 300, 900, 3600, 14400, 43200))
 BACKEND = Info("tagger_backend", "The model runtime this worker runs (backend, precision, device)")

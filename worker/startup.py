@@ -71,9 +71,9 @@ def warm_up(settings: Settings) -> Parts:
         metrics.serve(settings.metrics_port + _child_index())
     metrics.observe_backend({"backend": backend.name, "runtime": backend.description,
                              "decoder": decoder.name}, getattr(backend, "candidates", ()))
-    log.info("model %s: %s, batch size %d, %s decoder, %d fetch threads; label set %s ready",
+    log.info("model %s: %s, batch size %d, %s decoder, %d decode processes; label set %s ready",
              settings.model, backend.description, backend.batch_size, decoder.name,
-             settings.fetch_threads, checked.labelset.id)
+             settings.decode_processes, checked.labelset.id)
     _parts = parts
     return parts
 

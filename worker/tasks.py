@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -151,6 +152,9 @@ def _retry(task: Task, exc: Exception, chunk: Chunk | Span) -> Exception:
     countdown = get_exponential_backoff_interval(
         factor=2, retries=task.request.retries, maximum=settings.max_retry_countdown,
         full_jitter=True)
+    if isinstance(exc, chunks.RetryItems):  # only the images that met the trouble go again
+        chunk = dataclasses.replace(chunk, items=exc.items)
     log.warning("retrying chunk in %ss (%d of %d): %s", countdown, task.request.retries + 1,
                 settings.chunk_retries, exc)
-    return task.retry(exc=exc, countdown=countdown, throw=False, kwargsrepr=chunk.describe())
+    return task.retry(exc=exc, countdown=countdown, throw=False, kwargs=chunk.encode(),
+                      kwargsrepr=chunk.describe())

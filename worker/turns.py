@@ -1,60 +1,81 @@
-"""Turns on shared CPU cores: decoders pause while a forward pass runs on the same cores."""
+"""Turns on shared CPU cores: decode processes pause while a forward pass runs on the same cores.
+
+On a CPU the model's intra-op threads already use every core; a decoder that preempts one of
+them stalls the others at the next barrier while they spin. Taking turns costs nothing there
+(both stages use all cores in turn) and keeps each at full speed. On a GPU the stages use
+different hardware and overlap freely (no turns). The gate lives in a small shared memory file
+that the model's process and its decode processes map: byte 0 says "the model wants the cores",
+byte 1 + N says "process N is decoding".
+"""
 
 from __future__ import annotations
 
 import contextlib
+import mmap
+import os
 import threading
+import time
 from collections.abc import Iterator
+
+POLL = 0.0005  # seconds between looks at the gate: short next to a decode or a forward pass
 
 
 class Turns:
-    """A readers-writer gate: many decoders at once, or the model alone (when ``enabled``).
+    """The gate as the model's process sees it (``enabled``: on a CPU)."""
 
-    On a CPU the model's intra-op threads already use every core; a decoder that preempts one
-    of them stalls the others at the next barrier while they spin. Taking turns costs nothing
-    there (both stages use all cores in turn) and keeps each one at full speed. On a GPU the
-    stages use different hardware and overlap freely (``enabled=False``). The model's turn is
-    exclusive either way: one forward pass at a time per process.
-    """
-
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, processes: int) -> None:
         self.enabled = enabled
-        self._cond = threading.Condition()
-        self._decoders = 0
-        self._model_waiting = False
-        self._model = threading.Lock()
+        self.fd = os.memfd_create("tagger-turns", 0)
+        os.ftruncate(self.fd, 1 + processes)
+        self.memory = mmap.mmap(self.fd, 1 + processes)
+        self._lock = threading.Lock()  # one forward pass at a time per process
+
+    @contextlib.contextmanager
+    def model(self) -> Iterator[None]:
+        """The model's turn: new decodes wait, running ones finish first."""
+        with self._lock:
+            if not self.enabled:
+                yield
+                return
+            self.memory[0] = 1
+            try:
+                while any(self.memory[1:]):
+                    time.sleep(POLL)
+                yield
+            finally:
+                self.memory[0] = 0
+
+    def forget(self, slot: int) -> None:
+        """A decode process that died mid-decode leaves its mark: clear it, or the model
+        would wait for it for ever."""
+        self.memory[1 + slot] = 0
+
+    def close(self) -> None:
+        self.memory.close()
+        os.close(self.fd)
+
+
+class Turn:
+    """The gate as decode process ``slot`` sees it (the file descriptor it inherited)."""
+
+    def __init__(self, fd: int, slot: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.slot = 1 + slot
+        self.memory = mmap.mmap(fd, 0)
 
     @contextlib.contextmanager
     def decoding(self) -> Iterator[None]:
         if not self.enabled:
             yield
             return
-        with self._cond:
-            self._cond.wait_for(lambda: not self._model_waiting)
-            self._decoders += 1
+        while True:
+            while self.memory[0]:
+                time.sleep(POLL)
+            self.memory[self.slot] = 1
+            if not self.memory[0]:  # the model did not ask in between: ours
+                break
+            self.memory[self.slot] = 0
         try:
             yield
         finally:
-            with self._cond:
-                self._decoders -= 1
-                self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def model(self) -> Iterator[None]:
-        """The model's turn: new decodes wait, running ones finish first."""
-        with self._model:
-            if not self.enabled:
-                yield
-                return
-            # Set inside try: an exception while waiting (a time limit) must not leave the flag
-            # set, or every later decode would wait for ever. One model turn at a time (the lock
-            # above), so a flag is enough.
-            try:
-                with self._cond:
-                    self._model_waiting = True
-                    self._cond.wait_for(lambda: self._decoders == 0)
-                yield
-            finally:
-                with self._cond:
-                    self._model_waiting = False
-                    self._cond.notify_all()
+            self.memory[self.slot] = 0

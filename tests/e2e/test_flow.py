@@ -70,7 +70,7 @@ def test_embedded_default(tmp_path: Path, tiny_model, labels_file, start_worker,
     env = {"TAGGER_HOME": str(home), "TAGGER_MODEL": str(tiny_model),
            "TAGGER_LABELS": str(labels_file), "TAGGER_BACKEND": "torch",
            "TAGGER_PRECISION": "float32", "TAGGER_QUEUE": "tagger",
-           "TAGGER_FETCH_THREADS": "2", "TAGGER_DECODE_PROCESSES": "2"}
+           "TAGGER_DECODE_PROCESSES": "2"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     url = f"sqlite:///{home / 'results.db'}"

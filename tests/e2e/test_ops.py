@@ -110,7 +110,7 @@ def test_deployed_worker_serves_metrics_and_logs_json_without_secrets(
     assert scraped[("tagger_queue_wait_seconds_count", ())] == 1
     stages = {dict(labels)["stage"] for name, labels in scraped
               if name == "tagger_stage_seconds_total"}
-    assert {"wait", "forward", "write", "total"} <= stages
+    assert {"prepare", "score", "forward", "write", "total"} <= stages
     backend = {dict(labels).get("backend") for name, labels in scraped
                if name == "tagger_backend_info"}
     assert backend == {"torch"}
@@ -124,7 +124,7 @@ def test_deployed_worker_serves_metrics_and_logs_json_without_secrets(
     chunk = next(r for r in records if r["message"] == "chunk tagged")
     assert chunk["run_id"] == run_id(out) and chunk["chunk_size"] == 6 and chunk["task_id"]
     assert (chunk["done"], chunk["failed"]) == (5, 1)
-    assert {"wait", "forward", "write"} <= set(chunk["timings"])
+    assert {"prepare", "score", "forward", "write"} <= set(chunk["timings"])
     # The start-up line names the broker and the database, with their passwords masked.
     assert any("127.0.0.1" in r["message"] and "***" in r["message"] for r in records)
 

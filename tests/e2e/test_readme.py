@@ -28,7 +28,7 @@ def test_readme_first_command_is_producer_tag():
     # command starts and stops its own worker.
     recipe = make_target("tag")
     assert len(recipe) == 1 and recipe[0].startswith("$(BIN)/producer tag $(IMAGES)"), recipe
-    assert "make test" in readme[:1500] and make_target("test") == ["$(BIN)/pytest"]
+    assert "make test" in readme[:1500] and make_target("test") == ["$(BIN)/pytest -n 4"]
     assert "make test" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -16,9 +17,8 @@ from testkit.models import TEST_LABELS, FakeBackend, direct_scores
 from worker.assemble import Parts, assemble
 from worker.backends import Backend
 from worker.backends.torch_clip import TorchBackend
-from worker.chunks import ChunkReport, run_chunk
+from worker.chunks import ChunkReport, RetryItems, run_chunk
 from worker.core.contract import Chunk, Item
-from worker.core.errors import TransientError
 from worker.core.labels import LabelSet
 from worker.core.settings import Settings, load_settings
 from worker.db import labelsets
@@ -31,7 +31,7 @@ LABELSET = LabelSet(labels=tuple(TEST_LABELS), parents=("家居", "家居", "家
 def make_settings(database_url: str, root: Path, **extra: str) -> Settings:
     return load_settings({"DATABASE_URL": database_url, "TAGGER_HOME": str(root / "home"),
                           "TAGGER_FILE_ROOTS": str(root), "TAGGER_TOP_K": "3",
-                          "TAGGER_MAX_DELIVERIES": "2", "TAGGER_FETCH_THREADS": "2",
+                          "TAGGER_MAX_DELIVERIES": "2",
                           "TAGGER_DECODE_PROCESSES": "2", "TAGGER_PRECISION": "float32",
                           "TAGGER_DEVICE": "cpu", "TAGGER_BATCH_SIZE": "2", **extra})
 
@@ -195,15 +195,17 @@ def test_a_malformed_uri_fails_only_its_item(start, tmp_path: Path, database: st
     assert len(failed) == 4 and {r.reason for r in failed} == {"bad-uri"}
 
 
-def test_transient_fetch_errors_become_failures_on_the_final_attempt(start, settings, tmp_path):
+def test_a_transient_error_retries_its_item_alone_then_fails_it(start, settings, tmp_path):
     fake = start(make_settings(settings.database_url, tmp_path, TAGGER_ALLOW_PRIVATE_URLS="1",
                                TAGGER_FETCH_TIMEOUT="1"), FakeBackend())
-    uris = ["https://127.0.0.1:1/never.jpg", *files(tmp_path, [1])]
-    with pytest.raises(TransientError):
+    uris = ["https://127.0.0.1:1/never.jpg", *files(tmp_path, [1, 2])]
+    with pytest.raises(RetryItems) as retry:
         tag(fake, uris, task_id="t1")
-    assert stored(fake) == {}  # nothing written: the whole chunk is retried
-    report = tag(fake, uris, task_id="t1", retries=1, final=True)
-    assert (report.done, report.failed) == (1, 1)
+    # The neighbours are written now and never fetched again; only the failing item goes back.
+    assert [i.uri for i in retry.value.items] == uris[:1]
+    assert {u: r.status for u, r in stored(fake).items()} == {uris[1]: "done", uris[2]: "done"}
+    report = tag(fake, retry.value.items, task_id="t1", retries=1, final=True)
+    assert (report.done, report.failed) == (0, 1)
     assert stored(fake)[uris[0]].reason == "transient"
 
 
@@ -223,6 +225,31 @@ def test_a_decode_over_the_item_timeout_fails_only_its_item(start, settings, tmp
     assert row.reason == "timeout" and "TAGGER_ITEM_TIMEOUT" in row.error
     assert elapsed < 2.5  # stopped at the limit, not after the decode (nor 3 s after it)
     assert tag(fake, [uris[2]], task_id="t2").done == 1  # the next chunk, as usual
+
+
+@pytest.mark.timeout(120)
+def test_copies_of_one_content_end_alike_and_done_always_has_labels(start, settings, tmp_path):
+    fake = start(make_settings(settings.database_url, tmp_path, TAGGER_ITEM_TIMEOUT="1"),
+                 FakeBackend(batch_size=4))
+    junk, bomb = tmp_path / "junk.jpg", tmp_path / "bomb.jpg"
+    junk.write_bytes(b"a README saved as .jpg")
+    bomb.write_bytes(scan_bomb(8192, 1000))  # seconds of decoding: over the 1 s limit
+    uris = {"junk": [], "bomb": [], "good": files(tmp_path, [4, 4, 4], prefix="same")}
+    for kind, source in (("junk", junk), ("bomb", bomb)):
+        for i in range(3 if kind == "junk" else 6):
+            copy = tmp_path / f"{kind}-{i}.jpg"
+            copy.write_bytes(source.read_bytes())
+            uris[kind].append(str(copy))
+    started = time.monotonic()
+    report = tag(fake, [u for kind in ("bomb", "junk", "good") for u in uris[kind]])
+    assert (report.done, report.failed) == (3, 9)
+    rows = stored(fake)
+    assert {(rows[u].status, rows[u].reason) for u in uris["junk"]} == {("failed", "undecodable")}
+    assert {(rows[u].status, rows[u].reason) for u in uris["bomb"]} == {("failed", "timeout")}
+    assert len({json.dumps(rows[u].labels) for u in uris["good"]}) == 1
+    assert all(r.labels for r in rows.values() if r.status == "done")
+    # A copy that killed its process is not decoded again by that process's replacement.
+    assert time.monotonic() - started < 6
 
 
 class CountingBackend(FakeBackend):
@@ -317,10 +344,10 @@ def test_text_embeddings_are_computed_once_per_model_label_set_and_encoder(start
 
 
 def test_overlap_follows_the_device_and_the_setting(start, settings):
-    assert start(settings, FakeBackend()).tagger.turns.enabled  # auto on CPU: take turns
+    assert start(settings, FakeBackend()).tagger.prep.turns.enabled  # auto on CPU: take turns
     on = load_settings({"DATABASE_URL": settings.database_url, "TAGGER_DECODE_OVERLAP": "on",
                         "TAGGER_DECODE_PROCESSES": "1"})
-    assert not start(on, FakeBackend()).tagger.turns.enabled
+    assert not start(on, FakeBackend()).tagger.prep.turns.enabled
 
 
 def test_top_k_is_capped_by_the_label_count(fake, tmp_path: Path):

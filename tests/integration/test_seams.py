@@ -1,6 +1,6 @@
 """ARCHITECTURE.md's "Where a change goes", proven: a new source, backend, decoder and sink, each
 one class here plus one registration, carry a catalogue from `producer enqueue URI` through Redis
-and the worker's parts into PostgreSQL, with no other file edited."""
+and the worker's parts (its decode processes included) into PostgreSQL, no other file edited."""
 
 from __future__ import annotations
 
@@ -14,40 +14,40 @@ import numpy as np
 import pytest
 import redis
 import sqlalchemy as sa
-import torch
 
 from producer.sending import sending_app
 from testkit.commands import invoke, one_line_error
 from testkit.services import REDIS_URL
-from worker.assemble import assemble
 from worker.backends import BACKENDS
-from worker.backends.choose import candidate_names
-from worker.chunks import run_chunk
 from worker.core.contract import Chunk, Item, Result
 from worker.core.errors import ConfigError, ItemError, Reason
 from worker.core.pixels import Pixels, Preprocess
 from worker.core.registry import Registry
 from worker.core.settings import Settings, load_settings
 from worker.db.schema import engine_for, results
-from worker.decoders import DECODERS, decoder_name
+from worker.decoders import DECODERS, Limits, decoder_name
 from worker.sinks import SINKS
 from worker.sources import SOURCES, Budget, Listed, Source
 
-SHELF: dict[str, bytes] = {}  # what the mem:// "store" holds, by name
+SHELF = f"seams-{uuid.uuid4().hex[:8]}"  # this run's keys in Redis
+class KeyValueSource(Source):
+    """``kv://PREFIX/NAME``: images stored as Redis values under ``PREFIX/NAME``."""
 
-
-class MemorySource(Source):
-    """``mem://shelf/NAME``: a store in this process."""
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.store = redis.Redis.from_url(REDIS_URL)
 
     def listing(self, location: str, **_: Any) -> Iterator[Listed]:
-        for name, data in sorted(SHELF.items()):
-            yield Item(f"mem://shelf/{name}", version=hashlib.md5(data).hexdigest())
+        prefix = location.removeprefix("kv://")
+        for key in sorted(self.store.scan_iter(match=f"{prefix}*")):
+            data = self.store.get(key) or b""
+            yield Item(f"kv://{key.decode()}", version=hashlib.md5(data).hexdigest())
 
     def fetch(self, uri: str, budget: Budget) -> bytes:
-        name = uri.removeprefix("mem://shelf/")
-        if name not in SHELF:
-            raise ItemError(Reason.NOT_FOUND, f"nothing on the shelf under {name}")
-        return SHELF[name]
+        data = self.store.get(uri.removeprefix("kv://"))
+        if data is None:
+            raise ItemError(Reason.NOT_FOUND, f"no value under {uri}")
+        return bytes(data)
 
 
 class SolidDecoder:
@@ -62,10 +62,15 @@ class SolidDecoder:
     def preferred_on(cls, device: str) -> bool:
         return device == "abacus"
 
-    def decode(self, blobs: Sequence[bytes], spec: Preprocess) -> list[Pixels | ItemError]:
-        return [np.full((spec.height, spec.width, 3), list(blob[5:8]), np.uint8)
-                if blob.startswith(b"SOLID") and len(blob) == 8
-                else ItemError(Reason.UNDECODABLE, "not a SOLID image") for blob in blobs]
+    @staticmethod
+    def prepare(data: bytes, spec: Preprocess, limits: Limits) -> np.ndarray:
+        """In a decode process, under the item's deadline and memory cap."""
+        if not data.startswith(b"SOLID") or len(data) != 8:
+            raise ItemError(Reason.UNDECODABLE, "not a SOLID image")
+        return np.full((spec.height, spec.width, 3), list(data[5:8]), np.uint8)
+
+    def finish(self, prepared: Sequence[Any], spec: Preprocess) -> list[Pixels | ItemError]:
+        return list(prepared)
 
     def close(self) -> None:
         pass
@@ -127,7 +132,7 @@ def registered(monkeypatch: pytest.MonkeyPatch) -> None:
     """The one registration line of each new part (undone after the test)."""
     for registry in (SOURCES, BACKENDS, DECODERS, SINKS):
         monkeypatch.setattr(registry, "_entries", dict(registry._entries))
-    SOURCES.register("mem", MemorySource)
+    SOURCES.register("kv", KeyValueSource)
     BACKENDS.register("colour", ColourBackend)
     DECODERS.register("solid", SolidDecoder)
     SINKS.register("list", ListSink)
@@ -143,11 +148,13 @@ def env(registered: None, pg_url: str, tmp_path: Path, monkeypatch: pytest.Monke
               "TAGGER_QUEUE": f"test-seams-{uuid.uuid4().hex[:8]}", "TAGGER_MODEL": "colours",
               "TAGGER_LABELS": str(labels), "TAGGER_HOME": str(tmp_path / "home"),
               "TAGGER_BACKEND": "colour", "TAGGER_DECODER": "solid",
-              "TAGGER_SINKS": "database,list", "TAGGER_TOP_K": "2", "TAGGER_CHUNK_SIZE": "3"}
+              "TAGGER_SINKS": "database,list", "TAGGER_TOP_K": "2", "TAGGER_CHUNK_SIZE": "3",
+              "TAGGER_DECODE_PROCESSES": "2"}
     for key, value in values.items():
         monkeypatch.setenv(key, value)
     yield values
-    redis.Redis.from_url(REDIS_URL).delete(values["TAGGER_QUEUE"])
+    store = redis.Redis.from_url(REDIS_URL)
+    store.delete(values["TAGGER_QUEUE"], *store.scan_iter(match=f"{SHELF}*"))
 
 
 def queued_chunks(settings: Settings) -> list[Chunk]:
@@ -166,12 +173,17 @@ def queued_chunks(settings: Settings) -> list[Chunk]:
 
 
 def test_new_parts_carry_a_catalogue_end_to_end(env: dict[str, str], tmp_path: Path):
-    SHELF.update({"red.solid": b"SOLID\xff\x00\x00", "green.solid": b"SOLID\x00\xff\x00",
-                  "blue.solid": b"SOLID\x00\x00\xff", "dull.solid": b"SOLID\x10\x10\xf0",
-                  "scrap.solid": b"JUNK"})
-    out = invoke("enqueue", "mem://shelf/")
+    store = redis.Redis.from_url(REDIS_URL)
+    for name, data in {"red.solid": b"SOLID\xff\x00\x00", "green.solid": b"SOLID\x00\xff\x00",
+                       "blue.solid": b"SOLID\x00\x00\xff", "dull.solid": b"SOLID\x10\x10\xf0",
+                       "scrap.solid": b"JUNK"}.items():
+        store.set(f"{SHELF}/{name}", data)
+    out = invoke("enqueue", f"kv://{SHELF}/")
     assert out.exit_code == 0, out.output
     assert "listed 5, enqueued 5 in 2 chunks" in out.stderr + out.stdout
+
+    from worker.assemble import assemble  # torch: not at the top, decode processes import this
+    from worker.chunks import run_chunk
 
     settings = load_settings()
     parts = assemble(settings, tmp_path)
@@ -191,7 +203,7 @@ def test_new_parts_carry_a_catalogue_end_to_end(env: dict[str, str], tmp_path: P
     assert tops == {"red.solid": ("done", "红"), "green.solid": ("done", "绿"),
                     "blue.solid": ("done", "蓝"), "dull.solid": ("done", "蓝"),
                     "scrap.solid": ("failed", None)}
-    assert stored["mem://shelf/scrap.solid"].reason == "undecodable"
+    assert stored[f"kv://{SHELF}/scrap.solid"].reason == "undecodable"
     assert all(len(r.labels) == 2 for r in stored.values() if r.status == "done")
     assert {r.runtime for r in stored.values() if r.status == "done"} == {"colour float32 cpu"}
     # The second sink saw every result the database stored, after it.
@@ -214,6 +226,10 @@ def test_the_registries_are_the_lists_settings_check(registered: None):
 
 
 def test_a_new_backend_and_decoder_join_auto_by_their_own_declaration(registered: None):
+    import torch
+
+    from worker.backends.choose import candidate_names
+
     assert "colour float32" in candidate_names("auto", torch.device("cpu"))
     assert "colour float32" not in candidate_names("auto", torch.device("cuda"))
     assert candidate_names("auto", torch.device("cpu"))[0] == "torch float32"  # the yardstick
@@ -225,7 +241,7 @@ def test_an_unregistered_scheme_is_one_line_naming_the_known_ones(registered: No
                                                                    env: dict[str, str]):
     error = one_line_error("enqueue", "gs://products/shoes/")
     assert error.startswith("Error: no source for gs:// URIs (known: file://, s3://")
-    assert "mem://" in error
+    assert "kv://" in error
 
 
 def test_a_registry_imports_an_entry_only_when_asked():

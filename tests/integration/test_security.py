@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,13 +13,16 @@ from pathlib import Path
 
 import boto3
 import kombu.compression
+import numpy as np
+import psutil
 import pytest
 import redis
 import sqlalchemy as sa
+from PIL import Image
 
 from producer.sending import sending_app
 from testkit.commands import invoke
-from testkit.images import image_bytes, png_bomb, scan_bomb
+from testkit.images import image_bytes, png_bomb, save, scan_bomb
 from testkit.services import REDIS_URL, reset_s3_clients, wait_until
 from worker.core.contract import TASK_NAME
 from worker.core.errors import ItemError
@@ -25,7 +30,7 @@ from worker.core.labels import load_labelset
 from worker.core.pixels import Preprocess
 from worker.core.settings import Settings, load_settings
 from worker.db.schema import deliveries, engine_for, results
-from worker.decoders.pillow import PillowDecoder
+from worker.prep.pool import PrepPool, prep_pool
 
 SPEC = Preprocess(height=32, width=32)
 
@@ -102,25 +107,26 @@ def test_no_credentials_in_task_messages(tagger_env, bucket, monkeypatch):
     reset_s3_clients()
 
 
-# --- image bombs in the decoder processes ----------------------------------------------------
+# --- image bombs in the decode processes ----------------------------------------------------
 
 @pytest.fixture
 def decoder_for() -> Iterator:
-    made: list[PillowDecoder] = []
+    made: list[PrepPool] = []
 
-    def make(**values: str) -> PillowDecoder:
+    def make(**values: str) -> PrepPool:
         settings: Settings = load_settings({"TAGGER_DECODE_PROCESSES": "1", **values})
-        made.append(PillowDecoder(settings))
+        made.append(prep_pool(settings, "pillow", SPEC, take_turns=False))
         return made[-1]
 
     yield make
-    for decoder in made:
-        decoder.close()
+    for pool in made:
+        pool.close()
 
 
-def reasons(decoder: PillowDecoder, *blobs: bytes) -> list[str]:
+def reasons(pool: PrepPool, *blobs: bytes) -> list[str]:
+    answers = {a.index: a.outcome for a in pool.prepare(list(enumerate(blobs)))}
     return [o.reason if isinstance(o, ItemError) else f"{o.shape}"
-            for o in decoder.decode(list(blobs), SPEC)]
+            for o in (answers[i] for i in range(len(blobs)))]
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -152,3 +158,54 @@ def test_a_runaway_decode_is_stopped_and_its_process_replaced(decoder_for):
     assert reasons(decoder, bomb, image_bytes(3)) == ["timeout", "(32, 32, 3)"]
     assert time.monotonic() - started < 2.5
     assert reasons(decoder, image_bytes(4)) == ["(32, 32, 3)"]  # the pool carries on
+
+
+@pytest.mark.timeout(120)
+def test_a_decode_process_gives_back_the_memory_of_a_large_image(decoder_for):
+    pool = decoder_for()
+    assert reasons(pool, image_bytes(1)) == ["(32, 32, 3)"]
+    ramp = np.linspace(0, 255, 7600, dtype=np.uint8)
+    large = save(Image.fromarray(np.ascontiguousarray(np.stack(np.broadcast_arrays(
+        ramp[None, :], ramp[:, None], ramp[None, :] // 2 + ramp[:, None] // 2), axis=-1))),
+        "PNG", compress_level=1)  # 58 megapixels: ~600 MB while it is decoded
+    assert reasons(pool, large) == ["(32, 32, 3)"]
+    slot = pool.slots[0]
+    wait_until(lambda: slot.process is None or slot.process.proc.poll() is not None
+               or psutil.Process(slot.process.proc.pid).memory_info().rss < 150 * 2**20, 10,
+               message="the idle decode process kept the large image's memory")
+
+
+def test_decode_processes_die_with_their_parent(tmp_path: Path):
+    # A parent killed without a chance to clean up (SIGKILL of a pool child, of the worker):
+    # its decode processes must not go on decoding bombs with no deadline.
+    script = (
+        "import sys, time\n"
+        "from worker.prep.pool import prep_pool\n"
+        "from worker.core.pixels import Preprocess\n"
+        "from worker.core.settings import load_settings\n"
+        "pool = prep_pool(load_settings({'TAGGER_DECODE_PROCESSES': '3', "
+        "'TAGGER_ITEM_TIMEOUT': '600'}), 'pillow', Preprocess(32, 32), False)\n"
+        f"bomb = open({str(tmp_path / 'bomb.jpg')!r}, 'rb').read()\n"
+        "import threading\n"
+        "answers = pool.prepare([(i, bomb) for i in range(3)], group_size=1)\n"
+        "threading.Thread(target=next, args=(answers,), daemon=True).start()\n"
+        "while any(s.process is None for s in pool.slots): time.sleep(0.1)\n"
+        "print(' '.join(str(s.process.proc.pid) for s in pool.slots), flush=True)\n"
+        "time.sleep(600)\n")
+    (tmp_path / "bomb.jpg").write_bytes(scan_bomb(8192, 4000))  # minutes of decoding
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              text=True, cwd=Path(__file__).resolve().parents[2])
+    pids = [int(p) for p in wait_until(parent.stdout.readline, 60).split()]
+    assert len(pids) == 3 and all(psutil.pid_exists(p) for p in pids)
+    time.sleep(1)  # they are decoding now
+    parent.kill()
+    parent.wait(10)
+    wait_until(lambda: not any(_alive(p) for p in pids), 10,
+               message="decode processes outlived their parent")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -132,7 +132,7 @@ class Recording(dict):
 def test_services_set_only_variables_the_settings_read():
     env = Recording()
     load_settings(env)
-    assert {"TAGGER_FETCH_THREADS", "TAGGER_DECODE_PROCESSES"} <= env.asked
+    assert {"TAGGER_DECODE_PROCESSES", "TAGGER_BATCH_SIZE"} <= env.asked
     for name, service in services().items():
         if not service["image"].startswith(OWN_IMAGE):
             continue

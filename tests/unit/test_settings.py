@@ -19,9 +19,10 @@ def test_embedded_defaults(tmp_path: Path):
     assert settings.model == DEFAULT_MODEL
     assert (settings.device, settings.precision, settings.top_k, settings.chunk_size) == (
         "auto", "auto", 5, 64)
-    assert (settings.backend, settings.decoder, settings.fetch_threads) == ("auto", "auto", 8)
-    assert settings.decode_processes == (os.cpu_count() or 2)
-    assert settings.file_roots == () and settings.keep_embeddings
+    assert (settings.backend, settings.decoder, settings.sinks) == ("auto", "auto", ("database",))
+    assert settings.decode_processes == 2 * (os.cpu_count() or 1)
+    assert settings.file_roots == ()
+    assert settings.keep_embeddings
     assert not load_settings({"TAGGER_KEEP_EMBEDDINGS": "0"}).keep_embeddings
 
 
@@ -30,14 +31,14 @@ def test_distributed_configuration():
                               "DATABASE_URL": "postgresql://u:pw@db/tagger",
                               "TAGGER_DEVICE": "cuda:1", "TAGGER_PRECISION": "float16",
                               "TAGGER_BACKEND": "onnx", "TAGGER_DECODER": "pillow",
-                              "TAGGER_FETCH_THREADS": "3", "TAGGER_DECODE_PROCESSES": "2",
+                              "TAGGER_DECODE_PROCESSES": "2",
                               "TAGGER_ITEM_TIMEOUT": "7",
                               "TAGGER_MAX_IMAGE_MEMORY": str(64 * 2**20),
                               "TAGGER_VISIBILITY_TIMEOUT": "600"})
     assert not settings.embedded_broker
     assert settings.device == "cuda:1" and settings.precision == "float16"
     assert (settings.backend, settings.decoder) == ("onnx", "pillow")
-    assert (settings.fetch_threads, settings.decode_processes) == (3, 2)
+    assert settings.decode_processes == 2
     assert (settings.item_timeout, settings.max_image_memory) == (7, 64 * 2**20)
     # The hard time limit ends a chunk before Redis would hand it to another worker.
     assert settings.task_time_limit < settings.visibility_timeout
@@ -59,7 +60,7 @@ def test_cache_dir_and_file_roots(tmp_path: Path):
     ("TAGGER_BACKEND", "tensorrt", "must be one of"),
     ("TAGGER_DECODER", "opencv", "must be one of"),
     ("TAGGER_DEVICE", "tpu", "must be one of"),
-    ("TAGGER_FETCH_THREADS", "0", "must be >= 1"),
+    ("TAGGER_DECODE_PROCESSES", "0", "must be >= 1"),
     ("TAGGER_DECODE_PROCESSES", "many", "must be an integer"),
     ("TAGGER_ITEM_TIMEOUT", "0", "must be >= 1"),
     ("TAGGER_MAX_IMAGE_MEMORY", "1000", "must be >= "),

@@ -26,6 +26,13 @@ class Registry(Generic[T]):
     def register(self, name: str, target: str | T) -> None:
         self._entries[name.lower()] = target
 
+    def entries(self) -> dict[str, str | T]:
+        """Every entry as registered (for another process to register the same)."""
+        return dict(self._entries)
+
+    def update(self, entries: dict[str, str | T]) -> None:
+        self._entries.update(entries)
+
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)
 

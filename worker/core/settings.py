@@ -47,7 +47,6 @@ class Settings:
     top_k: int
     batch_size: int
     chunk_size: int
-    fetch_threads: int
     decode_processes: int
     visibility_timeout: int
     chunk_retries: int
@@ -190,8 +189,9 @@ _FIELDS: tuple[tuple[str, str, Callable[[str, str], Any], Any], ...] = (
     ("TAGGER_TOP_K", "top_k", _int(1), 5),
     ("TAGGER_BATCH_SIZE", "batch_size", _int(0), 0),
     ("TAGGER_CHUNK_SIZE", "chunk_size", _int(1), 64),
-    ("TAGGER_FETCH_THREADS", "fetch_threads", _int(1), 8),
-    ("TAGGER_DECODE_PROCESSES", "decode_processes", _int(1), os.cpu_count() or 2),
+    # Each fetches, hashes and decodes one image at a time: twice the cores keeps them busy
+    # while some wait on the network.
+    ("TAGGER_DECODE_PROCESSES", "decode_processes", _int(1), 2 * (os.cpu_count() or 1)),
     ("TAGGER_VISIBILITY_TIMEOUT", "visibility_timeout", _int(5), 900),
     ("TAGGER_CHUNK_RETRIES", "chunk_retries", _int(0), 8),
     ("TAGGER_MAX_DELIVERIES", "max_deliveries", _int(1), 3),

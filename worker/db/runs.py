@@ -159,15 +159,18 @@ def failed_labelsets(engine: Engine, model: str, reason: str | None = None) -> l
         return list(conn.scalars(query))
 
 
+def result_filter(uri_prefix: str | None = None, **where: str | None
+                  ) -> list[sa.ColumnElement[bool]]:
+    """Conditions on results: URIs under a prefix, and columns equal to values (None: any)."""
+    found = [results.c.uri.startswith(uri_prefix, autoescape=True)] if uri_prefix else []
+    return found + [results.c[column] == value for column, value in where.items()
+                    if value is not None]
+
+
 def iter_results(engine: Engine, *, uri_prefix: str | None = None, batch: int = 1000,
                  **where: str | None) -> Iterator[sa.RowMapping]:
     """Stream results (server-side cursor on PostgreSQL), oldest first, filtered by columns."""
-    query = sa.select(results).order_by(results.c.id)
-    if uri_prefix:
-        query = query.where(results.c.uri.startswith(uri_prefix, autoescape=True))
-    for column, value in where.items():
-        if value is not None:
-            query = query.where(results.c[column] == value)
+    query = sa.select(results).where(*result_filter(uri_prefix, **where)).order_by(results.c.id)
     with engine.connect() as conn:
         yield from conn.execution_options(yield_per=batch).execute(query).mappings()
 

@@ -1,14 +1,17 @@
 """Image bytes to model-sized pixels: the Decoder interface, its registry, and ``auto``.
 
-A new decoder is one module with a class shaped like ``Decoder`` and one line in ``DECODERS``.
-Pixels are whatever the backends take (``worker.core.pixels``).
+A decoder works in two steps: ``prepare`` runs in a decode process (worker/prep), right after
+the fetch, on one image's bytes; ``finish`` runs in the model's process on a batch of prepared
+images (nothing to do for Pillow; the GPU decode for nvJPEG). A new decoder is one module with a
+class shaped like ``Decoder`` and one line in ``DECODERS``. Pixels are whatever the backends
+take (``worker.core.pixels``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from worker.core.errors import ItemError
 from worker.core.pixels import Pixels, Preprocess
@@ -18,8 +21,16 @@ if TYPE_CHECKING:
     from worker.core.settings import Settings
 
 
+@dataclass(frozen=True)
+class OnCpu:
+    """What ``finish`` hands back for an image it cannot take after all: decode it with Pillow
+    in a decode process (under the same deadline and memory cap) instead."""
+
+    data: bytes
+
+
 class Decoder(Protocol):
-    """Decodes a batch of images; one bad image is an ItemError in its place, never a raise."""
+    """Decodes images in two steps; one bad image is an ItemError in its place, never a raise."""
 
     name: str
 
@@ -30,7 +41,17 @@ class Decoder(Protocol):
         """Whether ``TAGGER_DECODER=auto`` should take this decoder on ``device``."""
         ...
 
-    def decode(self, blobs: Sequence[bytes], spec: Preprocess) -> list[Pixels | ItemError]: ...
+    @staticmethod
+    def prepare(data: bytes, spec: Preprocess, limits: Limits) -> Any:
+        """In a decode process: one image's bytes to what ``finish`` takes (or ItemError).
+
+        Runs under the image's deadline and memory cap; must not touch a GPU.
+        """
+        ...
+
+    def finish(self, prepared: Sequence[Any], spec: Preprocess) -> list[Pixels | ItemError | OnCpu]:
+        """In the model's process: a batch of prepared images to pixels."""
+        ...
 
     def close(self) -> None: ...
 
@@ -65,7 +86,3 @@ def decoder_name(requested: str, device: str) -> str:
         if name != FALLBACK and DECODERS.get(name).preferred_on(device):
             return name
     return FALLBACK
-
-
-def make_decoder(settings: Settings, device: str) -> Decoder:
-    return DECODERS.get(decoder_name(settings.decoder, device))(settings, device)

@@ -1,4 +1,5 @@
-"""An image's header, checked before any pixel is decoded: format, pixels, memory, EXIF."""
+"""An image's header, checked before any pixel is decoded (format, pixels, memory, EXIF), and
+the limits a decoding process runs under."""
 
 from __future__ import annotations
 

@@ -1,22 +1,15 @@
-"""The CPU decoder: Pillow in a pool of processes, each image under a deadline and a memory cap.
+"""The CPU decoder: Pillow, in the decode processes (worker/prep), to model-sized RGB arrays.
 
-A runaway decode (a progressive JPEG of thousands of scans, a bomb under the pixel cap) is
-killed with its process and replaced; its neighbours and the worker carry on.
+The header guards run first (guards.py); the decode itself runs under the image's deadline and
+memory cap, which the decode process enforces.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import resource
-import signal
-import warnings
 from collections.abc import Sequence
-from concurrent.futures import TimeoutError as FutureTimeout
-from multiprocessing.process import AuthenticationString  # type: ignore[attr-defined]
+from typing import Any
 
 import numpy as np
-import pebble
 from PIL import Image, ImageOps
 
 from worker.core.errors import ItemError, Reason
@@ -24,12 +17,11 @@ from worker.core.pixels import Pixels, Preprocess
 from worker.core.settings import Settings
 from worker.decoders import Limits
 from worker.decoders.guards import open_checked
+from worker.decoders.modes import RESIZE_FIRST, to_rgb
 
-RESIZE_FIRST = frozenset({"RGB", "RGBA", "L", "LA"})  # modes Pillow resizes as they are
 # Shrink by an integer box reduction first while the remaining bicubic step is at least this
 # large: several times faster on multi-megapixel sources, indistinguishable at the model's size.
 REDUCING_GAP = 3.0
-TASKS_PER_PROCESS = 500  # then a fresh process: fragmentation and leaks cannot build up
 
 
 def decode_image(data: bytes, spec: Preprocess, limits: Limits) -> np.ndarray:
@@ -53,25 +45,6 @@ def decode_image(data: bytes, spec: Preprocess, limits: Limits) -> np.ndarray:
                             f"{image.format} image: {type(exc).__name__}: {exc}") from exc
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode to RGB; transparency is composed onto white, 16-bit scaled to 8-bit."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in {"I;16", "I;16B", "I;16L", "I;16N", "I"}:
-        array = np.asarray(image, dtype=np.uint32)
-        shift = 8 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 0
-        return Image.fromarray((array >> shift).clip(0, 255).astype(np.uint8)).convert("RGB")
-    if image.mode == "F":
-        array = np.asarray(image, dtype=np.float32)
-        return Image.fromarray(array.clip(0, 255).astype(np.uint8)).convert("RGB")
-    if image.mode in {"RGBA", "LA", "PA", "La", "RGBa"} or (
-            image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
 def resize(image: Image.Image, spec: Preprocess) -> Image.Image:
     """Resize as the processor does: squash to (height, width), or short side then centre crop."""
     if spec.shortest_edge is None:
@@ -86,78 +59,21 @@ def resize(image: Image.Image, spec: Preprocess) -> Image.Image:
     return image.crop((left, top, left + spec.width, top + spec.height))
 
 
-def _start_process(limits: Limits) -> None:
-    """In each decoder process: the memory cap, and Pillow's bomb limit set to ours."""
-    # pebble stops a timed-out task with SIGTERM, and its own handler runs only between
-    # bytecodes: a decode stuck in C would run on until SIGKILL 3 s later. Die at once instead.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    baseline = _address_space()
-    cap = baseline + limits.max_memory + 64 * 2**20  # Pillow's block cache and the bytes
-    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    Image.MAX_IMAGE_PIXELS = limits.max_pixels
-    # Pillow only warns between its limit and twice that; our own check refuses instead.
-    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-
-
-def _address_space() -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _allow_children() -> None:
-    """Let a Celery prefork child start processes of its own.
-
-    billiard installs its process object as multiprocessing's current process: it is marked
-    daemonic (multiprocessing refuses children to those) and carries billiard's authkey type,
-    which multiprocessing cannot pickle for a new process. The decoder processes are ours,
-    stopped in close(), and daemonic themselves, so they end with this process anyway.
-    """
-    current = multiprocessing.current_process()
-    if current._config.get("daemon"):  # type: ignore[attr-defined]
-        current._config.pop("daemon")  # type: ignore[attr-defined]
-        current._config["authkey"] = AuthenticationString(os.urandom(32))  # type: ignore
-
-
 class PillowDecoder:
-    """Decodes on the CPU in ``TAGGER_DECODE_PROCESSES`` processes (no GIL, killable)."""
+    """Everything happens in ``prepare`` (in a decode process); ``finish`` passes pixels on."""
 
     name = "pillow"
+    prepare = staticmethod(decode_image)
 
     @classmethod
     def preferred_on(cls, device: str) -> bool:
         return device == "cpu"
 
     def __init__(self, settings: Settings, device: str = "cpu") -> None:
-        self.limits = Limits.from_settings(settings)
-        _allow_children()
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])  # each fork starts with Pillow loaded
-        self.pool = pebble.ProcessPool(max_workers=settings.decode_processes,
-                                       max_tasks=TASKS_PER_PROCESS, initializer=_start_process,
-                                       initargs=(self.limits,), context=context)
+        self.device = device
 
-    def decode(self, blobs: Sequence[bytes], spec: Preprocess) -> list[Pixels | ItemError]:
-        futures = [self.pool.schedule(decode_image, (blob, spec, self.limits),
-                                      timeout=self.limits.seconds) for blob in blobs]
-        return [self._outcome(future) for future in futures]
-
-    def _outcome(self, future: pebble.ProcessFuture) -> Pixels | ItemError:
-        try:
-            return future.result()
-        except ItemError as exc:
-            return exc
-        except FutureTimeout:
-            return ItemError(Reason.TIMEOUT, f"decoding took over {self.limits.seconds:.0f}s "
-                             "(TAGGER_ITEM_TIMEOUT); its process was stopped")
-        except pebble.ProcessExpired as exc:
-            return ItemError(Reason.DECODER_CRASHED,
-                             f"the decoder process died (exit code {exc.exitcode})")
-        except MemoryError:
-            return ItemError(Reason.TOO_MUCH_MEMORY, "out of memory while decoding")
+    def finish(self, prepared: Sequence[Any], spec: Preprocess) -> list[Pixels | ItemError]:
+        return list(prepared)
 
     def close(self) -> None:
-        self.pool.stop()
-        self.pool.join()
+        pass

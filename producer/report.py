@@ -1,0 +1,45 @@
+"""``producer report``: a run's figures and previews of its photos, written as one HTML page."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+from producer.figures import gather
+from producer.page import render
+from producer.status import find_run
+from worker.core.errors import ConfigError
+from worker.core.settings import Settings
+from worker.db.runs import result_filter
+from worker.db.schema import engine_for
+
+PREVIEW_SECONDS = 25.0  # for all previews of a page: 1,000 catalogue photos take ~5 s here
+
+
+def write_report(settings: Settings, output: Path | None = None, run_id: str | None = None,
+                 selection: Mapping[str, str | None] | None = None,
+                 preview_seconds: float = PREVIEW_SECONDS) -> Path:
+    """The page of a run (default: the latest) to ``output`` (default: beside the run's results
+    file under TAGGER_HOME); with ``selection`` (result columns, ``uri_prefix``) its galleries
+    show those images rather than the run's own. Previews not made in ``preview_seconds`` show
+    why instead."""
+    run = find_run(settings, run_id)
+    if run is None:
+        raise ConfigError("no run yet: `producer tag FOLDER` or `producer enqueue` starts one")
+    output = output or settings.home / "results" / f"{run['id']}.html"
+    figures = gather(engine_for(settings.database_url), run,
+                     result_filter(**(selection or {"run_id": run["id"]})))
+    from producer.thumbnails import previews  # Pillow and processes: not for `producer --help`
+
+    made = previews(figures.photo_uris(), settings, figures.file_roots, preview_seconds)
+    html = render(figures, made, datetime.now(UTC))
+    partial = output.with_name(output.name + ".part")  # never half a page under the real name
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(html, encoding="utf-8")
+        os.replace(partial, output)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the report to {output}: {exc.strerror or exc}") from exc
+    return output

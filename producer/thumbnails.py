@@ -1,0 +1,79 @@
+"""Previews for the report: ~160 px JPEGs made as the workers make pixels, in decode processes
+(worker/prep): the same sources, header guards, deadline and memory cap; all under one budget."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from worker.core.errors import ItemError, Reason, TaggerError
+from worker.core.pixels import Preprocess
+from worker.core.redact import redact
+from worker.core.settings import Settings
+from worker.decoders import Limits
+from worker.prep.pool import prep_pool
+
+SIZE = 160  # longest side, pixels
+QUALITY = 75
+SECONDS_EACH = 10.0  # decoding one image; then its process is stopped
+THUMBNAIL = f"{__name__}:thumbnail"  # what the decode processes run instead of a decoder
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A JPEG, or why there is none."""
+
+    jpeg: bytes | None = None
+    problem: str = ""
+
+
+def thumbnail(data: bytes, spec: Preprocess, limits: Limits) -> bytes:
+    """In a decode process: at most SIZE x SIZE pixels, upright, transparency on white."""
+    from PIL import ImageOps
+
+    from worker.decoders.guards import open_checked
+    from worker.decoders.modes import RESIZE_FIRST, to_rgb
+
+    image = open_checked(data, limits, (SIZE, SIZE))  # JPEG: decoded at 1/2..1/8 size
+    with image:
+        try:
+            small = image if image.mode in RESIZE_FIRST else to_rgb(image)
+            small.thumbnail((SIZE, SIZE), reducing_gap=2.0)
+            out = io.BytesIO()
+            to_rgb(ImageOps.exif_transpose(small)).save(out, "JPEG", quality=QUALITY)
+            return out.getvalue()
+        except MemoryError as exc:
+            raise ItemError(Reason.TOO_MUCH_MEMORY, "out of memory while decoding") from exc
+        except Exception as exc:  # Pillow raises many types for damaged data; all are per-image
+            raise ItemError(Reason.UNDECODABLE, f"{type(exc).__name__}: {exc}") from exc
+
+
+def previews(uris: Sequence[str], settings: Settings, file_roots: Sequence[str],
+             seconds: float) -> dict[str, Preview]:
+    """A preview, or why there is none, for each URI; those not made in ``seconds`` say so."""
+    if not uris:
+        return {}
+    deadline = time.monotonic() + seconds
+    limits = replace(Limits.from_settings(settings),
+                     seconds=min(float(settings.item_timeout), SECONDS_EACH))
+    roots = settings.file_roots + tuple(Path(root) for root in file_roots)
+    pool = prep_pool(settings, THUMBNAIL, Preprocess(SIZE, SIZE), False, limits)
+    try:
+        answers = {a.index: a.outcome for a in pool.prepare(
+            list(enumerate(uris)), roots, group_size=1, deadline=deadline)}
+    finally:
+        pool.close()
+    late = Preview(problem=f"the report's {seconds:.0f} s for previews ran out "
+                           "(producer report --preview-seconds)")
+    return {uri: _preview(answers[i]) if i in answers else late for i, uri in enumerate(uris)}
+
+
+def _preview(outcome: object) -> Preview:
+    if isinstance(outcome, ItemError):
+        return Preview(problem=f"{outcome.reason}: {redact(str(outcome))}")
+    if isinstance(outcome, TaggerError):  # a source down or slow: a page without this picture
+        return Preview(problem=redact(str(outcome)))
+    return Preview(jpeg=outcome)  # type: ignore[arg-type]
