@@ -7,7 +7,6 @@ each range counts as pending, with about how many images it holds, until a worke
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -15,20 +14,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from producer import sending
+from producer.enqueue import Summary
 from producer.local_worker import LocalWorker
-from producer.progress import Progress
-from producer.status import find_run, wait
+from producer.status import find_run
+from producer.tag import _wait
 from worker.core.contract import Span
 from worker.core.embedding import spans
 from worker.core.errors import ConfigError
 from worker.core.labels import LabelSet
-from worker.core.redact import redact
 from worker.core.settings import Settings
 from worker.db import embeddings, labelsets
 from worker.db import runs as db
 from worker.db.schema import engine_for
 
-log = logging.getLogger(__name__)
 RANGE_IMAGES = 20_000  # images per message: a few seconds of a worker, thousands of them a night
 
 
@@ -91,28 +89,14 @@ def _send(settings: Settings, labelset: LabelSet, scope_run: str | None, images:
 
 def relabel_here(settings: Settings, labelset: LabelSet, *, scope_run: str | None,
                  timeout: float, echo: Callable[[str], None]) -> dict[str, Any]:
-    """On the embedded default: with a worker of our own, until every range is answered."""
+    """On the embedded default: with a worker of our own, until every range is answered (as
+    `producer tag` waits: progress, a dead worker or Ctrl-C ends it, what is left released)."""
     images = _images(settings, scope_run)
     log_path = settings.home / "logs" / f"worker-{time.strftime('%Y%m%d-%H%M%S')}.log"
     with LocalWorker(log_path, settings.queue) as worker:
         echo(f"starting a worker for {settings.model} (log: {log_path})")
         sent = _send(settings, labelset, scope_run, images, RANGE_IMAGES)
         echo(f"run {sent.run_id}: about {sent.images} images in {sent.ranges} ranges")
-        with Progress("relabelling", total=sent.images) as bar:
-            try:
-                return wait(settings, sent.run_id, timeout, stop=worker.failure, on_progress=(
-                    lambda c: bar.update(c["done"] + c["failed"],
-                                         c["done"] + c["failed"] + c["pending"])))
-            except BaseException:
-                _cancel(settings, sent.run_id)
-                raise
-
-
-def _cancel(settings: Settings, run_id: str) -> None:
-    """Nothing of ours will answer what is left."""
-    engine = engine_for(settings.database_url)
-    try:
-        db.release_ranges(engine, run_id)
-        db.update_run(engine, run_id, error="cancelled before it finished")
-    except Exception as exc:  # the database may be why we stopped: its error is shown
-        log.warning("could not release run %s's pending ranges: %s", run_id, redact(str(exc)))
+        _wait(settings, Summary(run_id=sent.run_id, enqueued=sent.images), worker, timeout)
+    return {"run": sent.run_id, **db.result_counts(engine_for(settings.database_url),
+                                                     sent.run_id)}

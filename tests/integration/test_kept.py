@@ -3,7 +3,7 @@ scored from without a fetch, and relabelled in ranges."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,14 +42,6 @@ def make_settings(url: str, root: Path, **extra: str) -> Settings:
 @pytest.fixture(params=["sqlite_url", "pg_url"])
 def url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue(request.param))
-
-
-@pytest.fixture
-def made() -> Iterator[list[Parts]]:
-    parts: list[Parts] = []
-    yield parts
-    for each in parts:
-        each.close()
 
 
 def worker_parts(made: list[Parts], settings: Settings, tmp_path: Path, backend: object = None
