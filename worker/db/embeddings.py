@@ -36,17 +36,20 @@ _ids: dict[tuple[str, str], tuple[int, int]] = {}  # (database URL, model) -> (i
 _ids_lock = threading.Lock()
 
 
-def model_id(conn: Connection, model: str, dim: int | None = None) -> tuple[int, int] | None:
-    """(id, dim) of a model's kept embeddings; with ``dim``, the model is added if it is new."""
-    cache = (conn.engine.url.render_as_string(), model)
+@retried
+def model_id(engine: Engine, model: str, dim: int | None = None) -> tuple[int, int] | None:
+    """(id, dim) of a model's kept embeddings; with ``dim``, the model is added if it is new
+    (in a transaction of its own: an id is remembered only once it is committed)."""
+    cache = (engine.url.render_as_string(), model)
     with _ids_lock:
         if cache in _ids:
             return _ids[cache]
-    if dim is not None:
-        conn.execute(insert(conn, embedding_models).values(model=model, dim=dim)
-                     .on_conflict_do_nothing(index_elements=["model"]))
-    row = conn.execute(sa.select(embedding_models.c.id, embedding_models.c.dim)
-                       .where(embedding_models.c.model == model)).first()
+    with engine.begin() as conn:
+        if dim is not None:
+            conn.execute(insert(conn, embedding_models).values(model=model, dim=dim)
+                         .on_conflict_do_nothing(index_elements=["model"]))
+        row = conn.execute(sa.select(embedding_models.c.id, embedding_models.c.dim)
+                           .where(embedding_models.c.model == model)).first()
     if row is None:
         return None
     with _ids_lock:
@@ -54,14 +57,15 @@ def model_id(conn: Connection, model: str, dim: int | None = None) -> tuple[int,
     return _ids[cache]
 
 
-def keep(conn: Connection, model: str, vectors: Mapping[str, np.ndarray]) -> None:
-    """Store embeddings by content SHA-256 (hex), in the caller's transaction; existing stay."""
-    if not vectors:
-        return
-    found = model_id(conn, model, dim=len(next(iter(vectors.values()))))
-    assert found is not None
-    rows = [{"key": key_of(raw), "model_id": found[0], "sha256": raw, "vector": pack(vector)}
+def keep(conn: Connection, model: tuple[int, int] | None, vectors: Mapping[str, np.ndarray]
+         ) -> None:
+    """Store embeddings by content SHA-256 (hex) under ``model`` (its id and width, from
+    ``model_id`` with a width), in the caller's transaction; those already kept stay."""
+    assert model is not None, "a model given with its width is always registered"
+    rows = [{"key": key_of(raw), "model_id": model[0], "sha256": raw, "vector": pack(vector)}
             for raw, vector in ((bytes.fromhex(sha), v) for sha, v in vectors.items())]
+    if not rows:
+        return
     if bulk.uses_copy(conn):
         bulk.keep_embeddings(conn, rows)
     else:
@@ -69,19 +73,24 @@ def keep(conn: Connection, model: str, vectors: Mapping[str, np.ndarray]) -> Non
             index_elements=["model_id", "key"]), rows)
 
 
+def _kept_rows(conn: Connection, model: int, wanted: set[bytes], *columns: Any) -> list[sa.Row]:
+    """The kept rows of these content hashes, the full hash checked (keys may collide)."""
+    rows: list[sa.Row] = []
+    for part in batches(sorted(key_of(raw) for raw in wanted)):
+        rows += conn.execute(sa.select(embeddings.c.sha256, *columns).where(
+            embeddings.c.model_id == model, embeddings.c.key.in_(part))).all()
+    return [row for row in rows if bytes(row.sha256) in wanted]
+
+
 @retried
 def lookup(engine: Engine, model: str, hashes: Iterable[str]) -> dict[str, np.ndarray]:
     """The kept embeddings (float16) of these content hashes (hex); those not kept are absent."""
     wanted = {bytes.fromhex(sha) for sha in hashes}
+    found = model_id(engine, model) if wanted else None
+    if found is None:
+        return {}
     with engine.connect() as conn:
-        found = model_id(conn, model)
-        if found is None or not wanted:
-            return {}
-        rows = []
-        for part in batches(sorted(key_of(raw) for raw in wanted)):
-            rows += conn.execute(sa.select(embeddings.c.sha256, embeddings.c.vector).where(
-                embeddings.c.model_id == found[0], embeddings.c.key.in_(part))).all()
-    rows = [row for row in rows if bytes(row.sha256) in wanted]
+        rows = _kept_rows(conn, found[0], wanted, embeddings.c.vector)
     vectors = unpack([bytes(row.vector) for row in rows], found[1])
     return {bytes(row.sha256).hex(): vector for row, vector in zip(rows, vectors, strict=True)}
 
@@ -89,15 +98,10 @@ def lookup(engine: Engine, model: str, hashes: Iterable[str]) -> dict[str, np.nd
 def kept_hashes(conn: Connection, model: str, hashes: Iterable[str]) -> set[str]:
     """Which of these content hashes (hex) have a kept embedding under ``model``."""
     wanted = {bytes.fromhex(sha) for sha in hashes}
-    found = model_id(conn, model) if wanted else None
+    found = model_id(conn.engine, model) if wanted else None
     if found is None:
         return set()
-    kept: set[str] = set()
-    for part in batches(sorted(key_of(raw) for raw in wanted)):
-        rows = conn.execute(sa.select(embeddings.c.sha256).where(
-            embeddings.c.model_id == found[0], embeddings.c.key.in_(part)))
-        kept.update(bytes(raw).hex() for raw in rows.scalars() if bytes(raw) in wanted)
-    return kept
+    return {bytes(row.sha256).hex() for row in _kept_rows(conn, found[0], wanted)}
 
 
 @dataclass(frozen=True)
@@ -145,10 +149,10 @@ def read_images(engine: Engine, scope: Scope, lo: int = KEY_MIN, hi: int = KEY_M
     """The images of a key range in batches (a server-side cursor on PostgreSQL): their rows
     and their embeddings (float16). A lost database is a TransientError."""
     try:
+        found = model_id(engine, scope.model)
+        if found is None:
+            return
         with engine.connect() as conn:
-            found = model_id(conn, scope.model)
-            if found is None:
-                return
             if conn.dialect.name == "postgresql":
                 # One index lookup per image, never a hash of every result: cost in proportion
                 # to the range, one core per range (the fleet runs ranges side by side), and
@@ -177,10 +181,10 @@ def refresh_statistics(engine: Engine) -> None:
 
 def estimate_images(engine: Engine, scope: Scope) -> int:
     """About how many images a relabel of ``scope`` scores: kept contents, or the run's images."""
+    found = model_id(engine, scope.model)
     with engine.connect() as conn:
         if scope.run:
             return int(conn.scalar(sa.select(sa.func.count()).select_from(results).where(
                 results.c.run_id == scope.run, results.c.status == "done")) or 0)
-        found = model_id(conn, scope.model)
         return int(conn.scalar(sa.select(sa.func.count()).select_from(embeddings).where(
             embeddings.c.model_id == found[0])) or 0) if found else 0

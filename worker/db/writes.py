@@ -78,10 +78,12 @@ def write_results(engine: Engine, outcomes: Sequence[Result], task_id: str | Non
     for outcome in outcomes if keep_embeddings else ():
         if outcome.embedding is not None and outcome.content_sha256:
             kept.setdefault(outcome.model, {})[outcome.content_sha256] = outcome.embedding
+    models = {model: embeddings.model_id(engine, model, dim=len(next(iter(vectors.values()))))
+              for model, vectors in kept.items()}
     with engine.begin() as conn:
         _write(conn, rows, task_id)
         for model, vectors in kept.items():
-            embeddings.keep(conn, model, vectors)
+            embeddings.keep(conn, models[model], vectors)
 
 
 @retried
