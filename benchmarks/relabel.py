@@ -112,12 +112,19 @@ def relabel_run(env: dict[str, str], workers: list[Worker], engine: sa.Engine, l
     while (counts := result_counts(engine, sent.run_id))["pending"]:
         time.sleep(0.2)
     wall = time.perf_counter() - started
-    rss = [s for w in workers for s in w.rss_samples]
     return {"run": sent.run_id, "ranges": sent.ranges, "images": counts["done"],
             "failed": counts["failed"], "seconds": round(wall, 2),
             "images_per_second": round(counts["done"] / wall),
-            "worker_rss_mib": {"first": round(rss[0]), "last": round(rss[-1]),
-                               "max": round(max(rss))} if rss else {}}
+            "worker_rss_mib": [rss(w.rss_samples) for w in workers]}
+
+
+def rss(samples: list[float]) -> dict[str, int]:
+    """A worker's RSS through the run: flat means the end is where a tenth of the way was."""
+    if not samples:
+        return {}
+    return {"at 10 %": round(samples[len(samples) // 10]),
+            "at 50 %": round(samples[len(samples) // 2]), "at the end": round(samples[-1]),
+            "max": round(max(samples))}
 
 
 def main() -> None:

@@ -192,14 +192,14 @@ def result_counts(engine: Engine, run_id: str | None = None) -> dict[str, Any]:
     """done / failed (by reason) / pending / in flight / recent rate, for a run or everything."""
     by_run = [results.c.run_id == run_id] if run_id else []
     with engine.connect() as conn:
+        # Pending first: an image answered between two reads counts as done, never as neither
+        # (`wait` returns at no pending and prints the done count).
+        waiting = _pending(conn, [run_id] if run_id else None).get(run_id, 0)
         by_status = dict(conn.execute(sa.select(results.c.status, sa.func.count())
                                       .where(*by_run).group_by(results.c.status)).all())
         reasons = dict(conn.execute(sa.select(results.c.reason, sa.func.count())
                                     .where(results.c.status == "failed", *by_run)
                                     .group_by(results.c.reason)).all())
-        waiting = conn.scalar(sa.select(sa.func.count()).select_from(pending).where(
-            *([pending.c.run_id == run_id] if run_id else [])))
-        waiting += _range_images(conn, [run_id] if run_id else None).get(run_id, 0)
         in_flight = conn.scalar(sa.select(sa.func.coalesce(sa.func.sum(deliveries.c.images), 0))
                                 .where(deliveries.c.finished_at.is_(None),
                                        *([deliveries.c.run_id == run_id] if run_id else [])))
@@ -230,6 +230,7 @@ def find_runs(engine: Engine, run_id: str | None = None, limit: int = 1) -> list
     with engine.connect() as conn:
         found = [_jsonable(row) for row in conn.execute(query).mappings()]
         ids = [r["id"] for r in found]
+        waiting = _pending(conn, ids)  # first, as in result_counts
         outcomes = conn.execute(sa.select(results.c.run_id, results.c.status, results.c.reason,
                                           sa.func.count())
                                 .where(results.c.run_id.in_(ids))
@@ -240,11 +241,6 @@ def find_runs(engine: Engine, run_id: str | None = None, limit: int = 1) -> list
             counted[run][status] += count
             if status == "failed":
                 counted[run]["failed_by_reason"][reason] = count
-        waiting = dict(conn.execute(sa.select(pending.c.run_id, sa.func.count())
-                                    .where(pending.c.run_id.in_(ids))
-                                    .group_by(pending.c.run_id)).all())
-        for run, images in _range_images(conn, ids).items():
-            waiting[run] = waiting.get(run, 0) + images
     for run in found:
         run.update(counted[run["id"]], pending=int(waiting.get(run["id"], 0)))
         run["skipped_by_reason"] = run.get("skipped_by_reason") or {}
@@ -252,14 +248,19 @@ def find_runs(engine: Engine, run_id: str | None = None, limit: int = 1) -> list
     return found
 
 
-def _range_images(conn: Connection, run_ids: Sequence[str] | None) -> dict[str | None, int]:
-    """Images of relabel ranges not answered yet, by run (under None: of every run)."""
-    images = sa.func.coalesce(sa.func.sum(pending_ranges.c.images), 0)
-    if run_ids is None:
-        return {None: int(conn.scalar(sa.select(images)) or 0)}
-    return {run: int(count) for run, count in conn.execute(
-        sa.select(pending_ranges.c.run_id, images).where(pending_ranges.c.run_id.in_(run_ids))
-        .group_by(pending_ranges.c.run_id))}
+def _pending(conn: Connection, run_ids: Sequence[str] | None) -> dict[str | None, int]:
+    """Images not answered yet, by run (under None: of every run): pending marks, and the
+    images of relabel ranges."""
+    counted: dict[str | None, int] = {}
+    for table, images in ((pending, sa.func.count()),
+                          (pending_ranges, sa.func.coalesce(sa.func.sum(pending_ranges.c.images),
+                                                            0))):
+        query = (sa.select(sa.null(), images) if run_ids is None else
+                 sa.select(table.c.run_id, images).where(table.c.run_id.in_(run_ids))
+                 .group_by(table.c.run_id))
+        for run, count in conn.execute(query.select_from(table)):
+            counted[run] = counted.get(run, 0) + int(count or 0)
+    return counted
 
 
 def run_state(run: Mapping[str, Any]) -> str:
