@@ -105,7 +105,7 @@ def tag(location: str, labels: Path | None, templates: Path | None, output: Path
                           timeout=timeout, force=force, own_worker=not no_worker,
                           echo=lambda line: click.echo(line, err=True))
     if not result.summary.listed:
-        click.echo(f"warning: no files found under {location}", err=True)
+        click.echo(f"warning: no files found under {redact(location)}", err=True)
     click.echo(render.tagged(result))
 
 
@@ -153,7 +153,7 @@ def enqueue(locations: tuple[str, ...], bucket: str | None, prefix: str, folder:
             chunk_size=chunk_size or settings.chunk_size,
             file_roots=[root for listing in listings for root in listing.file_roots],
             force=force, dry_run=dry_run, progress=lambda n: bar.update(bar.done + n),
-            show_due=lambda i: click.echo(i.uri))
+            show_due=lambda i: click.echo(redact(i.uri)))
     if not summary.listed:
         click.echo(f"warning: nothing was listed at {redact(' '.join(locations))}", err=True)
     verb = "would enqueue" if dry_run else "enqueued"
@@ -281,11 +281,18 @@ def report(run_id: str | None, output: Path | None, preview_seconds: float) -> N
 @click.option("--reason", help="Only failures with this reason (see `producer status`).")
 @chunk_option
 def retry_failed(reason: str | None, chunk_size: int | None) -> None:
-    """Enqueue failed images again; a later success replaces the failure."""
+    """Enqueue failed images again; a later success replaces the failure.
+
+    Failed images whose URLs were signed (not stored) are cleared instead: the next listing
+    of their source sends them again, freshly signed."""
     settings = _settings()
-    _ready(settings)
+    forgotten = db.forget_signed_failures(_ready(settings), settings.model, reason)
+    if forgotten:
+        click.echo(f"{forgotten} failed images had signed URLs or credentials, which are not "
+                   "stored: their failures are cleared, and the next listing of their source "
+                   "sends them again")
     summaries = enqueuing.retry_failed(settings, reason, chunk_size or settings.chunk_size)
-    if not summaries:
+    if not summaries and not forgotten:
         click.echo("no failed images to retry")
     for labelset_id, summary in summaries:
         click.echo(f"run {summary.run_id}: re-enqueued {summary.enqueued} failed images "

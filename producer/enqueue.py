@@ -114,7 +114,9 @@ def enqueue(listing: Iterable[Listed], *, settings: Settings, labelset: LabelSet
             _flush(settings, outgoing, labelset.id, summary)
             outgoing = []
     except BaseException as exc:
-        error = "cancelled" if isinstance(exc, KeyboardInterrupt) else str(exc) or repr(exc)
+        # Shown by `status` and `runs`: a listing's error may quote a signed URL.
+        error = ("cancelled" if isinstance(exc, KeyboardInterrupt)
+                 else redact(str(exc) or repr(exc)))
         raise
     finally:
         if not dry_run:
@@ -194,7 +196,8 @@ def retry_failed(settings: Settings, reason: str | None, chunk_size: int
 
 def failed_items(engine: Engine, model: str, labelset_id: str,
                  reason: str | None = None) -> Iterator[Item]:
-    """The failed images of one model and label set, as Items to enqueue again."""
+    """The failed images of one model and label set, as Items to enqueue again (those whose
+    stored URI can fetch them: not signed)."""
     for row in db.iter_results(engine, model=model, labelset_id=labelset_id, status="failed",
-                               reason=reason):
+                               reason=reason, signed=False):
         yield Item(uri=row["uri"], key=row["item_key"], version=row["source_version"])

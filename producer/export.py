@@ -14,6 +14,9 @@ from worker.core.redact import redact
 if TYPE_CHECKING:
     import numpy as np
 
+# A spreadsheet takes a cell starting with one of these for a formula (OWASP, CSV injection);
+# the full-width forms too, which some spreadsheets read as their ASCII counterparts.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "＝", "＋", "－", "＠")
 FIELDS = ("uri", "key", "status", "top_parent", "top_label", "top_score", "labels", "reason",
           "error", "model", "labelset_id", "runtime", "content_sha256", "run_id", "attempts",
           "updated_at")
@@ -48,16 +51,25 @@ class JsonLinesWriter:
         self.text.detach()
 
 
+def inert(value: Any) -> Any:
+    """A text cell a spreadsheet shows as text: one starting like a formula gets a leading '."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 class CsvWriter:
-    """A header row, then one row per image; ``labels`` as a JSON list in its cell."""
+    """A header row, then one row per image; ``labels`` as a JSON list in its cell.
+
+    Every cell is quoted and none can start a formula (labels and URIs come from outside).
+    """
 
     def __init__(self, out: IO[bytes]) -> None:
         self.text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
-        self.writer = csv.DictWriter(self.text, fieldnames=FIELDS)
+        self.writer = csv.DictWriter(self.text, fieldnames=FIELDS, quoting=csv.QUOTE_ALL)
         self.writer.writeheader()
 
     def write(self, data: dict[str, Any]) -> None:
-        self.writer.writerow({**data, "labels": json.dumps(data["labels"], ensure_ascii=False)})
+        data = {**data, "labels": json.dumps(data["labels"], ensure_ascii=False)}
+        self.writer.writerow({name: inert(value) for name, value in data.items()})
 
     def close(self) -> None:
         self.text.detach()

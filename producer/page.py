@@ -18,7 +18,7 @@ from producer.figures import Figures
 from producer.render import counts
 from worker.core.redact import redact
 from worker.sources import scheme
-from worker.sources.local import path_of
+from worker.sources.local import path_of, shown
 
 if TYPE_CHECKING:  # the previews' module loads Pillow: `producer --help` does not need it
     from producer.thumbnails import Preview
@@ -44,7 +44,7 @@ def name(uri: str) -> str:
 
 def place(uri: str) -> str:
     """Where the image is, as a person reads it: a file's path; other URIs with secrets masked."""
-    return str(path_of(uri)) if scheme(uri) in {"", "file"} else redact(uri)
+    return shown(path_of(uri)) if scheme(uri) in {"", "file"} else redact(uri)
 
 
 def data_uri(jpeg: bytes) -> str:

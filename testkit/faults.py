@@ -37,6 +37,7 @@ class _ImageHandler(_Quiet):
         server = self.server
         with server.lock:
             server.hits[self.path] += 1
+            server.hosts.append(self.headers.get("Host", ""))
         reply = server.routes.get(self.path, server.fallback)
         server.started.set()
         time.sleep(reply.delay)
@@ -67,6 +68,7 @@ class _ImageHTTPServer(ThreadingHTTPServer):
         self.routes: dict[str, Reply] = {}
         self.fallback = Reply(b"not found", status=404)  # for every path without a route
         self.hits: Counter[str] = Counter()
+        self.hosts: list[str] = []  # the Host header of each request, in order
         self.lock = threading.Lock()
         self.started = threading.Event()
 
@@ -103,6 +105,10 @@ class ImageServer:
     @property
     def hits(self) -> Counter[str]:
         return self.httpd.hits
+
+    @property
+    def hosts(self) -> list[str]:
+        return self.httpd.hosts
 
     @property
     def started(self) -> threading.Event:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import zlib
@@ -66,15 +67,40 @@ class Channel(kombu_redis.Channel):
             raise Empty() from exc
 
     def park(self, raw: Any, problem: str, queue: str = "?") -> None:
-        text = raw if isinstance(raw, str) else json.dumps(raw, default=repr)[:65536]
+        text = dead_letter(raw)
         log.error("refused a malformed message from queue %s (%s); kept in the Redis list %s",
                   queue, problem, DEAD_LETTERS)
         try:
             with self.conn_or_acquire() as client:
-                client.lpush(DEAD_LETTERS, text[:65536])
+                client.lpush(DEAD_LETTERS, text)
                 client.ltrim(DEAD_LETTERS, 0, DEAD_LETTERS_KEPT - 1)
         except Exception as exc:  # parking is best effort: the entry is gone from the queue
             log.warning("could not keep the refused message: %s", exc)
+
+
+def dead_letter(raw: Any) -> str:
+    """What the dead-letter list keeps of a refused entry: its text with secrets masked, the
+    body decoded where it can be (base64, zlib) so that its secrets can be masked too, and
+    left out where it cannot."""
+    if isinstance(raw, dict) and "body" in raw:
+        raw = {**raw, "body": _readable_body(raw)}
+    text = raw if isinstance(raw, str) else json.dumps(raw, default=repr, ensure_ascii=False)
+    return redact(text[:65536])
+
+
+def _readable_body(envelope: dict[str, Any]) -> Any:
+    body = envelope["body"]
+    properties, headers = (envelope.get(k) if isinstance(envelope.get(k), dict) else {}
+                           for k in ("properties", "headers"))
+    if not isinstance(body, str) or properties.get("body_encoding") != "base64":
+        return body
+    try:
+        data = base64.b64decode(body, validate=True)
+        if headers.get("compression") == "application/x-gzip":
+            data = _capped_zlib(data)
+        return data.decode("utf-8")
+    except (ValueError, zlib.error):  # binascii.Error and UnicodeDecodeError are ValueErrors
+        return f"<{len(body)} characters that do not decode to text: not kept>"
 
 
 class Transport(kombu_redis.Transport):

@@ -82,7 +82,8 @@ def result_row(span: Span, found: sa.Row, labels: str, top_label: str, top_score
                ) -> dict[str, Any]:
     """The results row of one image scored from its kept embedding, under its stored identity
     (its URI and hash as stored, not computed again); ``labels`` as JSON text."""
-    return {"uri": found.uri, "uri_hash": found.uri_hash, "model": span.model,
+    return {"uri": found.uri, "uri_hash": found.uri_hash, "signed": found.signed,
+            "model": span.model,
             "labelset_id": span.labelset_id, "item_key": found.item_key,
             "source_version": found.source_version, "content_sha256": found.content_sha256,
             "status": "done", "reason": None, "error": None, "labels": labels,

@@ -10,11 +10,13 @@ from typing import Any
 from celery import Task, bootsteps, signals
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
+from celery.worker.request import Request
 
 from worker import broker_guards, chunks, logs, metrics, relabel, startup
 from worker.app import app
 from worker.core.contract import RELABEL_TASK, TASK_NAME, Chunk, Span
 from worker.core.errors import MessageError, Reason, TransientError
+from worker.core.redact import redact
 from worker.core.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -83,8 +85,28 @@ class VisibilityLease(bootsteps.StartStopStep):
 app.steps["consumer"].add(VisibilityLease)
 
 
+class QuietRequest(Request):  # type: ignore[misc]
+    """Celery's request, except that it never shows the message's arguments (URIs).
+
+    Celery logs, sends in events and answers `inspect` with the sender's argsrepr and
+    kwargsrepr, or the arguments themselves when they are empty; another producer or a
+    hand-made message may carry every URI there. Whatever the sender wrote, this says only
+    how many images the message holds.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        items = self._kwargs.get("items") if isinstance(self._kwargs, dict) else None
+        shown = f"<{len(items)} images>" if isinstance(items, list) else "<not shown>"
+        self._argsrepr, self._kwargsrepr = "()", shown
+        self._request_dict.update(argsrepr="()", kwargsrepr=shown)
+
+    def info(self, safe: bool = False) -> dict[str, Any]:
+        return super().info(safe=True)
+
+
 @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True,
-          max_retries=settings.chunk_retries)
+          max_retries=settings.chunk_retries, Request=QuietRequest)
 def tag_chunk(self: Task, **message: Any) -> dict[str, Any]:
     """Tag one chunk of images and write their results in one transaction."""
     request = self.request
@@ -156,5 +178,6 @@ def _retry(task: Task, exc: Exception, chunk: Chunk | Span) -> Exception:
         chunk = dataclasses.replace(chunk, items=exc.items)
     log.warning("retrying chunk in %ss (%d of %d): %s", countdown, task.request.retries + 1,
                 settings.chunk_retries, exc)
-    return task.retry(exc=exc, countdown=countdown, throw=False, kwargs=chunk.encode(),
-                      kwargsrepr=chunk.describe())
+    # The exception travels in the task-retried event (Flower): without the secrets of a URL.
+    return task.retry(exc=TransientError(redact(str(exc))), countdown=countdown, throw=False,
+                      kwargs=chunk.encode(), kwargsrepr=chunk.describe())

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from producer.sending import send
+from producer.sending import send, sending_app
 from testkit.commands import producer, rows
 from testkit.images import image_bytes, png_bomb, save, scan_bomb
 from testkit.processes import rss_kib
 from testkit.services import RedisServer, wait_until
 from worker.broker_guards import DEAD_LETTERS
-from worker.core.contract import Chunk, Item
+from worker.core.contract import TASK_NAME, Chunk, Item
 from worker.core.labels import load_labelset
 from worker.core.settings import load_settings
 from worker.db import labelsets
@@ -80,21 +80,41 @@ def test_the_broker_is_not_trusted(env, own_redis, start_worker, tmp_path):
     bz2 = dict(bomb, headers={**gzip, "compression": "application/x-bz2"})
     builtin = dict(real, headers={**real["headers"], "task": "celery.accumulate",
                                   "id": "builtin-1"})
+    # Refused entries that carry secrets, in the clear and in a base64 body
+    secret = "https://bob:Pa55@img.example.com/a.jpg?X-Amz-Signature=S1GN&t=https://T0K@x/"
+    body = json.dumps([[], {"items": [{"uri": secret}]}, {}]).encode()
+    untagged = dict(real, body=base64.b64encode(body).decode(),
+                    headers={k: v for k, v in real["headers"].items() if k != "compression"},
+                    properties={**real["properties"], "delivery_tag": None})
     for raw in [b"not json at all", b"[1, 2, 3]", json.dumps({"body": "x"}).encode(),
                 json.dumps(bomb).encode(), json.dumps(bz2).encode(),
-                json.dumps(builtin).encode()]:
+                json.dumps(builtin).encode(), json.dumps(untagged).encode(),
+                f"not json: {secret}".encode()]:
         redis.lpush(env["TAGGER_QUEUE"], raw)
     settings = load_settings()
     send(settings, Chunk(items=(Item("a"),), model=settings.model, labelset_id="bad id!"))
-    good = folder_of(tmp_path, {"good.png": image_bytes(1)})
-    send(settings, chunk(good))
+    good = folder_of(tmp_path, {"good.png": image_bytes(1), "no-repr.png": image_bytes(2),
+                                "empty-repr.png": image_bytes(3)})
+    # Other producers: one leaves kwargsrepr to Celery (every URI), one sends it empty.
+    app = sending_app(settings)
+    for uri, kwargsrepr in ((good[1], None), (good[2], "")):
+        app.send_task(TASK_NAME, kwargs=chunk([uri]).encode(), queue=settings.queue,
+                      kwargsrepr=kwargsrepr)
+    send(settings, chunk(good[:1]))
 
-    found = wait_until(lambda: rows(env["DATABASE_URL"]).get(good[0]), 60,
-                       message="the good chunk behind the hostile ones was not tagged")
-    assert found.status == "done" and worker.exited() is None
+    found = wait_until(lambda: len(r := rows(env["DATABASE_URL"])) == 3 and r, 60,
+                       message="the good chunks behind the hostile ones were not tagged")
+    assert {r.status for r in found.values()} == {"done"} and worker.exited() is None
     log = worker.log()
-    assert log.count("refused a malformed message") == 3
-    assert redis.llen(DEAD_LETTERS) == 3
+    assert log.count("refused a malformed message") == 5
+    assert redis.llen(DEAD_LETTERS) == 5
+    kept = b"".join(redis.lrange(DEAD_LETTERS, 0, -1)).decode()
+    assert "img.example.com/a.jpg" in kept  # the decoded body, to look at
+    for text in ("Pa55", "S1GN", "T0K@"):
+        assert text not in kept and text not in log, text
+    for name in ("no-repr.png", "empty-repr.png"):  # whatever the sender wrote, no arguments
+        assert name not in log, name
+    assert "<1 images>" in log
     assert "unpacks to over" in log and "compression is not accepted" in log
     assert "Received unregistered task of type 'celery.accumulate'" in log
     assert "celery.accumulate[builtin-1] succeeded" not in log
@@ -120,8 +140,11 @@ def test_hostile_images_fail_alone_and_the_worker_recovers(env, start_worker, tm
     os.mkfifo(fifo)
     secret = tmp_path / "secret.jpg"  # outside every allowed folder
     secret.write_bytes(image_bytes(3, fmt="JPEG"))
+    # IPv6 spellings of loopback: refused at once, never retried as transient
+    blocked = ["http://[::127.0.0.1]:9/x.jpg", "http://[64:ff9b::7f00:1]:9/x.jpg",
+               "http://[::ffff:0:127.0.0.1]:9/x.jpg", "http://[2002:7f00:1::1]:9/x.jpg"]
     uris += [str(fifo), secret.as_uri(), "file:///etc/shadow", "http://[::1/x.jpg",
-             "s3://bucket/a\0b.jpg"]
+             "s3://bucket/a\0b.jpg", *blocked]
     started = time.monotonic()
     send(load_settings(), chunk(uris))
     found = wait_until(lambda: len(r := rows(env["DATABASE_URL"])) == len(uris) and r, 120,
@@ -133,7 +156,8 @@ def test_hostile_images_fail_alone_and_the_worker_recovers(env, start_worker, tm
         "ok.png": None, "ok2.jpg": None, "scans.jpg": "timeout", "big.webp": "too-much-memory",
         "bomb.png": "too-many-pixels", "fifo.jpg": "not-a-file",
         secret.as_uri(): "outside-roots", "file:///etc/shadow": "outside-roots",
-        "http://[::1/x.jpg": "bad-uri", "s3://bucket/a\0b.jpg": "bad-uri"}
+        "http://[::1/x.jpg": "bad-uri", "s3://bucket/a\0b.jpg": "bad-uri",
+        **dict.fromkeys(blocked, "blocked-address")}
     assert time.monotonic() - started < 60
     assert found["file:///etc/shadow"].content_sha256 is None
     # Afterwards the same worker tags a plain image within seconds, memory back near warm.
@@ -157,20 +181,29 @@ def test_retries_are_bounded_then_parked_and_resendable(env, start_worker, tmp_p
     env = {**env, "TAGGER_CHUNK_RETRIES": "2", "TAGGER_ALLOW_PRIVATE_URLS": "1",
            "TAGGER_VISIBILITY_TIMEOUT": "30"}
     with ImageServer() as origin:
-        path = "/busy.png?X-Amz-Signature=s3cr3t-sig&w=200"  # a presigned URL, say
-        origin.routes[path] = Reply(b"busy", status=503)
-        url = origin.url(path)
+        signed, plain = "/busy.png?X-Amz-Signature=s3cr3t-sig&w=200", "/plain.png"  # presigned
+        for path in (signed, plain):
+            origin.routes[path] = Reply(b"busy", status=503)
+        url, stored = origin.url(signed), origin.url("/busy.png?w=200")
         worker = start_worker(env)
-        send(load_settings(), chunk([url]))
-        found = wait_until(lambda: rows(env["DATABASE_URL"]).get(url), 90,
+        send(load_settings(), chunk([url, origin.url(plain)]))
+        found = wait_until(lambda: len(r := rows(env["DATABASE_URL"])) == 2 and r, 90,
                            message="the chunk was never given up")
-        assert (found.status, found.reason) == ("failed", "transient")
-        assert origin.hits[path] == 3  # the first try and two retries, no more
-        assert "s3cr3t-sig" not in found.error and "s3cr3t-sig" not in worker.log()
-        assert "X-Amz-Signature=***" in found.error
-        assert json.loads(producer("status", "--json"))["failed_by_reason"] == {"transient": 1}
-        origin.routes[path] = Reply(image_bytes(4))
-        assert "re-enqueued 1 failed" in producer("retry-failed", "--reason", "transient")
-        wait_until(lambda: rows(env["DATABASE_URL"])[url].status == "done", 60)
+        assert (found[stored].status, found[stored].reason) == ("failed", "transient")
+        assert found[stored].signed  # stored without its signature, which it needs
+        assert origin.hits[signed] == 3  # the first try and two retries, no more
+        assert "s3cr3t-sig" not in found[stored].error and "s3cr3t-sig" not in worker.log()
+        assert "X-Amz-Signature=***" in found[stored].error
+        assert json.loads(producer("status", "--json"))["failed_by_reason"] == {"transient": 2}
+        origin.routes[signed], origin.routes[plain] = Reply(image_bytes(4)), Reply(image_bytes(5))
+        out = producer("retry-failed", "--reason", "transient")
+        assert "1 failed images had signed URLs" in out and "re-enqueued 1 failed" in out
+        wait_until(lambda: rows(env["DATABASE_URL"])[origin.url(plain)].status == "done", 60)
+        assert stored not in rows(env["DATABASE_URL"])  # cleared, for the next listing
+        # The next listing brings it signed afresh: the same image, tagged now.
+        origin.routes[signed.replace("s3cr3t", "fresh")] = Reply(image_bytes(4))
+        send(load_settings(), chunk([url.replace("s3cr3t", "fresh")]))
+        wait_until(lambda: rows(env["DATABASE_URL"]).get(stored, found[stored]).status
+                   == "done", 60)
     exported = producer("export")
-    assert "s3cr3t-sig" not in exported and "X-Amz-Signature=***" in exported
+    assert "s3cr3t-sig" not in exported and "fresh-sig" not in exported

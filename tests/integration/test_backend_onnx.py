@@ -6,7 +6,9 @@ cosine of 1.0 (to 1e-6), int8 to 0.9998-0.9999; float16 runs on the CPU provider
 
 from __future__ import annotations
 
+import copy
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -25,7 +27,13 @@ from worker.backends import BACKENDS
 from worker.backends import choose as choose_module
 from worker.backends.choose import MIN_COSINE, candidate_names, load_backend, probe_images
 from worker.backends.onnx_clip import OnnxBackend
-from worker.backends.onnx_export import ModelCache, checkpoint_digest, export_float32, quiet
+from worker.backends.onnx_export import (
+    ModelCache,
+    checkpoint_digest,
+    export_float32,
+    file_sha256,
+    quiet,
+)
 from worker.backends.torch_clip import TorchBackend
 from worker.core.errors import ConfigError
 from worker.core.settings import Settings, load_settings
@@ -121,7 +129,7 @@ def test_float16_conversion_runs_on_the_cpu_provider(tiny_model: Path, cache: Pa
                                                      probe: list[np.ndarray]) -> None:
     # No GPU here: the conversion is checked through the CPU provider, which runs it too.
     path = ModelCache(cache / "onnx", tiny_model, lambda: reference.model,
-                      reference.preprocess).get("float16")
+                      reference.preprocess, reference.encode_images).get("float16")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rows = session.run(None, {"pixels": np.stack(probe)})[0]
     assert rows.dtype == np.float32
@@ -196,6 +204,39 @@ def test_a_damaged_cached_file_is_rebuilt(tiny_model: Path, cache: Path, tmp_pat
     assert caplog.text.count("is damaged") == 2 and BUILT in caplog.text
     assert "built the ONNX int8 image tower" in caplog.text
     assert not list(folder.glob(".*.tmp"))
+    assert worst_cosine(backend.encode_images(probe), reference.encode_images(probe)) > 0.999
+
+
+def replace_with_another_tower(path: Path, reference: TorchBackend) -> None:
+    """What an attacker or a bad copy leaves: another model's tower, with a sidecar to match."""
+    other = copy.deepcopy(reference.model)
+    with torch.no_grad():
+        other.visual_projection.weight.copy_(torch.randn_like(other.visual_projection.weight))
+    with quiet():
+        export_float32(other, reference.preprocess, path)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    meta.update(sha256=file_sha256(path), size=path.stat().st_size)
+    path.with_suffix(".json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("precision", ["float32", "int8"])
+def test_a_replaced_cached_file_is_deleted_and_rebuilt(
+        tiny_model: Path, cache: Path, tmp_path: Path, reference: TorchBackend,
+        probe: list[np.ndarray], caplog: pytest.LogCaptureFixture, precision: str) -> None:
+    OnnxBackend(settings_for(cache), tiny_model, "float32", reference=reference)
+    own = tmp_path / "cache"
+    shutil.copytree(cache, own)
+    (folder,) = (own / "onnx").iterdir()
+    (float32,) = folder.glob("float32-*.onnx")
+    replace_with_another_tower(float32, reference)
+    replaced = file_sha256(float32)
+    for int8 in folder.glob("int8-*"):  # int8 is then built from the replaced float32
+        int8.unlink()
+    settings = settings_for(own, TAGGER_BACKEND="onnx", TAGGER_PRECISION=precision)
+    with caplog.at_level(logging.INFO, logger="worker.backends"):
+        backend = load_backend(settings, tiny_model)
+    assert "does not compute what was built" in caplog.text and BUILT in caplog.text
+    assert file_sha256(float32) != replaced  # deleted, then built again from torch
     assert worst_cosine(backend.encode_images(probe), reference.encode_images(probe)) > 0.999
 
 

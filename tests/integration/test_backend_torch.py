@@ -13,6 +13,7 @@ from PIL import Image
 from testkit.images import image_bytes
 from testkit.models import TEST_LABELS, direct_scores
 from worker.backends.choose import load_backend
+from worker.backends.folder import resolve
 from worker.backends.torch_clip import TorchBackend, choose_batch_size, choose_precision
 from worker.core.errors import ConfigError
 from worker.core.pixels import Preprocess
@@ -118,3 +119,23 @@ def test_float16_on_cuda_agrees_with_float32_on_cpu(tiny_model, backend):
     assert cosine.min() > 0.99
     allocated, peak = gpu.memory()
     assert peak >= allocated > 0
+
+
+@pytest.mark.parametrize("shard", [None, "200KB"])
+def test_a_checkpoint_saved_by_the_installed_transformers_loads(
+        tiny_model: Path, backend: TorchBackend, tmp_path: Path, shard: str | None):
+    """save_pretrained here writes tokenizer.json and no vocab.txt (and shards on request)."""
+    from transformers import ChineseCLIPModel, ChineseCLIPProcessor
+
+    saved = tmp_path / "saved"
+    ChineseCLIPModel.from_pretrained(tiny_model).save_pretrained(
+        saved, **({"max_shard_size": shard} if shard else {}))
+    ChineseCLIPProcessor.from_pretrained(tiny_model).save_pretrained(saved)
+    assert not (saved / "vocab.txt").exists() and (saved / "tokenizer.json").exists()
+    assert (saved / "model.safetensors.index.json").exists() == bool(shard)
+    folder = resolve(str(saved))
+    again = load_backend(settings_for(), folder)
+    texts = [[label] for label in TEST_LABELS]
+    assert np.allclose(again.encode_texts(texts), backend.encode_texts(texts), atol=1e-6)
+    images = pixels(backend, range(3))
+    assert np.allclose(again.encode_images(images), backend.encode_images(images), atol=1e-6)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import uuid
 from pathlib import Path
@@ -9,10 +11,13 @@ from pathlib import Path
 import boto3
 import pytest
 
-from testkit.commands import invoke, one_line_error
+from testkit.commands import invoke, one_line_error, producer
 from testkit.images import image_bytes, image_folder
 from testkit.imports import heavy_imports
 from testkit.services import REDIS_URL, reset_s3_clients
+from worker.core.contract import Item, Result
+from worker.db.schema import engine_for
+from worker.db.writes import write_results
 
 
 @pytest.fixture
@@ -51,7 +56,7 @@ def test_unmigrated_database_says_what_to_do(local_env, folder, empty_pg_url, mo
     error = one_line_error("enqueue", "--dir", str(folder))
     assert "schema none" in error and "producer db upgrade" in error
     result = invoke("db", "upgrade")
-    assert result.exit_code == 0 and "schema none -> 0003" in result.stdout
+    assert result.exit_code == 0 and "schema none -> 0004" in result.stdout
     assert invoke("enqueue", "--dir", str(folder), "--dry-run").exit_code == 0
 
 
@@ -93,3 +98,32 @@ def test_producer_never_imports_torch(local_env, folder, aws_env, bucket):
         "    result = CliRunner().invoke(main, args)\n"
         "    assert result.exit_code == 0, (args, result.output)\n")  # this environment
     assert loaded == []
+
+
+def test_csv_export_cells_never_start_a_formula(local_env, pg_url):
+    labels = [{"label": '=HYPERLINK("http://evil.example/x","点我")', "score": 0.5},
+              {"label": "@SUM(1+1)*cmd|' /C calc'!A0", "score": 0.3}]
+    hostile = {"-2+3": "+cmd", "\tkey": "=1+1", "\rkey": "＝1+1"}
+    write_results(engine_for(pg_url), [
+        Result(item=Item(f"s3://b/{i}.jpg", key=key), model="m", labelset_id="ls",
+               labels=[{"label": label, "score": 0.9}, *labels])
+        for i, (key, label) in enumerate(hostile.items())])
+    text = producer("export", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 3
+    for cells in rows:
+        for name, cell in cells.items():
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r", "＝")), (name, cell)
+    assert sorted(r["key"] for r in rows) == ["'\tkey", "'\rkey", "'-2+3"]
+    assert sorted(r["top_label"] for r in rows) == ["'+cmd", "'=1+1", "'＝1+1"]
+    # The labels cell is JSON: it starts with [, and the labels inside are kept as they are.
+    assert json.loads(rows[0]["labels"])[1]["label"].startswith("=HYPERLINK")
+    assert text.startswith('"uri","key"')  # every cell quoted
+
+
+def test_a_label_file_with_a_nul_is_one_line(local_env, folder, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes("台灯\n椅\0子\n".encode())
+    assert one_line_error("enqueue", "--dir", str(folder), "--labels", str(labels)) == (
+        f"Error: {labels}:2: invisible or control character U+0000; the file must be plain "
+        "text, one entry per line")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -230,7 +232,7 @@ def test_migrations_match_the_tables(engine):
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
     assert migrate.revisions(str(engine.url.render_as_string(hide_password=False))) == (
-        "0003", "0003")
+        "0004", "0004")
 
 
 @pytest.mark.parametrize("fixture", ["sqlite_url", "pg_url"])
@@ -257,6 +259,69 @@ def test_migrate_down_and_up_again_keeps_results(fixture: str, request: pytest.F
     migrate.upgrade(url)
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+
+
+SIGNED = "https://cdn.example.com/1.jpg?w=2&X-Amz-Date={d}&X-Amz-Signature={s}"
+
+
+def test_uris_are_stored_without_secrets_and_signed_again_is_one_image(engine):
+    worker_db.write_results(engine, [
+        result(SIGNED.format(d="20261123", s="night1sig"), status="failed"),
+        result("https://bob:hunter2@img.example.com/2.jpg"),
+        result("https://T0KEN@img.example.com/3.jpg"), result("s3://b/4.jpg")])
+    worker_db.write_results(engine, [result(SIGNED.format(d="20261124", s="night2sig"))])
+    stored = {r.uri: r for r in all_rows(engine)}
+    assert sorted(stored) == ["https://cdn.example.com/1.jpg?w=2",
+                              "https://img.example.com/2.jpg", "https://img.example.com/3.jpg",
+                              "s3://b/4.jpg"]
+    assert [(u, r.signed) for u, r in sorted(stored.items())] == [
+        ("https://cdn.example.com/1.jpg?w=2", True), ("https://img.example.com/2.jpg", True),
+        ("https://img.example.com/3.jpg", True), ("s3://b/4.jpg", False)]
+    assert stored["https://cdn.example.com/1.jpg?w=2"].status == "done"  # one image, done
+    with engine.begin() as conn:  # the producer sees tonight's URL as already tagged
+        items = [Item(SIGNED.format(d="20261125", s="night3sig"), version="v1")]
+        assert producer_db.due_items(conn, items, "m", "ls") == []
+        assert producer_db.claim_pending(conn, [Item("https://T0KEN@x.example/5.jpg")], "m",
+                                         "ls", "r2", 60)
+        assert conn.scalar(sa.select(pending.c.uri)) == "https://x.example/5.jpg"
+
+
+@pytest.mark.parametrize("fixture", ["sqlite_url", "pg_url"])
+def test_the_migration_scrubs_stored_secrets(fixture: str, request: pytest.FixtureRequest):
+    url = request.getfixturevalue(fixture)
+    engine = engine_for(url)
+    migrate.downgrade(url, "0002")
+    old = sa.table("results", sa.column("labels", sa.JSON()), *(sa.column(c) for c in (
+        "uri", "uri_hash", "model", "labelset_id", "status", "updated_at")))
+    plain = {"model": "m", "labelset_id": "ls", "labels": []}
+
+    def row(uri: str, status: str, day: int) -> dict[str, Any]:
+        return {**plain, "uri": uri, "uri_hash": hashlib.sha256(uri.encode()).hexdigest(),
+                "status": status, "updated_at": datetime(2026, 11, day, tzinfo=UTC)}
+
+    with engine.begin() as conn:
+        conn.execute(old.insert(), [
+            row(SIGNED.format(d="1", s="aaa"), "done", 1),  # an older done result ...
+            row(SIGNED.format(d="2", s="bbb"), "failed", 2),  # ... beats a newer failure
+            row("https://bob:hunter2@img.example.com/2.jpg", "failed", 1),
+            row("https://img.example.com/2.jpg", "failed", 3),  # the later one wins
+            row("s3://b/4.jpg?versionId=1", "done", 1)])
+        conn.execute(sa.table("pending", *(sa.column(c) for c in (
+            "uri", "uri_hash", "model", "labelset_id", "enqueued_at"))).insert().values(
+            uri="https://T0KEN@x.example/5.jpg", uri_hash="0" * 64, model="m",
+            labelset_id="ls", enqueued_at=datetime(2026, 11, 1, tzinfo=UTC)))
+    migrate.upgrade(url)
+    stored = {r.uri: r for r in all_rows(engine)}
+    assert sorted(stored) == ["https://cdn.example.com/1.jpg?w=2",
+                              "https://img.example.com/2.jpg", "s3://b/4.jpg?versionId=1"]
+    first = stored["https://cdn.example.com/1.jpg?w=2"]
+    assert (first.status, first.signed) == ("done", True)
+    assert first.uri_hash == uri_hash(SIGNED.format(d="3", s="ccc"))
+    assert stored["https://img.example.com/2.jpg"].updated_at.day == 3
+    assert not stored["s3://b/4.jpg?versionId=1"].signed
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(pending.c.uri, pending.c.uri_hash)).all() == [
+            ("https://x.example/5.jpg", uri_hash("https://x.example/5.jpg"))]
 
 
 def test_a_forked_child_opens_its_own_connection(pg_url):

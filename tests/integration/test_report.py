@@ -4,6 +4,7 @@ through the workers' guards and under a time budget, rendered in headless Chromi
 from __future__ import annotations
 
 import io
+import os
 import time
 from pathlib import Path
 
@@ -80,6 +81,16 @@ def test_page_shows_text_not_markup_and_no_secret(tmp_path, settings, browser):
     [[file, error]] = facts["failures"]["http-error"]
     assert file == "a.jpg" and "<script>alert(1)</script>" in error and SECRET not in error
     assert contrast(shot) > 20
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_as_its_bytes(tmp_path, settings):
+    folder = tmp_path / "images"
+    [photo] = write_images(folder, 1, name="caf{}.jpg")
+    latin1 = photo.rename(folder / os.fsdecode(b"caf\xe9.jpg"))
+    run_id = seed_run(settings.database_url, [latin1.as_uri()], HOSTILE,
+                      file_roots=[str(folder)])
+    html = write_report(settings, tmp_path / "report.html", run_id).read_text(encoding="utf-8")
+    assert "caf\\xe9.jpg" in html  # its place, as the file system has it
 
 
 def test_galleries_are_bounded(settings, monkeypatch):

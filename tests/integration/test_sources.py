@@ -17,6 +17,7 @@ from testkit.services import reset_s3_clients
 from worker.core.errors import ConfigError, ItemError, SourceError, TransientError
 from worker.core.settings import load_settings
 from worker.sources import Budget, check_uri, source_for
+from worker.sources.http import host_header, is_allowed
 
 CAP = 1_000_000
 LOOPBACK_ONLY = (ipaddress.ip_network("127.0.0.1/32"),)
@@ -65,12 +66,36 @@ def test_loopback_is_refused_unless_allowed(server):
 
 @pytest.mark.parametrize("host", [
     "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
-    "[::1]", "[::ffff:127.0.0.1]", "[fd00::1]", "[fe80::1]", "[fd00:ec2::254]"])
+    "[::1]", "[::ffff:127.0.0.1]", "[fd00::1]", "[fe80::1]", "[fd00:ec2::254]",
+    # IPv6 spellings of IPv4 addresses: compatible, SIIT, NAT64, 6to4, Teredo, local NAT64
+    "[::127.0.0.1]", "[::ffff:0:127.0.0.1]", "[64:ff9b::7f00:1]", "[2002:7f00:1::1]",
+    "[::ffff:0:a9fe:a9fe]", "[64:ff9b::10.1.2.3]", "[2002:a01:203::1]",
+    "[2001:0:4136:e378:8000:63bf:80ff:fffe]", "[64:ff9b:1::8.8.8.8]", "[::]"])
 def test_internal_addresses_are_refused_before_connecting(host):
     started = time.monotonic()
     error = item_error(f"http://{host}:9/latest/meta-data/", timeout=1)
     assert error.reason == "blocked-address"
     assert time.monotonic() - started < 0.5  # refused, not tried and timed out
+
+
+def test_ipv6_forms_are_judged_by_the_ipv4_address_inside():
+    def allowed(address: str, *networks: str) -> bool:
+        return is_allowed(ipaddress.ip_address(address),
+                          tuple(ipaddress.ip_network(n) for n in networks))
+
+    assert allowed("::ffff:8.8.8.8") and allowed("2002:808:808::1")
+    assert allowed("64:ff9b::8.8.8.8") and allowed("2606:4700::1111")
+    assert allowed("::ffff:127.0.0.1", "127.0.0.1/32")
+    assert allowed("64:ff9b::7f00:1", "127.0.0.1/32")
+    assert not allowed("64:ff9b::7f00:2", "127.0.0.1/32")
+
+
+def test_the_host_header_carries_a_non_default_port(server):
+    assert get(server.url("/cat.png"), allow_private=True) == server.routes["/cat.png"].body
+    assert server.hosts == [f"127.0.0.1:{server.port}"]
+    assert host_header("https", "::1", 443) == "[::1]"
+    assert host_header("http", "::1", 8080) == "[::1]:8080"
+    assert host_header("https", "img.example.com", 80) == "img.example.com:80"
 
 
 def test_allowed_network_does_not_open_others(server):

@@ -99,3 +99,47 @@ def test_non_utf8_file_error_names_the_file(tmp_path: Path):
 def test_shipped_label_sets_load():
     labelset = load_labelset(LABELSETS / "ecommerce_zh.txt", LABELSETS / "templates_zh.txt")
     assert len(labelset.labels) > 100 and len(labelset.templates) == 80
+
+
+@pytest.mark.parametrize(("content", "where", "what"), [
+    ("台灯\n椅\0子\n", ":2:", "U+0000"),
+    ("台灯\n\x1b[31m红\n", ":2:", "U+001B"),
+    ("台灯\r椅子\n", ":1:", "U+000D"),  # a lone CR is not a line end
+    ("台灯\n\u200b椅子\n", ":2:", "U+200B"),  # zero-width space: a look-alike label
+    ("台灯\n椅\u202e子\n", ":2:", "U+202E"),  # bidi override
+    ("台灯\n\ufeff椅子\n", ":2:", "U+FEFF"),  # a BOM that is not at the start
+    ("台灯\u2028椅子\n", ":1:", "U+2028"),
+    ("台灯\n" + "长" * 5000 + "\n", ":2:", "over 200"),
+    ("台灯\n" + "长" * 49 + "/台灯\n", ":2:", "parent is 49 characters"),
+])
+def test_hostile_label_files_are_one_line_naming_file_and_line(tmp_path: Path, content: str,
+                                                               where: str, what: str):
+    path = tmp_path / "labels.txt"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(LabelSetError) as info:
+        load_labelset(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}{where}") and what in message, message
+    assert "\n" not in message and len(message) < 300
+
+
+def test_a_bom_and_crlf_are_read_as_plain_utf8(tmp_path: Path):
+    plain, windows = tmp_path / "plain.txt", tmp_path / "windows.txt"
+    plain.write_text("# 类目\n家居/台灯\n椅子\n", encoding="utf-8")
+    windows.write_bytes("\ufeff# 类目\r\n家居/台灯\r\n椅子\r\n".encode())
+    assert load_labelset(windows).id == load_labelset(plain).id
+    assert load_labelset(windows).labels == ("台灯", "椅子")
+
+
+@pytest.mark.parametrize("template", ["{}的{照片}", "{0}的照片", "{}的照片}", "{:>9}", "{!r}"])
+def test_templates_with_other_braces_are_refused(tmp_path: Path, template: str):
+    labels, templates = tmp_path / "labels.txt", tmp_path / "templates.txt"
+    labels.write_text("猫\n", encoding="utf-8")
+    templates.write_text(f"{{}}的照片。\n{template}\n", encoding="utf-8")
+    with pytest.raises(LabelSetError, match=f"^{templates}:2: template"):
+        load_labelset(labels, templates)
+
+
+def test_a_label_file_is_read_to_a_cap(tmp_path: Path):
+    with pytest.raises(LabelSetError, match="over 4194304 bytes"):
+        load_labelset(Path("/dev/zero"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.core.redact import MASK, redact
+from worker.core.redact import MASK, redact, stored_uri
 
 
 @pytest.mark.parametrize(("text", "secret", "kept"), [
@@ -69,3 +69,61 @@ def test_several_urls_in_one_message():
     out = redact(text)
     assert "first-secret" not in out and "second-secret" not in out
     assert "size=3" in out and "https://a.example/x.jpg?sig=***" in out
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    # the userinfo ends at the authority's last @
+    ("https://user:p@ssX@img.example.com/a.jpg", "https://user:***@img.example.com/a.jpg"),
+    # a user name alone is the credential (a token)
+    ("https://ghp_T0KEN@img.example.com/a.jpg", "https://***@img.example.com/a.jpg"),
+    ("fetching https://ghp_T0KEN@h.example/a.jpg failed", "fetching https://***@h.example/a.jpg"),
+    # percent-encoded names are the same names
+    ("https://h.example/a.jpg?X%2DAmz%2DSignature=c0ffee&w=1",
+     "https://h.example/a.jpg?X%2DAmz%2DSignature=***&w=1"),
+    ("https://h.example/a.jpg?%73ig=c0ffee", "https://h.example/a.jpg?%73ig=***"),
+    # a signed URL inside a parameter, and an OAuth fragment
+    ("https://h.example/r?next=https%3A%2F%2Fcdn.example%2Fa.jpg%3Fsig%3Dc0ffee",
+     "https://h.example/r?next=https://cdn.example/a.jpg%3Fsig%3D***"),
+    ("https://h.example/a.jpg#access_token=c0ffee", "https://h.example/a.jpg#access_token=***"),
+])
+def test_every_spelling_of_a_secret_is_masked(text: str, shown: str):
+    out = redact(text)
+    assert "c0ffee" not in out and "p@ssX" not in out and "T0KEN" not in out
+    assert out.startswith(shown) or shown in out, out
+
+
+def test_text_around_urls_is_not_taken_for_userinfo():
+    text = '{"uri": "https://img.example.com/a.jpg", "by": "ops@example.com"}'
+    assert redact(text) == text
+
+
+SIGNED_TONIGHT = ("https://bucket.s3.amazonaws.com/p/1.jpg?w=200&X-Amz-Algorithm=AWS4-HMAC-SHA256"
+                  "&X-Amz-Credential=AKIA%2F20261123%2Fs3&X-Amz-Date=20261123T000000Z"
+                  "&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature=0123abcd&x-id=Get")
+
+
+@pytest.mark.parametrize(("uri", "stored"), [
+    (SIGNED_TONIGHT, "https://bucket.s3.amazonaws.com/p/1.jpg?w=200&x-id=Get"),
+    (SIGNED_TONIGHT.replace("20261123", "20261124").replace("0123abcd", "4567ef01"),
+     "https://bucket.s3.amazonaws.com/p/1.jpg?w=200&x-id=Get"),
+    ("https://acct.blob.core.windows.net/c/1.jpg?sv=2022-11-02&se=2026-12-01&sr=b&sp=r"
+     "&sig=AbC%2B%3D", "https://acct.blob.core.windows.net/c/1.jpg"),
+    ("https://d1.cloudfront.net/1.jpg?Expires=1700000000&Signature=abc~&Key-Pair-Id=K2J",
+     "https://d1.cloudfront.net/1.jpg"),
+    ("https://cos.example.myqcloud.com/1.jpg?q-sign-algorithm=sha1&q-ak=AKID&q-sign-time=1%3B2"
+     "&q-key-time=1%3B2&q-header-list=&q-url-param-list=&q-signature=f00",
+     "https://cos.example.myqcloud.com/1.jpg"),
+    ("https://h.example/a.jpg?X%2DAmz%2DDate=1&X%2DAmz%2DSignature=2", "https://h.example/a.jpg"),
+    ("https://user:p@ss@img.example.com/a.jpg?w=1", "https://img.example.com/a.jpg?w=1"),
+    ("https://T0KEN@img.example.com/a.jpg", "https://img.example.com/a.jpg"),
+    ("https://img.example.com/a.jpg?w=1#access_token=x", "https://img.example.com/a.jpg?w=1"),
+    # nothing secret: kept exactly as written
+    ("HTTPS://Img.Example.com/a.jpg?", "HTTPS://Img.Example.com/a.jpg?"),
+    ("https://img.example.com/a.jpg?se=1&sp=r", "https://img.example.com/a.jpg?se=1&sp=r"),
+    ("s3://bucket/商品/台灯 1.jpg", "s3://bucket/商品/台灯 1.jpg"),
+    ("file:///data/a%20b@2x.jpg", "file:///data/a%20b@2x.jpg"),
+    ("/data/images/a=b.jpg", "/data/images/a=b.jpg"),
+])
+def test_stored_uris_keep_what_identifies_the_image(uri: str, stored: str):
+    assert stored_uri(uri) == stored
+    assert stored_uri(stored) == stored

@@ -12,17 +12,15 @@ import numpy as np
 import torch
 
 from worker.backends import BACKENDS, Backend
+from worker.backends.probe import MIN_COSINE, probe_images, worst_cosine
 from worker.backends.torch_clip import TorchBackend, choose_device
 from worker.core.errors import ConfigError
-from worker.core.pixels import Preprocess
 from worker.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MIN_COSINE = 0.999  # worst image-embedding cosine to torch float32 on the probe, to be kept
 ROUNDS = 2  # timed rounds per candidate, after one untimed pass; the best round counts
 ROUND_SECONDS = 1.0  # at least, per candidate and round: fast passes are repeated
-PROBE_SEED = 1234
 MAX_PROBE = 64  # images: enough to time a GPU batch, few enough to build in a blink
 REFERENCE = "torch float32"
 
@@ -47,34 +45,6 @@ def candidate_names(precision: str, device: torch.device) -> list[str]:
         raise ConfigError(f"TAGGER_PRECISION={precision} has no runtime on {device}: int8 runs "
                           "on the CPU (TAGGER_DEVICE=cpu)")
     return sorted(names, key=lambda name: name != REFERENCE)
-
-
-def probe_images(spec: Preprocess, count: int, seed: int = PROBE_SEED) -> list[np.ndarray]:
-    """Deterministic photo-like images: colour ramps, discs and boxes, then sensor noise.
-
-    Pure noise would make every runtime look alike (or unlike) for reasons photos do not have.
-    """
-    rng = np.random.default_rng(seed)
-    rows, cols = np.mgrid[0:spec.height, 0:spec.width].astype(np.float32)
-    side = max(spec.height, spec.width)
-    images = []
-    for _ in range(count):
-        angle = rng.uniform(0, 2 * np.pi)
-        ramp = np.cos(angle) * cols + np.sin(angle) * rows
-        ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1.0)
-        start, end = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-        image = start + ramp[..., None] * (end - start)
-        for _ in range(int(rng.integers(1, 6))):
-            y, x = rng.uniform(0, spec.height), rng.uniform(0, spec.width)
-            size = rng.uniform(0.05, 0.35) * side
-            if rng.random() < 0.5:
-                mask = (rows - y) ** 2 + (cols - x) ** 2 < size**2
-            else:
-                mask = (abs(rows - y) < size) & (abs(cols - x) < size * rng.uniform(0.3, 1.0))
-            image[mask] = rng.uniform(0, 255, 3)
-        image += rng.normal(0, rng.uniform(2, 20), image.shape)
-        images.append(np.clip(image, 0, 255).astype(np.uint8))
-    return images
 
 
 def load_candidate(name: str, settings: Settings, folder: Path, reference: TorchBackend
@@ -112,7 +82,7 @@ def load_all(names: list[str], settings: Settings, folder: Path, reference: Torc
         except Exception as exc:  # one runtime failing here must not stop the worker
             _failed(candidate, exc)
             continue
-        candidate.min_cosine = float((rows * truth).sum(axis=1).min())
+        candidate.min_cosine = worst_cosine(rows, truth)
         loaded[name] = backend
     return results, loaded
 

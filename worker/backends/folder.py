@@ -16,10 +16,14 @@ from worker.core.pixels import Preprocess
 
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 PATTERNS = ["*.json", "*.txt", "*.safetensors", "*.bin"]
-WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+# One file, or an index of shards (save_pretrained's max_shard_size)
+WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+           "pytorch_model.bin.index.json")
 # transformers 4 saves the image processor alone, transformers 5 inside the processor's file
 PROCESSOR = ("preprocessor_config.json", "processor_config.json")
-NEEDED = ("config.json", "vocab.txt")
+# The hub's OFA-Sys folders hold vocab.txt; transformers 5 saves tokenizer.json instead
+TOKENIZER = ("vocab.txt", "tokenizer.json")
+NEEDED = ("config.json",)
 OFFLINE_HELP = ("set TAGGER_MODEL to a local checkpoint folder (to try the tool offline, build "
                 "a small random one: python -m worker.checkpoint ./model --tiny)")
 
@@ -58,7 +62,7 @@ def check_folder(name: str, path: Path) -> Path:
         raise ModelError(f"TAGGER_MODEL={name}: no such folder, and not a hub id like "
                          f"OFA-Sys/chinese-clip-vit-base-patch16; {OFFLINE_HELP}")
     missing = [f for f in NEEDED if not (path / f).is_file()]
-    missing += [" or ".join(names) for names in (WEIGHTS, PROCESSOR)
+    missing += [" or ".join(names) for names in (WEIGHTS, TOKENIZER, PROCESSOR)
                 if not any((path / f).is_file() for f in names)]
     if missing:
         raise ModelError(f"TAGGER_MODEL={name}: the folder lacks {', '.join(missing)}; it must "

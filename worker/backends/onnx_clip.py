@@ -101,8 +101,9 @@ class OnnxBackend:
         self.batch_size = self.text.batch_size
         self.logit_scale = self.text.logit_scale
         self.text_encoder = self.text.text_encoder  # "torch float32": texts cached once for all
+        # Checked against this float32 torch model, before it drops its image tower below.
         self.cache = ModelCache(settings.cache_dir / "onnx", folder, self._torch_model,
-                                self.preprocess)
+                                self.preprocess, self.text.encode_images)
         chain = providers(self.precision, self.torch_device, self.cache, self.batch_size)
         self.session = ort.InferenceSession(str(self.cache.get(self.precision)),
                                             session_options(), providers=chain)

@@ -15,10 +15,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 import torch
 
 from worker.backends.folder import PROCESSOR, WEIGHTS
+from worker.backends.probe import onnx_agreement, probe_images
 from worker.core.pixels import Preprocess
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,10 @@ INPUT, OUTPUT = "pixels", "embeddings"
 BUILT_FROM = {"int8": "float32", "float16": "float32"}  # the rest is exported from torch
 HOW = {"float32": "torch.onnx export", "int8": "dynamic quantisation of float32",
        "float16": "float16 conversion of float32"}
+CHECK_IMAGES = 8  # probe images a cached file is run on at every load
+# A file that computes what it computed when built agrees with torch as it did then (the same
+# runtime on the same probe); a replaced one is far off, and a damaged one fails to load.
+SAME_AGREEMENT = 1e-3
 
 
 class ImageTower(torch.nn.Module):
@@ -167,15 +173,19 @@ class ModelCache:
     """ONNX files of one checkpoint under cache_dir/onnx/<digest>: built once per host.
 
     Writers hold an flock on the folder's lock file, so N workers starting together export
-    once; each file has a JSON sidecar, written after it, with its size and sha256, checked on
-    every load, so that a torn or damaged file is rebuilt instead of loaded.
+    once. Each file has a JSON sidecar, written after it, with its size, sha256 and how well it
+    agreed with torch float32 on the probe when built. Every load checks all three, running
+    the probe again: a torn, damaged or replaced file (a matching sidecar proves nothing
+    about what a file computes) is deleted and rebuilt instead of loaded.
     """
 
-    def __init__(self, root: Path, folder: Path, source: Callable[[], Any], spec: Preprocess
-                 ) -> None:
+    def __init__(self, root: Path, folder: Path, source: Callable[[], Any], spec: Preprocess,
+                 reference: Callable[[list[np.ndarray]], np.ndarray]) -> None:
         self.folder = root / checkpoint_digest(folder)
         self.source = source  # () -> the float32 torch ChineseCLIPModel on the CPU
         self.spec = spec
+        self.reference = reference  # torch float32's normalised image embeddings
+        self._truth: tuple[list[np.ndarray], np.ndarray] | None = None
 
     def path(self, precision: str) -> Path:
         return self.folder / (f"{precision}-opset{OPSET}-g{GRAPH_VERSION}-ort{ort.__version__}"
@@ -183,7 +193,7 @@ class ModelCache:
 
     def get(self, precision: str) -> Path:
         path = self.path(precision)
-        if self.valid(path, warn=False):
+        if self.usable(path, warn=False):
             log.info("ONNX %s image tower from the cache: %s", precision, path)
             return path
         with self.locked():
@@ -193,7 +203,7 @@ class ModelCache:
 
     def _get_locked(self, precision: str) -> Path:
         path = self.path(precision)
-        if self.valid(path, warn=True):  # built by another process while this one waited
+        if self.usable(path, warn=True):  # built by another process while this one waited
             return path
         source = self._get_locked(BUILT_FROM[precision]) if precision in BUILT_FROM else None
         path.with_suffix(".json").unlink(missing_ok=True)  # a reader must never pair old + new
@@ -207,26 +217,54 @@ class ModelCache:
                 convert_float16(source, temporary)
         seconds = time.monotonic() - started
         meta = {"sha256": file_sha256(path), "size": path.stat().st_size, "seconds": seconds,
-                "onnxruntime": ort.__version__, "torch": torch.__version__, "opset": OPSET}
+                "onnxruntime": ort.__version__, "torch": torch.__version__, "opset": OPSET,
+                "probe_cosine": self.agreement(path)}
         with atomic_path(path.with_suffix(".json")) as temporary:
             temporary.write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        log.info("built the ONNX %s image tower in %.1f s (%s): %s", precision, seconds,
-                 HOW[precision], path)
+        log.info("built the ONNX %s image tower in %.1f s (%s; worst cosine %.5f to torch "
+                 "float32 on the probe): %s", precision, seconds, HOW[precision],
+                 meta["probe_cosine"], path)
         return path
 
-    def valid(self, path: Path, warn: bool) -> bool:
-        """The file is whole: its size and sha256 are those its sidecar recorded."""
+    def usable(self, path: Path, warn: bool) -> bool:
+        """Whole (its sidecar's size and sha256) and computing what it did when built.
+
+        Unlocked (``warn`` False) it only looks; locked, it deletes a file that fails.
+        """
         try:
             meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
             whole = meta.get("size") == path.stat().st_size and (
                 meta.get("sha256") == file_sha256(path))
         except (OSError, ValueError):
-            whole = False
-        # Unlocked, a mismatch may be another process's rename in between: say it when sure.
-        if not whole and warn and path.exists():
-            log.warning("cached ONNX model %s is damaged (no sidecar, or its size or sha256 "
-                        "differs); rebuilding it", path)
-        return whole
+            meta, whole = {}, False
+        if not whole:
+            # Unlocked, a mismatch may be another process's rename in between: say it when sure.
+            if warn and path.exists():
+                log.warning("cached ONNX model %s is damaged (no sidecar, or its size or sha256 "
+                            "differs); rebuilding it", path)
+            return False
+        built = meta.get("probe_cosine")
+        try:
+            now: float | None = self.agreement(path)
+        except Exception:  # onnxruntime raises one type for every file it cannot load
+            now = None
+        if now is not None and isinstance(built, float) and abs(now - built) <= SAME_AGREEMENT:
+            return True
+        if warn:
+            log.warning("cached ONNX model %s does not compute what was built (worst cosine %s "
+                        "to torch float32 on the probe, %s when built): replaced or damaged; "
+                        "deleting and rebuilding it", path,
+                        "unknown" if now is None else f"{now:.5f}", built)
+            path.with_suffix(".json").unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+        return False
+
+    def agreement(self, path: Path) -> float:
+        """The file's worst cosine to torch float32 on the probe (torch's side computed once)."""
+        if self._truth is None:
+            probe = probe_images(self.spec, CHECK_IMAGES)
+            self._truth = probe, self.reference(probe)
+        return onnx_agreement(path, *self._truth)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:

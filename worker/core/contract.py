@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.core.errors import MessageError, Reason
+from worker.core.redact import stored_uri
 
 TASK_NAME = "tagger.tag_chunk"
 RELABEL_TASK = "tagger.relabel_range"
@@ -23,8 +24,9 @@ _MAX_TEXT = 1024  # keys, versions and model names
 
 
 def uri_hash(uri: str) -> str:
-    """The indexed identity of a URI: btree entries have a size limit, URIs do not."""
-    return hashlib.sha256(uri.encode("utf-8", "surrogatepass")).hexdigest()
+    """The indexed identity of a URI: a hash (btree entries have a size limit, URIs do not) of
+    its stored form, so that a URL signed again, or with other credentials, is one image."""
+    return hashlib.sha256(stored_uri(uri).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,9 +172,11 @@ class Result:
         return "failed" if self.reason else "done"
 
     def row(self) -> dict[str, Any]:
-        """The ``results`` table row (its identity is the hash of the URI as received)."""
+        """The ``results`` table row: the URI without its secrets, and whether it had any."""
         top = self.labels[0] if self.labels else {}
-        return {"uri": storable(self.item.uri), "uri_hash": uri_hash(self.item.uri),
+        stored = stored_uri(self.item.uri)
+        return {"uri": storable(stored), "uri_hash": uri_hash(self.item.uri),
+                "signed": stored != self.item.uri,
                 "model": self.model, "labelset_id": self.labelset_id,
                 "item_key": storable(self.item.key), "source_version": storable(self.item.version),
                 "content_sha256": self.content_sha256, "status": self.status,
@@ -183,8 +187,15 @@ class Result:
 
 
 def storable(text: str | None) -> str | None:
-    """Text PostgreSQL can store: a NUL (from a hostile message) is written as \\x00."""
-    return text.replace("\0", "\\x00") if text and "\0" in text else text
+    """Text PostgreSQL can store: a NUL (from a hostile message) is written as \\x00, a lone
+    surrogate (a file name that is not UTF-8, a hostile message) as \\udcff."""
+    if not text:
+        return text
+    if "\0" in text:
+        text = text.replace("\0", "\\x00")
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def label_scores(labels: Sequence[str], parents: Sequence[str | None], indices: Sequence[int],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import string
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,12 @@ from pathlib import Path
 from worker.core.errors import ConfigError
 
 MAX_LABEL_CHARS = 48
+MAX_LINE_CHARS = 200  # a template with its label; prompts are cut at 52 tokens anyway
+MAX_FILE_BYTES = 4 * 2**20  # ten thousand labels take a few hundred KB
 DEFAULT_TEMPLATE = "{}"
+# Zero-width joiners build emoji and some scripts' letters; other format characters (a BOM
+# mid-file, zero-width spaces, bidi overrides) make two labels look alike, or text misread.
+_JOINERS = {"\u200c", "\u200d"}
 
 
 class LabelSetError(ConfigError):
@@ -34,8 +40,9 @@ class LabelSet:
         if len(self.parents) != len(self.labels):
             raise LabelSetError("labels and parents differ in length")
         for template in self.templates:
-            if template.count("{}") != 1:
-                raise LabelSetError(f"template {template!r} must contain '{{}}' exactly once")
+            problem = template_problem(template)
+            if problem:
+                raise LabelSetError(f"template {_shown(template)}: {problem}")
         object.__setattr__(self, "id", _content_id(self))
 
     def prompts(self) -> list[list[str]]:
@@ -59,12 +66,48 @@ def _content_id(labelset: LabelSet) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
-def _lines(text: str) -> list[tuple[int, str]]:
-    """Non-blank, non-comment lines, NFC-normalised and stripped, with their line numbers."""
+def template_problem(template: str) -> str | None:
+    """Why ``template`` cannot take a label, or None: one ``{}`` and no other braces."""
+    try:
+        fields = [part[1:] for part in string.Formatter().parse(template) if part[1] is not None]
+    except ValueError as exc:  # a lone { or }
+        return f"{exc}; write a brace as {{{{ or }}}}"
+    if fields != [("", "", None)]:
+        return "must contain '{}' exactly once, and no other {...}"
+    return None
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
+def _character_problem(line: str) -> str | None:
+    for char in line:
+        kind = unicodedata.category(char)
+        if (kind == "Cc" and char != "\t") or kind in {"Zl", "Zp"} or (
+                kind == "Cf" and char not in _JOINERS):
+            return f"invisible or control character U+{ord(char):04X}"
+    return None
+
+
+def _lines(text: str, source: str) -> list[tuple[int, str]]:
+    """Non-blank, non-comment lines, NFC-normalised and stripped, with their line numbers.
+
+    Lines end at \\n (or \\r\\n), as editors number them; control and invisible characters
+    are refused with the line they are on.
+    """
     out = []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(text.split("\n"), start=1):
+        raw = raw.removesuffix("\r")
         line = unicodedata.normalize("NFC", raw).strip()
-        if line and not line.startswith("#"):
+        comment = not line or line.startswith("#")
+        problem = _character_problem(raw) or (
+            f"line is {len(line)} characters, over {MAX_LINE_CHARS}"
+            if len(line) > MAX_LINE_CHARS and not comment else None)
+        if problem:
+            raise LabelSetError(f"{source}:{number}: {problem}; the file must be plain text, "
+                                "one entry per line")
+        if not comment:
             out.append((number, line))
     return out
 
@@ -74,15 +117,16 @@ def parse_labels(text: str, source: str = "labels") -> tuple[list[str], list[str
     labels: list[str] = []
     parents: list[str | None] = []
     seen: dict[str, tuple[int, str | None]] = {}
-    for number, line in _lines(text):
+    for number, line in _lines(text, source):
         parent, _, label = line.rpartition("/")
         parent, label = parent.strip() or None, label.strip()
         if not label:
-            raise LabelSetError(f"{source}:{number}: empty label in {line!r}")
-        if len(label) > MAX_LABEL_CHARS:
-            raise LabelSetError(
-                f"{source}:{number}: label is {len(label)} characters, "
-                f"over the limit of {MAX_LABEL_CHARS}: {label[:20]}…")
+            raise LabelSetError(f"{source}:{number}: empty label in {_shown(line)}")
+        for kind, name in (("label", label), ("parent", parent or "")):
+            if len(name) > MAX_LABEL_CHARS:
+                raise LabelSetError(
+                    f"{source}:{number}: {kind} is {len(name)} characters, "
+                    f"over the limit of {MAX_LABEL_CHARS}: {name[:20]}…")
         if label in seen:
             first_line, first_parent = seen[label]
             if first_parent != parent:
@@ -101,7 +145,12 @@ def parse_templates(text: str, source: str = "templates") -> list[str]:
 
     Repeated templates are kept: the official 80-template ensemble repeats two, which weights them.
     """
-    templates = [line for _, line in _lines(text)]
+    templates = []
+    for number, line in _lines(text, source):
+        problem = template_problem(line)
+        if problem:
+            raise LabelSetError(f"{source}:{number}: template {_shown(line)} {problem}")
+        templates.append(line)
     if not templates:
         raise LabelSetError(f"{source}: no templates")
     return templates
@@ -117,8 +166,14 @@ def load_labelset(labels_path: Path, templates_path: Path | None = None) -> Labe
 
 
 def _read(path: Path, kind: str) -> str:
+    """The file's text, UTF-8 with or without a BOM, at most MAX_FILE_BYTES."""
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, "rb") as file:  # read to a cap: /dev/zero is a path too
+            data = file.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise LabelSetError(f"{kind} file {path} is over {MAX_FILE_BYTES} bytes: is it "
+                                "the right file?")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise LabelSetError(f"cannot read {kind} file {path}: not UTF-8 text (byte {exc.start}); "
                             "save it as UTF-8") from exc

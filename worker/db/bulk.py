@@ -19,7 +19,8 @@ from sqlalchemy.engine import Connection
 INCOMING = "incoming_results"
 # (column, type in the session table): the results columns a worker writes.
 COLUMNS: tuple[tuple[str, str], ...] = (
-    ("uri", "text"), ("uri_hash", "text"), ("model", "text"), ("labelset_id", "text"),
+    ("uri", "text"), ("uri_hash", "text"), ("signed", "bool"), ("model", "text"),
+    ("labelset_id", "text"),
     ("item_key", "text"), ("source_version", "text"), ("content_sha256", "text"),
     ("status", "text"), ("reason", "text"), ("error", "text"), ("labels", "jsonb"),
     ("top_label", "text"), ("top_score", "float8"), ("attempts", "int"), ("run_id", "text"),

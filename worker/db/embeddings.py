@@ -130,7 +130,7 @@ def images_query(conn: Connection, scope: Scope, model_id: int, lo: int, hi: int
     and that embedding. Driven by the embeddings' key range, one index lookup per image."""
     r, newer = results.alias("r"), results.alias("newer")
     e = embeddings
-    query = (sa.select(r.c.uri, r.c.uri_hash, r.c.item_key, r.c.source_version,
+    query = (sa.select(r.c.uri, r.c.uri_hash, r.c.signed, r.c.item_key, r.c.source_version,
                        r.c.content_sha256, r.c.model, e.c.vector)
              .select_from(e.join(r, r.c.content_sha256 == _hex(conn, e.c.sha256)))
              .where(e.c.model_id == model_id, e.c.key.between(lo, hi), r.c.model == scope.model,

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from worker.core.contract import Item, Span, uri_hash
+from worker.core.redact import stored_uri
 from worker.db import embeddings
 from worker.db.schema import (
     batches,
@@ -59,10 +60,10 @@ def due_items(conn: Connection, items: Sequence[Item], model: str, labelset_id: 
 def _with_kept(conn: Connection, items: list[Item], model: str,
                contents: Mapping[tuple[str, str | None], str]) -> list[Item]:
     """Items whose content at their version has a kept embedding, sent with its hash."""
-    found = {uri_hash(i.uri): contents.get((uri_hash(i.uri), i.version)) for i in items}
-    kept = embeddings.kept_hashes(conn, model, {sha for sha in found.values() if sha})
-    return [replace(i, sha256=found[uri_hash(i.uri)]) if found[uri_hash(i.uri)] in kept else i
-            for i in items]
+    found = [contents.get((uri_hash(i.uri), i.version)) for i in items]
+    kept = embeddings.kept_hashes(conn, model, {sha for sha in found if sha})
+    return [replace(i, sha256=sha) if sha in kept else i
+            for i, sha in zip(items, found, strict=True)]
 
 
 def claim_pending(conn: Connection, items: Sequence[Item], model: str, labelset_id: str,
@@ -89,8 +90,9 @@ def claim_pending(conn: Connection, items: Sequence[Item], model: str, labelset_
     ).returning(pending.c.uri_hash)
     # One statement with many parameter sets (batched by SQLAlchemy's insertmanyvalues): a
     # values() list would compile, and cache, a new statement for every batch length.
-    rows = [{"uri_hash": key, "uri": item.uri, "model": model, "labelset_id": labelset_id,
-             "run_id": run_id, "enqueued_at": current} for key, item in by_hash.items()]
+    rows = [{"uri_hash": key, "uri": stored_uri(item.uri), "model": model,
+             "labelset_id": labelset_id, "run_id": run_id, "enqueued_at": current}
+            for key, item in by_hash.items()]
     claimed = set(conn.execute(stmt, rows).scalars())
     return [item for key, item in by_hash.items() if key in claimed]
 
@@ -168,11 +170,22 @@ def result_filter(uri_prefix: str | None = None, **where: str | None
 
 
 def iter_results(engine: Engine, *, uri_prefix: str | None = None, batch: int = 1000,
-                 **where: str | None) -> Iterator[sa.RowMapping]:
+                 **where: str | bool | None) -> Iterator[sa.RowMapping]:
     """Stream results (server-side cursor on PostgreSQL), oldest first, filtered by columns."""
     query = sa.select(results).where(*result_filter(uri_prefix, **where)).order_by(results.c.id)
     with engine.connect() as conn:
         yield from conn.execution_options(yield_per=batch).execute(query).mappings()
+
+
+@retried
+def forget_signed_failures(engine: Engine, model: str, reason: str | None = None) -> int:
+    """Delete failed results whose URIs were signed (their signatures are not stored, so they
+    cannot be fetched again from here): the next listing of their source sends them again."""
+    query = results.delete().where(results.c.model == model, results.c.status == "failed",
+                                   results.c.signed.is_(True),
+                                   *([results.c.reason == reason] if reason else []))
+    with engine.begin() as conn:
+        return int(conn.execute(query).rowcount)
 
 
 def failed_file_roots(engine: Engine, model: str, labelset_id: str, reason: str | None

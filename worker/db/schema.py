@@ -55,8 +55,10 @@ runs = sa.Table(
 results = sa.Table(
     "results", metadata,
     sa.Column("id", _BigId, primary_key=True, autoincrement=True),
-    sa.Column("uri", sa.Text, nullable=False),
+    sa.Column("uri", sa.Text, nullable=False),  # without userinfo or signature (redact.py)
     sa.Column("uri_hash", _Hash, nullable=False),
+    # The URI as received carried credentials or a signature: `uri` alone cannot fetch it.
+    sa.Column("signed", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("model", sa.Text, nullable=False),
     sa.Column("labelset_id", sa.String(16), nullable=False),
     sa.Column("item_key", sa.Text),

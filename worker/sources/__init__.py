@@ -45,7 +45,7 @@ class Budget:
         """Seconds left; TransientError once the deadline has passed."""
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
-            raise TransientError(f"fetching {uri} ran over its time limit")
+            raise TransientError(f"fetching {redact(uri)} ran over its time limit")
         return remaining
 
 

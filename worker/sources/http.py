@@ -16,6 +16,41 @@ from worker.core.settings import Network, Settings
 from worker.sources import Budget, Listed, Source, read_capped
 
 MAX_REDIRECTS = 5
+DEFAULT_PORTS = {"http": 80, "https": 443}
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the IPv4 address is the last 32 bits
+LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: local use, like 10.0.0.0/8
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def embedded_ipv4(ip: IP) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address stands for: IPv4-mapped (``::ffff:a.b.c.d``),
+    IPv4-compatible (``::a.b.c.d``), SIIT (``::ffff:0:a.b.c.d``), NAT64, 6to4 and Teredo.
+
+    A translator or tunnel on the way delivers such an address to its IPv4 one.
+    """
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return []
+    found = []
+    if int(ip) >> 32 in {0, 0xFFFF, 0xFFFF_0000} or ip in NAT64:
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF))
+    if ip.sixtofour:
+        found.append(ip.sixtofour)
+    if ip.teredo:
+        found.extend(ip.teredo)
+    return found
+
+
+def is_allowed(ip: IP, allow_networks: Sequence[Network] = ()) -> bool:
+    """A public address, or one inside an allowed network; an IPv6 form of IPv4 addresses is
+    judged by every IPv4 address inside it."""
+    if any(ip in net for net in allow_networks):
+        return True
+    if ip in LOCAL_NAT64:
+        return False
+    inner = embedded_ipv4(ip)
+    if inner:
+        return all(is_allowed(v4, allow_networks) for v4 in inner)
+    return ip.is_global
 
 
 def check_address(host: str, port: int, allow_private: bool,
@@ -28,11 +63,27 @@ def check_address(host: str, port: int, allow_private: bool,
     addresses = [info[4][0] for info in infos]
     for address in addresses:
         ip = ipaddress.ip_address(address.split("%")[0])
-        if not (allow_private or ip.is_global or any(ip in net for net in allow_networks)):
+        if not (allow_private or is_allowed(ip, allow_networks)):
+            inner = ", ".join(map(str, embedded_ipv4(ip)))
             raise ItemError(Reason.BLOCKED_ADDRESS,
-                            f"{host} resolves to {ip}, a non-public address (set "
-                            "TAGGER_URL_ALLOW_NETWORKS or TAGGER_ALLOW_PRIVATE_URLS to allow)")
+                            f"{host} resolves to {ip}{f' (IPv4 {inner})' if inner else ''}, a "
+                            "non-public address (set TAGGER_URL_ALLOW_NETWORKS or "
+                            "TAGGER_ALLOW_PRIVATE_URLS to allow)")
     return str(addresses[0])
+
+
+def ascii_host(host: str) -> str:
+    """The host as DNS, TLS and the Host header spell it (IDNA for a non-ASCII name)."""
+    try:
+        return host if host.isascii() else host.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise ItemError(Reason.BAD_URI, f"bad host name {host!r}: {exc}") from exc
+
+
+def host_header(scheme: str, host: str, port: int) -> str:
+    """``host``, ``host:port`` off the scheme's default port; IPv6 literals in brackets."""
+    name = f"[{host}]" if ":" in host else host
+    return name if port == DEFAULT_PORTS[scheme] else f"{name}:{port}"
 
 
 class HttpSource(Source):
@@ -55,12 +106,12 @@ class HttpSource(Source):
             parts = urlsplit(uri)
             if parts.scheme not in {"http", "https"} or not parts.hostname:
                 raise ItemError(Reason.BAD_URI, f"refusing to fetch {redact(uri)!r}")
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            address = check_address(parts.hostname, port, self.allow_private,
-                                    self.allow_networks)
+            port = parts.port or DEFAULT_PORTS[parts.scheme]
+            host = ascii_host(parts.hostname)
+            address = check_address(host, port, self.allow_private, self.allow_networks)
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             timeout = min(self.timeout, budget.left(uri))
-            response = _request(parts.scheme, parts.hostname, address, port, target, timeout)
+            response = _request(parts.scheme, host, address, port, target, timeout)
             try:
                 if response.status in {301, 302, 303, 307, 308}:
                     uri = urljoin(uri, response.headers.get("Location", ""))
@@ -99,7 +150,8 @@ def _request(scheme: str, host: str, address: str, port: int, target: str,
     pool = pool_cls(address, port, timeout=urllib3.Timeout(connect=timeout, read=timeout),
                     retries=False, maxsize=1, **extra)
     try:
-        return pool.urlopen("GET", target, headers={"Host": host, "User-Agent": "catalog-tagger"},
+        return pool.urlopen("GET", target, headers={"Host": host_header(scheme, host, port),
+                                                    "User-Agent": "catalog-tagger"},
                             redirect=False, preload_content=False)
     except urllib3.exceptions.SSLError as exc:
         raise ItemError(Reason.TLS_ERROR, f"GET {host}: {exc}") from exc

@@ -7,7 +7,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from worker.core.contract import Item
 from worker.core.errors import ItemError, Reason, Skip, SourceError
@@ -16,7 +16,16 @@ from worker.sources import Budget, Listed, Skipped, Source, is_image_name, read_
 
 
 def path_of(uri: str) -> Path:
-    return Path(unquote(urlsplit(uri).path) if uri.startswith("file:") else uri)
+    """The path a file:// URI (or a plain path) names; percent-escapes are the name's bytes,
+    so a name that is not UTF-8 comes back as it was listed (``Path.as_uri`` wrote them)."""
+    if uri.startswith("file:"):
+        return Path(os.fsdecode(unquote_to_bytes(urlsplit(uri).path)))
+    return Path(uri)
+
+
+def shown(path: Path) -> str:
+    """A path as text that can be stored and printed (bytes that are not UTF-8 as \\xNN)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 class LocalSource(Source):
@@ -30,7 +39,10 @@ class LocalSource(Source):
         """A folder given as a path or a file:// URI: its absolute path, which the run reads."""
         folder = path_of(location).expanduser().absolute()
         if not folder.is_dir():
-            raise SourceError(f"not a folder: {folder}")
+            raise SourceError(f"not a folder: {shown(folder)}")
+        if shown(folder) != str(folder):  # its name is recorded on the run, as text
+            raise SourceError(f"the folder's path is not UTF-8 ({shown(folder)}): rename it, "
+                              "or tag a folder above it (names below it may be anything)")
         return str(folder), [str(folder.resolve())]
 
     def listing(self, location: str, **_: Any) -> Iterator[Listed]:
@@ -71,15 +83,17 @@ class LocalSource(Source):
             # O_NONBLOCK: a FIFO would block open() for ever; it is refused below instead.
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         except FileNotFoundError as exc:
-            raise ItemError(Reason.NOT_FOUND, f"no such file: {path}") from exc
+            raise ItemError(Reason.NOT_FOUND, f"no such file: {shown(path)}") from exc
         except PermissionError as exc:
-            raise ItemError(Reason.FORBIDDEN, f"cannot read {path}: permission denied") from exc
+            raise ItemError(Reason.FORBIDDEN,
+                            f"cannot read {shown(path)}: permission denied") from exc
         except OSError as exc:
-            raise ItemError(Reason.NOT_A_FILE, f"cannot open {path}: {exc.strerror}") from exc
+            raise ItemError(Reason.NOT_A_FILE,
+                            f"cannot open {shown(path)}: {exc.strerror}") from exc
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):  # before fdopen, which refuses a folder itself
             os.close(fd)
-            raise ItemError(Reason.NOT_A_FILE, f"{path} is not a regular file")
+            raise ItemError(Reason.NOT_A_FILE, f"{shown(path)} is not a regular file")
         with os.fdopen(fd, "rb") as handle:
             if info.st_size > self.max_bytes:
                 raise ItemError(Reason.TOO_LARGE, f"file is {info.st_size} bytes, over the "

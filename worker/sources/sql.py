@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,8 +13,9 @@ from worker.core.contract import Item
 from worker.core.errors import ConfigError, ItemError, Reason, Skip, SourceError
 from worker.core.redact import redact
 from worker.core.settings import database_url
-from worker.db.schema import engine_for
+from worker.db.schema import normalise_url
 from worker.sources import Budget, Listed, Skipped, Source
+from worker.sources.sql_guard import check_select, limit_problem, postgresql_limits, sqlite_limits
 
 
 def table_query(table: str, key_column: str, url_column: str,
@@ -40,68 +41,74 @@ def describe(query: str | sa.Select) -> str:
     return str(query.compile(dialect=postgresql.dialect()))
 
 
-def check_single_select(query: str) -> None:
-    """One SELECT and nothing else, by PostgreSQL's own parser.
-
-    A second statement could COMMIT the read-only transaction and write in a new one.
-    """
-    import pglast
-
-    try:
-        statements = pglast.parse_sql(query)
-    except pglast.parser.ParseError as exc:
-        raise SourceError(f"the catalogue query does not parse: {exc}") from exc
-    if len(statements) != 1 or type(statements[0].stmt).__name__ != "SelectStmt":
-        raise SourceError("the catalogue query must be a single SELECT statement "
-                          f"(got {len(statements)} statements)")
-
-
 class SqlSource(Source):
     """``postgresql://`` and ``sqlite://`` catalogue databases (listing only)."""
 
     def listing(self, location: str, query: str | sa.Select | None = None, batch: int = 5000,
                 **_: Any) -> Iterator[Listed]:
-        """Rows through a server-side cursor in a read-only transaction, ``batch`` at a time."""
+        """Rows through a server-side cursor in a read-only transaction, ``batch`` at a time,
+        each step under TAGGER_CATALOGUE_TIMEOUT."""
         try:
             database_url("the catalogue database URL", location)
         except ConfigError as exc:
             raise SourceError(str(exc)) from exc
         if query is None:
             raise SourceError("a catalogue database needs --query or --table")
-        engine = engine_for(location)
+        engine = catalogue_engine(location)
         if isinstance(query, str) and engine.dialect.name == "postgresql":
-            check_single_select(query)
+            check_select(query)
         statement = sa.text(query) if isinstance(query, str) else query
+        seconds = self.settings.catalogue_timeout
         try:
             with engine.connect().execution_options(**_read_only(engine)) as conn, \
-                    _sqlite_query_only(conn):
+                    _limits(conn, seconds) as restart:
+                restart()
                 rows = conn.execution_options(stream_results=True, yield_per=batch).execute(
                     statement)
-                for row in rows:
+                for row in _paced(rows, restart):
                     yield _entry(row)
         except sa.exc.SQLAlchemyError as exc:
             reason = getattr(exc, "orig", None) or exc
-            raise SourceError(f"catalogue query failed: {type(reason).__name__}: "
-                              f"{redact(str(reason)).strip().splitlines()[0]}") from exc
+            raise SourceError(limit_problem(reason, seconds) or (
+                f"catalogue query failed: {type(reason).__name__}: "
+                f"{redact(str(reason)).strip().splitlines()[0]}")) from exc
 
     def describe(self, location: str, query: str | sa.Select | None = None, **_: Any) -> str:
-        return f"sql: {describe(query)}" if query is not None else redact(location)
+        return redact(f"sql: {describe(query)}" if query is not None else location)
 
     def fetch(self, uri: str, budget: Budget) -> bytes:
         raise ItemError(Reason.BAD_URI, "a database URL is a catalogue to list, not an image")
 
 
 @contextlib.contextmanager
-def _sqlite_query_only(conn: sa.Connection) -> Iterator[None]:
-    """SQLite has no read-only transactions; its connection-wide switch is put back after."""
-    if conn.dialect.name != "sqlite":
-        yield
+def _limits(conn: sa.Connection, seconds: int) -> Iterator[Callable[[], None]]:
+    """The time limit (and, on SQLite, read-only mode); yields what restarts the clock."""
+    if conn.dialect.name == "sqlite":
+        with sqlite_limits(conn, seconds) as restart:
+            yield restart
         return
-    conn.exec_driver_sql("PRAGMA query_only = ON")
-    try:
-        yield
-    finally:
-        conn.exec_driver_sql("PRAGMA query_only = OFF")
+    postgresql_limits(conn, seconds)  # the server's own clock: nothing to restart
+    yield lambda: None
+
+
+def _paced(rows: Iterator[sa.Row], restart: Callable[[], None]) -> Iterator[sa.Row]:
+    """The rows, with the clock restarted before each is asked for."""
+    iterator = iter(rows)
+    while True:
+        restart()
+        row = next(iterator, None)
+        if row is None:
+            return
+        yield row
+
+
+def catalogue_engine(url: str) -> sa.Engine:
+    """An engine of the listing's own, not the results database's ``engine_for``: that one
+    sets up its connections to write (a session table, SQLite's WAL journal), which a
+    SELECT-only role, a read-only replica or someone else's SQLite file must not see."""
+    options = {"timeout": 60} if url.startswith("sqlite") else {"connect_timeout": 10}
+    return sa.create_engine(normalise_url(url), poolclass=sa.pool.NullPool,
+                            connect_args=options)
 
 
 def _read_only(engine: sa.Engine) -> dict[str, Any]:

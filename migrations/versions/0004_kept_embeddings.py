@@ -1,7 +1,7 @@
 """Kept image embeddings, the models they belong to, and relabel runs' pending ranges.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-01
 
 - embeddings: one row per (model, content SHA-256), ~1 KB (worker/core/embedding.py).
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
