@@ -151,7 +151,8 @@ def _due(engine: Engine, batch: list[Listed], settings: Settings, labelset_id: s
         else:
             images.append(entry)  # type: ignore[arg-type]
     with engine.begin() as conn:
-        due = images if force else db.due_items(conn, images, settings.model, labelset_id)
+        due = images if force else db.due_items(conn, images, settings.model, labelset_id,
+                                                use_kept=settings.keep_embeddings)
         summary.skipped_by_reason[Skip.DONE.value] += len(images) - len(due)
         if summary.dry_run:
             claimed = list({i.uri: i for i in due}.values())

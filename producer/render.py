@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # producer.tag writes a report, whose page uses counts() from here
+    from producer.relabel import Relabelling
     from producer.tag import Tagged
 
 
@@ -58,3 +59,13 @@ def tagged(result: Tagged) -> str:
     if result.report:
         lines.append(f"report: {result.report}")
     return "\n".join(lines)
+
+
+def relabelling(sent: Relabelling, model: str) -> str:
+    return (f"run {sent.run_id}: about {sent.images} images in {sent.ranges} ranges of kept "
+            f"embeddings (model {model}); `producer wait --run {sent.run_id}` follows it")
+
+
+def relabelled(counts: Mapping[str, Any], labelset_id: str) -> str:
+    return (f"run {counts['run']}: relabelled {counts['done']} images with label set "
+            f"{labelset_id}; `producer export --run {counts['run']}` writes their labels")

@@ -100,6 +100,7 @@ def _cancel(settings: Settings, run_id: str) -> None:
     engine = engine_for(settings.database_url)
     try:
         db.release_pending(engine, run_id)
+        db.release_ranges(engine, run_id)  # a relabel run's (producer/relabel.py)
         db.update_run(engine, run_id, error="cancelled before it finished")
     except Exception as exc:  # the database may be why we stopped: its error is shown
         log.warning("could not release run %s's pending images (they stay pending for "

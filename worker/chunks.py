@@ -10,7 +10,7 @@ from typing import Any
 
 from worker import metrics
 from worker.assemble import Parts
-from worker.core.contract import Chunk, Item, Result
+from worker.core.contract import KEPT_RUNTIME, Chunk, Item, Result
 from worker.core.errors import ItemError, Reason, TransientError
 from worker.core.redact import redact
 from worker.db import writes as db
@@ -54,7 +54,8 @@ def results_of(works: Sequence[Work], chunk: Chunk, runtime: str, attempts: int
                           run_id=chunk.run_id, labels=[] if error else w.labels or [],
                           content_sha256=w.sha256, reason=error.reason if error else None,
                           error=redact(str(error)) if error else None, attempts=attempts,
-                          runtime=None if error else runtime))
+                          runtime=None if error else KEPT_RUNTIME if w.kept else runtime,
+                          embedding=None if error else w.embedding))
     return out
 
 

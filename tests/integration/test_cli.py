@@ -56,7 +56,7 @@ def test_unmigrated_database_says_what_to_do(local_env, folder, empty_pg_url, mo
     error = one_line_error("enqueue", "--dir", str(folder))
     assert "schema none" in error and "producer db upgrade" in error
     result = invoke("db", "upgrade")
-    assert result.exit_code == 0 and "schema none -> 0003" in result.stdout
+    assert result.exit_code == 0 and "schema none -> 0004" in result.stdout
     assert invoke("enqueue", "--dir", str(folder), "--dry-run").exit_code == 0
 
 

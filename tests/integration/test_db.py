@@ -232,7 +232,7 @@ def test_migrations_match_the_tables(engine):
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
     assert migrate.revisions(str(engine.url.render_as_string(hide_password=False))) == (
-        "0003", "0003")
+        "0004", "0004")
 
 
 @pytest.mark.parametrize("fixture", ["sqlite_url", "pg_url"])

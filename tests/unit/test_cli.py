@@ -103,9 +103,9 @@ def test_enqueue_on_the_embedded_broker(folder: Path, embedded_env: Path):
 
 def test_database_commands(embedded_env: Path):
     url = f"sqlite:///{embedded_env / 'results.db'}"
-    assert "schema none, needs 0003: run `producer db upgrade`" in invoke("db", "current").stdout
-    assert f"{url}: schema none -> 0003" in invoke("db", "upgrade").stdout
-    assert "schema 0003, up to date" in invoke("db", "current").stdout
+    assert "schema none, needs 0004: run `producer db upgrade`" in invoke("db", "current").stdout
+    assert f"{url}: schema none -> 0004" in invoke("db", "upgrade").stdout
+    assert "schema 0004, up to date" in invoke("db", "current").stdout
 
 
 def test_nothing_to_wait_for_or_retry():

@@ -6,7 +6,7 @@ from typing import Any
 
 from kombu import Queue
 
-from worker.core.contract import TASK_NAME
+from worker.core.contract import RELABEL_TASK, TASK_NAME
 from worker.core.settings import Settings
 
 
@@ -45,5 +45,5 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "task_default_queue": settings.queue,
         "task_queues": [Queue(settings.queue, routing_key=settings.queue)],
-        "task_routes": {TASK_NAME: {"queue": settings.queue}},
+        "task_routes": {name: {"queue": settings.queue} for name in (TASK_NAME, RELABEL_TASK)},
     }

@@ -3,35 +3,67 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from worker.core.contract import Item, uri_hash
+from worker.core.contract import Item, Span, uri_hash
 from worker.core.redact import stored_uri
-from worker.db.schema import batches, deliveries, insert, pending, results, retried, runs
+from worker.db import embeddings
+from worker.db.schema import (
+    batches,
+    deliveries,
+    insert,
+    pending,
+    pending_ranges,
+    results,
+    retried,
+    runs,
+)
 
 RATE_WINDOW = timedelta(minutes=5)
 
 
-def due_items(conn: Connection, items: Sequence[Item], model: str, labelset_id: str
-              ) -> list[Item]:
-    """The items without a result for this model and label set at their current version."""
+def due_items(conn: Connection, items: Sequence[Item], model: str, labelset_id: str,
+              use_kept: bool = False) -> list[Item]:
+    """The items without a result for this model and label set at their current version.
+
+    ``use_kept``: a due item whose result under another label set is at the same version and
+    whose content has a kept embedding is sent with that content's hash (``Item.sha256``): the
+    worker scores it from the embedding instead of fetching it.
+    """
     known: dict[str, str | None] = {}
+    contents: dict[tuple[str, str | None], str] = {}  # (uri_hash, version) -> content
     hashes = sorted({uri_hash(i.uri) for i in items})
     for part in batches(hashes):
-        rows = conn.execute(sa.select(results.c.uri_hash, results.c.source_version).where(
-            results.c.model == model, results.c.labelset_id == labelset_id,
-            results.c.uri_hash.in_(part)))
-        known.update((row.uri_hash, row.source_version) for row in rows)
+        rows = conn.execute(sa.select(results.c.uri_hash, results.c.labelset_id,
+                                      results.c.source_version, results.c.content_sha256,
+                                      results.c.status).where(
+            results.c.model == model, results.c.uri_hash.in_(part),
+            *([] if use_kept else [results.c.labelset_id == labelset_id])))
+        for row in rows:
+            if row.labelset_id == labelset_id:
+                known[row.uri_hash] = row.source_version
+            elif row.status == "done" and row.content_sha256:
+                contents[(row.uri_hash, row.source_version)] = row.content_sha256
     due = []
     for item in items:
         key = uri_hash(item.uri)
         if key not in known or (item.version or known[key]) != known[key]:
             due.append(item)
-    return due
+    return _with_kept(conn, due, model, contents) if contents else due
+
+
+def _with_kept(conn: Connection, items: list[Item], model: str,
+               contents: Mapping[tuple[str, str | None], str]) -> list[Item]:
+    """Items whose content at their version has a kept embedding, sent with its hash."""
+    found = [contents.get((uri_hash(i.uri), i.version)) for i in items]
+    kept = embeddings.kept_hashes(conn, model, {sha for sha in found if sha})
+    return [replace(i, sha256=sha) if sha in kept else i
+            for i, sha in zip(items, found, strict=True)]
 
 
 def claim_pending(conn: Connection, items: Sequence[Item], model: str, labelset_id: str,
@@ -100,6 +132,25 @@ def update_run(engine: Engine, run_id: str, *, finished: bool = False, error: st
         conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
 
 
+@retried
+def add_pending_ranges(engine: Engine, spans: Sequence[Span], images: Sequence[int]) -> None:
+    """A relabel run's ranges, each with about how many images it will score, now pending."""
+    current = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(pending_ranges.insert(), [
+            {"run_id": span.run_id, "lo": span.lo, "hi": span.hi, "images": count,
+             "enqueued_at": current} for span, count in zip(spans, images, strict=True)])
+
+
+@retried
+def release_ranges(engine: Engine, run_id: str, spans: Sequence[Span] | None = None) -> None:
+    """A relabel run's ranges (those of ``spans`` only, if given) that nothing will answer."""
+    query = pending_ranges.delete().where(pending_ranges.c.run_id == run_id)
+    with engine.begin() as conn:
+        for part in [None] if spans is None else batches([span.lo for span in spans]):
+            conn.execute(query if part is None else query.where(pending_ranges.c.lo.in_(part)))
+
+
 def failed_labelsets(engine: Engine, model: str, reason: str | None = None) -> list[str]:
     """Label sets that have failed results for this model (optionally for one reason)."""
     query = sa.select(results.c.labelset_id).distinct().where(results.c.model == model,
@@ -154,13 +205,14 @@ def result_counts(engine: Engine, run_id: str | None = None) -> dict[str, Any]:
     """done / failed (by reason) / pending / in flight / recent rate, for a run or everything."""
     by_run = [results.c.run_id == run_id] if run_id else []
     with engine.connect() as conn:
+        # Pending first: an image answered between two reads counts as done, never as neither
+        # (`wait` returns at no pending and prints the done count).
+        waiting = _pending(conn, [run_id] if run_id else None).get(run_id, 0)
         by_status = dict(conn.execute(sa.select(results.c.status, sa.func.count())
                                       .where(*by_run).group_by(results.c.status)).all())
         reasons = dict(conn.execute(sa.select(results.c.reason, sa.func.count())
                                     .where(results.c.status == "failed", *by_run)
                                     .group_by(results.c.reason)).all())
-        waiting = conn.scalar(sa.select(sa.func.count()).select_from(pending).where(
-            *([pending.c.run_id == run_id] if run_id else [])))
         in_flight = conn.scalar(sa.select(sa.func.coalesce(sa.func.sum(deliveries.c.images), 0))
                                 .where(deliveries.c.finished_at.is_(None),
                                        *([deliveries.c.run_id == run_id] if run_id else [])))
@@ -191,6 +243,7 @@ def find_runs(engine: Engine, run_id: str | None = None, limit: int = 1) -> list
     with engine.connect() as conn:
         found = [_jsonable(row) for row in conn.execute(query).mappings()]
         ids = [r["id"] for r in found]
+        waiting = _pending(conn, ids)  # first, as in result_counts
         outcomes = conn.execute(sa.select(results.c.run_id, results.c.status, results.c.reason,
                                           sa.func.count())
                                 .where(results.c.run_id.in_(ids))
@@ -201,14 +254,26 @@ def find_runs(engine: Engine, run_id: str | None = None, limit: int = 1) -> list
             counted[run][status] += count
             if status == "failed":
                 counted[run]["failed_by_reason"][reason] = count
-        waiting = dict(conn.execute(sa.select(pending.c.run_id, sa.func.count())
-                                    .where(pending.c.run_id.in_(ids))
-                                    .group_by(pending.c.run_id)).all())
     for run in found:
         run.update(counted[run["id"]], pending=int(waiting.get(run["id"], 0)))
         run["skipped_by_reason"] = run.get("skipped_by_reason") or {}
         run["state"] = run_state(run)
     return found
+
+
+def _pending(conn: Connection, run_ids: Sequence[str] | None) -> dict[str | None, int]:
+    """Images not answered yet, by run (under None: of every run): pending marks, and the
+    images of relabel ranges."""
+    counted: dict[str | None, int] = {}
+    for table, images in ((pending, sa.func.count()),
+                          (pending_ranges, sa.func.coalesce(sa.func.sum(pending_ranges.c.images),
+                                                            0))):
+        query = (sa.select(sa.null(), images) if run_ids is None else
+                 sa.select(table.c.run_id, images).where(table.c.run_id.in_(run_ids))
+                 .group_by(table.c.run_id))
+        for run, count in conn.execute(query.select_from(table)):
+            counted[run] = counted.get(run, 0) + int(count or 0)
+    return counted
 
 
 def run_state(run: Mapping[str, Any]) -> str:
