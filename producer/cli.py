@@ -13,10 +13,11 @@ import click
 import sqlalchemy as sa
 
 from producer import enqueue as enqueuing
+from producer import relabel as relabelling
 from producer import render
 from producer import status as reporting
 from producer.endings import endings
-from producer.export import WRITERS, format_of
+from producer.export import WRITERS, export_embeddings, format_of
 from producer.export import export as export_rows
 from producer.progress import Progress
 from producer.report import PREVIEW_SECONDS, write_report
@@ -25,6 +26,7 @@ from worker.core.invocation import command
 from worker.core.labels import LabelSet, load_labelset
 from worker.core.redact import redact
 from worker.core.settings import Settings, load_settings
+from worker.db import embeddings as kept
 from worker.db import migrate
 from worker.db import runs as db
 from worker.db.schema import engine_for
@@ -212,18 +214,46 @@ def wait(run_id: str | None, every_run: bool, timeout: float) -> None:
               help="File to write (default: standard output).")
 @click.option("--run", "run_id", help="Only this run's results.")
 @click.option("--status", "status_", type=click.Choice(["done", "failed"]))
-def export(fmt: str | None, output: Path | None, run_id: str | None, status_: str | None
-           ) -> None:
+@click.option("--embeddings", "vectors", is_flag=True,
+              help="Kept image embeddings instead of labels: uri, key, model, sha256, "
+                   "embedding (jsonl or parquet).")
+def export(fmt: str | None, output: Path | None, run_id: str | None, status_: str | None,
+           vectors: bool) -> None:
     """Export results: one record per image with its labels, scores, status and error."""
     settings = _settings()
     engine = _ready(settings)
     if run_id:
         reporting.find_run(settings, run_id)  # an unknown run is a mistake, not 0 results
     fmt = fmt or format_of(str(output or ""))
-    rows = db.iter_results(engine, run_id=run_id, status=status_)
+    if vectors and (status_ or fmt == "csv"):
+        raise click.UsageError("--embeddings writes jsonl or parquet, without --status")
+    scope = kept.Scope(settings.model, run_id)
     with output.open("wb") if output else contextlib.nullcontext(sys.stdout.buffer) as out:
-        count = export_rows(rows, out, fmt)
-    click.echo(f"exported {count} results" + (f" to {output}" if output else ""), err=True)
+        count = (export_embeddings(kept.read_images(engine, scope), out, fmt) if vectors else
+                 export_rows(db.iter_results(engine, run_id=run_id, status=status_), out, fmt))
+    click.echo(f"exported {count} {'embeddings' if vectors else 'results'}"
+               + (f" to {output}" if output else ""), err=True)
+
+
+@main.command()
+@labels_option
+@templates_option
+@click.option("--run", "scope_run", help="Only the images of this run (default: every image "
+                                          "with a kept embedding under TAGGER_MODEL).")
+@click.option("--timeout", type=float, default=24 * 3600, show_default=True, help="Seconds.")
+def relabel(labels: Path | None, templates: Path | None, scope_run: str | None,
+            timeout: float) -> None:
+    """Score images with a label set from their kept embeddings: nothing is fetched."""
+    settings = _settings()
+    _ready(settings)
+    labelset = _labelset(settings, labels, templates)
+    if settings.embedded_broker:
+        counts = relabelling.relabel_here(settings, labelset, scope_run=scope_run,
+                                          timeout=timeout, echo=lambda t: click.echo(t, err=True))
+        click.echo(render.relabelled(counts, labelset.id))
+    else:
+        click.echo(render.relabelling(relabelling.relabel(settings, labelset,
+                                                          scope_run=scope_run), settings.model))
 
 
 @main.command()

@@ -164,7 +164,8 @@ def _due(engine: Engine, batch: list[Listed], settings: Settings, labelset_id: s
         db.add_file_roots(engine, summary.run_id, targets)
     with engine.begin() as conn:
         found = (db.Due(list(images)) if force else
-                 db.due_items(conn, images, settings.model, labelset_id, retry_failed))
+                 db.due_items(conn, images, settings.model, labelset_id, retry_failed,
+                              use_kept=settings.keep_embeddings))
         due = found.items
         summary.skipped_by_reason[Skip.FAILED.value] += found.failed_before
         summary.skipped_by_reason[Skip.DONE.value] += len(images) - len(due) - found.failed_before

@@ -5,11 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Mapping
-from typing import IO, Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any
 
 from worker.core.errors import ConfigError
 from worker.core.redact import redact
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # A spreadsheet takes a cell starting with one of these for a formula (OWASP, CSV injection);
 # the full-width forms too, which some spreadsheets read as their ASCII counterparts.
@@ -72,22 +75,26 @@ class CsvWriter:
         self.text.detach()
 
 
+def _pyarrow() -> Any:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet
+    except ImportError:
+        raise ConfigError("Parquet export needs pyarrow: pip install "
+                          "'catalog-tagger[parquet]'") from None
+    return pa
+
+
 class ParquetWriter:
     """Parquet row groups of ``batch`` results; ``labels`` as a list of structs (pyarrow)."""
 
     def __init__(self, out: IO[bytes], batch: int = 10_000) -> None:
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise ConfigError("Parquet export needs pyarrow: pip install "
-                              "'catalog-tagger[parquet]'") from None
-        self.pa = pa
+        pa = self.pa = _pyarrow()
         label = pa.struct([("label", pa.string()), ("score", pa.float64()),
                            ("parent", pa.string())])
         types = {"top_score": pa.float64(), "attempts": pa.int64(), "labels": pa.list_(label)}
         self.schema = pa.schema([(name, types.get(name, pa.string())) for name in FIELDS])
-        self.writer = pq.ParquetWriter(out, self.schema)
+        self.writer = pa.parquet.ParquetWriter(out, self.schema)
         self.rows: list[dict[str, Any]] = []
         self.batch = batch
 
@@ -125,4 +132,42 @@ def export(rows: Iterable[Mapping[str, Any]], out: IO[bytes], fmt: str) -> int:
             count += 1
     finally:
         writer.close()
+    return count
+
+
+EMBEDDING_FIELDS = ("uri", "key", "model", "sha256", "embedding")
+
+
+def export_embeddings(batches: Iterable[tuple[Sequence[Any], np.ndarray]], out: IO[bytes],
+                      fmt: str) -> int:
+    """Kept embeddings with their images: uri, key, model, sha256, and the embedding as
+    float32 (the stored float16 values, widened exactly: every tool reads float32). Parquet
+    holds it as a fixed-size list, JSON lines as a list of numbers."""
+    import numpy as np  # here: the producer starts without NumPy
+
+    if fmt not in {"parquet", "jsonl"}:
+        raise ConfigError(f"embeddings are exported as parquet or jsonl, not {fmt}")
+    pa = _pyarrow() if fmt == "parquet" else None
+    text = io.TextIOWrapper(out, encoding="utf-8", newline="\n", write_through=True)
+    count, writer = 0, None
+    for rows, vectors in batches:
+        columns = {"uri": [redact(r.uri) for r in rows], "key": [r.item_key for r in rows],
+                   "model": [r.model for r in rows], "sha256": [r.content_sha256 for r in rows]}
+        vectors = vectors.astype(np.float32)
+        if pa is None:
+            for i, vector in enumerate(vectors.tolist()):
+                text.write(json.dumps({**{k: v[i] for k, v in columns.items()},
+                                       "embedding": vector}, ensure_ascii=False) + "\n")
+        else:
+            table = pa.table({**columns, "embedding": pa.FixedSizeListArray.from_arrays(
+                pa.array(vectors.ravel()), vectors.shape[1])})
+            writer = writer or pa.parquet.ParquetWriter(out, table.schema)
+            writer.write_table(table)
+        count += len(rows)
+    if pa is not None:
+        empty = {name: pa.array([], pa.string()) for name in EMBEDDING_FIELDS[:-1]}
+        writer = writer or pa.parquet.ParquetWriter(out, pa.table(
+            {**empty, "embedding": pa.array([], pa.list_(pa.float32()))}).schema)
+        writer.close()
+    text.detach()
     return count

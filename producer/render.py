@@ -10,6 +10,7 @@ from worker.core.errors import Skip
 from worker.core.invocation import command
 
 if TYPE_CHECKING:  # producer.tag writes a report, whose page uses counts() from here
+    from producer.relabel import Relabelling
     from producer.tag import Tagged
 
 
@@ -74,3 +75,13 @@ def tagged(result: Tagged, location: str) -> str:
     if result.report:
         lines.append(f"report: {result.report}")
     return "\n".join(lines)
+
+
+def relabelling(sent: Relabelling, model: str) -> str:
+    return (f"run {sent.run_id}: about {sent.images} images in {sent.ranges} ranges of kept "
+            f"embeddings (model {model}); `producer wait --run {sent.run_id}` follows it")
+
+
+def relabelled(counts: Mapping[str, Any], labelset_id: str) -> str:
+    return (f"run {counts['run']}: relabelled {counts['done']} images with label set "
+            f"{labelset_id}; `producer export --run {counts['run']}` writes their labels")

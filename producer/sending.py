@@ -13,7 +13,7 @@ from typing import Any
 from celery import Celery
 
 from worker.core.celeryconf import celery_config, tagging_queue
-from worker.core.contract import TASK_NAME, Chunk
+from worker.core.contract import RELABEL_TASK, TASK_NAME, Chunk, Span
 from worker.core.settings import Settings
 
 RUN_HEADER = "tagger_run"  # which run a message belongs to, readable without unpacking it
@@ -34,12 +34,14 @@ def check_broker(settings: Settings) -> None:
         conn.ensure_connection(max_retries=1, timeout=5)
 
 
-def send(settings: Settings, chunk: Chunk) -> None:
+def send(settings: Settings, message: Chunk | Span) -> None:
+    """A chunk to tag, or a range of kept embeddings to relabel."""
     # zlib shrinks a queued chunk about 5x in Redis (URLs repeat their prefixes); the short
     # kwargsrepr replaces a 1 KB repr header that Flower would show truncated anyway.
-    sending_app(settings).send_task(TASK_NAME, kwargs=chunk.encode(), queue=tagging_queue(settings),
-                                    compression="zlib", kwargsrepr=chunk.describe(),
-                                    headers={RUN_HEADER: chunk.run_id})
+    name = TASK_NAME if isinstance(message, Chunk) else RELABEL_TASK
+    sending_app(settings).send_task(name, kwargs=message.encode(), queue=tagging_queue(settings),
+                                    compression="zlib", kwargsrepr=message.describe(),
+                                    headers={RUN_HEADER: message.run_id})
 
 
 def queue_depth(settings: Settings) -> dict[str, int]:

@@ -70,16 +70,13 @@ def tag(settings: Settings, location: str, *, labelset: LabelSet, output: Path |
     with worker or contextlib.nullcontext():  # stops the worker, whatever happens
         if worker:
             echo(f"starting a worker for {settings.model} (log: {log_path})")
-        try:
+        with withdrawn_if_stopped(settings, run_id):
             summary = _enqueue(settings, listing, labelset, chunk_size, force, retry_failed,
                                run_id)
             echo(f"run {summary.run_id}: listed {summary.listed}, enqueued {summary.enqueued}, "
                  f"{summary.describe_skips()}")
             if summary.enqueued:
                 _wait(settings, summary, worker, timeout)
-        except BaseException as exc:
-            _withdraw(settings, run_id, exc)
-            raise
     output = output or settings.home / "results" / f"{summary.run_id}.jsonl"
     selection = _selection(settings, listing.location, labelset)
     tagged = _export(settings, selection, summary, output)
@@ -125,6 +122,17 @@ def _wait(settings: Settings, summary: Summary, worker: LocalWorker | None,
     with Progress("tagging", total=summary.enqueued) as bar:
         wait(settings, summary.run_id, timeout, on_progress=show,
              stop=worker.failure if worker else None)
+
+
+@contextlib.contextmanager
+def withdrawn_if_stopped(settings: Settings, run_id: str) -> Iterator[None]:
+    """A run that fails or is interrupted within the block is withdrawn (its unstarted chunks
+    or ranges leave the queue; workers drop those they meet)."""
+    try:
+        yield
+    except BaseException as exc:
+        _withdraw(settings, run_id, exc)
+        raise
 
 
 def _withdraw(settings: Settings, run_id: str, cause: BaseException) -> None:

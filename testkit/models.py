@@ -23,8 +23,8 @@ def tiny_checkpoint(path: Path) -> Path:
     return build(path, [*texts, *TEST_LABELS], tiny=True)
 
 
-def direct_scores(model_dir: Path, labels: list[str], images: list[bytes]) -> list[dict]:
-    """What the checkpoint says about each image, through transformers' own processor, fp32."""
+def direct_embeddings(model_dir: Path, images: list[bytes]) -> np.ndarray:
+    """The checkpoint's normalised image embeddings, through transformers' own processor, fp32."""
     import torch
     from PIL import Image
     from transformers import ChineseCLIPModel, ChineseCLIPProcessor
@@ -35,9 +35,20 @@ def direct_scores(model_dir: Path, labels: list[str], images: list[bytes]) -> li
     with torch.no_grad():
         px = processor(images=pil, return_tensors="pt")["pixel_values"]
         img = model.visual_projection(model.vision_model(pixel_values=px).pooler_output)
+    return (img / img.norm(dim=-1, keepdim=True)).numpy()
+
+
+def direct_scores(model_dir: Path, labels: list[str], images: list[bytes]) -> list[dict]:
+    """What the checkpoint says about each image, through transformers' own processor, fp32."""
+    import torch
+    from transformers import ChineseCLIPModel, ChineseCLIPProcessor
+
+    model = ChineseCLIPModel.from_pretrained(model_dir).eval()
+    processor = ChineseCLIPProcessor.from_pretrained(model_dir)
+    img = torch.from_numpy(direct_embeddings(model_dir, images))
+    with torch.no_grad():
         tok = processor(text=labels, padding=True, return_tensors="pt")
         txt = model.text_projection(model.text_model(**tok).last_hidden_state[:, 0])
-        img = img / img.norm(dim=-1, keepdim=True)
         txt = txt / txt.norm(dim=-1, keepdim=True)
         probs = (model.logit_scale.exp() * img @ txt.T).softmax(-1)
     return [dict(zip(labels, row.tolist(), strict=True)) for row in probs]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -16,6 +17,9 @@ from testkit.browser import INSTALL, Browser, find_chromium
 from testkit.models import TEST_LABELS, tiny_checkpoint
 from testkit.processes import Worker
 from testkit.services import REDIS_URL, postgres_database, s3_server
+
+if TYPE_CHECKING:
+    from worker.assemble import Parts
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -128,3 +132,12 @@ def browser() -> Iterator[Browser]:
     started = Browser(executable)
     yield started
     started.close()
+
+
+@pytest.fixture
+def made() -> Iterator[list[Parts]]:
+    """The worker parts a test assembles (append them): closed afterwards."""
+    parts: list[Parts] = []
+    yield parts
+    for each in parts:
+        each.close()

@@ -32,11 +32,13 @@ def vocabulary(texts: Iterable[str], size: int | None) -> list[str]:
     return vocab
 
 
-def build(path: Path, texts: Iterable[str], *, tiny: bool = False) -> Path:
+def build(path: Path, texts: Iterable[str], *, tiny: bool = False, projection_dim: int = 16
+          ) -> Path:
     """Save model, tokenizer and the OFA-Sys image processor config into ``path``.
 
     Full size is `ChineseCLIPConfig(text_config={"vocab_size": 21128}, vision_config={...16,
-    224}, projection_dim=512)`: compute cost does not depend on the weight values.
+    224}, projection_dim=512)`: compute cost does not depend on the weight values. A tiny one
+    has ``projection_dim``-wide embeddings (512, as ViT-B/16's, to measure what depends on it).
     """
     import numpy as np
     import torch
@@ -59,7 +61,7 @@ def build(path: Path, texts: Iterable[str], *, tiny: bool = False) -> Path:
                          "max_position_embeddings": 64},
             vision_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
                            "intermediate_size": 37, "image_size": side, "patch_size": 8},
-            projection_dim=16)
+            projection_dim=projection_dim)
     else:
         config = ChineseCLIPConfig(text_config={"vocab_size": VOCAB_SIZE},
                                    vision_config={"patch_size": 16, "image_size": side},

@@ -11,7 +11,7 @@ from typing import Any
 
 from worker import metrics
 from worker.assemble import Parts
-from worker.core.contract import Chunk, Item, Result
+from worker.core.contract import KEPT_RUNTIME, Chunk, Item, Result
 from worker.core.errors import ItemError, Reason, TransientError
 from worker.core.redact import redact
 from worker.db import writes as db
@@ -55,7 +55,8 @@ def results_of(works: Sequence[Work], chunk: Chunk, runtime: str, attempts: int
                           run_id=chunk.run_id, labels=[] if error else w.labels or [],
                           content_sha256=w.sha256, reason=error.reason if error else None,
                           error=redact(str(error)) if error else None, attempts=attempts,
-                          runtime=None if error else runtime))
+                          runtime=None if error else KEPT_RUNTIME if w.kept else runtime,
+                          embedding=None if error else w.embedding))
     return out
 
 
@@ -121,22 +122,32 @@ def run_chunk(parts: Parts, chunk: Chunk, *, task_id: str, chunk_retries: int) -
     return ChunkReport(done=len(outcomes) - failed, failed=failed, timings=timings)
 
 
+def grant_retry(parts: Parts, task_id: str, chunk_retries: int, header_retries: int
+                ) -> int | None:
+    """The number of the retry to send (1, 2, ...), or None once the retries the workers
+    recorded for this message are spent."""
+    try:
+        return db.grant_retry(parts.engine, task_id, chunk_retries)
+    except TransientError as lost:
+        # The database is away: nothing can be counted nor recorded, and dropping the message
+        # would lose it. Retry; the count resumes from the database once it is back.
+        log.warning("cannot record the retry (%s): retrying anyway", lost)
+        return max(1, header_retries + 1)
+
+
 def retry_or_park(parts: Parts, chunk: Chunk, exc: BaseException, reason: Reason, *,
                   task_id: str, chunk_retries: int, header_retries: int) -> int | ChunkReport:
-    """After a transient failure: the number of the retry to send, or, once the retries the
-    workers recorded are spent, the images still unanswered recorded as failed with ``reason``."""
+    """After a transient failure: the number of the retry to send, or, once the retries are
+    spent, the images still unanswered recorded as failed with ``reason``."""
     if isinstance(exc, RetryItems):  # the others are written already
         chunk = dataclasses.replace(chunk, items=exc.items)
+    granted = grant_retry(parts, task_id, chunk_retries, header_retries)
+    if granted is not None:
+        return granted
+    log.error("giving up on the chunk after %d retries: %s", chunk_retries, exc)
     try:
-        granted = db.grant_retry(parts.engine, task_id, chunk_retries)
-        if granted is not None:
-            return granted
-        log.error("giving up on the chunk after %d retries: %s", chunk_retries, exc)
         return park(parts, chunk, reason, task_id=task_id, attempts=chunk_retries + 1,
                     message=f"gave up after {chunk_retries} retries: {exc or 'time limit'}; "
                             f"send again with `producer retry-failed --reason {reason}`")
-    except TransientError as lost:
-        # The database is away: nothing can be counted nor recorded, and dropping the chunk
-        # would lose it. Retry; the count resumes from the database once it is back.
-        log.warning("cannot record the chunk's retry (%s): retrying it anyway", lost)
+    except TransientError:  # away again: not lost, tried once more
         return max(1, header_retries + 1)

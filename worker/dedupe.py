@@ -1,4 +1,4 @@
-"""Identical bytes under another URI: labels already computed for a content hash, by any worker."""
+"""Content seen before, by any worker: labels computed for identical bytes, kept embeddings."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 from sqlalchemy.engine import Engine
 
+from worker.db import embeddings as kept
 from worker.db import writes as db
 
 Labels = list[dict[str, Any]]
@@ -43,3 +45,8 @@ class KnownContent:
             self._recent[(labelset_id, sha256)] = labels
             while len(self._recent) > self.capacity:
                 self._recent.popitem(last=False)
+
+    def embeddings(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
+        """The kept embeddings (float16) of these contents; those not kept are absent."""
+        wanted = set(hashes)
+        return kept.lookup(self.engine, self.model, wanted) if wanted else {}

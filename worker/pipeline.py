@@ -22,13 +22,14 @@ import numpy as np
 
 from worker.backends import Backend
 from worker.batcher import Batcher
-from worker.core.contract import Item, label_scores
+from worker.core.contract import Item
 from worker.core.errors import ItemError, Reason, TransientError
 from worker.decoders import Decoder, OnCpu
 from worker.dedupe import KnownContent, Labels
 from worker.labelstore import Scoring
 from worker.prep import Prepared
 from worker.prep.pool import PrepPool
+from worker.scores import top_labels
 from worker.sources import check_uri
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class Work:
     labels: Labels | None = None
     error: ItemError | None = None
     transient: TransientError | None = None  # to be tried again in a later delivery
+    embedding: np.ndarray | None = None  # computed here by the image tower: kept (float32, (D,))
+    kept: bool = False  # scored from a kept embedding, nothing fetched
 
 
 @dataclass
@@ -81,6 +84,7 @@ class Tagger:
         ``final``: the last try, where a transient error becomes the item's failure."""
         started, forward = time.perf_counter(), self.batcher.forward_seconds
         works = [Work(item) for item in items]
+        self._score_kept(works, scoring)
         batches, ready = [], []
         for prepared in self.prep.prepare(self._fetchable(works), roots):
             work = works[prepared.index]
@@ -103,10 +107,24 @@ class Tagger:
                        "forward": self.batcher.forward_seconds - forward,
                        "total": ended - started}
 
+    def _score_kept(self, works: list[Work], scoring: Scoring) -> None:
+        """Items sent with a content hash whose embedding is kept are scored from it, before
+        anything is fetched; the rest (an embedding gone since) are left to fetch."""
+        kept = self.known.embeddings(w.item.sha256 for w in works if w.item.sha256)
+        scorable = [w for w in works if w.item.sha256 in kept]
+        if scorable:
+            vectors = np.stack([kept[w.item.sha256 or ""] for w in scorable])
+            for work, labels in zip(scorable, top_labels(
+                    vectors, scoring.labelset, scoring.texts, self.backend.logit_scale,
+                    self.options.top_k), strict=True):
+                work.sha256, work.labels, work.kept = work.item.sha256, labels, True
+
     @staticmethod
     def _fetchable(works: list[Work]) -> list[tuple[int, str | bytes]]:
         todo: list[tuple[int, str | bytes]] = []
         for index, work in enumerate(works):
+            if work.kept:
+                continue
             try:
                 check_uri(work.item.uri)
                 todo.append((index, work.item.uri))
@@ -174,17 +192,13 @@ class Tagger:
         """Labels for each content of the batch: softmax over the label set, top-k."""
         if not batch.shas or batch.embeddings is None:
             return
-        labelset, texts = scoring.labelset, scoring.texts
         embeddings = batch.embeddings.result()
-        probs = _softmax(self.backend.logit_scale * embeddings @ texts.T)
-        k = min(self.options.top_k, len(labelset.labels))
-        top = np.argpartition(-probs, k - 1, axis=1)[:, :k]  # the k best, in no order
-        for sha, row, indices in zip(batch.shas, probs, top, strict=True):
-            order = indices[np.argsort(-row[indices], kind="stable")]
-            labels = label_scores(labelset.labels, labelset.parents, order, row[order])
-            self.known.remember(labelset.id, sha, labels)
+        scored = top_labels(embeddings, scoring.labelset, scoring.texts,
+                            self.backend.logit_scale, self.options.top_k)
+        for sha, labels, embedding in zip(batch.shas, scored, embeddings, strict=True):
+            self.known.remember(scoring.labelset.id, sha, labels)
             for work in batch.works[sha]:
-                work.labels = labels
+                work.labels, work.embedding = labels, embedding
 
     def close(self) -> None:
         self.batcher.close()
@@ -209,11 +223,6 @@ def _same_outcome_for_same_content(works: list[Work]) -> None:
             work.labels, work.error = labels[work.sha256], None
         elif work.sha256 in errors:
             work.error = errors[work.sha256]
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
 
 
 def _return_freed_memory() -> None:

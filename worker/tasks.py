@@ -11,9 +11,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 from celery.worker.request import Request
 
-from worker import broker_guards, chunks, logs, owner, startup, visibility
+from worker import broker_guards, chunks, logs, owner, relabel, startup, visibility
 from worker.app import app
-from worker.core.contract import TASK_NAME, Chunk
+from worker.core.contract import RELABEL_TASK, TASK_NAME, Chunk, Span
 from worker.core.errors import MessageError, Reason, TransientError
 from worker.core.redact import redact
 from worker.core.settings import load_settings
@@ -32,7 +32,7 @@ def _setup_logging(loglevel: str | int = "INFO", logfile: str | None = None, **_
 def _start(instance: Any, **_: Any) -> None:
     """In the parent, before any child forks: refuse a bad configuration, keep only our task."""
     owner.stop_with(settings.owner_pid)
-    for name in [n for n in app.tasks if n != TASK_NAME]:
+    for name in [n for n in app.tasks if n not in {TASK_NAME, RELABEL_TASK}]:
         app.tasks.unregister(name)  # built-ins such as celery.accumulate must not run on demand
     try:
         startup.check(settings)
@@ -158,7 +158,34 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def _retry(task: Task, exc: Exception, chunk: Chunk, number: int) -> Exception:
+@app.task(name=RELABEL_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
+          max_retries=None)
+def relabel_range(self: Task, **message: Any) -> dict[str, Any]:
+    """Score one range of kept embeddings with a label set and write the results."""
+    try:
+        span = Span.decode(message)
+    except MessageError as exc:
+        log.error("dropped a malformed relabel message %s: %s", self.request.id, exc)
+        return {"dropped": str(exc)}
+    with logs.bound(task_id=self.request.id, run_id=span.run_id):
+        parts = startup.parts(settings)
+        try:
+            report = relabel.relabel(parts, span, self.request.id)
+        except (SoftTimeLimitExceeded, TransientError) as exc:
+            number = chunks.grant_retry(parts, self.request.id, settings.chunk_retries,
+                                        _int(self.request.retries))
+            if number is not None:
+                raise _retry(self, exc, span, number) from exc
+            report = relabel.give_up(parts, span, self.request.id, f"gave up after "
+                                     f"{settings.chunk_retries} retries: {exc or 'time limit'}")
+        except Exception as exc:  # a bug: the range is given up, not looped on
+            log.exception("relabel range crashed")
+            report = relabel.give_up(parts, span, self.request.id, f"{type(exc).__name__}: {exc}")
+        log.info("range relabelled", extra=report)
+        return report
+
+
+def _retry(task: Task, exc: Exception, chunk: Chunk | Span, number: int) -> Exception:
     countdown = get_exponential_backoff_interval(
         factor=2, retries=number - 1, maximum=settings.max_retry_countdown, full_jitter=True)
     if isinstance(exc, chunks.RetryItems):  # only the images that met the trouble go again

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,14 +40,6 @@ def make_settings(database_url: str, root: Path, **extra: str) -> Settings:
 @pytest.fixture
 def settings(sqlite_url: str, tiny_model: Path, tmp_path: Path) -> Settings:
     return make_settings(sqlite_url, tmp_path, TAGGER_MODEL=str(tiny_model))
-
-
-@pytest.fixture
-def made() -> Iterator[list[Parts]]:
-    parts: list[Parts] = []
-    yield parts
-    for each in parts:
-        each.close()
 
 
 @pytest.fixture

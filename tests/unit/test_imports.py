@@ -43,7 +43,7 @@ def test_producer_help_without_torch():
         "from producer.cli import main\n"
         "for args in (['--help'], ['tag', '--help'], ['enqueue', '--help'], ['export', '--help'],"
         " ['status', '--help'], ['db', 'upgrade', '--help'], ['retry-failed', '--help'],"
-        " ['report', '--help']):\n"
+        " ['report', '--help'], ['relabel', '--help']):\n"
         "    result = CliRunner().invoke(main, args)\n"
         "    assert result.exit_code == 0, (args, result.output)\n")
     assert loaded == []

@@ -22,6 +22,8 @@ def test_embedded_defaults(tmp_path: Path):
     assert (settings.backend, settings.decoder, settings.sinks) == ("auto", "auto", ("database",))
     assert settings.decode_processes == 2 * (os.cpu_count() or 1)
     assert settings.file_roots == ()
+    assert settings.keep_embeddings
+    assert not load_settings({"TAGGER_KEEP_EMBEDDINGS": "0"}).keep_embeddings
 
 
 def test_distributed_configuration():
@@ -63,6 +65,7 @@ def test_cache_dir_and_file_roots(tmp_path: Path):
     ("TAGGER_ITEM_TIMEOUT", "0", "must be >= 1"),
     ("TAGGER_MAX_IMAGE_MEMORY", "1000", "must be >= "),
     ("TAGGER_ALLOW_PRIVATE_URLS", "maybe", "must be a boolean"),
+    ("TAGGER_KEEP_EMBEDDINGS", "sometimes", "must be a boolean"),
     ("TAGGER_URL_ALLOW_NETWORKS", "10.0.0.0/33", "CIDR"),
     ("CELERY_BROKER_URL", "amqp://guest@rabbit//", "redis://"),
 ])

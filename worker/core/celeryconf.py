@@ -8,7 +8,7 @@ from typing import Any
 
 from kombu import Queue
 
-from worker.core.contract import TASK_NAME
+from worker.core.contract import RELABEL_TASK, TASK_NAME
 from worker.core.settings import Settings
 
 
@@ -60,5 +60,5 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "task_default_queue": queue,
         "task_queues": [Queue(queue, routing_key=queue)],
-        "task_routes": {TASK_NAME: {"queue": queue}},
+        "task_routes": {name: {"queue": queue} for name in (TASK_NAME, RELABEL_TASK)},
     }

@@ -13,9 +13,13 @@ from worker.core.errors import MessageError, Reason
 from worker.core.redact import stored_uri
 
 TASK_NAME = "tagger.tag_chunk"
+RELABEL_TASK = "tagger.relabel_range"
 MAX_URI_CHARS = 16_384  # presigned URLs run to a few KB; a listing skips longer ones
 MAX_CHUNK_ITEMS = 10_000
 _ID = re.compile(r"[0-9A-Za-z_.:-]{1,64}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_INT8 = range(-(2**63), 2**63)
+KEPT_RUNTIME = "kept float16 embedding"  # results.runtime of labels scored without the image tower
 _MAX_TEXT = 1024  # keys, versions and model names
 
 
@@ -27,22 +31,32 @@ def uri_hash(uri: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One image to tag: where it is, the catalogue's own key, and its source version."""
+    """One image to tag: where it is, the catalogue's own key, and its source version.
+
+    ``sha256``: its content at this version, when the producer found a kept embedding of it
+    (another label set's result at the same version): the worker scores it from that embedding
+    and fetches the image only if the embedding is gone.
+    """
 
     uri: str
     key: str | None = None
     version: str | None = None
+    sha256: str | None = None
 
     def encode(self) -> dict[str, str]:
         return {k: v for k, v in (("uri", self.uri), ("key", self.key),
-                                  ("version", self.version)) if v is not None}
+                                  ("version", self.version), ("sha256", self.sha256))
+                if v is not None}
 
     @classmethod
     def decode(cls, data: Any) -> Item:
         if not isinstance(data, Mapping) or not isinstance(data.get("uri"), str):
             raise MessageError(f"an item must be an object with a 'uri' string, not {data!r:.80}")
+        sha256 = data.get("sha256")
+        if sha256 is not None and not (isinstance(sha256, str) and _SHA256.fullmatch(sha256)):
+            raise MessageError(f"'sha256' must be 64 lowercase hex digits, not {sha256!r:.80}")
         return cls(uri=data["uri"], key=_text(data, "key"),
-                   version=_text(data, "version"))
+                   version=_text(data, "version"), sha256=sha256)
 
 
 @dataclass(frozen=True)
@@ -87,6 +101,45 @@ class Chunk:
                 f"run {self.run_id}>")
 
 
+@dataclass(frozen=True)
+class Span:
+    """One relabel message: score the images whose kept embeddings have keys in [lo, hi]
+    (worker/core/embedding.py) with a label set, for a run; ``scope_run``: only that run's
+    images."""
+
+    model: str
+    labelset_id: str
+    run_id: str
+    lo: int
+    hi: int
+    scope_run: str | None = None
+
+    def encode(self) -> dict[str, Any]:
+        return {"model": self.model, "labelset_id": self.labelset_id, "run_id": self.run_id,
+                "lo": self.lo, "hi": self.hi, "scope_run": self.scope_run}
+
+    @classmethod
+    def decode(cls, data: Mapping[str, Any]) -> Span:
+        model = _text(data, "model")
+        if not model:
+            raise MessageError("the message names no model")
+        for name in ("labelset_id", "run_id"):
+            if not isinstance(data.get(name), str) or not _ID.fullmatch(data[name]):
+                raise MessageError(f"bad {name} {data.get(name)!r:.80}")
+        scope_run, lo, hi = data.get("scope_run"), data.get("lo"), data.get("hi")
+        if scope_run is not None and not (isinstance(scope_run, str) and _ID.fullmatch(scope_run)):
+            raise MessageError(f"bad scope_run {scope_run!r:.80}")
+        if not (type(lo) is int and type(hi) is int and lo in _INT8 and hi in _INT8 and lo <= hi):
+            raise MessageError(f"'lo' and 'hi' must be 64-bit integers, lo <= hi: {lo!r:.30}, "
+                               f"{hi!r:.30}")
+        return cls(model=model, labelset_id=data["labelset_id"], run_id=data["run_id"], lo=lo,
+                   hi=hi, scope_run=scope_run)
+
+    def describe(self) -> str:
+        return (f"<kept embeddings {self.lo}..{self.hi}, model {self.model}, label set "
+                f"{self.labelset_id}, run {self.run_id}>")
+
+
 def _text(data: Mapping[str, Any], name: str) -> str | None:
     value = data.get(name)
     if value is None:
@@ -110,6 +163,9 @@ class Result:
     content_sha256: str | None = None
     attempts: int = 1
     runtime: str | None = None
+    # The normalised image embedding (float32, (D,)) the labels came from, when the image
+    # tower computed it here: the database sink keeps it (TAGGER_KEEP_EMBEDDINGS).
+    embedding: Any = field(default=None, compare=False, repr=False)
 
     @property
     def status(self) -> str:

@@ -65,6 +65,7 @@ class Settings:
     metrics_port: int
     jpeg_draft: bool
     decode_overlap: str
+    keep_embeddings: bool
     owner_pid: int
 
     @property
@@ -221,6 +222,7 @@ _FIELDS: tuple[tuple[str, str, Callable[[str, str], Any], Any], ...] = (
     ("TAGGER_METRICS_PORT", "metrics_port", _int(0), 0),
     ("TAGGER_JPEG_DRAFT", "jpeg_draft", _bool, True),
     ("TAGGER_DECODE_OVERLAP", "decode_overlap", _choice("auto", "on", "off"), "auto"),
+    ("TAGGER_KEEP_EMBEDDINGS", "keep_embeddings", _bool, True),
     # Set by `producer tag` on the worker it starts: the worker stops when that process is gone.
     ("TAGGER_OWNER_PID", "owner_pid", _int(0), 0),
 )

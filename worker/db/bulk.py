@@ -39,6 +39,12 @@ DELETE FROM pending p USING {INCOMING} i
 WHERE p.uri_hash = i.uri_hash AND p.model = i.model AND p.labelset_id = i.labelset_id;
 UPDATE deliveries SET finished_at = now() WHERE task_id = %(task_id)s;
 """
+KEPT = "incoming_embeddings"
+CREATE_KEPT = (f"CREATE TEMPORARY TABLE IF NOT EXISTS {KEPT} (key int8, model_id int2, "
+               "sha256 bytea, vector bytea) ON COMMIT DELETE ROWS")
+_KEPT_NAMES = "key, model_id, sha256, vector"
+KEEP = (f"INSERT INTO embeddings ({_KEPT_NAMES}) SELECT {_KEPT_NAMES} FROM {KEPT} "
+        "ON CONFLICT (model_id, key) DO NOTHING")
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
@@ -46,6 +52,7 @@ def create_session_tables(dbapi_connection: Any, _record: Any) -> None:
     """On each new PostgreSQL connection: the session table chunks are copied into."""
     with dbapi_connection.cursor() as cursor:
         cursor.execute(CREATE_INCOMING)
+        cursor.execute(CREATE_KEPT)
     dbapi_connection.commit()
 
 
@@ -72,6 +79,14 @@ def write_chunk(conn: Connection, rows: Sequence[Mapping[str, Any]], task_id: st
     if rows:
         _copy(conn, f"COPY {INCOMING} ({NAMES}) FROM STDIN", copy_text(rows))
     conn.exec_driver_sql(MERGE, {"task_id": task_id or ""})
+
+
+def keep_embeddings(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Add kept embeddings (key, model_id, sha256, vector) that are not there yet."""
+    text = "".join(f"{row['key']}\t{row['model_id']}\t\\\\x{row['sha256'].hex()}\t"
+                   f"\\\\x{row['vector'].hex()}\n" for row in rows)
+    _copy(conn, f"COPY {KEPT} ({_KEPT_NAMES}) FROM STDIN", text)
+    conn.exec_driver_sql(KEEP)
 
 
 def _copy(conn: Connection, statement: str, text: str) -> None:

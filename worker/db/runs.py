@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from worker.core.contract import Item, uri_hash
+from worker.core.contract import Item, Span, uri_hash
 from worker.core.redact import stored_uri
-from worker.db.schema import batches, deliveries, insert, pending, results, retried, runs
+from worker.db import embeddings
+from worker.db.schema import (
+    batches,
+    deliveries,
+    insert,
+    pending,
+    pending_ranges,
+    results,
+    retried,
+    runs,
+)
 
 RATE_WINDOW = timedelta(minutes=5)
 
@@ -26,28 +36,49 @@ class Due:
 
 
 def due_items(conn: Connection, items: Sequence[Item], model: str, labelset_id: str,
-              retry_failed: bool = False) -> Due:
+              retry_failed: bool = False, use_kept: bool = False) -> Due:
     """The items without a result for this model and label set at their current version
-    (with ``retry_failed``: or with a failed one)."""
+    (with ``retry_failed``: or with a failed one).
+
+    ``use_kept``: a due item whose result under another label set is at the same version and
+    whose content has a kept embedding is sent with that content's hash (``Item.sha256``): the
+    worker scores it from the embedding instead of fetching it.
+    """
     known: dict[str, tuple[str | None, str]] = {}
+    contents: dict[tuple[str, str | None], str] = {}  # (uri_hash, version) -> content
     hashes = sorted({uri_hash(i.uri) for i in items})
     for part in batches(hashes):
-        rows = conn.execute(sa.select(results.c.uri_hash, results.c.source_version,
+        rows = conn.execute(sa.select(results.c.uri_hash, results.c.labelset_id,
+                                      results.c.source_version, results.c.content_sha256,
                                       results.c.status).where(
-            results.c.model == model, results.c.labelset_id == labelset_id,
-            results.c.uri_hash.in_(part)))
-        known.update((row.uri_hash, (row.source_version, row.status)) for row in rows)
+            results.c.model == model, results.c.uri_hash.in_(part),
+            *([] if use_kept else [results.c.labelset_id == labelset_id])))
+        for row in rows:
+            if row.labelset_id == labelset_id:
+                known[row.uri_hash] = (row.source_version, row.status)
+            elif row.status == "done" and row.content_sha256:
+                contents[(row.uri_hash, row.source_version)] = row.content_sha256
     due = Due()
     for item in items:
         version, status = known.get(uri_hash(item.uri), (None, None))
         if status is None or (item.version or version) != version:
             due.items.append(item)
+        elif status == "failed" and not retry_failed:
+            due.failed_before += 1
         elif status == "failed":
-            if retry_failed:
-                due.items.append(item)
-            else:
-                due.failed_before += 1
+            due.items.append(item)
+    if contents:
+        due.items = _with_kept(conn, due.items, model, contents)
     return due
+
+
+def _with_kept(conn: Connection, items: list[Item], model: str,
+               contents: Mapping[tuple[str, str | None], str]) -> list[Item]:
+    """Items whose content at their version has a kept embedding, sent with its hash."""
+    found = [contents.get((uri_hash(i.uri), i.version)) for i in items]
+    kept = embeddings.kept_hashes(conn, model, {sha for sha in found if sha})
+    return [replace(i, sha256=sha) if sha in kept else i
+            for i, sha in zip(items, found, strict=True)]
 
 
 def claim_pending(conn: Connection, items: Sequence[Item], model: str, labelset_id: str,
@@ -102,6 +133,7 @@ def cancel_run(engine: Engine, run_id: str, error: str | None) -> None:
         conn.execute(runs.update().where(runs.c.id == run_id)
                      .values(cancelled_at=datetime.now(UTC), error=error))
         conn.execute(pending.delete().where(pending.c.run_id == run_id))
+        conn.execute(pending_ranges.delete().where(pending_ranges.c.run_id == run_id))
 
 
 @retried
@@ -136,6 +168,25 @@ def update_run(engine: Engine, run_id: str, *, finished: bool = False, error: st
         values["error"] = error
     with engine.begin() as conn:
         conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
+
+
+@retried
+def add_pending_ranges(engine: Engine, spans: Sequence[Span], images: Sequence[int]) -> None:
+    """A relabel run's ranges, each with about how many images it will score, now pending."""
+    current = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(pending_ranges.insert(), [
+            {"run_id": span.run_id, "lo": span.lo, "hi": span.hi, "images": count,
+             "enqueued_at": current} for span, count in zip(spans, images, strict=True)])
+
+
+@retried
+def release_ranges(engine: Engine, run_id: str, spans: Sequence[Span] | None = None) -> None:
+    """A relabel run's ranges (those of ``spans`` only, if given) that nothing will answer."""
+    query = pending_ranges.delete().where(pending_ranges.c.run_id == run_id)
+    with engine.begin() as conn:
+        for part in [None] if spans is None else batches([span.lo for span in spans]):
+            conn.execute(query if part is None else query.where(pending_ranges.c.lo.in_(part)))
 
 
 def failed_labelsets(engine: Engine, model: str, reason: str | None = None) -> list[str]:
@@ -192,13 +243,14 @@ def result_counts(engine: Engine, run_id: str | None = None) -> dict[str, Any]:
     """done / failed (by reason) / pending / in flight / recent rate, for a run or everything."""
     by_run = [results.c.run_id == run_id] if run_id else []
     with engine.connect() as conn:
+        # Pending first: an image answered between two reads counts as done, never as neither
+        # (`wait` returns at no pending and prints the done count).
+        waiting = _pending(conn, [run_id] if run_id else None).get(run_id, 0)
         by_status = dict(conn.execute(sa.select(results.c.status, sa.func.count())
                                       .where(*by_run).group_by(results.c.status)).all())
         reasons = dict(conn.execute(sa.select(results.c.reason, sa.func.count())
                                     .where(results.c.status == "failed", *by_run)
                                     .group_by(results.c.reason)).all())
-        waiting = conn.scalar(sa.select(sa.func.count()).select_from(pending).where(
-            *([pending.c.run_id == run_id] if run_id else [])))
         in_flight = conn.scalar(sa.select(sa.func.coalesce(sa.func.sum(deliveries.c.images), 0))
                                 .where(deliveries.c.finished_at.is_(None),
                                        *([deliveries.c.run_id == run_id] if run_id else [])))
@@ -229,6 +281,7 @@ def find_runs(engine: Engine, run_id: str | None = None, limit: int = 1) -> list
     with engine.connect() as conn:
         found = [_jsonable(row) for row in conn.execute(query).mappings()]
         ids = [r["id"] for r in found]
+        waiting = _pending(conn, ids)  # first, as in result_counts
         outcomes = conn.execute(sa.select(results.c.run_id, results.c.status, results.c.reason,
                                           sa.func.count())
                                 .where(results.c.run_id.in_(ids))
@@ -239,14 +292,26 @@ def find_runs(engine: Engine, run_id: str | None = None, limit: int = 1) -> list
             counted[run][status] += count
             if status == "failed":
                 counted[run]["failed_by_reason"][reason] = count
-        waiting = dict(conn.execute(sa.select(pending.c.run_id, sa.func.count())
-                                    .where(pending.c.run_id.in_(ids))
-                                    .group_by(pending.c.run_id)).all())
     for run in found:
         run.update(counted[run["id"]], pending=int(waiting.get(run["id"], 0)))
         run["skipped_by_reason"] = run.get("skipped_by_reason") or {}
         run["state"] = run_state(run)
     return found
+
+
+def _pending(conn: Connection, run_ids: Sequence[str] | None) -> dict[str | None, int]:
+    """Images not answered yet, by run (under None: of every run): pending marks, and the
+    images of relabel ranges."""
+    counted: dict[str | None, int] = {}
+    for table, images in ((pending, sa.func.count()),
+                          (pending_ranges, sa.func.coalesce(sa.func.sum(pending_ranges.c.images),
+                                                            0))):
+        query = (sa.select(sa.null(), images) if run_ids is None else
+                 sa.select(table.c.run_id, images).where(table.c.run_id.in_(run_ids))
+                 .group_by(table.c.run_id))
+        for run, count in conn.execute(query.select_from(table)):
+            counted[run] = counted.get(run, 0) + int(count or 0)
+    return counted
 
 
 def run_state(run: Mapping[str, Any]) -> str:

@@ -109,6 +109,35 @@ deliveries = sa.Table(
     sa.Index("ix_deliveries_open", "finished_at", "run_id"),
 )
 
+# A relabel run's range of kept embeddings not answered yet: its images count as pending.
+pending_ranges = sa.Table(
+    "pending_ranges", metadata,
+    sa.Column("run_id", sa.String(32), primary_key=True),
+    sa.Column("lo", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("hi", sa.BigInteger, nullable=False),
+    sa.Column("images", sa.BigInteger, nullable=False),
+    sa.Column("enqueued_at", _Time, nullable=False),
+)
+
+# Kept image embeddings (worker/core/embedding.py has their form), ~1 KB per image: the model
+# is a smallint, the indexed key an int8, columns ordered so that no byte is padding.
+embedding_models = sa.Table(
+    "embedding_models", metadata,
+    sa.Column("id", sa.SmallInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("model", sa.Text, nullable=False, unique=True),
+    sa.Column("dim", sa.Integer, nullable=False),
+)
+
+embeddings = sa.Table(
+    "embeddings", metadata,
+    sa.Column("key", sa.BigInteger, nullable=False),
+    sa.Column("model_id", sa.SmallInteger, nullable=False),
+    sa.Column("sha256", sa.LargeBinary, nullable=False),
+    sa.Column("vector", sa.LargeBinary, nullable=False),
+    sa.PrimaryKeyConstraint("model_id", "key", name="pk_embeddings"),
+)
+
 text_embeddings = sa.Table(
     "text_embeddings", metadata,
     sa.Column("model", sa.Text, primary_key=True),

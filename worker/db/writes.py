@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from worker.core.contract import Result
-from worker.db import bulk
+from worker.db import bulk, embeddings
 from worker.db.schema import (
     batches,
     deliveries,
     insert,
     now,
     pending,
+    pending_ranges,
     results,
     retried,
     runs,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @retried
@@ -98,20 +103,58 @@ def done_by_content(engine: Engine, model: str, labelset_id: str, hashes: Iterab
 
 
 @retried
-def write_results(engine: Engine, outcomes: Sequence[Result], task_id: str | None = None
-                  ) -> None:
-    """Upsert results, clear their pending marks and close the delivery, in one transaction.
+def write_results(engine: Engine, outcomes: Sequence[Result], task_id: str | None = None,
+                  keep_embeddings: bool = False) -> None:
+    """Upsert results, clear their pending marks and close the delivery, in one transaction;
+    with ``keep_embeddings``, the image embeddings computed for them are kept in it too.
 
     A done result replaces anything; a failure never replaces a done result, so a re-delivered
     chunk that meets a passing fault cannot erase good labels.
     """
     rows = list({(r["uri_hash"], r["model"], r["labelset_id"]): r
                  for r in (o.row() for o in outcomes)}.values())
+    kept: dict[str, dict[str, np.ndarray]] = {}
+    for outcome in outcomes if keep_embeddings else ():
+        if outcome.embedding is not None and outcome.content_sha256:
+            kept.setdefault(outcome.model, {})[outcome.content_sha256] = outcome.embedding
+    models = {model: embeddings.model_id(engine, model, dim=len(next(iter(vectors.values()))))
+              for model, vectors in kept.items()}
     with engine.begin() as conn:
-        if bulk.uses_copy(conn):
-            bulk.write_chunk(conn, rows, task_id)
-        else:
-            write_by_statements(conn, rows, task_id)
+        _write(conn, rows, task_id)
+        for model, vectors in kept.items():
+            embeddings.keep(conn, models[model], vectors)
+
+
+@retried
+def write_rows(engine: Engine, rows: list[dict[str, Any]]) -> None:
+    """Result rows, unique by image, model and label set, with their labels as JSON text (a
+    relabel's batch: COPY takes the text as it is), in one transaction."""
+    with engine.begin() as conn:
+        if not bulk.uses_copy(conn):  # statements bind labels as a value, not as JSON text
+            rows = [{**row, "labels": json.loads(row["labels"])} for row in rows]
+        _write(conn, rows, None)
+
+
+def _write(conn: Connection, rows: list[dict[str, Any]], task_id: str | None) -> None:
+    if bulk.uses_copy(conn):
+        bulk.write_chunk(conn, rows, task_id)
+    else:
+        write_by_statements(conn, rows, task_id)
+
+
+@retried
+def finish_range(engine: Engine, run_id: str, lo: int, task_id: str, error: str | None = None
+                 ) -> None:
+    """A relabel range is answered: its images are no longer pending, its delivery is over;
+    ``error``: it was given up, and its run says why (its state becomes ``stopped``)."""
+    with engine.begin() as conn:
+        conn.execute(pending_ranges.delete().where(pending_ranges.c.run_id == run_id,
+                                                   pending_ranges.c.lo == lo))
+        conn.execute(deliveries.update().where(deliveries.c.task_id == task_id)
+                     .values(finished_at=now))
+        if error:
+            conn.execute(runs.update().where(runs.c.id == run_id, runs.c.error.is_(None))
+                         .values(error=error))
 
 
 def write_by_statements(conn: Connection, rows: list[dict[str, Any]], task_id: str | None

@@ -1,7 +1,7 @@
 """Runs that were withdrawn, and the retries a worker granted a chunk.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-02
 
 - runs.cancelled_at: `producer tag` withdrew the run's unstarted chunks (it failed or was
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

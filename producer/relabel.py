@@ -1,0 +1,103 @@
+"""`producer relabel`: a run that scores kept embeddings with a label set, in range messages.
+
+The images of a model (or of one run) are split into ranges of kept embeddings (by the key of
+their content hash, worker/core/embedding.py), one message each, so that a fleet shares them;
+each range counts as pending, with about how many images it holds, until a worker answers it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from producer import sending
+from producer.enqueue import Summary
+from producer.local_worker import LocalWorker
+from producer.status import find_run
+from producer.tag import _wait, withdrawn_if_stopped
+from worker.core.contract import Span
+from worker.core.embedding import spans
+from worker.core.errors import ConfigError
+from worker.core.labels import LabelSet
+from worker.core.settings import Settings
+from worker.db import embeddings, labelsets
+from worker.db import runs as db
+from worker.db.schema import engine_for
+
+RANGE_IMAGES = 20_000  # images per message: a few seconds of a worker, thousands of them a night
+
+
+@dataclass(frozen=True)
+class Relabelling:
+    """What `producer relabel` sent: its run, about how many images, in how many ranges."""
+
+    run_id: str
+    images: int
+    ranges: int
+
+
+def relabel(settings: Settings, labelset: LabelSet, *, scope_run: str | None = None,
+            range_images: int = RANGE_IMAGES) -> Relabelling:
+    """Record the run, mark its ranges pending and send one message per range."""
+    return _send(settings, labelset, scope_run, _images(settings, scope_run), range_images)
+
+
+def _images(settings: Settings, scope_run: str | None) -> int:
+    """About how many images there are to relabel; a ConfigError if there are none."""
+    if scope_run:
+        find_run(settings, scope_run)  # an unknown run is a mistake, not 0 images
+    engine = engine_for(settings.database_url)
+    embeddings.refresh_statistics(engine)
+    images = embeddings.estimate_images(engine, embeddings.Scope(settings.model, scope_run))
+    if not images:
+        raise ConfigError(f"no image has a kept embedding under model {settings.model}"
+                          + (f" in run {scope_run}" if scope_run else "")
+                          + ": tag them first (with TAGGER_KEEP_EMBEDDINGS on, the default)")
+    return images
+
+
+def _send(settings: Settings, labelset: LabelSet, scope_run: str | None, images: int,
+          range_images: int) -> Relabelling:
+    engine = engine_for(settings.database_url)
+    sending.check_broker(settings)
+    labelsets.save_labelset(engine, labelset)
+    run_id = uuid.uuid4().hex[:16]
+    db.create_run(engine, run_id, "relabel kept embeddings"
+                  + (f" of run {scope_run}" if scope_run else ""), settings.model, labelset.id)
+    count = max(1, -(-images // range_images))
+    parts = [Span(settings.model, labelset.id, run_id, lo, hi, scope_run)
+             for lo, hi in spans(count)]
+    db.add_pending_ranges(engine, parts, [images // count + (i < images % count)
+                                          for i in range(count)])
+    sent, error = 0, None
+    try:
+        for part in parts:
+            sending.send(settings, part)
+            sent += 1
+    except BaseException as exc:
+        error = "cancelled" if isinstance(exc, KeyboardInterrupt) else str(exc) or repr(exc)
+        db.release_ranges(engine, run_id, parts[sent:])
+        raise
+    finally:
+        db.update_run(engine, run_id, finished=True, error=error, listed=images,
+                      enqueued=images if sent == count else 0)
+    return Relabelling(run_id, images, count)
+
+
+def relabel_here(settings: Settings, labelset: LabelSet, *, scope_run: str | None,
+                 timeout: float, echo: Callable[[str], None]) -> dict[str, Any]:
+    """On the embedded default: with a worker of our own, until every range is answered (as
+    `producer tag` waits: progress, a dead worker or Ctrl-C ends it, what is left released)."""
+    images = _images(settings, scope_run)
+    log_path = settings.home / "logs" / f"worker-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    with LocalWorker(log_path) as worker:
+        echo(f"starting a worker for {settings.model} (log: {log_path})")
+        sent = _send(settings, labelset, scope_run, images, RANGE_IMAGES)
+        echo(f"run {sent.run_id}: about {sent.images} images in {sent.ranges} ranges")
+        with withdrawn_if_stopped(settings, sent.run_id):
+            _wait(settings, Summary(run_id=sent.run_id, enqueued=sent.images), worker, timeout)
+    return {"run": sent.run_id, **db.result_counts(engine_for(settings.database_url),
+                                                     sent.run_id)}

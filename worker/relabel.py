@@ -1,0 +1,100 @@
+"""One relabel message: score a range of kept embeddings with a label set; nothing is fetched.
+
+Read (a server-side cursor, in batches) -> score (one float32 matrix product per batch) ->
+write (COPY and one merge per batch, its own transaction). A re-delivered range writes the
+same rows again (idempotent upserts); the range stops counting as pending only after its last
+batch is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy as sa
+
+from worker.assemble import Parts
+from worker.core.contract import KEPT_RUNTIME, Span
+from worker.db import embeddings, writes
+from worker.scores import LabelsText, top_k
+
+log = logging.getLogger(__name__)
+BATCH = 5000  # images read, scored and written at a time: ~10 MB of float32 at 512 values
+
+
+def relabel(parts: Parts, span: Span, task_id: str) -> dict[str, Any]:
+    """Everything one relabel message asks for; returns what it did, with wall and CPU
+    seconds per stage (the database server's CPU is not in it)."""
+    if span.model != parts.model:
+        return give_up(parts, span, task_id, f"relabel of model {span.model} was taken by a "
+                       f"worker serving {parts.model}; start a worker with that TAGGER_MODEL "
+                       "and run `producer relabel` again")
+    if writes.start_delivery(parts.engine, task_id, span.run_id, 0).cancelled:
+        writes.write_results(parts.engine, [], task_id)  # withdrawn: nobody waits for it
+        return {"images": 0, "withdrawn": span.run_id}
+    scoring = parts.labels.get(span.labelset_id)
+    if scoring is None:
+        return give_up(parts, span, task_id,
+                       f"label set {span.labelset_id} is not in the results database")
+    backend, rendered = parts.tagger.backend, LabelsText(scoring.labelset)
+    clock, images = Clock(), 0
+    batches = embeddings.read_images(parts.engine, embeddings.Scope(span.model, span.scope_run),
+                                     span.lo, span.hi, BATCH)
+    while True:
+        with clock.stage("read"):
+            batch = next(batches, None)
+        if batch is None:
+            break
+        with clock.stage("score"):
+            best = top_k(batch[1], scoring.texts, backend.logit_scale, parts.tagger.options.top_k)
+            rows = [result_row(span, found, *rendered.render(*top))
+                    for found, top in zip(batch[0], zip(*best, strict=True), strict=True)]
+        with clock.stage("write"):
+            writes.write_rows(parts.engine, rows)
+        images += len(rows)
+    writes.finish_range(parts.engine, span.run_id, span.lo, task_id)
+    return {"images": images, **clock.report()}
+
+
+class Clock:
+    """Wall and CPU seconds (the process's, with its BLAS threads) spent per stage."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall
+            self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - cpu
+
+    def report(self) -> dict[str, dict[str, float]]:
+        return {"wall": {k: round(v, 4) for k, v in self.wall.items()},
+                "cpu": {k: round(v, 4) for k, v in self.cpu.items()}}
+
+
+def result_row(span: Span, found: sa.Row, labels: str, top_label: str, top_score: float
+               ) -> dict[str, Any]:
+    """The results row of one image scored from its kept embedding, under its stored identity
+    (its URI and hash as stored, not computed again); ``labels`` as JSON text."""
+    return {"uri": found.uri, "uri_hash": found.uri_hash, "signed": found.signed,
+            "model": span.model,
+            "labelset_id": span.labelset_id, "item_key": found.item_key,
+            "source_version": found.source_version, "content_sha256": found.content_sha256,
+            "status": "done", "reason": None, "error": None, "labels": labels,
+            "top_label": top_label, "top_score": top_score, "attempts": 1,
+            "run_id": span.run_id, "runtime": KEPT_RUNTIME}
+
+
+def give_up(parts: Parts, span: Span, task_id: str, error: str) -> dict[str, Any]:
+    """The range is not scored: it stops counting as pending and its run says why."""
+    log.error("relabel range %d..%d given up: %s", span.lo, span.hi, error)
+    writes.finish_range(parts.engine, span.run_id, span.lo, task_id, error=error)
+    return {"images": 0, "error": error}
