@@ -26,8 +26,9 @@ import sqlalchemy as sa
 
 from testkit.processes import peak_rss_kib
 from testkit.services import PG_ADMIN_URL, RedisServer, postgres_database
+from worker.core.celeryconf import tagging_queue
 from worker.core.labels import load_labelset
-from worker.core.settings import DEFAULT_LABELS, DEFAULT_MODEL
+from worker.core.settings import DEFAULT_LABELS, DEFAULT_MODEL, load_settings
 from worker.db.schema import normalise_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,16 +138,17 @@ def main() -> None:
         env = {**os.environ, "CELERY_BROKER_URL": broker, "DATABASE_URL": db_url,
                "TAGGER_QUEUE": QUEUE, "TAGGER_CHUNK_SIZE": str(options.chunk_size),
                "TAGGER_HOME": tempfile.mkdtemp(prefix="bench-home-")}
+        queue = tagging_queue(load_settings(env))  # the model's queue, as the producer names it
         first = run_producer(env, db_url)
         report("first run (all due)", options.rows, first)
         after = int(client.info("memory")["used_memory"])
-        messages = int(client.llen(QUEUE))
+        messages = int(client.llen(queue))
         print(f"  redis: {messages:,} messages, used_memory +{(after - before) / 2**20:.1f} MB "
               f"({(after - before) / max(1, messages):,.0f} B/message, "
               f"{(after - before) / options.rows:,.0f} B/image)")
         second = run_producer(env, db_url)
         report("second run (all in flight, nothing sent)", options.rows, second)
-        print(f"  redis: {int(client.llen(QUEUE)):,} messages after the second run")
+        print(f"  redis: {int(client.llen(queue)):,} messages after the second run")
         answer_everything(db_url)
         third = run_producer(env, db_url)
         report("third run (every image tagged at its version: the nightly case)", options.rows,

@@ -10,19 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import click
-import kombu.exceptions
 import sqlalchemy as sa
 
 from producer import enqueue as enqueuing
 from producer import relabel as relabelling
 from producer import render
 from producer import status as reporting
+from producer.endings import endings
 from producer.export import WRITERS, export_embeddings, format_of
 from producer.export import export as export_rows
 from producer.progress import Progress
 from producer.report import PREVIEW_SECONDS, write_report
 from producer.tag import tag as tag_location
-from worker.core.errors import ConfigError, SourceError
+from worker.core.invocation import command
 from worker.core.labels import LabelSet, load_labelset
 from worker.core.redact import redact
 from worker.core.settings import Settings, load_settings
@@ -34,23 +34,11 @@ from worker.sources.sql import table_query
 
 
 class Main(click.Group):
-    """Shows configuration, source, broker and database trouble as one line, exit code 1."""
+    """Each command ends as producer/endings.py says: troubles as one line, exit codes."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
+        with endings():
             return super().invoke(ctx)
-        except (ConfigError, SourceError, TimeoutError) as exc:
-            raise click.ClickException(str(exc)) from exc
-        except kombu.exceptions.OperationalError as exc:
-            raise click.ClickException(f"broker unreachable ({redact(_settings().broker_url)}): "
-                                       f"{exc}") from exc
-        except sa.exc.OperationalError as exc:
-            raise click.ClickException(
-                f"database unreachable ({redact(_settings().database_url)}): "
-                f"{redact(str(exc.orig)).strip().splitlines()[0]}") from exc
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
 
 
 def _settings() -> Settings:
@@ -94,19 +82,22 @@ chunk_option = click.option("--chunk-size", type=click.IntRange(1),
               help="Results file: .jsonl, .csv or .parquet [default: under TAGGER_HOME].")
 @chunk_option
 @click.option("--force", is_flag=True, help="Tag again images that already have labels.")
+@click.option("--retry-failed", is_flag=True,
+              help="Try again images that failed in an earlier run (skipped otherwise).")
 @click.option("--timeout", type=float, default=24 * 3600, show_default=True, help="Seconds.")
 @click.option("--no-worker", is_flag=True, help="Use running workers instead of starting one.")
 def tag(location: str, labels: Path | None, templates: Path | None, output: Path | None,
-        chunk_size: int | None, force: bool, timeout: float, no_worker: bool) -> None:
-    """Tag every image of a folder (or s3://bucket/prefix) and write their labels to a file."""
+        chunk_size: int | None, force: bool, retry_failed: bool, timeout: float,
+        no_worker: bool) -> None:
+    """Tag every image of a folder (or s3://bucket/prefix) and write their labels to a file.
+
+    Exit code 0 once every image has a result, 3 if there is no image (nothing is started)."""
     settings = _settings()
     result = tag_location(settings, location, labelset=_labelset(settings, labels, templates),
                           output=output, chunk_size=chunk_size or settings.chunk_size,
-                          timeout=timeout, force=force, own_worker=not no_worker,
-                          echo=lambda line: click.echo(line, err=True))
-    if not result.summary.listed:
-        click.echo(f"warning: no files found under {redact(location)}", err=True)
-    click.echo(render.tagged(result))
+                          timeout=timeout, force=force, retry_failed=retry_failed,
+                          own_worker=not no_worker, echo=lambda line: click.echo(line, err=True))
+    click.echo(render.tagged(result, location))
 
 
 @main.command()
@@ -160,6 +151,9 @@ def enqueue(locations: tuple[str, ...], bucket: str | None, prefix: str, folder:
     click.echo(f"run {summary.run_id}: listed {summary.listed}, {verb} {summary.enqueued} in "
                f"{summary.chunks} chunks, {summary.describe_skips()} (label set {labelset.id}, "
                f"model {settings.model})", err=dry_run)
+    if again := render.failed_before(summary.skipped_by_reason, f"{command('producer')} "
+                                     "retry-failed"):
+        click.echo(again, err=True)
 
 
 def _shorthands(bucket: str | None, prefix: str, folder: Path | None,

@@ -22,7 +22,7 @@ from worker.core.settings import Settings
 from worker.db import labelsets
 from worker.db import runs as db
 from worker.db.schema import engine_for
-from worker.sources import Listed, Skipped, source_for, uri_problem
+from worker.sources import Linked, Listed, Skipped, source_for, uri_problem
 
 log = logging.getLogger(__name__)
 LOOKUP_BATCH = 1000  # items checked against the database per round trip
@@ -83,16 +83,23 @@ def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
 def enqueue(listing: Iterable[Listed], *, settings: Settings, labelset: LabelSet, source: str,
             chunk_size: int, file_roots: Sequence[str] = (), force: bool = False,
-            dry_run: bool = False, progress: Callable[[int], None] | None = None,
-            show_due: Callable[[Item], None] | None = None) -> Summary:
+            retry_failed: bool = False, dry_run: bool = False,
+            progress: Callable[[int], None] | None = None,
+            show_due: Callable[[Item], None] | None = None, run_id: str | None = None
+            ) -> Summary:
     """Enqueue every due item of ``listing`` as one run; skips are counted by reason.
 
     With ``dry_run`` nothing is sent or recorded; each due item goes to ``show_due`` instead.
+    ``retry_failed``: images that failed before at their current version are due too.
     """
     engine = engine_for(settings.database_url)
-    summary = Summary(run_id=uuid.uuid4().hex[:16], dry_run=dry_run)
+    summary = Summary(run_id=run_id or new_run_id(), dry_run=dry_run)
     if not dry_run:
         sending.check_broker(settings)
         labelsets.save_labelset(engine, labelset)
@@ -101,7 +108,8 @@ def enqueue(listing: Iterable[Listed], *, settings: Settings, labelset: LabelSet
     recorded, error = time.monotonic(), None
     try:
         for batch in batched(listing, LOOKUP_BATCH):
-            outgoing.extend(_due(engine, batch, settings, labelset.id, summary, force, show_due))
+            outgoing.extend(_due(engine, batch, settings, labelset.id, summary,
+                                 force=force, retry_failed=retry_failed, show_due=show_due))
             while len(outgoing) >= chunk_size:
                 _flush(settings, outgoing[:chunk_size], labelset.id, summary)
                 del outgoing[:chunk_size]
@@ -140,7 +148,8 @@ def _close_run(engine: Engine, summary: Summary, unsent: list[Item], error: str 
 
 
 def _due(engine: Engine, batch: list[Listed], settings: Settings, labelset_id: str,
-         summary: Summary, force: bool, show_due: Callable[[Item], None] | None) -> list[Item]:
+         summary: Summary, *, force: bool, retry_failed: bool,
+         show_due: Callable[[Item], None] | None) -> list[Item]:
     """The items of one listed batch to send: usable, not tagged yet (or changed), not in flight."""
     summary.listed += len(batch)
     images: list[Item] = []
@@ -150,10 +159,16 @@ def _due(engine: Engine, batch: list[Listed], settings: Settings, labelset_id: s
             summary.skipped_by_reason[problem.reason.value] += 1
         else:
             images.append(entry)  # type: ignore[arg-type]
+    targets = [i.target for i in images if isinstance(i, Linked)]
+    if targets and not summary.dry_run:  # readable before any chunk naming them is sent
+        db.add_file_roots(engine, summary.run_id, targets)
     with engine.begin() as conn:
-        due = images if force else db.due_items(conn, images, settings.model, labelset_id,
-                                                use_kept=settings.keep_embeddings)
-        summary.skipped_by_reason[Skip.DONE.value] += len(images) - len(due)
+        found = (db.Due(list(images)) if force else
+                 db.due_items(conn, images, settings.model, labelset_id, retry_failed,
+                              use_kept=settings.keep_embeddings))
+        due = found.items
+        summary.skipped_by_reason[Skip.FAILED.value] += found.failed_before
+        summary.skipped_by_reason[Skip.DONE.value] += len(images) - len(due) - found.failed_before
         if summary.dry_run:
             claimed = list({i.uri: i for i in due}.values())
             for item in claimed if show_due else ():

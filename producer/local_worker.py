@@ -13,19 +13,26 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
+OWNER_VARIABLE = "TAGGER_OWNER_PID"  # the worker stops when this process is gone (worker/owner.py)
+GONE_WAIT = 10.0  # seconds to wait for the killed group's last processes to exit
+
 
 class LocalWorker:
-    """``celery -A worker worker`` in its own process group, logging JSON lines to a file."""
+    """``celery -A worker worker`` in its own process group, logging JSON lines to a file.
 
-    def __init__(self, log_path: Path, queue: str, env: Mapping[str, str] | None = None,
+    It consumes its model's queue (worker/core/celeryconf.py), and stops by itself when the
+    process that started it is gone, even if that one was killed with SIGKILL.
+    """
+
+    def __init__(self, log_path: Path, env: Mapping[str, str] | None = None,
                  pool: str = "prefork", concurrency: int = 1, name: str = "local",
                  extra: Sequence[str] = ()) -> None:
         self.log_path = log_path
         self.command = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-P", pool,
                         "-c", str(concurrency), "--loglevel", "INFO", "--logfile", str(log_path),
-                        "-Q", queue, "-n", f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h",
+                        "-n", f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h",
                         "--without-gossip", "--without-mingle", *extra]
-        self.env = dict(os.environ if env is None else env)
+        self.env = {**(os.environ if env is None else env), OWNER_VARIABLE: str(os.getpid())}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> LocalWorker:
@@ -78,17 +85,28 @@ class LocalWorker:
 
     def stop(self, timeout: float = 30, warm: bool = True) -> None:
         """Warm shutdown (the chunk in hand finishes) or cold (it is dropped and comes back
-        later: acks late), then the whole group killed if that takes too long."""
-        if self.proc is None or self.proc.poll() is not None:
+        later: acks late); then whatever is left of the group is killed, and this returns only
+        once every process of it has exited. A second Ctrl-C only skips the wait for the warm
+        shutdown."""
+        if self.proc is None:
             return
-        self.signal(signal.SIGTERM if warm else signal.SIGQUIT, group=False)
         try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            self.proc.wait(10)
+            if self.proc.poll() is None:
+                self.signal(signal.SIGTERM if warm else signal.SIGQUIT, group=False)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout)
+        finally:
+            self._end_group()
+
+    def _end_group(self) -> None:
+        assert self.proc is not None
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # what its group left behind, if anything
+            os.killpg(self.proc.pid, signal.SIGKILL)  # what the group left behind, if anything
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(GONE_WAIT)
+        deadline = time.monotonic() + GONE_WAIT
+        while group_alive(self.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def __enter__(self) -> LocalWorker:
         return self.start()
@@ -96,3 +114,22 @@ class LocalWorker:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of this group still runs (zombies, exited but not reaped, do not)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                # /proc/PID/stat: "pid (comm) state ppid pgrp ..."; comm may hold spaces
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+                if int(fields[2]) == pgid and fields[0] != "Z":
+                    return True
+    return False

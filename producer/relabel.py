@@ -17,7 +17,7 @@ from producer import sending
 from producer.enqueue import Summary
 from producer.local_worker import LocalWorker
 from producer.status import find_run
-from producer.tag import _wait
+from producer.tag import _wait, withdrawn_if_stopped
 from worker.core.contract import Span
 from worker.core.embedding import spans
 from worker.core.errors import ConfigError
@@ -93,10 +93,11 @@ def relabel_here(settings: Settings, labelset: LabelSet, *, scope_run: str | Non
     `producer tag` waits: progress, a dead worker or Ctrl-C ends it, what is left released)."""
     images = _images(settings, scope_run)
     log_path = settings.home / "logs" / f"worker-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    with LocalWorker(log_path, settings.queue) as worker:
+    with LocalWorker(log_path) as worker:
         echo(f"starting a worker for {settings.model} (log: {log_path})")
         sent = _send(settings, labelset, scope_run, images, RANGE_IMAGES)
         echo(f"run {sent.run_id}: about {sent.images} images in {sent.ranges} ranges")
-        _wait(settings, Summary(run_id=sent.run_id, enqueued=sent.images), worker, timeout)
+        with withdrawn_if_stopped(settings, sent.run_id):
+            _wait(settings, Summary(run_id=sent.run_id, enqueued=sent.images), worker, timeout)
     return {"run": sent.run_id, **db.result_counts(engine_for(settings.database_url),
                                                      sent.run_id)}

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+
+from worker.core.errors import Skip
+from worker.core.invocation import command
 
 if TYPE_CHECKING:  # producer.tag writes a report, whose page uses counts() from here
     from producer.relabel import Relabelling
@@ -45,13 +49,25 @@ def run(info: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def tagged(result: Tagged) -> str:
+def failed_before(skipped: Mapping[str, int], retry: str) -> str | None:
+    """Images skipped because they failed before, and the command that tries them again."""
+    count = skipped.get(Skip.FAILED.value, 0)
+    images = "1 image" if count == 1 else f"{count} images"
+    return (f"{images} failed in an earlier run and were not tried again: `{retry}` tries "
+            f"{'it' if count == 1 else 'them'} again") if count else None
+
+
+def tagged(result: Tagged, location: str) -> str:
     done, failed = result.by_status["done"], result.by_status["failed"]
     lines = [f"tagged {done} images, {failed} failed, in {result.seconds:.0f}s"
              + (f" (this run {result.summary.enqueued}; the rest were tagged before)"
                 if result.summary.enqueued != done + failed else "")]
     if result.failed_by_reason:
         lines.append(f"  failed: {counts(result.failed_by_reason)}")
+    again = failed_before(result.summary.skipped_by_reason,
+                          f"{command('producer')} tag {shlex.quote(location)} --retry-failed")
+    if again:
+        lines.append(f"  {again}")
     if result.top_labels:
         top = ", ".join(f"{label} {n}" for label, n in result.top_labels.most_common(8))
         lines.append(f"  top labels: {top}")

@@ -1,14 +1,23 @@
-"""The producer's side of the broker: send chunk messages by task name, read queue depth."""
+"""The producer's side of the broker: send chunk messages, read queue depth, withdraw a run."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 from celery import Celery
 
-from worker.core.celeryconf import celery_config
+from worker.core.celeryconf import celery_config, tagging_queue
 from worker.core.contract import RELABEL_TASK, TASK_NAME, Chunk, Span
 from worker.core.settings import Settings
+
+RUN_HEADER = "tagger_run"  # which run a message belongs to, readable without unpacking it
+PAGE = 500  # queue entries read per Redis round trip while withdrawing
 
 
 @functools.cache
@@ -30,8 +39,9 @@ def send(settings: Settings, message: Chunk | Span) -> None:
     # zlib shrinks a queued chunk about 5x in Redis (URLs repeat their prefixes); the short
     # kwargsrepr replaces a 1 KB repr header that Flower would show truncated anyway.
     name = TASK_NAME if isinstance(message, Chunk) else RELABEL_TASK
-    sending_app(settings).send_task(name, kwargs=message.encode(), queue=settings.queue,
-                                    compression="zlib", kwargsrepr=message.describe())
+    sending_app(settings).send_task(name, kwargs=message.encode(), queue=tagging_queue(settings),
+                                    compression="zlib", kwargsrepr=message.describe(),
+                                    headers={RUN_HEADER: message.run_id})
 
 
 def queue_depth(settings: Settings) -> dict[str, int]:
@@ -39,9 +49,61 @@ def queue_depth(settings: Settings) -> dict[str, int]:
     with sending_app(settings).connection_for_read() as conn:
         conn.ensure_connection(max_retries=1, timeout=5)
         channel = conn.default_channel
-        waiting = channel.queue_declare(queue=settings.queue, passive=False).message_count
+        waiting = channel.queue_declare(queue=tagging_queue(settings),
+                                        passive=False).message_count
         reserved = 0
         if conn.transport.driver_type == "redis":
             # Flower counts LLEN only; chunks being worked on sit in kombu's "unacked" hash.
             reserved = int(channel.client.hlen(channel.unacked_key))
         return {"waiting": int(waiting), "reserved": reserved}
+
+
+def withdraw(settings: Settings, run_id: str) -> int:
+    """Take a run's chunks that no worker has started off the queue; how many were taken.
+
+    Redis and the embedded folder broker allow it; a chunk a worker took meanwhile is left to
+    the worker, which drops chunks of a cancelled run (worker/chunks.py).
+    """
+    queue = tagging_queue(settings)
+    with sending_app(settings).connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=5)
+        channel = conn.default_channel
+        if conn.transport.driver_type == "redis":
+            return _withdraw_redis(channel, queue, run_id)
+        if conn.transport.driver_type == "filesystem":
+            return _withdraw_files(Path(channel.data_folder_in), queue, run_id)
+    return 0
+
+
+def _of_run(raw: bytes | str, run_id: str) -> bool:
+    with contextlib.suppress(ValueError, AttributeError):
+        return bool(json.loads(raw).get("headers", {}).get(RUN_HEADER) == run_id)
+    return False
+
+
+def _withdraw_redis(channel: Any, queue: str, run_id: str) -> int:
+    client, taken = channel.client, 0
+    for key in {channel._q_for_pri(queue, pri) for pri in channel.priority_steps}:
+        ours = [raw for raw in _entries(client, key) if _of_run(raw, run_id)]
+        # LREM of the exact entry: one a worker popped meanwhile is simply not there any more.
+        taken += sum(int(client.lrem(key, 1, raw)) for raw in ours)
+    return taken
+
+
+def _entries(client: Any, key: str) -> Iterator[bytes]:
+    start = 0
+    while page := client.lrange(key, start, start + PAGE - 1):
+        yield from page
+        start += PAGE
+
+
+def _withdraw_files(folder: Path, queue: str, run_id: str) -> int:
+    taken = 0
+    for path in sorted(folder.glob(f"*.{queue}.msg")):
+        if path.name.partition(".")[2] != f"{queue}.msg":
+            continue  # another queue whose name ends like ours
+        with contextlib.suppress(FileNotFoundError):  # a worker moved it away: it is the worker's
+            if _of_run(path.read_bytes(), run_id):
+                os.remove(path)
+                taken += 1
+    return taken

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from producer import sending
+from worker.core.celeryconf import tagging_queue
 from worker.core.errors import ConfigError
 from worker.core.settings import Settings
 from worker.db import runs as db
@@ -26,7 +27,7 @@ def status(settings: Settings, run_id: str | None = None) -> dict[str, Any]:
     run = find_run(settings, run_id)
     depth = sending.queue_depth(settings)
     counts = db.result_counts(engine_for(settings.database_url), run_id)
-    return {"queue": settings.queue, "queue_depth": depth["waiting"],
+    return {"queue": tagging_queue(settings), "queue_depth": depth["waiting"],
             "reserved": depth["reserved"], **counts, "run": run}
 
 

@@ -27,8 +27,7 @@ class Worker(LocalWorker):
     def __init__(self, env: Mapping[str, str], log_path: Path, threads: int | None = 1,
                  **options: object) -> None:
         omp = {"OMP_NUM_THREADS": str(threads)} if threads else {}
-        super().__init__(log_path, queue=env["TAGGER_QUEUE"],
-                         env={**os.environ, **QUIET, **omp, **env},
+        super().__init__(log_path, env={**os.environ, **QUIET, **omp, **env},
                          **options)  # type: ignore[arg-type]
         self.rss_samples: list[float] = []
         self._sampling = threading.Event()

@@ -3,8 +3,8 @@
 - ``Transport``: kombu's Redis transport, except that an entry that is not a well-formed kombu
   envelope is moved to a dead-letter list with a log line instead of ending the worker.
 - ``cap_decompression``: a compressed message may unpack to at most ``MAX_MESSAGE_BYTES``.
-- ``agree_on_visibility_timeout``: every worker on one Redis database uses the same visibility
-  timeout (kombu's restore sweep re-queues any worker's chunk after the shortest one).
+- ``QoS``: kombu's restore sweep runs only while every worker on the Redis database agrees on
+  one visibility timeout (worker/visibility.py).
 """
 
 from __future__ import annotations
@@ -19,17 +19,13 @@ from typing import Any
 from kombu import compression
 from kombu.transport import redis as kombu_redis
 
-from worker.core.errors import ConfigError
+from worker import visibility
 from worker.core.redact import redact
-from worker.core.settings import Settings
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 32 * 2**20  # a chunk of 10,000 long URLs is a few MB
 DEAD_LETTERS = "tagger.dead-letters"  # a Redis list: the last entries that were refused
 DEAD_LETTERS_KEPT = 1000
-LEASE_KEY = "tagger.visibility-timeout"
-LEASE_SECONDS = 600  # a claim outlives its last worker by this long
-LEASE_REFRESH = 60
 
 
 def envelope_problem(message: Any) -> str | None:
@@ -49,8 +45,19 @@ def envelope_problem(message: Any) -> str | None:
     return None
 
 
+class QoS(kombu_redis.QoS):
+    """kombu's, except that expired reservations are re-queued only while the workers agree on
+    the visibility timeout: a sweep with a shorter one would re-run others' running chunks."""
+
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        if visibility.may_sweep():
+            super().restore_visible(start, num, interval)
+
+
 class Channel(kombu_redis.Channel):
     """Reads as kombu does; an entry that is not JSON is parked instead of raised."""
+
+    QoS = QoS
 
     def _brpop_read(self, **options: Any) -> bool:
         try:
@@ -137,34 +144,3 @@ def cap_decompression() -> None:
     for content_type, encoder in list(compression._encoders.items()):
         decoder = _capped_zlib if content_type == "application/x-gzip" else _refused(content_type)
         compression.register(encoder, decoder, content_type)
-
-
-def agree_on_visibility_timeout(settings: Settings) -> None:
-    """Claim this Redis database's visibility timeout, or refuse one that differs."""
-    if settings.embedded_broker:
-        return
-    import redis
-
-    client = redis.Redis.from_url(settings.broker_url, socket_timeout=10)
-    ours = str(settings.visibility_timeout)
-    if not client.set(LEASE_KEY, ours, nx=True, ex=LEASE_SECONDS):
-        theirs = (client.get(LEASE_KEY) or b"").decode()
-        if theirs and theirs != ours:
-            raise ConfigError(
-                f"workers on {redact(settings.broker_url)} use TAGGER_VISIBILITY_TIMEOUT="
-                f"{theirs}, this one {ours}: all workers on one Redis database must agree "
-                "(kombu re-queues any worker's chunk after the shortest timeout). Set "
-                f"TAGGER_VISIBILITY_TIMEOUT={theirs}, or stop those workers first (their claim "
-                f"ends {LEASE_SECONDS}s after the last one stops)")
-        client.expire(LEASE_KEY, LEASE_SECONDS)
-
-
-def refresh_lease(settings: Settings) -> None:
-    """Keep this database's claim alive while a worker runs (called every LEASE_REFRESH s)."""
-    import redis
-
-    try:
-        client = redis.Redis.from_url(settings.broker_url, socket_timeout=10)
-        client.set(LEASE_KEY, str(settings.visibility_timeout), ex=LEASE_SECONDS)
-    except redis.RedisError as exc:
-        log.warning("could not refresh the visibility-timeout claim: %s", exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -76,9 +77,12 @@ def write(parts: Parts, outcomes: Sequence[Result], task_id: str | None) -> floa
     return time.perf_counter() - started
 
 
-def run_chunk(parts: Parts, chunk: Chunk, *, task_id: str, retries: int, final: bool
-              ) -> ChunkReport:
-    """Everything one chunk message asks for: check it, count the delivery, tag, write once."""
+def run_chunk(parts: Parts, chunk: Chunk, *, task_id: str, chunk_retries: int) -> ChunkReport:
+    """Everything one chunk message asks for: check it, count the delivery, tag, write once.
+
+    Deliveries and retries are counted from what workers recorded in the database, never from
+    the message's headers: a sender can write any ``retries`` there.
+    """
     if chunk.model != parts.model:
         log.error("chunk is for model %s, this worker serves %s: parked", chunk.model,
                   parts.model)
@@ -86,12 +90,18 @@ def run_chunk(parts: Parts, chunk: Chunk, *, task_id: str, retries: int, final: 
             f"enqueued for model {chunk.model} but taken by a worker serving {parts.model}; "
             "start a worker with that TAGGER_MODEL, then `producer retry-failed --reason "
             "model-mismatch`"))
-    deliveries = db.start_delivery(parts.engine, task_id, chunk.run_id, len(chunk.items))
-    # Retries start the message again on purpose; only starts beyond those are deaths.
-    if deliveries - retries > parts.max_deliveries:
-        log.error("parking chunk after %d deliveries (%d items)", deliveries, len(chunk.items))
-        return park(parts, chunk, Reason.PARKED, task_id=task_id, attempts=deliveries,
-                    message=f"chunk was delivered {deliveries} times without finishing (it "
+    delivery = db.start_delivery(parts.engine, task_id, chunk.run_id, len(chunk.items))
+    if delivery.cancelled:  # its `producer tag` gave up: nobody waits for these images
+        log.warning("run %s was withdrawn: its chunk is dropped, not tagged", chunk.run_id)
+        db.write_results(parts.engine, [], task_id)
+        return ChunkReport(parked="withdrawn")
+    if delivery.starts == 1:
+        metrics.observe_queue_wait(time.time() - chunk.enqueued_at)
+    if delivery.deaths >= parts.max_deliveries:
+        log.error("parking chunk after %d deliveries (%d items)", delivery.starts,
+                  len(chunk.items))
+        return park(parts, chunk, Reason.PARKED, task_id=task_id, attempts=delivery.starts,
+                    message=f"chunk was delivered {delivery.starts} times without finishing (it "
                             "kills its worker?); retry alone with `producer retry-failed "
                             "--reason parked --chunk-size 1`")
     scoring = parts.labels.get(chunk.labelset_id)
@@ -100,13 +110,44 @@ def run_chunk(parts: Parts, chunk: Chunk, *, task_id: str, retries: int, final: 
                     message=f"label set {chunk.labelset_id} is not in the results database")
     tagger = parts.tagger
     works, timings = tagger.tag(chunk.items, scoring, parts.roots.for_run(chunk.run_id),
-                                final=final)
+                                final=delivery.retries >= chunk_retries)
     again = [w for w in works if w.transient is not None]
     answered = [w for w in works if w.transient is None]
-    outcomes = results_of(answered, chunk, tagger.backend.description, deliveries)
+    outcomes = results_of(answered, chunk, tagger.backend.description, delivery.starts)
     timings["write"] = write(parts, outcomes, task_id)
     metrics.observe_timings(timings)
     if again:  # after the write: the answered images are not fetched again
         raise RetryItems([w.item for w in again], again[0].transient)  # type: ignore[arg-type]
     failed = sum(o.reason is not None for o in outcomes)
     return ChunkReport(done=len(outcomes) - failed, failed=failed, timings=timings)
+
+
+def grant_retry(parts: Parts, task_id: str, chunk_retries: int, header_retries: int
+                ) -> int | None:
+    """The number of the retry to send (1, 2, ...), or None once the retries the workers
+    recorded for this message are spent."""
+    try:
+        return db.grant_retry(parts.engine, task_id, chunk_retries)
+    except TransientError as lost:
+        # The database is away: nothing can be counted nor recorded, and dropping the message
+        # would lose it. Retry; the count resumes from the database once it is back.
+        log.warning("cannot record the retry (%s): retrying anyway", lost)
+        return max(1, header_retries + 1)
+
+
+def retry_or_park(parts: Parts, chunk: Chunk, exc: BaseException, reason: Reason, *,
+                  task_id: str, chunk_retries: int, header_retries: int) -> int | ChunkReport:
+    """After a transient failure: the number of the retry to send, or, once the retries are
+    spent, the images still unanswered recorded as failed with ``reason``."""
+    if isinstance(exc, RetryItems):  # the others are written already
+        chunk = dataclasses.replace(chunk, items=exc.items)
+    granted = grant_retry(parts, task_id, chunk_retries, header_retries)
+    if granted is not None:
+        return granted
+    log.error("giving up on the chunk after %d retries: %s", chunk_retries, exc)
+    try:
+        return park(parts, chunk, reason, task_id=task_id, attempts=chunk_retries + 1,
+                    message=f"gave up after {chunk_retries} retries: {exc or 'time limit'}; "
+                            f"send again with `producer retry-failed --reason {reason}`")
+    except TransientError:  # away again: not lost, tried once more
+        return max(1, header_retries + 1)

@@ -41,6 +41,22 @@ class RedactingPlain(logging.Formatter):
         return redact(super().format(record))
 
 
+_info_by_default = False  # decided in the worker's main process; pool children inherit it
+
+
+def worker_level(given: str | int) -> str | int:
+    """Celery's --loglevel, except that its default (WARNING) would hide the ready line and the
+    line per chunk: a worker not told a level logs at INFO."""
+    global _info_by_default
+    import click
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.get_parameter_source("loglevel") is ParameterSource.DEFAULT:
+        _info_by_default = True
+    return "INFO" if _info_by_default else given
+
+
 @contextlib.contextmanager
 def bound(**values: Any) -> Iterator[None]:
     """Bind ``values`` to every log line emitted inside the block (this thread and task)."""

@@ -32,7 +32,9 @@ def relabel(parts: Parts, span: Span, task_id: str) -> dict[str, Any]:
         return give_up(parts, span, task_id, f"relabel of model {span.model} was taken by a "
                        f"worker serving {parts.model}; start a worker with that TAGGER_MODEL "
                        "and run `producer relabel` again")
-    writes.start_delivery(parts.engine, task_id, span.run_id, 0)
+    if writes.start_delivery(parts.engine, task_id, span.run_id, 0).cancelled:
+        writes.write_results(parts.engine, [], task_id)  # withdrawn: nobody waits for it
+        return {"images": 0, "withdrawn": span.run_id}
     scoring = parts.labels.get(span.labelset_id)
     if scoring is None:
         return give_up(parts, span, task_id,

@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from worker import broker_guards, metrics
+from worker import metrics, visibility
 from worker.assemble import Parts, assemble
+from worker.core.celeryconf import tagging_queue
+from worker.core.errors import ConfigError
 from worker.core.labels import LabelSet, load_labelset
 from worker.core.redact import redact
 from worker.core.settings import Settings
@@ -41,13 +44,24 @@ def check(settings: Settings) -> Checked:
     labelset = load_labelset(settings.labels_path, settings.templates_path)
     folder = resolve(settings.model)
     migrate.ensure_current(settings.database_url)
-    broker_guards.agree_on_visibility_timeout(settings)
+    visibility.agree(settings)
     log.info("broker %s, database %s, model %s (%s), label set %s (%s: %d labels x %d "
              "templates)", redact(settings.broker_url), redact(settings.database_url),
              settings.model, folder, settings.labels_path, labelset.id, len(labelset.labels),
              len(labelset.templates))
     _checked = Checked(labelset, folder)
     return _checked
+
+
+def check_queues(consumed: Iterable[str], settings: Settings) -> None:
+    """A worker takes chunks of its own model only: from its model's queue and no other."""
+    ours = tagging_queue(settings)
+    others = sorted(set(consumed) - {ours})
+    if others:
+        raise ConfigError(
+            f"told to consume {', '.join(others)} (-Q), but a worker of {settings.model} takes "
+            f"its chunks from {ours} only (named by TAGGER_QUEUE and TAGGER_MODEL): drop -Q")
+    log.info("taking chunks of model %s from queue %s", settings.model, ours)
 
 
 def preload() -> None:

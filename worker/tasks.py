@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from typing import Any
 
 from celery import Task, bootsteps, signals
@@ -12,7 +11,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 from celery.worker.request import Request
 
-from worker import broker_guards, chunks, logs, metrics, relabel, startup
+from worker import broker_guards, chunks, logs, owner, relabel, startup, visibility
 from worker.app import app
 from worker.core.contract import RELABEL_TASK, TASK_NAME, Chunk, Span
 from worker.core.errors import MessageError, Reason, TransientError
@@ -26,16 +25,19 @@ broker_guards.cap_decompression()
 
 @signals.setup_logging.connect
 def _setup_logging(loglevel: str | int = "INFO", logfile: str | None = None, **_: Any) -> None:
-    logs.configure(loglevel or "INFO", logfile or None)
+    logs.configure(logs.worker_level(loglevel or "INFO"), logfile or None)
 
 
 @signals.celeryd_after_setup.connect
 def _start(instance: Any, **_: Any) -> None:
     """In the parent, before any child forks: refuse a bad configuration, keep only our task."""
+    owner.stop_with(settings.owner_pid)
     for name in [n for n in app.tasks if n not in {TASK_NAME, RELABEL_TASK}]:
         app.tasks.unregister(name)  # built-ins such as celery.accumulate must not run on demand
     try:
         startup.check(settings)
+        startup.check_queues(instance.app.amqp.queues.consume_from or instance.app.amqp.queues,
+                             settings)
         startup.stop_when_a_child_fails()
         if _forks(instance):
             startup.preload()
@@ -71,18 +73,26 @@ def _close(**_: Any) -> None:
     startup.close()
 
 
-class VisibilityLease(bootsteps.StartStopStep):
-    """Keeps this Redis database's visibility-timeout claim alive while the worker runs."""
+class VisibilityClaim(bootsteps.StartStopStep):
+    """Refreshes this worker's visibility-timeout claim while it runs; deletes it at the end."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
     def start(self, consumer: Any) -> None:
         if not settings.embedded_broker:
-            consumer.timer.call_repeatedly(broker_guards.LEASE_REFRESH, broker_guards.refresh_lease,
-                                           (settings,), priority=10)
+            self.tref = consumer.timer.call_repeatedly(visibility.HEARTBEAT, visibility.heartbeat,
+                                                       priority=10)
+
+    def stop(self, consumer: Any) -> None:
+        if getattr(self, "tref", None) is not None:
+            self.tref.cancel()
+
+    def shutdown(self, consumer: Any) -> None:
+        self.stop(consumer)
+        visibility.release()
 
 
-app.steps["consumer"].add(VisibilityLease)
+app.steps["consumer"].add(VisibilityClaim)
 
 
 class QuietRequest(Request):  # type: ignore[misc]
@@ -105,8 +115,10 @@ class QuietRequest(Request):  # type: ignore[misc]
         return super().info(safe=True)
 
 
-@app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True,
-          max_retries=settings.chunk_retries, Request=QuietRequest)
+# max_retries=None: Celery would count retries from the message's own header, which any sender
+# can write; the workers' records in the database bound them instead (chunks.retry_or_park).
+@app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None,
+          Request=QuietRequest)
 def tag_chunk(self: Task, **message: Any) -> dict[str, Any]:
     """Tag one chunk of images and write their results in one transaction."""
     request = self.request
@@ -116,37 +128,38 @@ def tag_chunk(self: Task, **message: Any) -> dict[str, Any]:
         log.error("dropped a malformed chunk message %s: %s", request.id, exc)
         return {"dropped": str(exc)}
     with logs.bound(task_id=request.id, run_id=chunk.run_id, chunk_size=len(chunk.items)):
-        if not request.retries:
-            metrics.observe_queue_wait(time.time() - chunk.enqueued_at)
         report = _run(self, chunk)
         log.info("chunk tagged", extra=report.as_dict())
         return report.as_dict()
 
 
 def _run(task: Task, chunk: Chunk) -> chunks.ChunkReport:
-    retries = task.request.retries
-    final = retries >= settings.chunk_retries
+    task_id = task.request.id
     parts = startup.parts(settings)
     try:
-        return chunks.run_chunk(parts, chunk, task_id=task.request.id, retries=retries,
-                                final=final)
+        return chunks.run_chunk(parts, chunk, task_id=task_id,
+                                chunk_retries=settings.chunk_retries)
     except (SoftTimeLimitExceeded, TransientError) as exc:
-        if not final:
-            raise _retry(task, exc, chunk) from exc
         reason = Reason.TIMEOUT if isinstance(exc, SoftTimeLimitExceeded) else Reason.TRANSIENT
-        log.error("giving up on the chunk after %d retries: %s", retries, exc)
-        return chunks.park(parts, chunk, reason, task_id=task.request.id, attempts=retries + 1,
-                           message=f"gave up after {retries} retries: {exc or 'time limit'}; "
-                                   f"send again with `producer retry-failed --reason {reason}`")
+        outcome = chunks.retry_or_park(parts, chunk, exc, reason, task_id=task_id,
+                                       chunk_retries=settings.chunk_retries,
+                                       header_retries=_int(task.request.retries))
+        if isinstance(outcome, chunks.ChunkReport):
+            return outcome
+        raise _retry(task, exc, chunk, outcome) from exc
     except Exception as exc:
         # A bug must not lose the chunk nor loop on it: its items are recorded failed.
         log.exception("chunk crashed")
-        return chunks.park(parts, chunk, Reason.INTERNAL_ERROR, task_id=task.request.id,
+        return chunks.park(parts, chunk, Reason.INTERNAL_ERROR, task_id=task_id,
                            message=f"{type(exc).__name__}: {exc}")
 
 
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 @app.task(name=RELABEL_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
-          max_retries=settings.chunk_retries)
+          max_retries=None)
 def relabel_range(self: Task, **message: Any) -> dict[str, Any]:
     """Score one range of kept embeddings with a label set and write the results."""
     try:
@@ -155,14 +168,16 @@ def relabel_range(self: Task, **message: Any) -> dict[str, Any]:
         log.error("dropped a malformed relabel message %s: %s", self.request.id, exc)
         return {"dropped": str(exc)}
     with logs.bound(task_id=self.request.id, run_id=span.run_id):
-        parts, retries = startup.parts(settings), self.request.retries
+        parts = startup.parts(settings)
         try:
             report = relabel.relabel(parts, span, self.request.id)
         except (SoftTimeLimitExceeded, TransientError) as exc:
-            if retries < settings.chunk_retries:
-                raise _retry(self, exc, span) from exc
-            report = relabel.give_up(parts, span, self.request.id,
-                                     f"gave up after {retries} retries: {exc or 'time limit'}")
+            number = chunks.grant_retry(parts, self.request.id, settings.chunk_retries,
+                                        _int(self.request.retries))
+            if number is not None:
+                raise _retry(self, exc, span, number) from exc
+            report = relabel.give_up(parts, span, self.request.id, f"gave up after "
+                                     f"{settings.chunk_retries} retries: {exc or 'time limit'}")
         except Exception as exc:  # a bug: the range is given up, not looped on
             log.exception("relabel range crashed")
             report = relabel.give_up(parts, span, self.request.id, f"{type(exc).__name__}: {exc}")
@@ -170,14 +185,14 @@ def relabel_range(self: Task, **message: Any) -> dict[str, Any]:
         return report
 
 
-def _retry(task: Task, exc: Exception, chunk: Chunk | Span) -> Exception:
+def _retry(task: Task, exc: Exception, chunk: Chunk | Span, number: int) -> Exception:
     countdown = get_exponential_backoff_interval(
-        factor=2, retries=task.request.retries, maximum=settings.max_retry_countdown,
-        full_jitter=True)
+        factor=2, retries=number - 1, maximum=settings.max_retry_countdown, full_jitter=True)
     if isinstance(exc, chunks.RetryItems):  # only the images that met the trouble go again
         chunk = dataclasses.replace(chunk, items=exc.items)
-    log.warning("retrying chunk in %ss (%d of %d): %s", countdown, task.request.retries + 1,
+    log.warning("retrying chunk in %ss (%d of %d): %s", countdown, number,
                 settings.chunk_retries, exc)
+    task.request.retries = number - 1  # the header of the message sent again says ours
     # The exception travels in the task-retried event (Flower): without the secrets of a URL.
     return task.retry(exc=TransientError(redact(str(exc))), countdown=countdown, throw=False,
                       kwargs=chunk.encode(), kwargsrepr=chunk.describe())

@@ -18,13 +18,18 @@ import redis
 import sqlalchemy as sa
 from kombu import Connection
 
+from producer.sending import sending_app
 from testkit.commands import count, rows, send, wait_for_results
 from testkit.faults import FaultProxy, ImageServer, Reply
 from testkit.images import image_bytes
 from testkit.processes import Worker, kill
 from testkit.services import RedisServer, admin_engine_for, wait_until
-from worker.core.celeryconf import transport_options
+from worker import visibility
+from worker.core.celeryconf import tagging_queue, transport_options
+from worker.core.contract import TASK_NAME, Chunk, Item
+from worker.core.labels import load_labelset
 from worker.core.settings import load_settings
+from worker.db import labelsets
 from worker.db.schema import deliveries, engine_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -128,6 +133,35 @@ def sweep_lock_left_by_a_death_mid_sweep(env: dict[str, str]) -> None:
         assert lock.acquire(blocking=False)
 
 
+def test_a_deleted_timeout_claim_lets_no_shorter_timeout_requeue_a_running_chunk(
+        env, origin, own_redis, start_worker, tmp_path):
+    """Deleting the running worker's claim by hand until another worker with a shorter
+    visibility timeout is up does not let that one re-queue the running chunk (before: the
+    chunk ran a second time); the newcomer stops once the claim is back."""
+    slow = {**env, "TAGGER_VISIBILITY_TIMEOUT": "90", "TAGGER_FETCH_TIMEOUT": "60",
+            "TAGGER_ITEM_TIMEOUT": "60"}
+    uris = serve(origin, 2, delay=30.0)  # the chunk runs 30 s, three times the other's timeout
+    holder = start_worker(slow)
+    send(uris)
+    assert origin.started.wait(30)
+    broker = own_redis.client()
+    (claim,) = broker.scan_iter(match=f"{visibility.PREFIX}*")
+    other = Worker({**env, "TAGGER_VISIBILITY_TIMEOUT": "10"}, tmp_path / "other.log").launch()
+    try:
+        while not other.ready():  # the holder's claim stays away until the newcomer runs
+            broker.delete(claim)
+            assert other.exited() is None, other.log()[-3000:]
+            time.sleep(0.1)
+        assert other.proc.wait(60) == 1  # stopped by itself once the holder's claim was back
+        by_uri = wait_for_results(env["DATABASE_URL"], uris, 60)
+    finally:
+        other.kill()
+    assert "stopping: workers on" in other.log() and "TAGGER_VISIBILITY_TIMEOUT=90" in other.log()
+    assert all(r.status == "done" and r.attempts == 1 for r in by_uri.values())
+    assert [origin.hits[f"/img{i}.png"] for i in range(2)] == [1, 1], "the chunk ran twice"
+    assert "had vanished" in holder.log()  # the holder noticed and restored its claim
+
+
 def test_sigterm_finishes_the_running_chunk(env, origin, own_redis, start_worker):
     uris = serve(origin, 8, delay=0.7)
     worker = start_worker(env)
@@ -140,10 +174,10 @@ def test_sigterm_finishes_the_running_chunk(env, origin, own_redis, start_worker
     assert all(r.status == "done" and r.attempts == 1 for r in by_uri.values())
     assert count(env["DATABASE_URL"]) == 4, "only the running chunk is finished"
     # The chunk it had not started is back in the queue at once, not held until a timeout.
-    broker = redis.Redis(port=own_redis.port)
-    assert broker.llen(env["TAGGER_QUEUE"]) == 1
+    broker, queue = redis.Redis(port=own_redis.port), tagging_queue(load_settings(env))
+    assert broker.llen(queue) == 1
     reserved = [json.loads(v)[2] for v in broker.hvals("unacked")]  # [message, exchange, key]
-    assert env["TAGGER_QUEUE"] not in reserved
+    assert queue not in reserved
 
 
 def test_redis_restart_keeps_backlog_and_worker_resumes(env, origin, own_redis, start_worker):
@@ -202,11 +236,26 @@ def test_postgres_connection_killed_during_the_write(env, origin, start_worker, 
     assert "retrying chunk" not in worker.log()
 
 
-def test_poison_chunk_is_parked_after_max_deliveries(env, origin, start_worker):
+def send_with_retries_header(uris: list[str], retries: int) -> None:
+    """A chunk message whose own ``retries`` header says what a sender wants it to say."""
+    settings = load_settings()
+    labelset = load_labelset(settings.labels_path)
+    labelsets.save_labelset(engine_for(settings.database_url), labelset)
+    chunk = Chunk(items=tuple(Item(u) for u in uris), model=settings.model,
+                  labelset_id=labelset.id)
+    sending_app(settings).send_task(TASK_NAME, kwargs=chunk.encode(), retries=retries,
+                                    queue=tagging_queue(settings))
+
+
+@pytest.mark.parametrize("retries_header", [None, 1_000_000])
+def test_poison_chunk_is_parked_after_max_deliveries(retries_header, env, origin, start_worker):
     uris = serve(origin, 2, delay=2.0)
     worker = start_worker({**env, "TAGGER_MAX_DELIVERIES": "2"})
     url = env["DATABASE_URL"]
-    send(uris)
+    if retries_header is None:
+        send(uris)
+    else:  # the header does not make deaths look like retries: deliveries are counted
+        send_with_retries_header(uris, retries_header)
     killed = 0
     deadline = time.monotonic() + 150
     while not rows(url) and time.monotonic() < deadline:
@@ -265,9 +314,22 @@ def test_s3_errors_retry_the_chunk_or_fail_the_item(env, bucket, start_worker, s
         assert (by_uri[missing].status, by_uri[missing].reason) == ("failed", "not-found")
         assert by_uri[missing].attempts == 1 and proxy.gets == 1  # at once, no retry
 
+        # Requests that can never succeed fail at once too: a bucket name S3 cannot have (boto3
+        # refuses to send it), an answer that the request itself is wrong.
+        bad_name, refused = "s3://RT_bad_bucket!/x.jpg", f"s3://{bucket}/refused.png"
+        send([bad_name])
+        assert wait_for_results(env["DATABASE_URL"], [missing, bad_name], 60)[bad_name].reason \
+            == "bad-uri"
+        proxy.inject(1, 400, "InvalidArgument")
+        send([refused])
+        by_uri = wait_for_results(env["DATABASE_URL"], [missing, bad_name, refused], 60)
+        assert {(by_uri[u].reason, by_uri[u].attempts) for u in (bad_name, refused)} == {
+            ("bad-uri", 1)}
+        assert proxy.gets == 2
+
         # More 5xx than boto3's own retries absorb: the chunk is retried later, then succeeds.
         proxy.inject(8, 500, "InternalError")
         send([ok])
-        by_uri = wait_for_results(env["DATABASE_URL"], [missing, ok], 60)
+        by_uri = wait_for_results(env["DATABASE_URL"], [missing, bad_name, refused, ok], 60)
     assert (by_uri[ok].status, by_uri[ok].attempts) == ("done", 2)
-    assert proxy.faults_left == 0 and proxy.gets == 1 + 9
+    assert proxy.faults_left == 0 and proxy.gets == 2 + 9

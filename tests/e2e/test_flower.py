@@ -15,6 +15,8 @@ from testkit.commands import ROOT, producer
 from testkit.images import image_bytes
 from testkit.processes import QUIET
 from testkit.services import free_port, wait_until
+from worker.core.celeryconf import tagging_queue
+from worker.core.settings import load_settings
 
 CHUNKS = 3
 USER, PASSWORD = "ops", "flower-test-pw"
@@ -66,7 +68,7 @@ def test_flower_reports_queue_depth_behind_auth(tagger_env, flower, tmp_path):
     response = requests.get(f"{flower}/api/queues/length", auth=(USER, PASSWORD), timeout=30)
     assert response.status_code == 200, response.text
     depth = {q["name"]: q["messages"] for q in response.json()["active_queues"]}
-    assert depth[tagger_env["TAGGER_QUEUE"]] == CHUNKS
+    assert depth[tagging_queue(load_settings())] == CHUNKS
 
     for auth in (None, (USER, "wrong")):
         refused = requests.get(f"{flower}/api/queues/length", auth=auth, timeout=30)

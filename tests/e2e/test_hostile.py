@@ -20,6 +20,7 @@ from testkit.images import image_bytes, png_bomb, save, scan_bomb
 from testkit.processes import rss_kib
 from testkit.services import RedisServer, wait_until
 from worker.broker_guards import DEAD_LETTERS
+from worker.core.celeryconf import tagging_queue
 from worker.core.contract import TASK_NAME, Chunk, Item
 from worker.core.labels import load_labelset
 from worker.core.settings import load_settings
@@ -65,7 +66,7 @@ def envelope(redis: object) -> dict:
     """A real message as the producer sends it, read back raw from Redis (to be tampered)."""
     settings = load_settings({**os.environ, "TAGGER_QUEUE": "scratch"})
     send(settings, chunk(["/nowhere.png"]))
-    return json.loads(redis.rpop("scratch"))  # type: ignore[attr-defined]
+    return json.loads(redis.rpop(tagging_queue(settings)))  # type: ignore[attr-defined]
 
 
 def test_the_broker_is_not_trusted(env, own_redis, start_worker, tmp_path):
@@ -90,7 +91,7 @@ def test_the_broker_is_not_trusted(env, own_redis, start_worker, tmp_path):
                 json.dumps(bomb).encode(), json.dumps(bz2).encode(),
                 json.dumps(builtin).encode(), json.dumps(untagged).encode(),
                 f"not json: {secret}".encode()]:
-        redis.lpush(env["TAGGER_QUEUE"], raw)
+        redis.lpush(tagging_queue(load_settings()), raw)
     settings = load_settings()
     send(settings, Chunk(items=(Item("a"),), model=settings.model, labelset_id="bad id!"))
     good = folder_of(tmp_path, {"good.png": image_bytes(1), "no-repr.png": image_bytes(2),
@@ -98,7 +99,7 @@ def test_the_broker_is_not_trusted(env, own_redis, start_worker, tmp_path):
     # Other producers: one leaves kwargsrepr to Celery (every URI), one sends it empty.
     app = sending_app(settings)
     for uri, kwargsrepr in ((good[1], None), (good[2], "")):
-        app.send_task(TASK_NAME, kwargs=chunk([uri]).encode(), queue=settings.queue,
+        app.send_task(TASK_NAME, kwargs=chunk([uri]).encode(), queue=tagging_queue(settings),
                       kwargsrepr=kwargsrepr)
     send(settings, chunk(good[:1]))
 
@@ -176,6 +177,8 @@ def _flat(width: int, height: int, mode: str) -> object:
 
 
 def test_retries_are_bounded_then_parked_and_resendable(env, start_worker, tmp_path):
+    """Whatever a message's own retries header says (any sender can write it): the workers'
+    records bound the retries, neither ending them at once nor letting them run for ever."""
     from testkit.faults import ImageServer, Reply
 
     env = {**env, "TAGGER_CHUNK_RETRIES": "2", "TAGGER_ALLOW_PRIVATE_URLS": "1",
@@ -207,3 +210,25 @@ def test_retries_are_bounded_then_parked_and_resendable(env, start_worker, tmp_p
                    == "done", 60)
     exported = producer("export")
     assert "s3cr3t-sig" not in exported and "fresh-sig" not in exported
+
+
+def test_a_forged_retries_header_neither_ends_nor_prolongs_retries(env, start_worker):
+    """Any sender can write a message's retries header: the workers' own records bound the
+    retries (before: 1,000,000 gave up at once, -1,000,000 retried for ever)."""
+    from testkit.faults import ImageServer, Reply
+
+    env = {**env, "TAGGER_CHUNK_RETRIES": "2", "TAGGER_ALLOW_PRIVATE_URLS": "1",
+           "TAGGER_VISIBILITY_TIMEOUT": "30"}
+    with ImageServer() as origin:
+        paths = {1_000_000: "/forged-high.png", -1_000_000: "/forged-low.png"}
+        for path in paths.values():
+            origin.routes[path] = Reply(b"busy", status=503)
+        start_worker(env)
+        settings = load_settings()
+        for header, path in paths.items():
+            sending_app(settings).send_task(TASK_NAME, kwargs=chunk([origin.url(path)]).encode(),
+                                            queue=tagging_queue(settings), retries=header)
+        found = wait_until(lambda: len(r := rows(env["DATABASE_URL"])) == 2 and r, 120,
+                           message="the chunks were never given up")
+    assert {(r.status, r.reason) for r in found.values()} == {("failed", "transient")}
+    assert [origin.hits[path] for path in paths.values()] == [3, 3]  # 1 try, 2 retries each

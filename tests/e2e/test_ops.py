@@ -63,12 +63,11 @@ def redis_with_password(tmp_path: Path) -> Iterator[str]:
         yield server.url
 
 
-def compose_worker_command(queue: str) -> list[str]:
-    """The worker's command in docker-compose.yml, with its queue variable filled in."""
+def compose_worker_command() -> list[str]:
+    """The worker's command in docker-compose.yml (its queue comes from the environment)."""
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
-    command = [part.replace("${TAGGER_QUEUE:-tagger}", queue)
-               for part in compose["x-worker"]["command"]]
-    assert command[0] == "celery" and "--logfile" not in command
+    command = list(compose["x-worker"]["command"])
+    assert command[0] == "celery" and "--logfile" not in command and "-Q" not in command
     return [sys.executable, "-m", *command]
 
 
@@ -77,7 +76,31 @@ class DeployedWorker(Worker):
 
     def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
         super().__init__(env, log_path)
-        self.command = compose_worker_command(env["TAGGER_QUEUE"])
+        self.command = compose_worker_command()
+
+
+def documented_worker_command() -> list[str]:
+    """The worker line of the README's fleet example, as a user copies it."""
+    line = next(line.strip() for line in (ROOT / "README.md").read_text().splitlines()
+                if line.strip().startswith("celery -A worker worker"))
+    return [sys.executable, "-m", *line.partition("#")[0].split()]
+
+
+def test_the_documented_worker_line_says_when_it_is_ready_and_what_each_chunk_did(
+        tagger_env, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").write_bytes(image_bytes(1))
+    worker = Worker(tagger_env, tmp_path / "documented.log")
+    worker.command = documented_worker_command()  # no --loglevel, no --logfile: its stderr
+    assert "--loglevel" not in worker.command
+    try:
+        worker.start()  # waits for its "... ready" line
+        producer("enqueue", "--dir", str(images))
+        worker.wait_for(lambda: any(r["message"] == "chunk tagged" for r in worker.records()),
+                        60, "no line for the chunk")
+    finally:
+        worker.kill()
 
 
 def test_deployed_worker_serves_metrics_and_logs_json_without_secrets(

@@ -16,8 +16,10 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from producer import enqueue as enqueuing
+from producer import sending
 from producer.cli import main
 from testkit.services import REDIS_URL
+from worker.core.celeryconf import tagging_queue
 from worker.core.contract import MAX_URI_CHARS, Item, Result
 from worker.core.errors import Reason, Skip, SourceError
 from worker.core.labels import LabelSet
@@ -34,11 +36,11 @@ TWO_LEVEL = LabelSet(labels=("台灯", "椅子", "沙发"), parents=("家居", "
 
 @pytest.fixture
 def settings(pg_url: str, tmp_path: Path) -> Iterator[Settings]:
-    queue = f"test-enqueue-{uuid.uuid4().hex[:8]}"
-    yield load_settings({"CELERY_BROKER_URL": REDIS_URL, "DATABASE_URL": pg_url,
-                         "TAGGER_QUEUE": queue, "TAGGER_MODEL": "model-a",
-                         "TAGGER_HOME": str(tmp_path / "home")})
-    redis.Redis.from_url(REDIS_URL).delete(queue)
+    settings = load_settings({"CELERY_BROKER_URL": REDIS_URL, "DATABASE_URL": pg_url,
+                              "TAGGER_QUEUE": f"test-enqueue-{uuid.uuid4().hex[:8]}",
+                              "TAGGER_MODEL": "model-a", "TAGGER_HOME": str(tmp_path / "home")})
+    yield settings
+    redis.Redis.from_url(REDIS_URL).delete(tagging_queue(settings))
 
 
 NOT_IMAGE = Skipped(Skip.NOT_IMAGE, "notes.txt")
@@ -59,7 +61,7 @@ def messages(settings: Settings) -> list[dict]:
     """Pop every chunk message of the queue: the task's keyword arguments."""
     client = redis.Redis.from_url(settings.broker_url)
     out = []
-    while raw := client.rpop(settings.queue):
+    while raw := client.rpop(tagging_queue(settings)):
         envelope = json.loads(raw)
         body = base64.b64decode(envelope["body"])
         assert envelope["headers"]["task"] == "tagger.tag_chunk"
@@ -256,3 +258,46 @@ def test_runs_and_status_commands(settings: Settings, monkeypatch: pytest.Monkey
         2, 5, summary.run_id)
     missing = CliRunner().invoke(main, ["status", "--run", "no-such-run"])
     assert missing.exit_code == 1 and "no run no-such-run" in missing.output
+
+
+def test_a_withdrawn_run_leaves_the_redis_queue(settings: Settings):
+    first = run(settings, catalogue(8))  # two chunks
+    items = [Item(uri=f"s3://shop/other-{i}.jpg") for i in range(3)]
+    second = run(settings, items)
+    assert sending.withdraw(settings, first.run_id) == 2
+    assert [m["run_id"] for m in messages(settings)] == [second.run_id]  # the other run's stays
+
+
+def test_a_withdrawn_run_leaves_the_embedded_queue(tmp_path: Path, sqlite_url: str):
+    settings = load_settings({"TAGGER_HOME": str(tmp_path / "home"), "DATABASE_URL": sqlite_url,
+                              "TAGGER_MODEL": "model-a"})
+    first, second = run(settings, catalogue(8)), run(settings, catalogue(12)[8:])
+    queue = tmp_path / "home" / "broker" / "queue"
+    assert len(list(queue.glob("*.msg"))) == 3
+    assert sending.withdraw(settings, first.run_id) == 2
+    (left,) = queue.glob("*.msg")
+    assert second.run_id in left.read_text()
+
+
+def test_a_folder_has_one_identity_however_it_is_spelled(settings: Settings, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch):
+    photos = tmp_path / "shop" / "photos"
+    photos.mkdir(parents=True)
+    for name in ("a.jpg", "b.png"):
+        (photos / name).write_bytes(b"image bytes")
+    (tmp_path / "alias").symlink_to(tmp_path / "shop", target_is_directory=True)
+    monkeypatch.chdir(tmp_path / "shop")
+
+    def tag(location: str) -> enqueuing.Summary:
+        listing = enqueuing.locate(location, settings)
+        return run(settings, listing.entries, file_roots=listing.file_roots)
+
+    first = tag("photos")
+    assert first.enqueued == 2
+    spellings = ["../shop/photos", "./photos/.", "photos/", str(tmp_path / "alias" / "photos"),
+                 f"file://{tmp_path}/alias/../shop/photos/"]
+    for spelling in spellings:  # in flight under the same identity: not sent again
+        assert tag(spelling).skipped_by_reason == {"in-flight": 2}, spelling
+    answer(settings, list(enqueuing.locate("photos", settings).entries), FLAT, first.run_id)
+    for spelling in spellings:  # the results under the canonical URIs are reused
+        assert tag(spelling).skipped_by_reason == {"done": 2}, spelling

@@ -120,28 +120,28 @@ def test_the_due_check_sends_the_content_of_the_same_version(url):
     listed = [Item("s3://b/1.jpg", version="v1"), Item("s3://b/2.jpg", version="v2"),
               Item("s3://b/3.jpg", version="v1"), Item("s3://b/4.jpg", version="v1")]
     with engine.connect() as conn:
-        due = producer_db.due_items(conn, listed, "m", SECOND.id, use_kept=True)
+        due = producer_db.due_items(conn, listed, "m", SECOND.id, use_kept=True).items
         # the same version; a new version; content not kept; never seen
         assert [i.sha256 for i in due] == [content(1), None, None, None]
-        plain = producer_db.due_items(conn, listed, "m", SECOND.id)
+        plain = producer_db.due_items(conn, listed, "m", SECOND.id).items
         assert [i.sha256 for i in plain] == [None] * 4
         again = producer_db.due_items(conn, listed, "m", FIRST.id, use_kept=True)
-        assert again == [listed[1], listed[3]]  # its own label set: only what is new
+        assert again.items == [listed[1], listed[3]]  # its own label set: only what is new
 
 
 def test_an_item_with_a_kept_embedding_is_scored_from_it_without_a_fetch(url, tmp_path, made):
     parts = worker_parts(made, make_settings(url, tmp_path), tmp_path)
     paths = files(tmp_path, 3)
     run_chunk(parts, chunk(parts, [Item(str(p)) for p in paths], FIRST), task_id="t1",
-              retries=0, final=False)
+              chunk_retries=8)
     run_chunk(parts, chunk(parts, [Item(str(p)) for p in paths], SECOND), task_id="t2",
-              retries=0, final=False)
+              chunk_retries=8)
     from_pixels = stored(parts.engine, SECOND)
     for path in paths:
         path.unlink()
     items = [Item(str(p), sha256=sha256_of(image_bytes(i))) for i, p in enumerate(paths)]
-    report = run_chunk(parts, chunk(parts, items, SECOND, run_id="r2"), task_id="t3", retries=0,
-                       final=False)
+    report = run_chunk(parts, chunk(parts, items, SECOND, run_id="r2"), task_id="t3",
+                       chunk_retries=8)
     assert (report.done, report.failed) == (3, 0)
     for uri, row in stored(parts.engine, SECOND).items():
         assert (row.runtime, row.run_id) == (KEPT_RUNTIME, "r2")
@@ -152,7 +152,7 @@ def test_an_item_with_a_kept_embedding_is_scored_from_it_without_a_fetch(url, tm
         conn.execute(embeddings.embeddings.delete())
     gone = Item(str(tmp_path / "new.png"), sha256=items[0].sha256)
     report = run_chunk(parts, chunk(parts, [gone], SECOND, run_id="r3"), task_id="t4",
-                       retries=0, final=False)
+                       chunk_retries=8)
     assert stored(parts.engine, SECOND)[gone.uri].reason == "not-found"
 
 

@@ -169,6 +169,32 @@ def test_folder_listing_skips_odd_entries_and_goes_on(tmp_path: Path):
     assert listed == ["0-first.jpg", "5-link.png", "6-last.webp", "inner.png"]
 
 
+def test_links_out_of_the_folder_carry_their_target(tmp_path: Path):
+    root, outside = tmp_path / "photos", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "real.png").write_bytes(image_bytes(3))
+    os.mkfifo(outside / "pipe.jpg")
+    (root / "inside.png").write_bytes(image_bytes(4))
+    links = {"a-link.png": outside / "real.png", "b-chain.png": root / "a-link.png",
+             "c-alias.png": root / "inside.png", "d-pipe.jpg": outside / "pipe.jpg",
+             "e-device.jpg": Path("/dev/null"), "f-gone.jpg": outside / "none.jpg",
+             "g-folder.jpg": outside, "h-folder": outside}
+    for name, target in links.items():
+        (root / name).symlink_to(target, target_is_directory=target.is_dir())
+    entries = list(listing(str(root)))
+    skipped = {Path(e.detail).name: e.reason for e in entries if isinstance(e, Skipped)}
+    assert skipped == {"d-pipe.jpg": Skip.NOT_A_FILE, "e-device.jpg": Skip.NOT_A_FILE,
+                       "f-gone.jpg": Skip.BROKEN_LINK, "g-folder.jpg": Skip.NOT_A_FILE,
+                       "h-folder": Skip.NOT_IMAGE}
+    items = {Path(e.uri).name: e for e in entries if isinstance(e, Item)}
+    assert sorted(items) == ["a-link.png", "b-chain.png", "c-alias.png", "inside.png"]
+    # Listed by their own name in the folder; a link out of it names the file it reads.
+    assert items["a-link.png"].uri == (root / "a-link.png").as_uri()
+    real = str((outside / "real.png").resolve())
+    assert [getattr(items[n], "target", None) for n in sorted(items)] == [real, real, None, None]
+
+
 def test_s3_version_is_the_etag(bucket: str):
     reset_s3_clients()
     s3 = boto3.client("s3")

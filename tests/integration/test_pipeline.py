@@ -22,6 +22,7 @@ from worker.core.contract import Chunk, Item
 from worker.core.labels import LabelSet
 from worker.core.settings import Settings, load_settings
 from worker.db import labelsets
+from worker.db import runs as runs_db
 from worker.db import writes as worker_db
 from worker.db.schema import deliveries, results
 
@@ -70,11 +71,11 @@ def chunk(uris: Sequence[str | Item], labelset_id: str = LABELSET.id, run_id: st
                  labelset_id=labelset_id, run_id=run_id)
 
 
-def tag(parts: Parts, uris: Sequence[str | Item], task_id: str = "t1", retries: int = 0,
-        final: bool = False, **options: str | None) -> ChunkReport:
+def tag(parts: Parts, uris: Sequence[str | Item], task_id: str = "t1", chunk_retries: int = 8,
+        **options: str | None) -> ChunkReport:
+    """One start of a chunk message; ``chunk_retries=0``: its last try."""
     options.setdefault("model", parts.model)
-    return run_chunk(parts, chunk(uris, **options), task_id=task_id, retries=retries,
-                     final=final)
+    return run_chunk(parts, chunk(uris, **options), task_id=task_id, chunk_retries=chunk_retries)
 
 
 def stored(parts: Parts) -> dict[str, sa.Row]:
@@ -123,12 +124,13 @@ def test_redelivery_counts_attempts_and_parks_a_poison_chunk(tagger, tmp_path: P
     (tmp_path / "a.png").write_bytes(image_bytes(1))
     uris = [str(tmp_path / "a.png")]
     tag(tagger, uris, task_id="t2")
-    tag(tagger, uris, task_id="t2")
+    tag(tagger, uris, task_id="t2")  # the first start died (say): one death
     assert stored(tagger)[uris[0]].attempts == 2
     # Starts caused by our own retries are not deaths: still tagged normally.
-    report = tag(tagger, uris, task_id="t2", retries=1)
-    assert not report.parked and report.done == 1
+    assert worker_db.grant_retry(tagger.engine, "t2", limit=8) == 1
     report = tag(tagger, uris, task_id="t2")
+    assert not report.parked and report.done == 1
+    report = tag(tagger, uris, task_id="t2")  # two deaths: TAGGER_MAX_DELIVERIES here
     assert report.parked == "parked" and report.failed == 1
     row = stored(tagger)[uris[0]]
     # A parked delivery is a failure, and a failure never replaces the earlier done result.
@@ -160,6 +162,38 @@ def test_a_chunk_for_another_model_is_parked_untouched(fake, tmp_path: Path):
     assert fake.tagger.backend.batches == []  # nothing was scored with the wrong model
     with fake.engine.connect() as conn:
         assert conn.scalar(sa.select(sa.func.count()).select_from(deliveries)) == 0
+
+
+def test_a_chunk_of_a_withdrawn_run_is_dropped_untouched(fake, tmp_path: Path):
+    uris = files(tmp_path, [1, 2])
+    runs_db.create_run(fake.engine, "gone", "test", fake.model, LABELSET.id)
+    runs_db.cancel_run(fake.engine, "gone", "interrupted")
+    report = tag(fake, uris, run_id="gone")
+    assert (report.parked, report.done, report.failed) == ("withdrawn", 0, 0)
+    assert stored(fake) == {} and fake.tagger.backend.batches == []  # no failure invented
+    assert runs_db.result_counts(fake.engine, "gone")["in_flight"] == 0
+
+
+def test_a_link_target_recorded_while_listing_is_read(fake, tmp_path: Path,
+                                                       tmp_path_factory: pytest.TempPathFactory):
+    outside = tmp_path_factory.mktemp("outside")  # not under TAGGER_FILE_ROOTS
+    (outside / "real.png").write_bytes(image_bytes(5))
+    (outside / "other.png").write_bytes(image_bytes(6))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "link.png").symlink_to(outside / "real.png")
+    (folder / "sneaky.png").symlink_to(outside / "other.png")  # made after the listing
+    runs_db.create_run(fake.engine, "r", "test", fake.model, LABELSET.id, [str(folder)])
+    first = tag(fake, [str(folder / "link.png")], run_id="r", task_id="t1")
+    assert first.failed == 1  # its target was not recorded (yet): outside the roots
+    # The listing meets the link and records its target; the worker sees it at once.
+    runs_db.add_file_roots(fake.engine, "r", [str((outside / "real.png").resolve())])
+    assert tag(fake, [str(folder / "link.png")], run_id="r", task_id="t2").done == 1
+    runs_db.update_run(fake.engine, "r", finished=True)
+    assert tag(fake, [str(folder / "sneaky.png")], run_id="r", task_id="t3").failed == 1
+    rows = stored(fake)
+    assert (rows[str(folder / "link.png")].status, rows[str(folder / "sneaky.png")].reason) == (
+        "done", "outside-roots")
 
 
 def test_an_unknown_label_set_is_parked(fake, tmp_path: Path):
@@ -196,7 +230,7 @@ def test_a_transient_error_retries_its_item_alone_then_fails_it(start, settings,
     # The neighbours are written now and never fetched again; only the failing item goes back.
     assert [i.uri for i in retry.value.items] == uris[:1]
     assert {u: r.status for u, r in stored(fake).items()} == {uris[1]: "done", uris[2]: "done"}
-    report = tag(fake, retry.value.items, task_id="t1", retries=1, final=True)
+    report = tag(fake, retry.value.items, task_id="t1", chunk_retries=0)  # the last try
     assert (report.done, report.failed) == (0, 1)
     assert stored(fake)[uris[0]].reason == "transient"
 

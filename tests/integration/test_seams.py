@@ -19,6 +19,7 @@ from producer.sending import sending_app
 from testkit.commands import invoke, one_line_error
 from testkit.services import REDIS_URL
 from worker.backends import BACKENDS
+from worker.core.celeryconf import tagging_queue
 from worker.core.contract import Chunk, Item, Result
 from worker.core.errors import ConfigError, ItemError, Reason
 from worker.core.pixels import Pixels, Preprocess
@@ -154,14 +155,14 @@ def env(registered: None, pg_url: str, tmp_path: Path, monkeypatch: pytest.Monke
         monkeypatch.setenv(key, value)
     yield values
     store = redis.Redis.from_url(REDIS_URL)
-    store.delete(values["TAGGER_QUEUE"], *store.scan_iter(match=f"{SHELF}*"))
+    store.delete(tagging_queue(load_settings(values)), *store.scan_iter(match=f"{SHELF}*"))
 
 
 def queued_chunks(settings: Settings) -> list[Chunk]:
     """The chunk messages waiting on the queue, taken off it as a worker would."""
     found = []
     with sending_app(settings).connection_for_read() as conn:
-        queue = conn.SimpleQueue(settings.queue)
+        queue = conn.SimpleQueue(tagging_queue(settings))
         while True:
             try:
                 message = queue.get(timeout=0.5)
@@ -192,7 +193,7 @@ def test_new_parts_carry_a_catalogue_end_to_end(env: dict[str, str], tmp_path: P
         assert type(parts.tagger.decoder) is SolidDecoder
         assert [type(s).__name__ for s in parts.sinks] == ["DatabaseSink", "ListSink"]
         for number, chunk in enumerate(queued_chunks(settings)):
-            report = run_chunk(parts, chunk, task_id=f"task-{number}", retries=0, final=False)
+            report = run_chunk(parts, chunk, task_id=f"task-{number}", chunk_retries=8)
             assert report.parked is None
     finally:
         parts.close()

@@ -24,6 +24,7 @@ from producer.sending import sending_app
 from testkit.commands import invoke
 from testkit.images import image_bytes, png_bomb, save, scan_bomb
 from testkit.services import REDIS_URL, reset_s3_clients, wait_until
+from worker.core.celeryconf import tagging_queue
 from worker.core.contract import TASK_NAME
 from worker.core.errors import ItemError
 from worker.core.labels import load_labelset
@@ -62,11 +63,12 @@ def test_pickled_message_is_refused(tagger_env, start_worker, tmp_path, labels_f
     good.write_bytes(image_bytes(1))
     labelset_id = load_labelset(labels_file).id
     evil = tmp_path / "evil.png"
-    app.send_task(TASK_NAME, queue=settings.queue, serializer="pickle", kwargs={
+    queue = tagging_queue(settings)
+    app.send_task(TASK_NAME, queue=queue, serializer="pickle", kwargs={
         "items": [{"uri": str(evil), "key": OpensAFile(marker)}], "model": settings.model,
         "labelset_id": labelset_id})
     # A JSON chunk sent after it: once it is tagged, the pickled one has been seen and handled.
-    app.send_task(TASK_NAME, queue=settings.queue, kwargs={
+    app.send_task(TASK_NAME, queue=queue, kwargs={
         "items": [{"uri": str(good)}], "model": settings.model, "labelset_id": labelset_id})
     url = tagger_env["DATABASE_URL"]
     wait_until(lambda: str(good) in result_rows(url), 60, message="the JSON chunk was not tagged")
@@ -77,7 +79,7 @@ def test_pickled_message_is_refused(tagger_env, start_worker, tmp_path, labels_f
     with engine_for(url).connect() as conn:
         assert conn.scalar(sa.select(sa.func.count()).select_from(deliveries)) == 1
     assert "Refusing to deserialize untrusted content of type pickle" in worker.log()
-    assert redis.Redis.from_url(REDIS_URL).llen(settings.queue) == 0  # dropped, not looping
+    assert redis.Redis.from_url(REDIS_URL).llen(queue) == 0  # dropped, not looping
 
 
 def test_no_credentials_in_task_messages(tagger_env, bucket, monkeypatch):
@@ -93,7 +95,7 @@ def test_no_credentials_in_task_messages(tagger_env, bucket, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "enqueued 1" in result.output and password not in result.output
 
-    raw = redis.Redis.from_url(REDIS_URL).lrange(tagger_env["TAGGER_QUEUE"], 0, -1)
+    raw = redis.Redis.from_url(REDIS_URL).lrange(tagging_queue(load_settings()), 0, -1)
     assert len(raw) == 1
     envelope = json.loads(raw[0])
     assert envelope["content-type"] == "application/json"

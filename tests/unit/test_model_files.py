@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,7 +43,10 @@ def test_a_complete_folder_resolves(tmp_path: Path):
 
 def test_missing_or_incomplete_folders(tmp_path: Path):
     assert "no such folder" in model_error(str(tmp_path / "missing"))
-    assert "python -m worker.checkpoint" in model_error("./not/here")
+    # The interpreter that has this installation, not whatever `python` the shell finds.
+    runner = model_error("./not/here").partition(" -m worker.checkpoint ./model --tiny")[0]
+    runner = runner.rpartition(" ")[2]
+    assert os.path.abspath(shutil.which(runner) or "") == os.path.abspath(sys.executable)
     folder = checkpoint(tmp_path / "half", ("config.json",))
     error = model_error(str(folder))
     assert "vocab.txt" in error and "model.safetensors or pytorch_model.bin" in error

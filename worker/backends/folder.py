@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from worker.core.errors import ConfigError
+from worker.core.invocation import command, python_module
 from worker.core.pixels import Preprocess
 
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
@@ -24,8 +25,12 @@ PROCESSOR = ("preprocessor_config.json", "processor_config.json")
 # The hub's OFA-Sys folders hold vocab.txt; transformers 5 saves tokenizer.json instead
 TOKENIZER = ("vocab.txt", "tokenizer.json")
 NEEDED = ("config.json",)
-OFFLINE_HELP = ("set TAGGER_MODEL to a local checkpoint folder (to try the tool offline, build "
-                "a small random one: python -m worker.checkpoint ./model --tiny)")
+
+
+def offline_help() -> str:
+    """What to do without the hub, as a command that runs from where the user is."""
+    return ("set TAGGER_MODEL to a local checkpoint folder (to try the tool offline, build a "
+            f"small random one: {python_module('worker.checkpoint', './model', '--tiny')})")
 
 
 class ModelError(ConfigError):
@@ -47,20 +52,21 @@ def resolve(name: str) -> Path:
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
         raise ModelError(f"TAGGER_MODEL={name} is not in the Hugging Face cache "
                          f"({_cache_dir()}) and HF_HUB_OFFLINE is set: download it where the hub "
-                         f"is reachable (`hf download {name}`), or {OFFLINE_HELP}")
+                         f"is reachable (`{command('hf')} download {name}`), or {offline_help()}")
     try:
         return Path(snapshot_download(name, allow_patterns=PATTERNS, etag_timeout=10))
     except Exception as exc:  # no network, unknown repository, gated, rate-limited, ...
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"TAGGER_MODEL={name}: not in the Hugging Face cache and the download "
-                         f"failed ({reason}); pre-download it with `hf download {name}` and set "
-                         f"HF_HUB_OFFLINE=1, or {OFFLINE_HELP}") from exc
+                         f"failed ({reason}); pre-download it with "
+                         f"`{command('hf')} download {name}` and set HF_HUB_OFFLINE=1, or "
+                         f"{offline_help()}") from exc
 
 
 def check_folder(name: str, path: Path) -> Path:
     if not path.is_dir():
         raise ModelError(f"TAGGER_MODEL={name}: no such folder, and not a hub id like "
-                         f"OFA-Sys/chinese-clip-vit-base-patch16; {OFFLINE_HELP}")
+                         f"OFA-Sys/chinese-clip-vit-base-patch16; {offline_help()}")
     missing = [f for f in NEEDED if not (path / f).is_file()]
     missing += [" or ".join(names) for names in (WEIGHTS, TOKENIZER, PROCESSOR)
                 if not any((path / f).is_file() for f in names)]

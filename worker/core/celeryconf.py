@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
 
 from kombu import Queue
 
 from worker.core.contract import RELABEL_TASK, TASK_NAME
 from worker.core.settings import Settings
+
+
+def tagging_queue(settings: Settings) -> str:
+    """The queue of one model's chunks: TAGGER_QUEUE, the model readable, and its digest.
+
+    Producer and workers both name it here, so a chunk can only reach workers of its own model.
+    The digest tells apart models whose readable parts look alike; the name stays a valid file
+    name for the embedded broker (no '/', bounded length).
+    """
+    readable = re.sub(r"[^0-9A-Za-z_-]+", "-", settings.model).strip("-")[-48:].lstrip("-")
+    digest = hashlib.sha256(settings.model.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{settings.queue}.{readable or 'model'}.{digest}"
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:
@@ -34,6 +48,7 @@ def transport_options(settings: Settings) -> dict[str, Any]:
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings both sides need to talk about the same messages on the same queue."""
+    queue = tagging_queue(settings)
     return {
         "broker_url": settings.broker_url,
         "broker_transport_options": transport_options(settings),
@@ -43,7 +58,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_serializer": "json",
         "result_accept_content": ["json"],
         "task_ignore_result": True,
-        "task_default_queue": settings.queue,
-        "task_queues": [Queue(settings.queue, routing_key=settings.queue)],
-        "task_routes": {name: {"queue": settings.queue} for name in (TASK_NAME, RELABEL_TASK)},
+        "task_default_queue": queue,
+        "task_queues": [Queue(queue, routing_key=queue)],
+        "task_routes": {name: {"queue": queue} for name in (TASK_NAME, RELABEL_TASK)},
     }

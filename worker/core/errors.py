@@ -37,6 +37,7 @@ class Skip(StrEnum):
     """Why a listed entry was not enqueued: counted per run."""
 
     DONE = "done"  # already tagged at this version
+    FAILED = "failed-before"  # failed at this version: tried again only when asked
     IN_FLIGHT = "in-flight"  # pending in another run
     NOT_IMAGE = "not-image"
     NO_URL = "no-url"

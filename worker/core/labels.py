@@ -159,6 +159,9 @@ def parse_templates(text: str, source: str = "templates") -> list[str]:
 def load_labelset(labels_path: Path, templates_path: Path | None = None) -> LabelSet:
     """Read a label file (and optionally a templates file) into a validated LabelSet."""
     labels, parents = parse_labels(_read(labels_path, "label"), str(labels_path))
+    if not labels:
+        raise LabelSetError(f"label file {labels_path} has no labels: write one per line "
+                            "(`parent/label` for a category; `#` starts a comment)")
     templates = (parse_templates(_read(templates_path, "templates"), str(templates_path))
                  if templates_path else [DEFAULT_TEMPLATE])
     return LabelSet(labels=tuple(labels), parents=tuple(parents), templates=tuple(templates),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,7 @@ class Settings:
     jpeg_draft: bool
     decode_overlap: str
     keep_embeddings: bool
+    owner_pid: int
 
     @property
     def embedded_broker(self) -> bool:
@@ -148,7 +150,18 @@ def _paths(name: str, raw: str) -> tuple[Path, ...]:
     return tuple(Path(os.path.realpath(p)) for p in paths)
 
 
-def _text(name: str, raw: str) -> str:
+def _queue(name: str, raw: str) -> str:
+    if not re.fullmatch(r"[0-9A-Za-z_.-]{1,64}", raw):
+        raise ConfigError(f"{name} must be 1 to 64 letters, digits, '.', '_' or '-', got {raw!r}")
+    return raw
+
+
+def _model(name: str, raw: str) -> str:
+    """A hub id as given; a local folder as its canonical path, the same from any directory
+    (the model is part of every result's identity and names its queue)."""
+    path = Path(raw).expanduser()
+    if raw.startswith((".", "/", "~")) or path.is_dir():
+        return os.path.realpath(path)
     return raw
 
 
@@ -179,8 +192,8 @@ def _broker_url(name: str, raw: str) -> str:
 
 # Variable, field, parser, default (a value, or a function of the home folder).
 _FIELDS: tuple[tuple[str, str, Callable[[str, str], Any], Any], ...] = (
-    ("TAGGER_QUEUE", "queue", _text, "tagger"),
-    ("TAGGER_MODEL", "model", _text, DEFAULT_MODEL),
+    ("TAGGER_QUEUE", "queue", _queue, "tagger"),
+    ("TAGGER_MODEL", "model", _model, DEFAULT_MODEL),
     ("TAGGER_BACKEND", "backend", _registered(BACKENDS), "auto"),
     ("TAGGER_PRECISION", "precision",
      _choice("auto", "float32", "float16", "bfloat16", "int8"), "auto"),
@@ -210,6 +223,8 @@ _FIELDS: tuple[tuple[str, str, Callable[[str, str], Any], Any], ...] = (
     ("TAGGER_JPEG_DRAFT", "jpeg_draft", _bool, True),
     ("TAGGER_DECODE_OVERLAP", "decode_overlap", _choice("auto", "on", "off"), "auto"),
     ("TAGGER_KEEP_EMBEDDINGS", "keep_embeddings", _bool, True),
+    # Set by `producer tag` on the worker it starts: the worker stops when that process is gone.
+    ("TAGGER_OWNER_PID", "owner_pid", _int(0), 0),
 )
 
 

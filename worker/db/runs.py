@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,15 +27,24 @@ from worker.db.schema import (
 RATE_WINDOW = timedelta(minutes=5)
 
 
+@dataclass
+class Due:
+    """The items of a listed batch to send, and those left out because they failed before."""
+
+    items: list[Item] = field(default_factory=list)
+    failed_before: int = 0  # a failed result at this version: sent again only when asked
+
+
 def due_items(conn: Connection, items: Sequence[Item], model: str, labelset_id: str,
-              use_kept: bool = False) -> list[Item]:
-    """The items without a result for this model and label set at their current version.
+              retry_failed: bool = False, use_kept: bool = False) -> Due:
+    """The items without a result for this model and label set at their current version
+    (with ``retry_failed``: or with a failed one).
 
     ``use_kept``: a due item whose result under another label set is at the same version and
     whose content has a kept embedding is sent with that content's hash (``Item.sha256``): the
     worker scores it from the embedding instead of fetching it.
     """
-    known: dict[str, str | None] = {}
+    known: dict[str, tuple[str | None, str]] = {}
     contents: dict[tuple[str, str | None], str] = {}  # (uri_hash, version) -> content
     hashes = sorted({uri_hash(i.uri) for i in items})
     for part in batches(hashes):
@@ -46,15 +55,21 @@ def due_items(conn: Connection, items: Sequence[Item], model: str, labelset_id: 
             *([] if use_kept else [results.c.labelset_id == labelset_id])))
         for row in rows:
             if row.labelset_id == labelset_id:
-                known[row.uri_hash] = row.source_version
+                known[row.uri_hash] = (row.source_version, row.status)
             elif row.status == "done" and row.content_sha256:
                 contents[(row.uri_hash, row.source_version)] = row.content_sha256
-    due = []
+    due = Due()
     for item in items:
-        key = uri_hash(item.uri)
-        if key not in known or (item.version or known[key]) != known[key]:
-            due.append(item)
-    return _with_kept(conn, due, model, contents) if contents else due
+        version, status = known.get(uri_hash(item.uri), (None, None))
+        if status is None or (item.version or version) != version:
+            due.items.append(item)
+        elif status == "failed" and not retry_failed:
+            due.failed_before += 1
+        elif status == "failed":
+            due.items.append(item)
+    if contents:
+        due.items = _with_kept(conn, due.items, model, contents)
+    return due
 
 
 def _with_kept(conn: Connection, items: list[Item], model: str,
@@ -108,6 +123,29 @@ def release_pending(engine: Engine, run_id: str, items: Sequence[Item] | None = 
             count += conn.execute(pending.delete().where(pending.c.run_id == run_id,
                                                          pending.c.uri_hash.in_(part))).rowcount
         return count
+
+
+@retried
+def cancel_run(engine: Engine, run_id: str, error: str | None) -> None:
+    """Withdraw a run: workers drop its chunks from now on, its pending marks go (a later run
+    may send those images again). ``error``: what happened, None if nothing was left to do."""
+    with engine.begin() as conn:
+        conn.execute(runs.update().where(runs.c.id == run_id)
+                     .values(cancelled_at=datetime.now(UTC), error=error))
+        conn.execute(pending.delete().where(pending.c.run_id == run_id))
+        conn.execute(pending_ranges.delete().where(pending_ranges.c.run_id == run_id))
+
+
+@retried
+def add_file_roots(engine: Engine, run_id: str, paths: Sequence[str]) -> None:
+    """Let this run's chunks read these files too (the targets of links in a listed folder)."""
+    with engine.begin() as conn:
+        known = conn.scalar(sa.select(runs.c.file_roots).where(runs.c.id == run_id)) or []
+        have = set(known)
+        added = [p for p in dict.fromkeys(paths) if p not in have]
+        if added:
+            conn.execute(runs.update().where(runs.c.id == run_id)
+                         .values(file_roots=[*known, *added]))
 
 
 @retried
@@ -277,8 +315,9 @@ def _pending(conn: Connection, run_ids: Sequence[str] | None) -> dict[str | None
 
 
 def run_state(run: Mapping[str, Any]) -> str:
-    """listing -> running -> complete; ``stopped`` when the listing ended early."""
-    if run["finished_at"] is None:
+    """listing -> running -> complete; ``stopped`` when the listing ended early or the run
+    was withdrawn with images unanswered."""
+    if run["finished_at"] is None and not run.get("cancelled_at"):
         return "listing"
     if run.get("error"):
         return "stopped"

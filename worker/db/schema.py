@@ -49,7 +49,8 @@ runs = sa.Table(
     sa.Column("skipped", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("skipped_by_reason", _Json),
     sa.Column("error", sa.Text),  # why the listing stopped early (failed, cancelled)
-    sa.Column("file_roots", _Json),  # folders whose files this run's chunks may read
+    sa.Column("file_roots", _Json),  # folders (and linked files) this run's chunks may read
+    sa.Column("cancelled_at", _Time),  # withdrawn: its chunks are no longer to be tagged
 )
 
 results = sa.Table(
@@ -99,7 +100,8 @@ pending = sa.Table(
 deliveries = sa.Table(
     "deliveries", metadata,
     sa.Column("task_id", sa.String(64), primary_key=True),
-    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("count", sa.Integer, nullable=False),  # starts
+    sa.Column("retries", sa.Integer, nullable=False, server_default="0"),  # granted by workers
     sa.Column("run_id", sa.String(32)),
     sa.Column("images", sa.Integer),
     sa.Column("updated_at", _Time, nullable=False, server_default=now),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -28,15 +29,32 @@ if TYPE_CHECKING:
 
 
 @retried
-def run_file_roots(engine: Engine, run_id: str) -> list[str]:
-    """The folders this run may read files from (its own folder, for a folder listing)."""
+def run_file_roots(engine: Engine, run_id: str) -> tuple[list[str], bool]:
+    """The folders (and linked files) this run may read, and whether its listing has ended
+    (until then a listing may still add the targets of links it meets)."""
     with engine.connect() as conn:
-        return list(conn.scalar(sa.select(runs.c.file_roots).where(runs.c.id == run_id)) or [])
+        row = conn.execute(sa.select(runs.c.file_roots, runs.c.finished_at)
+                           .where(runs.c.id == run_id)).first()
+    return (list(row.file_roots or []), row.finished_at is not None) if row else ([], True)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the workers recorded about one chunk message, this start included."""
+
+    starts: int
+    retries: int  # scheduled by workers: the message's own retries header is not trusted
+    cancelled: bool  # its run was withdrawn
+
+    @property
+    def deaths(self) -> int:
+        """Starts that were neither the first nor a retry: the worker died (or was killed)."""
+        return self.starts - self.retries - 1
 
 
 @retried
-def start_delivery(engine: Engine, task_id: str, run_id: str | None, images: int) -> int:
-    """Record one more start of this chunk message (now in flight); return how many so far."""
+def start_delivery(engine: Engine, task_id: str, run_id: str | None, images: int) -> Delivery:
+    """Record one more start of this chunk message (now in flight)."""
     with engine.begin() as conn:
         stmt = insert(conn, deliveries).values(task_id=task_id, count=1, run_id=run_id,
                                                images=images)
@@ -44,8 +62,29 @@ def start_delivery(engine: Engine, task_id: str, run_id: str | None, images: int
             index_elements=["task_id"],
             set_={"count": deliveries.c.count + 1, "updated_at": now, "finished_at": None,
                   "images": images},
-        ).returning(deliveries.c.count)
-        return int(conn.execute(stmt).scalar_one())
+        ).returning(deliveries.c.count, deliveries.c.retries)
+        starts, retries = conn.execute(stmt).one()
+        cancelled = run_id is not None and conn.scalar(
+            sa.select(runs.c.cancelled_at.is_not(None)).where(runs.c.id == run_id))
+    return Delivery(int(starts), int(retries), bool(cancelled))
+
+
+@retried
+def grant_retry(engine: Engine, task_id: str, limit: int) -> int | None:
+    """Record that a worker sends this message again later: which retry that is (1, 2, ...),
+    or None once ``limit`` retries were granted. Until it starts again it is not in flight."""
+    if limit <= 0:
+        return None
+    with engine.begin() as conn:
+        # An upsert: the start may have failed to be recorded (the database was away then).
+        stmt = insert(conn, deliveries).values(task_id=task_id, count=1, retries=1,
+                                               finished_at=now)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["task_id"], where=deliveries.c.retries < limit,
+            set_={"retries": deliveries.c.retries + 1, "finished_at": now, "updated_at": now},
+        ).returning(deliveries.c.retries)
+        granted = conn.execute(stmt).scalar()
+    return None if granted is None else int(granted)
 
 
 @retried

@@ -31,6 +31,14 @@ class Skipped:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Linked(Item):
+    """A listed link (by its own name) to a file outside the listed folder: ``target``, which
+    the run may then read. The message carries only the Item."""
+
+    target: str = ""
+
+
 Listed = Item | Skipped
 
 

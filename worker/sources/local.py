@@ -12,7 +12,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 from worker.core.contract import Item
 from worker.core.errors import ItemError, Reason, Skip, SourceError
 from worker.core.settings import Settings
-from worker.sources import Budget, Listed, Skipped, Source, is_image_name, read_capped
+from worker.sources import Budget, Linked, Listed, Skipped, Source, is_image_name, read_capped
 
 
 def path_of(uri: str) -> Path:
@@ -28,6 +28,12 @@ def shown(path: Path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def canonical_folder(location: str) -> Path:
+    """A folder as files below it are known: absolute, without '.', '..', symlinked parents or
+    a trailing slash, so that ``../photos`` from anywhere names what ``/a/photos`` names."""
+    return Path(os.path.realpath(path_of(location).expanduser()))
+
+
 class LocalSource(Source):
     """``file://`` URIs and absolute paths."""
 
@@ -36,18 +42,21 @@ class LocalSource(Source):
         self.max_bytes = settings.max_image_bytes
 
     def locate(self, location: str) -> tuple[str, list[str]]:
-        """A folder given as a path or a file:// URI: its absolute path, which the run reads."""
-        folder = path_of(location).expanduser().absolute()
+        """A folder given as a path or a file:// URI: its canonical path, which the run reads."""
+        folder = canonical_folder(location)
         if not folder.is_dir():
-            raise SourceError(f"not a folder: {shown(folder)}")
+            raise SourceError(f"not a folder: {shown(path_of(location).expanduser().absolute())}")
         if shown(folder) != str(folder):  # its name is recorded on the run, as text
             raise SourceError(f"the folder's path is not UTF-8 ({shown(folder)}): rename it, "
                               "or tag a folder above it (names below it may be anything)")
-        return str(folder), [str(folder.resolve())]
+        return str(folder), [str(folder)]
 
     def listing(self, location: str, **_: Any) -> Iterator[Listed]:
-        """Every file below ``location`` in a stable order; non-images and odd files skipped."""
-        root = path_of(location).absolute()
+        """Every file below ``location`` in a stable order; non-images and odd files skipped.
+
+        Links to folders are not followed (they are skipped like any entry that is no file).
+        """
+        root = canonical_folder(location)
         if not root.is_dir():
             raise SourceError(f"not a folder: {root}")
         problems: list[OSError] = []
@@ -55,11 +64,12 @@ class LocalSource(Source):
             while problems:
                 yield Skipped(Skip.UNREADABLE, str(problems.pop()))
             dirs.sort()
-            for name in sorted(files):
-                yield self._entry(Path(folder, name))
+            links = [name for name in dirs if os.path.islink(os.path.join(folder, name))]
+            for name in sorted(files + links):
+                yield self._entry(Path(folder, name), root)
 
     @staticmethod
-    def _entry(path: Path) -> Listed:
+    def _entry(path: Path, root: Path) -> Listed:
         if not is_image_name(path.name):
             return Skipped(Skip.NOT_IMAGE, str(path))
         try:
@@ -70,7 +80,18 @@ class LocalSource(Source):
             return Skipped(Skip.UNREADABLE, f"{path}: {exc.strerror}")
         if not stat.S_ISREG(info.st_mode):
             return Skipped(Skip.NOT_A_FILE, str(path))
-        return Item(uri=path.as_uri(), version=f"{info.st_mtime_ns:x}-{info.st_size:x}")
+        version = f"{info.st_mtime_ns:x}-{info.st_size:x}"
+        # The folders walked are real ones: only a link can lead out of the root.
+        target = Path(os.path.realpath(path)) if path.is_symlink() else path
+        if target.is_relative_to(root):
+            return Item(uri=path.as_uri(), version=version)
+        # A link out of the folder: the user chose this folder, so the file it points to is
+        # read too (the run records it as readable), unless the user could not read it.
+        if not os.access(target, os.R_OK):
+            return Skipped(Skip.UNREADABLE, f"{shown(path)} -> {shown(target)}: permission denied")
+        if shown(target) != str(target):  # recorded on the run as text, as its folder is
+            return Skipped(Skip.UNREADABLE, f"{shown(path)} -> {shown(target)}: not UTF-8")
+        return Linked(uri=path.as_uri(), version=version, target=str(target))
 
     def fetch(self, uri: str, budget: Budget) -> bytes:
         path = Path(os.path.realpath(path_of(uri)))

@@ -30,13 +30,29 @@ CHUNK = 256 * 1024
 RETRIES = 5  # the first try and five more, with backoff, as boto3's standard mode
 AWS_HOSTS = (".amazonaws.com", ".amazonaws.com.cn")
 STATUS = re.compile(r"status code: (\d{3})")
+CODE = re.compile(r"<Code>([^<]{1,64})</Code>")  # in the S3 error document obstore quotes
 # botocore's own check: a name S3 could never have is refused before any request.
 BUCKET_NAME = re.compile(r"[A-Za-z0-9.\-_]{1,255}")
-# S3 answers that mean "this object will not be readable by retrying".
+# S3 answers that mean "this object will not be readable by retrying", by error code; any other
+# 4xx answer is permanent too (as http-error), except for these codes, which pass.
 _PERMANENT = {"NoSuchKey": Reason.NOT_FOUND, "404": Reason.NOT_FOUND,
               "NotFound": Reason.NOT_FOUND, "NoSuchBucket": Reason.NOT_FOUND,
               "AccessDenied": Reason.FORBIDDEN, "403": Reason.FORBIDDEN,
-              "InvalidObjectState": Reason.FORBIDDEN}
+              "InvalidObjectState": Reason.FORBIDDEN, "InvalidBucketName": Reason.BAD_URI,
+              "KeyTooLongError": Reason.BAD_URI, "InvalidURI": Reason.BAD_URI,
+              "InvalidArgument": Reason.BAD_URI}
+_PASSING = ("RequestTimeout", "RequestTimeTooSkewed", "SlowDown", "Throttling",
+            "ThrottlingException", "TooManyRequests", "RequestLimitExceeded", "ExpiredToken",
+            "TokenRefreshRequired", "OperationAborted", "InternalError", "ServiceUnavailable")
+# boto3 errors raised before or instead of an answer that a retry can clear: the network, and
+# credentials fetched from a service that may be back. Any other (a key boto3 will not send, an
+# unusable region or endpoint) fails the image at once.
+_UNREACHABLE = (urllib3.exceptions.HTTPError, OSError, botocore.exceptions.ConnectionError,
+                botocore.exceptions.HTTPClientError, botocore.exceptions.IncompleteReadError,
+                botocore.exceptions.ResponseStreamingError, botocore.exceptions.ChecksumError,
+                botocore.exceptions.NoCredentialsError,
+                botocore.exceptions.CredentialRetrievalError,
+                botocore.exceptions.MetadataRetrievalError)
 
 
 @functools.cache
@@ -120,11 +136,12 @@ class S3Source(Source):
                 return read_capped(body.read, uri, self.max_bytes, budget)
         except botocore.exceptions.ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in _PERMANENT:
-                raise ItemError(_PERMANENT[code], f"S3 {code}: {uri}") from exc
-            raise TransientError(f"S3 {code or 'error'} for {uri}: {exc}") from exc
-        except (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError, OSError) as exc:
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            raise _meaning(code, status, uri, str(exc)) from exc
+        except _UNREACHABLE as exc:
             raise TransientError(f"S3 unreachable for {uri}: {exc}") from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise ItemError(Reason.BAD_URI, f"S3 cannot ask for {uri}: {exc}") from exc
 
 
 class _Reader:
@@ -166,13 +183,22 @@ def _failure(exc: Exception, uri: str) -> TaggerError:
     from obstore.exceptions import NotFoundError, PermissionDeniedError, UnauthenticatedError
 
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    found, status = CODE.search(str(exc)), STATUS.search(str(exc))
+    code = found.group(1) if found else ""
     if isinstance(exc, FileNotFoundError | NotFoundError):
         return ItemError(Reason.NOT_FOUND, f"S3 NoSuchKey: {uri}")
-    if isinstance(exc, PermissionError | PermissionDeniedError | UnauthenticatedError):
+    if (isinstance(exc, PermissionError | PermissionDeniedError | UnauthenticatedError)
+            and code not in _PASSING):  # not a skewed clock or an expired token
         return ItemError(Reason.FORBIDDEN, f"S3 AccessDenied: {uri}")
-    status = STATUS.search(str(exc))
-    code = int(status.group(1)) if status else 0
-    if 400 <= code < 500 and code not in {408, 429}:
-        reason = {403: Reason.FORBIDDEN, 404: Reason.NOT_FOUND}.get(code, Reason.HTTP_ERROR)
-        return ItemError(reason, f"S3 answered {code} for {uri}: {text[:300]}")
-    return TransientError(f"S3 error for {uri}: {text[:300]}")
+    return _meaning(code, int(status.group(1)) if status else 0, uri, text[:300])
+
+
+def _meaning(code: str, status: int, uri: str, detail: str) -> TaggerError:
+    """What an S3 error answer means for one object: failed for good (a missing or forbidden
+    object, any 3xx or 4xx answer but a throttle or a timeout), or worth a retry."""
+    if code in _PERMANENT:
+        return ItemError(_PERMANENT[code], f"S3 {code}: {uri}")
+    if code not in _PASSING and 300 <= status < 500 and status not in (408, 429):
+        reason = {403: Reason.FORBIDDEN, 404: Reason.NOT_FOUND}.get(status, Reason.HTTP_ERROR)
+        return ItemError(reason, f"S3 answered {code or status} for {uri}: {detail}")
+    return TransientError(f"S3 {code or status or 'error'} for {uri}: {detail}")
