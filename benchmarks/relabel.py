@@ -35,8 +35,8 @@ from worker.core.embedding import sha256_of
 from worker.core.labels import load_labelset
 from worker.core.settings import LABELSETS, load_settings
 from worker.db import writes
-from worker.db.runs import result_counts
 from worker.db.schema import engine_for
+from worker.db.status import result_counts
 
 LABELS = ["台灯", "家具", "桌子", "椅子", "沙发"]
 SEED_BATCH = 1000

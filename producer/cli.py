@@ -16,6 +16,7 @@ from producer import enqueue as enqueuing
 from producer import relabel as relabelling
 from producer import render
 from producer import status as reporting
+from producer.cli_db import database
 from producer.endings import endings
 from producer.export import WRITERS, export_embeddings, format_of
 from producer.export import export as export_rows
@@ -29,6 +30,7 @@ from worker.core.settings import Settings, load_settings
 from worker.db import embeddings as kept
 from worker.db import migrate
 from worker.db import runs as db
+from worker.db import status as db_status
 from worker.db.schema import engine_for
 from worker.sources.sql import table_query
 
@@ -182,7 +184,7 @@ def status(run_id: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="A JSON list, for machines.")
 def runs(limit: int, as_json: bool) -> None:
     """Recent runs, newest first: source, model, label set, counts by reason, state."""
-    found = db.find_runs(_ready(_settings()), limit=limit)
+    found = db_status.find_runs(_ready(_settings()), limit=limit)
     click.echo(json.dumps(found, ensure_ascii=False) if as_json
                else "\n".join(render.run(r) for r in found) or "no runs yet")
 
@@ -293,24 +295,4 @@ def retry_failed(reason: str | None, chunk_size: int | None) -> None:
                    f"of label set {labelset_id} in {summary.chunks} chunks")
 
 
-@main.group("db")
-def database() -> None:
-    """The results database's schema (Alembic migrations shipped in the package)."""
-
-
-@database.command()
-def upgrade() -> None:
-    """Create or upgrade the results database at DATABASE_URL to the current schema."""
-    settings = _settings()
-    before, head = migrate.revisions(settings.database_url)
-    migrate.upgrade(settings.database_url)
-    click.echo(f"{redact(settings.database_url)}: schema {before or 'none'} -> {head}")
-
-
-@database.command()
-def current() -> None:
-    """Show the database's schema revision and the one this version needs."""
-    settings = _settings()
-    revision, head = migrate.revisions(settings.database_url)
-    state = "up to date" if revision == head else f"needs {head}: run `producer db upgrade`"
-    click.echo(f"{redact(settings.database_url)}: schema {revision or 'none'}, {state}")
+main.add_command(database)

@@ -25,6 +25,7 @@ from worker.core.labels import LabelSet
 from worker.core.settings import Settings
 from worker.db import embeddings, labelsets
 from worker.db import runs as db
+from worker.db import status as db_status
 from worker.db.schema import engine_for
 
 RANGE_IMAGES = 20_000  # images per message: a few seconds of a worker, thousands of them a night
@@ -99,5 +100,5 @@ def relabel_here(settings: Settings, labelset: LabelSet, *, scope_run: str | Non
         echo(f"run {sent.run_id}: about {sent.images} images in {sent.ranges} ranges")
         with withdrawn_if_stopped(settings, sent.run_id):
             _wait(settings, Summary(run_id=sent.run_id, enqueued=sent.images), worker, timeout)
-    return {"run": sent.run_id, **db.result_counts(engine_for(settings.database_url),
+    return {"run": sent.run_id, **db_status.result_counts(engine_for(settings.database_url),
                                                      sent.run_id)}

@@ -10,13 +10,13 @@ from producer import sending
 from worker.core.celeryconf import tagging_queue
 from worker.core.errors import ConfigError
 from worker.core.settings import Settings
-from worker.db import runs as db
+from worker.db import status as db_status
 from worker.db.schema import engine_for
 
 
 def find_run(settings: Settings, run_id: str | None) -> dict[str, Any] | None:
     """The run with this id (ConfigError if there is none), or the latest run (or None)."""
-    found = db.find_runs(engine_for(settings.database_url), run_id)
+    found = db_status.find_runs(engine_for(settings.database_url), run_id)
     if run_id and not found:
         raise ConfigError(f"no run {run_id}: `producer runs` lists them")
     return found[0] if found else None
@@ -26,7 +26,7 @@ def status(settings: Settings, run_id: str | None = None) -> dict[str, Any]:
     """The whole picture; with ``run_id`` the counts are the run's, else everything's."""
     run = find_run(settings, run_id)
     depth = sending.queue_depth(settings)
-    counts = db.result_counts(engine_for(settings.database_url), run_id)
+    counts = db_status.result_counts(engine_for(settings.database_url), run_id)
     return {"queue": tagging_queue(settings), "queue_depth": depth["waiting"],
             "reserved": depth["reserved"], **counts, "run": run}
 
@@ -46,8 +46,8 @@ def wait(settings: Settings, run_id: str | None, timeout: float, every_run: bool
     name = "all runs" if run is None else f"run {run['id']}"
     deadline = time.monotonic() + timeout
     while True:
-        counts = db.result_counts(engine, run and run["id"])
-        current = db.find_runs(engine, run["id"])[0] if run else None
+        counts = db_status.result_counts(engine, run and run["id"])
+        current = db_status.find_runs(engine, run["id"])[0] if run else None
         counts["run"] = current["id"] if current else "all"
         counts["listing"] = bool(current and current["state"] == "listing")
         if on_progress:

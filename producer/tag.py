@@ -26,6 +26,7 @@ from worker.core.redact import redact
 from worker.core.settings import Settings
 from worker.db import migrate
 from worker.db import runs as db
+from worker.db import status as db_status
 from worker.db.schema import engine_for
 from worker.sources import scheme
 
@@ -140,7 +141,7 @@ def _withdraw(settings: Settings, run_id: str, cause: BaseException) -> None:
     happened (a run whose every image was answered stays complete)."""
     engine = engine_for(settings.database_url)
     try:
-        counts = db.result_counts(engine, run_id)
+        counts = db_status.result_counts(engine, run_id)
         if not counts["pending"]:  # every image sent was answered: no chunk of it is left
             return
         why = ("interrupted" if isinstance(cause, KeyboardInterrupt | SystemExit)

@@ -18,6 +18,9 @@ import time
 from collections.abc import Iterator
 
 POLL = 0.0005  # seconds between looks at the gate: short next to a decode or a forward pass
+# A decode process waiting out a forward pass looks less and less often: waking thousands of
+# times a second would take cycles from the model's threads on the very cores it waits for.
+LONGEST_POLL = 0.005
 
 
 class Turns:
@@ -69,8 +72,10 @@ class Turn:
             yield
             return
         while True:
+            pause = POLL
             while self.memory[0]:
-                time.sleep(POLL)
+                time.sleep(pause)
+                pause = min(2 * pause, LONGEST_POLL)
             self.memory[self.slot] = 1
             if not self.memory[0]:  # the model did not ask in between: ours
                 break

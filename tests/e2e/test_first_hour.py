@@ -41,7 +41,7 @@ from worker.core.celeryconf import tagging_queue
 from worker.core.contract import Chunk, Item
 from worker.core.labels import load_labelset
 from worker.core.settings import load_settings
-from worker.db import runs as db
+from worker.db import status as db_status
 from worker.db.schema import engine_for
 
 OTHER_MODEL = "OFA-Sys/chinese-clip-vit-large-patch14"
@@ -176,11 +176,11 @@ class CtrlCOnceAnswered(threading.Thread):
     def __init__(self, url: str, images: int) -> None:
         super().__init__(daemon=True)
         self.url, self.images = url, images
-        self.runs_before = len(db.find_runs(engine_for(url), limit=1000))
+        self.runs_before = len(db_status.find_runs(engine_for(url), limit=1000))
         self.lock, self.running = threading.Lock(), True
 
     def answered(self) -> bool:
-        found = db.find_runs(engine_for(self.url), limit=self.runs_before + 1)
+        found = db_status.find_runs(engine_for(self.url), limit=self.runs_before + 1)
         return (len(found) > self.runs_before
                 and len(rows(self.url, run_id=found[0]["id"])) == self.images)
 
@@ -218,7 +218,7 @@ def test_an_interrupt_after_every_image_was_answered_is_no_cancellation(
             interrupter.ended()
     else:
         pytest.fail("the interrupt never came while `tag` waited")
-    run = db.find_runs(engine_for(settings.database_url))[0]
+    run = db_status.find_runs(engine_for(settings.database_url))[0]
     assert (run["state"], run["error"], run["done"]) == ("complete", None, 2), run
 
 

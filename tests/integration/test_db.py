@@ -17,6 +17,7 @@ from worker.core.contract import Item, Result, uri_hash
 from worker.core.errors import Reason, TransientError
 from worker.db import labelsets, migrate
 from worker.db import runs as producer_db
+from worker.db import status as db_status
 from worker.db import writes as worker_db
 from worker.db.schema import engine_for, metadata, normalise_url, pending, results
 
@@ -174,9 +175,9 @@ def test_deliveries_are_counted_and_closed(engine):
     assert worker_db.start_delivery(engine, "task-2", "r1", 1).starts == 1
     with engine.begin() as conn:
         producer_db.claim_pending(conn, [Item("a"), Item("b"), Item("c")], "m", "ls", "r1", 60)
-    assert producer_db.result_counts(engine, "r1")["in_flight"] == 3
+    assert db_status.result_counts(engine, "r1")["in_flight"] == 3
     worker_db.write_results(engine, [result("a"), result("b")], task_id="task-1")
-    counts = producer_db.result_counts(engine, "r1")
+    counts = db_status.result_counts(engine, "r1")
     assert (counts["done"], counts["pending"], counts["in_flight"]) == (2, 1, 1)
     assert worker_db.start_delivery(engine, "task-1", "r1", 2).starts == 4  # re-opened
 
@@ -210,7 +211,7 @@ def test_a_cancelled_run_is_seen_by_its_deliveries(engine):
     assert worker_db.start_delivery(engine, "t2", "r1", 1).cancelled
     assert not worker_db.start_delivery(engine, "t3", None, 1).cancelled
     assert pending_count(engine) == 0
-    (run,) = producer_db.find_runs(engine, "r1")
+    (run,) = db_status.find_runs(engine, "r1")
     assert (run["state"], run["error"]) == ("stopped", "interrupted")
 
 
@@ -322,17 +323,37 @@ def test_uris_are_stored_without_secrets_and_signed_again_is_one_image(engine):
 
 
 @pytest.mark.parametrize("fixture", ["sqlite_url", "pg_url"])
+def test_a_done_row_without_labels_is_impossible(fixture: str, request: pytest.FixtureRequest):
+    url = request.getfixturevalue(fixture)
+    engine = engine_for(url)
+    migrate.downgrade(url, "0005")
+    old = sa.table("results", sa.column("labels", sa.JSON()), *(sa.column(c) for c in (
+        "uri", "uri_hash", "model", "labelset_id", "status", "top_label")))
+    empty = {"model": "m", "labelset_id": "ls", "labels": [], "status": "done"}
+    with engine.begin() as conn:  # what an earlier release stored for copies of failing bytes
+        conn.execute(old.insert(), [{**empty, "uri": "a", "uri_hash": "a", "top_label": None},
+                                    {**empty, "uri": "b", "uri_hash": "b", "top_label": "猫"}])
+    migrate.upgrade(url)
+    rows = {r.uri: r for r in all_rows(engine)}
+    assert (rows["a"].status, rows["a"].reason) == ("failed", "internal-error")
+    assert "retry-failed" in rows["a"].error and rows["b"].status == "done"
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        conn.execute(old.insert(), [{**empty, "uri": "c", "uri_hash": "c", "top_label": None}])
+
+
+@pytest.mark.parametrize("fixture", ["sqlite_url", "pg_url"])
 def test_the_migration_scrubs_stored_secrets(fixture: str, request: pytest.FixtureRequest):
     url = request.getfixturevalue(fixture)
     engine = engine_for(url)
     migrate.downgrade(url, "0002")
     old = sa.table("results", sa.column("labels", sa.JSON()), *(sa.column(c) for c in (
-        "uri", "uri_hash", "model", "labelset_id", "status", "updated_at")))
+        "uri", "uri_hash", "model", "labelset_id", "status", "updated_at", "top_label")))
     plain = {"model": "m", "labelset_id": "ls", "labels": []}
 
     def row(uri: str, status: str, day: int) -> dict[str, Any]:
         return {**plain, "uri": uri, "uri_hash": hashlib.sha256(uri.encode()).hexdigest(),
-                "status": status, "updated_at": datetime(2026, 11, day, tzinfo=UTC)}
+                "status": status, "updated_at": datetime(2026, 11, day, tzinfo=UTC),
+                "top_label": "台灯" if status == "done" else None}
 
     with engine.begin() as conn:
         conn.execute(old.insert(), [

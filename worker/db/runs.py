@@ -15,7 +15,6 @@ from worker.core.redact import stored_uri
 from worker.db import embeddings
 from worker.db.schema import (
     batches,
-    deliveries,
     insert,
     pending,
     pending_ranges,
@@ -23,8 +22,6 @@ from worker.db.schema import (
     retried,
     runs,
 )
-
-RATE_WINDOW = timedelta(minutes=5)
 
 
 @dataclass
@@ -235,94 +232,3 @@ def failed_file_roots(engine: Engine, model: str, labelset_id: str, reason: str 
     with engine.connect() as conn:
         lists = conn.scalars(sa.select(runs.c.file_roots).where(runs.c.id.in_(failed)))
         return sorted({root for roots in lists for root in roots or ()})
-
-
-# --- the figures behind `producer status`, `runs` and `wait` ----------------------------------
-
-def result_counts(engine: Engine, run_id: str | None = None) -> dict[str, Any]:
-    """done / failed (by reason) / pending / in flight / recent rate, for a run or everything."""
-    by_run = [results.c.run_id == run_id] if run_id else []
-    with engine.connect() as conn:
-        # Pending first: an image answered between two reads counts as done, never as neither
-        # (`wait` returns at no pending and prints the done count).
-        waiting = _pending(conn, [run_id] if run_id else None).get(run_id, 0)
-        by_status = dict(conn.execute(sa.select(results.c.status, sa.func.count())
-                                      .where(*by_run).group_by(results.c.status)).all())
-        reasons = dict(conn.execute(sa.select(results.c.reason, sa.func.count())
-                                    .where(results.c.status == "failed", *by_run)
-                                    .group_by(results.c.reason)).all())
-        in_flight = conn.scalar(sa.select(sa.func.coalesce(sa.func.sum(deliveries.c.images), 0))
-                                .where(deliveries.c.finished_at.is_(None),
-                                       *([deliveries.c.run_id == run_id] if run_id else [])))
-        current = datetime.now(UTC)
-        recent, first = conn.execute(
-            sa.select(sa.func.count(), sa.func.min(results.c.updated_at)).where(
-                results.c.updated_at >= current - RATE_WINDOW, *by_run)).one()
-    rate = recent / _seconds_since(first, current) if recent else 0.0
-    return {"done": int(by_status.get("done", 0)), "failed": int(by_status.get("failed", 0)),
-            "failed_by_reason": {str(k): int(v) for k, v in reasons.items()},
-            "pending": int(waiting or 0), "in_flight": min(int(in_flight or 0), int(waiting or 0)),
-            "images_per_second": round(rate, 2),
-            "eta_seconds": round(waiting / rate) if rate and waiting else None}
-
-
-def _seconds_since(first: datetime, current: datetime) -> float:
-    """The rate window actually covered: a run that began a minute ago has a minute of results."""
-    if first.tzinfo is None:  # SQLite keeps UTC without a zone
-        first = first.replace(tzinfo=UTC)
-    return max(1.0, min(RATE_WINDOW.total_seconds(), (current - first).total_seconds()))
-
-
-def find_runs(engine: Engine, run_id: str | None = None, limit: int = 1) -> list[dict[str, Any]]:
-    """The run with this id, or the latest ``limit`` runs, each with live counts and state."""
-    query = sa.select(runs)
-    query = (query.where(runs.c.id == run_id) if run_id
-             else query.order_by(runs.c.started_at.desc()).limit(limit))
-    with engine.connect() as conn:
-        found = [_jsonable(row) for row in conn.execute(query).mappings()]
-        ids = [r["id"] for r in found]
-        waiting = _pending(conn, ids)  # first, as in result_counts
-        outcomes = conn.execute(sa.select(results.c.run_id, results.c.status, results.c.reason,
-                                          sa.func.count())
-                                .where(results.c.run_id.in_(ids))
-                                .group_by(results.c.run_id, results.c.status, results.c.reason))
-        counted: dict[str, dict[str, Any]] = {i: {"done": 0, "failed": 0,
-                                                   "failed_by_reason": {}} for i in ids}
-        for run, status, reason, count in outcomes:
-            counted[run][status] += count
-            if status == "failed":
-                counted[run]["failed_by_reason"][reason] = count
-    for run in found:
-        run.update(counted[run["id"]], pending=int(waiting.get(run["id"], 0)))
-        run["skipped_by_reason"] = run.get("skipped_by_reason") or {}
-        run["state"] = run_state(run)
-    return found
-
-
-def _pending(conn: Connection, run_ids: Sequence[str] | None) -> dict[str | None, int]:
-    """Images not answered yet, by run (under None: of every run): pending marks, and the
-    images of relabel ranges."""
-    counted: dict[str | None, int] = {}
-    for table, images in ((pending, sa.func.count()),
-                          (pending_ranges, sa.func.coalesce(sa.func.sum(pending_ranges.c.images),
-                                                            0))):
-        query = (sa.select(sa.null(), images) if run_ids is None else
-                 sa.select(table.c.run_id, images).where(table.c.run_id.in_(run_ids))
-                 .group_by(table.c.run_id))
-        for run, count in conn.execute(query.select_from(table)):
-            counted[run] = counted.get(run, 0) + int(count or 0)
-    return counted
-
-
-def run_state(run: Mapping[str, Any]) -> str:
-    """listing -> running -> complete; ``stopped`` when the listing ended early or the run
-    was withdrawn with images unanswered."""
-    if run["finished_at"] is None and not run.get("cancelled_at"):
-        return "listing"
-    if run.get("error"):
-        return "stopped"
-    return "running" if run["pending"] else "complete"
-
-
-def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}

@@ -78,6 +78,9 @@ results = sa.Table(
     sa.Column("updated_at", _Time, nullable=False, server_default=now),
     sa.UniqueConstraint("uri_hash", "model", "labelset_id", name="uq_results_image"),
     sa.CheckConstraint("status IN ('done', 'failed')", name="ck_results_status"),
+    # Copies of failing content were once stored done without labels and then skipped for ever.
+    sa.CheckConstraint("status = 'failed' OR top_label IS NOT NULL",
+                       name="ck_results_done_has_labels"),
     sa.Index("ix_results_top_label", "top_label", "top_score"),
     sa.Index("ix_results_content_sha256", "content_sha256"),
     sa.Index("ix_results_run_status", "run_id", "status"),

@@ -1,0 +1,32 @@
+"""``producer db``: the results database's schema (Alembic migrations shipped in the package)."""
+
+from __future__ import annotations
+
+import click
+
+from worker.core.redact import redact
+from worker.core.settings import load_settings
+from worker.db import migrate
+
+
+@click.group("db")
+def database() -> None:
+    """The results database's schema (Alembic migrations shipped in the package)."""
+
+
+@database.command()
+def upgrade() -> None:
+    """Create or upgrade the results database at DATABASE_URL to the current schema."""
+    settings = load_settings()
+    before, head = migrate.revisions(settings.database_url)
+    migrate.upgrade(settings.database_url)
+    click.echo(f"{redact(settings.database_url)}: schema {before or 'none'} -> {head}")
+
+
+@database.command()
+def current() -> None:
+    """Show the database's schema revision and the one this version needs."""
+    settings = load_settings()
+    revision, head = migrate.revisions(settings.database_url)
+    state = "up to date" if revision == head else f"needs {head}: run `producer db upgrade`"
+    click.echo(f"{redact(settings.database_url)}: schema {revision or 'none'}, {state}")
