@@ -66,6 +66,10 @@ class Turn:
         self.slot = 1 + slot
         self.memory = mmap.mmap(fd, 0)
 
+    def closed(self) -> bool:
+        """The model has the cores now: a decode would wait."""
+        return self.enabled and bool(self.memory[0])
+
     @contextlib.contextmanager
     def decoding(self) -> Iterator[None]:
         if not self.enabled:

@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 import warnings
+from collections import deque
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import Any
@@ -91,14 +92,21 @@ class Child:
         self.decoders: dict[str, Any] = {}
         self.recent: dict[tuple[str, str], Outcome] = {}  # by (decoder, content hash)
 
-    def prepare(self, group: Group, index: int, what: str | bytes) -> tuple[str | None, Outcome]:
+    def obtain(self, group: Group, what: str | bytes) -> bytes | ItemError | TransientError:
+        """The item's bytes (fetched from its source), or why there are none."""
         try:
-            data = what if isinstance(what, bytes) else self.fetch(what, group)
+            return what if isinstance(what, bytes) else self.fetch(what, group)
         except (ItemError, TransientError) as exc:
-            return None, exc
+            return exc
         except Exception as exc:  # a bug or an odd URI must not fail the item's neighbours
-            return None, ItemError(Reason.INTERNAL_ERROR,
-                                   redact(f"fetching failed: {type(exc).__name__}: {exc}"))
+            return ItemError(Reason.INTERNAL_ERROR,
+                             redact(f"fetching failed: {type(exc).__name__}: {exc}"))
+
+    def prepare(self, group: Group, index: int, data: bytes | ItemError | TransientError
+                ) -> tuple[str | None, Outcome]:
+        """The answer for an obtained item: its content hash and what its decoder made."""
+        if not isinstance(data, bytes):
+            return None, data
         sha = hashlib.sha256(data).hexdigest()
         if sha in group.known:
             return sha, group.known[sha]
@@ -157,8 +165,14 @@ def serve(conn: Connection, child: Child) -> None:
             return
         if group is None:
             return
-        for index, what in group.items:
-            sha, outcome = child.prepare(group, index, what)
+        waiting, obtained = deque(group.items), deque()
+        while waiting or obtained:
+            # While the model has the cores, fetch ahead: then decode what was fetched.
+            while waiting and (not obtained or child.turn.closed()):
+                index, what = waiting.popleft()
+                obtained.append((index, child.obtain(group, what)))
+            index, data = obtained.popleft()
+            sha, outcome = child.prepare(group, index, data)
             conn.send((group.job, index, sha, outcome))
             served += 1
         if served >= MAX_ITEMS or rss() - baseline > RECYCLE_ABOVE:
