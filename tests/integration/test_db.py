@@ -322,13 +322,19 @@ def test_uris_are_stored_without_secrets_and_signed_again_is_one_image(engine):
         assert conn.scalar(sa.select(pending.c.uri)) == "https://x.example/5.jpg"
 
 
+def older_schema(fixture: str, request: pytest.FixtureRequest, revision: str
+                 ) -> tuple[str, sa.Engine, sa.TableClause]:
+    """A database at an older revision, and the results columns every revision had."""
+    url = request.getfixturevalue(fixture)
+    migrate.downgrade(url, revision)
+    return url, engine_for(url), sa.table("results", sa.column("labels", sa.JSON()), *(
+        sa.column(c) for c in ("uri", "uri_hash", "model", "labelset_id", "status",
+                               "updated_at", "top_label")))
+
+
 @pytest.mark.parametrize("fixture", ["sqlite_url", "pg_url"])
 def test_a_done_row_without_labels_is_impossible(fixture: str, request: pytest.FixtureRequest):
-    url = request.getfixturevalue(fixture)
-    engine = engine_for(url)
-    migrate.downgrade(url, "0005")
-    old = sa.table("results", sa.column("labels", sa.JSON()), *(sa.column(c) for c in (
-        "uri", "uri_hash", "model", "labelset_id", "status", "top_label")))
+    url, engine, old = older_schema(fixture, request, "0005")
     empty = {"model": "m", "labelset_id": "ls", "labels": [], "status": "done"}
     with engine.begin() as conn:  # what an earlier release stored for copies of failing bytes
         conn.execute(old.insert(), [{**empty, "uri": "a", "uri_hash": "a", "top_label": None},
@@ -343,11 +349,7 @@ def test_a_done_row_without_labels_is_impossible(fixture: str, request: pytest.F
 
 @pytest.mark.parametrize("fixture", ["sqlite_url", "pg_url"])
 def test_the_migration_scrubs_stored_secrets(fixture: str, request: pytest.FixtureRequest):
-    url = request.getfixturevalue(fixture)
-    engine = engine_for(url)
-    migrate.downgrade(url, "0002")
-    old = sa.table("results", sa.column("labels", sa.JSON()), *(sa.column(c) for c in (
-        "uri", "uri_hash", "model", "labelset_id", "status", "updated_at", "top_label")))
+    url, engine, old = older_schema(fixture, request, "0002")
     plain = {"model": "m", "labelset_id": "ls", "labels": []}
 
     def row(uri: str, status: str, day: int) -> dict[str, Any]:
