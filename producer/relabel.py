@@ -99,6 +99,7 @@ def relabel_here(settings: Settings, labelset: LabelSet, *, scope_run: str | Non
         sent = _send(settings, labelset, scope_run, images, RANGE_IMAGES)
         echo(f"run {sent.run_id}: about {sent.images} images in {sent.ranges} ranges")
         with withdrawn_if_stopped(settings, sent.run_id):
-            _wait(settings, Summary(run_id=sent.run_id, enqueued=sent.images), worker, timeout)
+            _wait(settings, Summary(run_id=sent.run_id, enqueued=sent.images), worker, timeout,
+                  doing="relabelling")
     return {"run": sent.run_id, **db_status.result_counts(engine_for(settings.database_url),
                                                      sent.run_id)}

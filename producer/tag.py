@@ -112,7 +112,7 @@ def _enqueue(settings: Settings, listing: Listing, labelset: LabelSet, chunk_siz
 
 
 def _wait(settings: Settings, summary: Summary, worker: LocalWorker | None,
-          timeout: float) -> None:
+          timeout: float, doing: str = "tagging") -> None:
     """Progress until every image of the run is answered; Ctrl-C or a dead worker ends it."""
     def show(counts: Mapping[str, Any]) -> None:
         answered = counts["done"] + counts["failed"]
@@ -120,7 +120,7 @@ def _wait(settings: Settings, summary: Summary, worker: LocalWorker | None,
                 else f"{counts['failed']} failed" if counts["failed"] else "")
         bar.update(answered, summary.enqueued, note)
 
-    with Progress("tagging", total=summary.enqueued) as bar:
+    with Progress(doing, total=summary.enqueued) as bar:
         wait(settings, summary.run_id, timeout, on_progress=show,
              stop=worker.failure if worker else None)
 
