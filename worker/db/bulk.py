@@ -14,18 +14,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
+from worker.db.schema import results
+
 INCOMING = "incoming_results"
-# (column, type in the session table): the results columns a worker writes.
-COLUMNS: tuple[tuple[str, str], ...] = (
-    ("uri", "text"), ("uri_hash", "text"), ("signed", "bool"), ("model", "text"),
-    ("labelset_id", "text"),
-    ("item_key", "text"), ("source_version", "text"), ("content_sha256", "text"),
-    ("status", "text"), ("reason", "text"), ("error", "text"), ("labels", "jsonb"),
-    ("top_label", "text"), ("top_score", "float8"), ("attempts", "int"), ("run_id", "text"),
-    ("runtime", "text"),
-)
+# (column, type in the session table): the results columns a worker writes, as the table has them.
+COLUMNS: tuple[tuple[str, str], ...] = tuple(
+    (column.name, column.type.compile(dialect=postgresql.dialect()))
+    for column in results.columns if column.name not in {"id", "created_at", "updated_at"})
 NAMES = ", ".join(name for name, _ in COLUMNS)
 CREATE_INCOMING = (f"CREATE TEMPORARY TABLE IF NOT EXISTS {INCOMING} "
                    f"({', '.join(f'{n} {t}' for n, t in COLUMNS)}) ON COMMIT DELETE ROWS")

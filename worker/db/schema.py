@@ -18,7 +18,6 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 from worker.core.errors import TransientError
 from worker.core.redact import redact
-from worker.db.bulk import create_session_tables
 
 log = logging.getLogger(__name__)
 metadata = sa.MetaData()
@@ -182,6 +181,8 @@ def _create_engine(url: str) -> Engine:
         return engine
     # No pre-ping (a SELECT 1 per checkout): a dead pooled connection fails its first call,
     # which `retried` runs again on a fresh one.
+    from worker.db.bulk import create_session_tables  # bulk reads the tables defined here
+
     engine = sa.create_engine(url, pool_size=2, max_overflow=2,
                               connect_args={"connect_timeout": 10})
     sa.event.listen(engine, "connect", create_session_tables)
