@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 
 @dataclass
@@ -73,22 +74,31 @@ class _ImageHTTPServer(ThreadingHTTPServer):
         self.started = threading.Event()
 
 
-class ImageServer:
-    """A threaded HTTP server on a loopback address serving canned replies per path."""
+class _Serving:
+    """A server in a thread of its own while the ``with`` block runs."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        self.httpd = _ImageHTTPServer((host, 0))
-        self.host = host
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+    def __init__(self, httpd: ThreadingHTTPServer) -> None:
+        self.httpd = httpd
+        self.thread = threading.Thread(target=httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> ImageServer:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class ImageServer(_Serving):
+    """A threaded HTTP server on a loopback address serving canned replies per path."""
+
+    httpd: _ImageHTTPServer
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        super().__init__(_ImageHTTPServer((host, 0)))
+        self.host = host
+        self.port = self.httpd.server_address[1]
 
     @property
     def routes(self) -> dict[str, Reply]:
@@ -186,21 +196,14 @@ class _ProxyServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
 
 
-class FaultProxy:
+class FaultProxy(_Serving):
     """An HTTP proxy in front of moto's S3 server that answers the next GETs with faults."""
 
+    httpd: _ProxyServer
+
     def __init__(self, upstream: str) -> None:
-        self.httpd = _ProxyServer(upstream)
+        super().__init__(_ProxyServer(upstream))
         self.endpoint = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> FaultProxy:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
     def inject(self, count: int, status: int = 503, code: str = "SlowDown",
                delay: float = 0.0) -> None:
