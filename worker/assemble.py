@@ -21,7 +21,7 @@ from worker.decoders import DECODERS, decoder_name
 from worker.dedupe import KnownContent
 from worker.file_roots import FileRoots
 from worker.labelstore import LabelStore
-from worker.pipeline import LoopOptions, Tagger
+from worker.pipeline import Tagger
 from worker.prep.pool import prep_pool
 from worker.sinks import Sink, make_sinks
 
@@ -56,7 +56,7 @@ def assemble(settings: Settings, folder: Path, backend: Backend | None = None) -
     prep = prep_pool(settings, name, backend.preprocess, take_turns)
     batcher = Batcher(backend, prep.turns, linger=0.0 if on_cpu else LINGER_ON_GPU)
     tagger = Tagger(backend, DECODERS.get(name)(settings, backend.device), prep, batcher,
-                    KnownContent(engine, settings.model), LoopOptions(top_k=settings.top_k))
+                    KnownContent(engine, settings.model), settings.top_k)
     return Parts(model=settings.model, max_deliveries=settings.max_deliveries, engine=engine,
                  sinks=make_sinks(settings), labels=LabelStore(engine, settings.model, backend),
                  roots=FileRoots(engine, settings.file_roots), tagger=tagger)

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,27 +56,19 @@ class Batch:
     shas: list[str]
     works: dict[str, list[Work]]
     embeddings: Future[np.ndarray] | None = None
-    on_cpu: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class LoopOptions:
-    """What the loop is told: top-k labels stored per image."""
-
-    top_k: int
 
 
 class Tagger:
     """The loop over one chunk's images, handed its parts: it builds none of them."""
 
     def __init__(self, backend: Backend, decoder: Decoder, prep: PrepPool, batcher: Batcher,
-                 known: KnownContent, options: LoopOptions) -> None:
+                 known: KnownContent, top_k: int) -> None:
         self.backend = backend
         self.decoder = decoder
         self.prep = prep
         self.batcher = batcher
         self.known = known
-        self.options = options
+        self.top_k = top_k  # labels stored per image
 
     def tag(self, items: Sequence[Item], scoring: Scoring, roots: tuple[Path, ...],
             final: bool) -> tuple[list[Work], dict[str, float]]:
@@ -116,7 +108,7 @@ class Tagger:
             vectors = np.stack([kept[w.item.sha256 or ""] for w in scorable])
             for work, labels in zip(scorable, top_labels(
                     vectors, scoring.labelset, scoring.texts, self.backend.logit_scale,
-                    self.options.top_k), strict=True):
+                    self.top_k), strict=True):
                 work.sha256, work.labels, work.kept = work.item.sha256, labels, True
 
     @staticmethod
@@ -194,7 +186,7 @@ class Tagger:
             return
         embeddings = batch.embeddings.result()
         scored = top_labels(embeddings, scoring.labelset, scoring.texts,
-                            self.backend.logit_scale, self.options.top_k)
+                            self.backend.logit_scale, self.top_k)
         for sha, labels, embedding in zip(batch.shas, scored, embeddings, strict=True):
             self.known.remember(scoring.labelset.id, sha, labels)
             for work in batch.works[sha]:

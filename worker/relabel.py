@@ -49,7 +49,7 @@ def relabel(parts: Parts, span: Span, task_id: str) -> dict[str, Any]:
         if batch is None:
             break
         with clock.stage("score"):
-            best = top_k(batch[1], scoring.texts, backend.logit_scale, parts.tagger.options.top_k)
+            best = top_k(batch[1], scoring.texts, backend.logit_scale, parts.tagger.top_k)
             rows = [result_row(span, found, *rendered.render(*top))
                     for found, top in zip(batch[0], zip(*best, strict=True), strict=True)]
         with clock.stage("write"):

@@ -377,7 +377,7 @@ def test_overlap_follows_the_device_and_the_setting(start, settings):
 def test_top_k_is_capped_by_the_label_count(fake, tmp_path: Path):
     pets = LabelSet(labels=("猫", "狗"), parents=("动物", None))
     labelsets.save_labelset(fake.engine, pets)
-    assert fake.tagger.options.top_k == 3
+    assert fake.tagger.top_k == 3
     uri = files(tmp_path, [5])[0]
     assert tag(fake, [uri], labelset_id=pets.id).done == 1
     labels = stored(fake)[uri].labels

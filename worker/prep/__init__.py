@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.core.errors import ItemError, TransientError
+from worker.core.errors import ItemError
 from worker.core.pixels import Preprocess
 from worker.core.settings import Settings
 from worker.decoders import Limits
@@ -47,7 +47,3 @@ class Prepared:
     index: int
     sha256: str | None
     outcome: Outcome
-
-    @property
-    def failed(self) -> bool:
-        return isinstance(self.outcome, ItemError | TransientError)

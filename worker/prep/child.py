@@ -45,22 +45,20 @@ def die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
-def rss() -> int:
+def memory() -> tuple[int, int]:
+    """This process's (address space, resident set) in bytes."""
     with open("/proc/self/statm", encoding="ascii") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def address_space() -> int:
-    with open("/proc/self/statm", encoding="ascii") as statm:
-        return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        size, resident = statm.read().split()[:2]
+    page = os.sysconf("SC_PAGE_SIZE")
+    return int(size) * page, int(resident) * page
 
 
 @contextlib.contextmanager
-def bounded(seconds: float, memory: int) -> Iterator[None]:
+def bounded(seconds: float, allowed: int) -> Iterator[None]:
     """A deadline the kernel enforces (SIGALRM's default action ends the process) and a memory
     cap (allocations past it fail with MemoryError); both lifted afterwards."""
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    cap = address_space() + memory + 64 * 2**20  # Pillow's block cache and the bytes
+    cap = memory()[0] + allowed + 64 * 2**20  # Pillow's block cache and the bytes
     if hard != resource.RLIM_INFINITY:
         cap = min(cap, hard)
     resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
@@ -157,7 +155,7 @@ class Child:
 
 def serve(conn: Connection, child: Child) -> None:
     """Answer groups until told to stop; leave early, between groups, to give memory back."""
-    baseline, served = rss(), 0
+    baseline, served = memory()[1], 0
     while True:
         try:
             group = conn.recv()
@@ -175,7 +173,7 @@ def serve(conn: Connection, child: Child) -> None:
             sha, outcome = child.prepare(group, index, data)
             conn.send((group.job, index, sha, outcome))
             served += 1
-        if served >= MAX_ITEMS or rss() - baseline > RECYCLE_ABOVE:
+        if served >= MAX_ITEMS or memory()[1] - baseline > RECYCLE_ABOVE:
             return
 
 

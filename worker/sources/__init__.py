@@ -142,8 +142,13 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def read_capped(read: Any, uri: str, max_bytes: int, budget: Budget) -> bytes:
-    """Read a stream in pieces: the byte cap and the deadline are checked between reads."""
+def read_capped(read: Any, uri: str, max_bytes: int, budget: Budget, declared: int = 0
+                ) -> bytes:
+    """Read a stream in pieces: the byte cap and the deadline are checked between reads.
+    ``declared``: the size the source announced, refused before anything is read."""
+    if declared > max_bytes:
+        raise ItemError(Reason.TOO_LARGE, f"{uri} is {declared} bytes, over the cap of "
+                        f"{max_bytes}")
     chunks, total = [], 0
     while True:
         budget.left(uri)

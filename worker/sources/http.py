@@ -132,12 +132,9 @@ class HttpSource(Source):
         if response.status != 200:
             raise ItemError(Reason.HTTP_ERROR, f"HTTP {response.status} for {shown}")
         declared = int(response.headers.get("Content-Length") or 0)
-        if declared > self.max_bytes:
-            raise ItemError(Reason.TOO_LARGE,
-                            f"{shown} is {declared} bytes, over the cap of {self.max_bytes}")
         try:
             # read1 returns what one socket read brings, so the deadline is checked between reads.
-            return read_capped(response.read1, shown, self.max_bytes, budget)
+            return read_capped(response.read1, shown, self.max_bytes, budget, declared)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise TransientError(f"reading {shown}: {exc}") from exc
 

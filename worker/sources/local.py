@@ -116,7 +116,4 @@ class LocalSource(Source):
             os.close(fd)
             raise ItemError(Reason.NOT_A_FILE, f"{shown(path)} is not a regular file")
         with os.fdopen(fd, "rb") as handle:
-            if info.st_size > self.max_bytes:
-                raise ItemError(Reason.TOO_LARGE, f"file is {info.st_size} bytes, over the "
-                                f"cap of {self.max_bytes}")
-            return read_capped(handle.read, uri, self.max_bytes, budget)
+            return read_capped(handle.read, uri, self.max_bytes, budget, info.st_size)

@@ -112,11 +112,8 @@ class S3Source(Source):
 
         try:
             result = obstore.get(_store(bucket, self.timeout), key)
-            size = int(result.meta["size"])
-            if size > self.max_bytes:
-                raise ItemError(Reason.TOO_LARGE,
-                                f"object is {size} bytes, over the cap of {self.max_bytes}")
-            return read_capped(_Reader(result.stream(CHUNK)).read, uri, self.max_bytes, budget)
+            return read_capped(_Reader(result.stream(CHUNK)).read, uri, self.max_bytes, budget,
+                               int(result.meta["size"]))
         except ValueError:  # "Could not parse path": obstore refuses keys S3 allows ("a//b")
             return self._fetch_with_boto3(uri, bucket, key, budget)
         except (ItemError, TransientError):
@@ -129,11 +126,8 @@ class S3Source(Source):
             response = self.client.get_object(Bucket=bucket, Key=key)
             body = response["Body"]
             with body:
-                size = response.get("ContentLength") or 0
-                if size > self.max_bytes:
-                    raise ItemError(Reason.TOO_LARGE,
-                                    f"object is {size} bytes, over the cap of {self.max_bytes}")
-                return read_capped(body.read, uri, self.max_bytes, budget)
+                return read_capped(body.read, uri, self.max_bytes, budget,
+                                   response.get("ContentLength") or 0)
         except botocore.exceptions.ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
