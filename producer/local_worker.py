@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-OWNER_VARIABLE = "TAGGER_OWNER_PID"  # the worker stops when this process is gone (worker/owner.py)
+# The worker stops when this process is gone (worker/service/owner.py).
+OWNER_VARIABLE = "TAGGER_OWNER_PID"
 GONE_WAIT = 10.0  # seconds to wait for the killed group's last processes to exit
 
 
@@ -58,9 +59,9 @@ class LocalWorker:
         return out
 
     def ready(self) -> bool:
-        """The model is loaded and warmed up (worker/startup.py logs this last)."""
-        return any(r.get("name") == "worker.startup" and str(r.get("message")).endswith("ready")
-                   for r in self.records())
+        """The model is loaded and warmed up (worker/service/startup.py logs this last)."""
+        return any(r.get("name") == "worker.service.startup"
+                   and str(r.get("message")).endswith("ready") for r in self.records())
 
     def exited(self) -> int | None:
         return None if self.proc is None else self.proc.poll()

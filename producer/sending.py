@@ -62,7 +62,7 @@ def withdraw(settings: Settings, run_id: str) -> int:
     """Take a run's chunks that no worker has started off the queue; how many were taken.
 
     Redis and the embedded folder broker allow it; a chunk a worker took meanwhile is left to
-    the worker, which drops chunks of a cancelled run (worker/chunks.py).
+    the worker, which drops chunks of a cancelled run (worker/handlers/chunks.py).
     """
     queue = tagging_queue(settings)
     with sending_app(settings).connection_for_write() as conn:

@@ -19,8 +19,8 @@ from worker.db import migrate
 from worker.db.schema import normalise_url
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-# Database 15: tests agree on one visibility timeout there (worker/broker_guards.py), whatever
-# else uses the machine's Redis.
+# Database 15: tests agree on one visibility timeout there (worker/service/broker_guards.py),
+# whatever else uses the machine's Redis.
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 

@@ -19,7 +19,7 @@ from testkit.processes import Worker
 from testkit.services import REDIS_URL, postgres_database, s3_server
 
 if TYPE_CHECKING:
-    from worker.assemble import Parts
+    from worker.loop.assemble import Parts
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

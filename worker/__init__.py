@@ -9,7 +9,7 @@ def __getattr__(name: str) -> Any:
         from worker.core.errors import ConfigError
 
         try:
-            from worker.app import app
+            from worker.service.app import app
         except ConfigError as exc:  # a user's mistake: one line, not a traceback
             raise SystemExit(f"catalog-tagger: {exc}") from None
         return app

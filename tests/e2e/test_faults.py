@@ -24,13 +24,13 @@ from testkit.faults import FaultProxy, ImageServer, Reply
 from testkit.images import image_bytes
 from testkit.processes import Worker, kill
 from testkit.services import RedisServer, admin_engine_for, wait_until
-from worker import visibility
 from worker.core.celeryconf import tagging_queue, transport_options
 from worker.core.contract import TASK_NAME, Chunk, Item
 from worker.core.labels import load_labelset
 from worker.core.settings import load_settings
 from worker.db import labelsets
 from worker.db.schema import deliveries, engine_for
+from worker.service import visibility
 
 pytestmark = pytest.mark.timeout(240)
 

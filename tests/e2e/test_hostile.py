@@ -19,13 +19,13 @@ from testkit.commands import producer, rows
 from testkit.images import image_bytes, png_bomb, save, scan_bomb
 from testkit.processes import rss_kib
 from testkit.services import RedisServer, wait_until
-from worker.broker_guards import DEAD_LETTERS
 from worker.core.celeryconf import tagging_queue
 from worker.core.contract import TASK_NAME, Chunk, Item
 from worker.core.labels import load_labelset
 from worker.core.settings import load_settings
 from worker.db import labelsets
 from worker.db.schema import engine_for
+from worker.service.broker_guards import DEAD_LETTERS
 
 pytestmark = pytest.mark.timeout(300)
 

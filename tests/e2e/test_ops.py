@@ -22,7 +22,7 @@ from testkit.faults import ImageServer, Reply
 from testkit.images import image_bytes
 from testkit.processes import Worker
 from testkit.services import RedisServer, free_port, wait_until
-from worker import metrics
+from worker.core import metrics
 from worker.db.schema import engine_for
 
 REDIS_PASSWORD = "redis-Pa55-f0r-logs"
@@ -51,7 +51,7 @@ def test_a_taken_metrics_port_costs_the_metrics_not_the_worker(caplog):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        with caplog.at_level(logging.WARNING, logger="worker.metrics"):
+        with caplog.at_level(logging.WARNING, logger="worker.core.metrics"):
             metrics.serve(taken.getsockname()[1])
     assert "metrics not served on port" in caplog.text
 

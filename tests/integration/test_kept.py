@@ -13,9 +13,7 @@ import sqlalchemy as sa
 from testkit.commands import count
 from testkit.images import image_bytes
 from testkit.models import TEST_LABELS, FakeBackend
-from worker.assemble import Parts, assemble
 from worker.backends.torch_clip import TorchBackend
-from worker.chunks import results_of, run_chunk, write
 from worker.core.contract import KEPT_RUNTIME, Chunk, Item, Result, Span
 from worker.core.embedding import KEY_MAX, KEY_MIN, sha256_of, spans
 from worker.core.labels import LabelSet
@@ -24,8 +22,10 @@ from worker.db import embeddings, labelsets, writes
 from worker.db import runs as producer_db
 from worker.db import status as db_status
 from worker.db.schema import engine_for, results
-from worker.relabel import relabel
-from worker.scores import top_labels
+from worker.handlers.chunks import results_of, run_chunk, write
+from worker.handlers.relabel import relabel
+from worker.loop.assemble import Parts, assemble
+from worker.loop.scores import top_labels
 from worker.sinks.database import DatabaseSink
 
 FIRST = LabelSet(labels=tuple(TEST_LABELS), parents=(None,) * len(TEST_LABELS))

@@ -14,10 +14,8 @@ import sqlalchemy as sa
 
 from testkit.images import image_bytes, scan_bomb
 from testkit.models import TEST_LABELS, FakeBackend, direct_scores
-from worker.assemble import Parts, assemble
 from worker.backends import Backend
 from worker.backends.torch_clip import TorchBackend
-from worker.chunks import ChunkReport, RetryItems, run_chunk
 from worker.core.contract import Chunk, Item
 from worker.core.labels import LabelSet
 from worker.core.settings import Settings, load_settings
@@ -26,6 +24,8 @@ from worker.db import runs as runs_db
 from worker.db import status as db_status
 from worker.db import writes as worker_db
 from worker.db.schema import deliveries, results
+from worker.handlers.chunks import ChunkReport, RetryItems, run_chunk
+from worker.loop.assemble import Parts, assemble
 
 LABELSET = LabelSet(labels=tuple(TEST_LABELS), parents=("家居", "家居", "家居", "家居", None, None))
 

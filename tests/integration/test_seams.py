@@ -183,8 +183,8 @@ def test_new_parts_carry_a_catalogue_end_to_end(env: dict[str, str], tmp_path: P
     assert out.exit_code == 0, out.output
     assert "listed 5, enqueued 5 in 2 chunks" in out.stderr + out.stdout
 
-    from worker.assemble import assemble  # torch: not at the top, decode processes import this
-    from worker.chunks import run_chunk
+    from worker.handlers.chunks import run_chunk
+    from worker.loop.assemble import assemble  # torch: not at the top, decode processes import this
 
     settings = load_settings()
     parts = assemble(settings, tmp_path)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from testkit.models import FakeBackend
-from worker.batcher import Batcher
-from worker.turns import Turns
+from worker.loop.batcher import Batcher
+from worker.prep.turns import Turns
 
 
 class SlowBackend(FakeBackend):

@@ -290,7 +290,7 @@ def test_service_command_exists(name, argv, tmp_path):
 
 
 def test_alert_rules_use_real_metrics_and_jobs():
-    from worker import metrics
+    from worker.core import metrics
 
     rules = yaml.safe_load((ROOT / "deploy" / "alerts.yml").read_text())
     alerts = {r["alert"]: r["expr"] for group in rules["groups"] for r in group["rules"]}

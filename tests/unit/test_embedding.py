@@ -17,7 +17,7 @@ from worker.core.contract import Item, Span, label_scores
 from worker.core.embedding import KEY_MAX, KEY_MIN, key_of, pack, spans, unpack
 from worker.core.errors import MessageError
 from worker.core.labels import LabelSet
-from worker.scores import LabelsText, top_labels
+from worker.loop.scores import LabelsText, top_labels
 
 
 def normalised(rows: int, dim: int, seed: int = 0) -> np.ndarray:

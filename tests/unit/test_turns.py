@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker.turns import Turn, Turns
+from worker.prep.turns import Turn, Turns
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from worker.core.errors import ItemError, Reason, TransientError
 from worker.core.redact import redact
 from worker.prep import Group, Outcome, Setup
 from worker.prep.record import Record
-from worker.turns import Turn
+from worker.prep.turns import Turn
 
 PR_SET_PDEATHSIG = 1
 MAX_ITEMS = 5_000  # then a fresh process: fragmentation and leaks cannot build up

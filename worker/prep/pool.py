@@ -32,8 +32,8 @@ from worker.core.settings import Settings
 from worker.decoders import DECODERS, Limits
 from worker.prep import Group, Prepared, Setup
 from worker.prep.record import Record
+from worker.prep.turns import Turns
 from worker.sources import SOURCES
-from worker.turns import Turns
 
 log = logging.getLogger(__name__)
 Item = tuple[int, str | bytes]  # index in the job, and a URI to fetch or bytes to decode

@@ -11,12 +11,13 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 from celery.worker.request import Request
 
-from worker import broker_guards, chunks, logs, owner, relabel, startup, visibility
-from worker.app import app
 from worker.core.contract import RELABEL_TASK, TASK_NAME, Chunk, Span
 from worker.core.errors import MessageError, Reason, TransientError
 from worker.core.redact import redact
 from worker.core.settings import load_settings
+from worker.handlers import chunks, relabel
+from worker.service import broker_guards, logs, owner, startup, visibility
+from worker.service.app import app
 
 log = logging.getLogger(__name__)
 settings = load_settings()

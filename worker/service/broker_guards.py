@@ -4,7 +4,7 @@
   envelope is moved to a dead-letter list with a log line instead of ending the worker.
 - ``cap_decompression``: a compressed message may unpack to at most ``MAX_MESSAGE_BYTES``.
 - ``QoS``: kombu's restore sweep runs only while every worker on the Redis database agrees on
-  one visibility timeout (worker/visibility.py).
+  one visibility timeout (worker/service/visibility.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 from kombu import compression
 from kombu.transport import redis as kombu_redis
 
-from worker import visibility
 from worker.core.redact import redact
+from worker.service import visibility
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 32 * 2**20  # a chunk of 10,000 long URLs is a few MB

@@ -12,14 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from worker import metrics, visibility
-from worker.assemble import Parts, assemble
+from worker.core import metrics
 from worker.core.celeryconf import tagging_queue
 from worker.core.errors import ConfigError
 from worker.core.labels import LabelSet, load_labelset
 from worker.core.redact import redact
 from worker.core.settings import Settings
 from worker.db import migrate
+from worker.loop.assemble import Parts, assemble
+from worker.service import visibility
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Fetching, hashing and decoding happen in the decode processes (worker/prep); this process
 receives each image's content hash and pixels (or its failure), looks up content already
 tagged, finishes decoding on the model's device (nvJPEG), hands the batch to the forward
-thread (worker/batcher.py), and scores what comes back against the chunk's label set.
+thread (worker/loop/batcher.py), and scores what comes back against the chunk's label set.
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ from typing import Any
 import numpy as np
 
 from worker.backends import Backend
-from worker.batcher import Batcher
 from worker.core.contract import Item
 from worker.core.errors import ItemError, Reason, TransientError
 from worker.decoders import Decoder, OnCpu
-from worker.dedupe import KnownContent, Labels
-from worker.labelstore import Scoring
+from worker.loop.batcher import Batcher
+from worker.loop.dedupe import KnownContent, Labels
+from worker.loop.labelstore import Scoring
+from worker.loop.scores import top_labels
 from worker.prep import Prepared
 from worker.prep.pool import PrepPool
-from worker.scores import top_labels
 from worker.sources import check_uri
 
 log = logging.getLogger(__name__)

@@ -14,14 +14,14 @@ from sqlalchemy.engine import Engine
 
 from worker.backends import Backend
 from worker.backends.choose import load_backend
-from worker.batcher import Batcher
 from worker.core.settings import Settings
 from worker.db.schema import engine_for
 from worker.decoders import DECODERS, decoder_name
-from worker.dedupe import KnownContent
-from worker.file_roots import FileRoots
-from worker.labelstore import LabelStore
-from worker.pipeline import Tagger
+from worker.loop.batcher import Batcher
+from worker.loop.dedupe import KnownContent
+from worker.loop.file_roots import FileRoots
+from worker.loop.labelstore import LabelStore
+from worker.loop.pipeline import Tagger
 from worker.prep.pool import prep_pool
 from worker.sinks import Sink, make_sinks
 

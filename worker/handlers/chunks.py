@@ -9,13 +9,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker import metrics
-from worker.assemble import Parts
+from worker.core import metrics
 from worker.core.contract import KEPT_RUNTIME, Chunk, Item, Result
 from worker.core.errors import ItemError, Reason, TransientError
 from worker.core.redact import redact
 from worker.db import writes as db
-from worker.pipeline import Work
+from worker.loop.assemble import Parts
+from worker.loop.pipeline import Work
 
 log = logging.getLogger(__name__)
 

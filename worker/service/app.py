@@ -10,18 +10,18 @@ from worker.core.settings import Settings, load_settings
 
 
 def use_safe_transport() -> None:
-    """Malformed entries are parked instead of ending the worker (worker/broker_guards.py).
+    """Malformed entries are parked instead of ending the worker (worker/service/broker_guards.py).
 
     Registered under the redis:// schemes rather than set as ``broker_transport``: the broker
     URL then stays redis://, which Flower needs to read queue depths.
     """
     for scheme in ("redis", "rediss"):
-        TRANSPORT_ALIASES[scheme] = "worker.broker_guards:Transport"
+        TRANSPORT_ALIASES[scheme] = "worker.service.broker_guards:Transport"
 
 
 def create_app(settings: Settings) -> Celery:
     use_safe_transport()
-    app = Celery("worker", include=["worker.tasks"])
+    app = Celery("worker", include=["worker.service.tasks"])
     app.conf.update(celery_config(settings))
     app.conf.update(
         broker_connection_max_retries=None,

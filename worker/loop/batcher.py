@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from worker import metrics
 from worker.backends import Backend
+from worker.core import metrics
 from worker.core.pixels import Pixels
-from worker.turns import Turns
+from worker.prep.turns import Turns
 
 log = logging.getLogger(__name__)
 

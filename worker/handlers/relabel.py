@@ -16,10 +16,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from worker.assemble import Parts
 from worker.core.contract import KEPT_RUNTIME, Span
 from worker.db import embeddings, writes
-from worker.scores import LabelsText, top_k
+from worker.loop.assemble import Parts
+from worker.loop.scores import LabelsText, top_k
 
 log = logging.getLogger(__name__)
 BATCH = 5000  # images read, scored and written at a time: ~10 MB of float32 at 512 values
