@@ -17,6 +17,7 @@ from producer import relabel as relabelling
 from producer import render
 from producer import status as reporting
 from producer.cli_db import database
+from producer.cli_exporter import export_backlog
 from producer.endings import endings
 from producer.export import WRITERS, export_embeddings, format_of
 from producer.export import export as export_rows
@@ -296,3 +297,4 @@ def retry_failed(reason: str | None, chunk_size: int | None) -> None:
 
 
 main.add_command(database)
+main.add_command(export_backlog)

@@ -30,3 +30,17 @@ def current() -> None:
     revision, head = migrate.revisions(settings.database_url)
     state = "up to date" if revision == head else f"needs {head}: run `producer db upgrade`"
     click.echo(f"{redact(settings.database_url)}: schema {revision or 'none'}, {state}")
+
+
+@database.command("wait")
+@click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds.")
+def wait_for_schema(timeout: float) -> None:
+    """Wait until the database is at this version's schema (exit 1 on timeout): what a worker
+    or a job runs first while `producer db upgrade` runs elsewhere."""
+    settings = load_settings()
+    revision, head = migrate.revisions(settings.database_url)
+    if revision != head:
+        click.echo(f"{redact(settings.database_url)}: schema {revision or 'none'}, waiting for "
+                   f"{head}", err=True)
+    click.echo(f"{redact(settings.database_url)}: schema "
+               f"{migrate.wait_current(settings.database_url, timeout)}")

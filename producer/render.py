@@ -21,7 +21,7 @@ def counts(mapping: Mapping[str, int]) -> str:
 
 def status(report: Mapping[str, Any]) -> str:
     lines = [f"queue {report['queue']}: {report['queue_depth']} chunks waiting, "
-             f"{report['reserved']} reserved",
+             f"{report['reserved']} reserved; backlog {report['backlog']} images",
              f"images: {report['done']} done, {report['failed']} failed, {report['pending']} "
              f"pending ({report['in_flight']} in flight)"]
     if report["failed_by_reason"]:

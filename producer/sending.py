@@ -6,7 +6,8 @@ import contextlib
 import functools
 import json
 import os
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +45,28 @@ def send(settings: Settings, message: Chunk | Span) -> None:
                                     headers={RUN_HEADER: message.run_id})
 
 
-def queue_depth(settings: Settings) -> dict[str, int]:
-    """Messages waiting in the queue, and (on Redis) delivered but not yet acknowledged."""
+def queue_depths(settings: Settings, queues: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Of each queue: chunks waiting in it, and (on Redis) delivered but not yet acknowledged."""
     with sending_app(settings).connection_for_read() as conn:
         conn.ensure_connection(max_retries=1, timeout=5)
         channel = conn.default_channel
-        waiting = channel.queue_declare(queue=tagging_queue(settings),
-                                        passive=False).message_count
-        reserved = 0
-        if conn.transport.driver_type == "redis":
-            # Flower counts LLEN only; chunks being worked on sit in kombu's "unacked" hash.
-            reserved = int(channel.client.hlen(channel.unacked_key))
-        return {"waiting": int(waiting), "reserved": reserved}
+        held = _reserved(channel) if conn.transport.driver_type == "redis" else Counter()
+        return {queue: {"waiting": int(channel.queue_declare(queue=queue,
+                                                             passive=False).message_count),
+                        "reserved": held[queue]} for queue in queues}
+
+
+def _reserved(channel: Any) -> Counter[str]:
+    """Kombu's "unacked" hash by queue: prefetched, running and retry-countdown chunks.
+
+    Flower and KEDA's Redis scaler count LLEN only; these left the list when a worker took them.
+    The hash is shared by every queue of the Redis database: each entry says its routing key.
+    """
+    held: Counter[str] = Counter()
+    for _tag, raw in channel.client.hscan_iter(channel.unacked_key, count=PAGE):
+        with contextlib.suppress(ValueError, TypeError, IndexError):
+            held[str(json.loads(raw)[2])] += 1
+    return held
 
 
 def withdraw(settings: Settings, run_id: str) -> int:

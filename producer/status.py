@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,10 +26,26 @@ def find_run(settings: Settings, run_id: str | None) -> dict[str, Any] | None:
 def status(settings: Settings, run_id: str | None = None) -> dict[str, Any]:
     """The whole picture; with ``run_id`` the counts are the run's, else everything's."""
     run = find_run(settings, run_id)
-    depth = sending.queue_depth(settings)
+    ours = backlogs(settings)[settings.model]
     counts = db_status.result_counts(engine_for(settings.database_url), run_id)
-    return {"queue": tagging_queue(settings), "queue_depth": depth["waiting"],
-            "reserved": depth["reserved"], **counts, "run": run}
+    return {"queue": ours["queue"], "queue_depth": ours["waiting"], "reserved": ours["reserved"],
+            "backlog": ours["images"], **counts, "run": run}
+
+
+def backlogs(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Each model queue's true backlog, by model: this installation's model and every model
+    with images pending.
+
+    ``images``: pending images (queued, prefetched, running or waiting for a retry), what the
+    fleet still has to do; ``waiting`` and ``reserved``: the broker's chunks in the list and in
+    workers' hands. `producer status` and the exporter's gauges both read them here.
+    """
+    pending = db_status.pending_by_model(engine_for(settings.database_url))
+    queues = {model: tagging_queue(dataclasses.replace(settings, model=model))
+              for model in sorted({settings.model, *pending})}
+    depths = sending.queue_depths(settings, list(queues.values()))
+    return {model: {"queue": queue, "images": pending.get(model, 0), **depths[queue]}
+            for model, queue in queues.items()}
 
 
 def wait(settings: Settings, run_id: str | None, timeout: float, every_run: bool = False,

@@ -22,6 +22,7 @@ class Reply:
     delay: float = 0.0  # before the status line (a slow origin)
     drip: float = 0.0  # seconds between body bytes (slowloris), 0 = all at once
     length: bool = True  # send Content-Length
+    gate: threading.Event | None = None  # held until the test sets it (a fetch in progress)
 
 
 class _Quiet(BaseHTTPRequestHandler):
@@ -41,6 +42,8 @@ class _ImageHandler(_Quiet):
             server.hosts.append(self.headers.get("Host", ""))
         reply = server.routes.get(self.path, server.fallback)
         server.started.set()
+        if reply.gate is not None:
+            reply.gate.wait(120)
         time.sleep(reply.delay)
         self.send_response(reply.status)
         for name, value in reply.headers.items():

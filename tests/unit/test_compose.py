@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +13,13 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
+from testkit.manifests import check_command
 from worker.core.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
-BIN = Path(sys.executable).parent
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}; $$ is a literal $.
 VARIABLE = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 PUBLIC_IMAGE = re.compile(r"^(?:[a-z0-9.-]+\.[a-z]{2,}/)?"  # registry host (default Docker Hub)
@@ -267,26 +265,7 @@ def own_commands() -> list[tuple[str, list[str]]]:
 
 @pytest.mark.parametrize(("name", "argv"), own_commands(), ids=[n for n, _ in own_commands()])
 def test_service_command_exists(name, argv, tmp_path):
-    program, args = argv[0], argv[1:]
-    assert (BIN / program).is_file(), f"{program} is not installed by the project"
-    if program == "alembic":
-        from alembic.config import CommandLine
-
-        parsed = CommandLine().parser.parse_args(args)  # exits on an unknown command or option
-        assert parsed.cmd[0].__name__ == args[0]
-        return
-    if args[:3] == ["-A", "worker", "flower"]:
-        from flower.options import options
-
-        for arg in args[3:]:
-            name = arg.split("=", 1)[0].removeprefix("--").replace("_", "-")
-            assert name in options._options, f"flower has no option {arg}"
-        return
-    # click parses every option before --help answers, so an unknown one fails here.
-    env = {"PATH": str(BIN), "TAGGER_HOME": str(tmp_path), "HOME": str(tmp_path)}
-    checked = subprocess.run([str(BIN / program), *args, "--help"], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=60)
-    assert checked.returncode == 0, checked.stderr
+    check_command(argv, tmp_path)
 
 
 def test_alert_rules_use_real_metrics_and_jobs():

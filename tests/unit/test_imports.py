@@ -43,7 +43,8 @@ def test_producer_help_without_torch():
         "from producer.cli import main\n"
         "for args in (['--help'], ['tag', '--help'], ['enqueue', '--help'], ['export', '--help'],"
         " ['status', '--help'], ['db', 'upgrade', '--help'], ['retry-failed', '--help'],"
-        " ['report', '--help'], ['relabel', '--help']):\n"
+        " ['report', '--help'], ['relabel', '--help'], ['serve-metrics', '--help'],"
+        " ['db', 'wait', '--help']):\n"
         "    result = CliRunner().invoke(main, args)\n"
         "    assert result.exit_code == 0, (args, result.output)\n")
     assert loaded == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from alembic import command
@@ -53,3 +54,24 @@ def ensure_current(url: str) -> None:
     raise ConfigError(f"the results database {redact(url)} is at schema {current or 'none'}, "
                       f"this version needs {head}: run `producer db upgrade` (with the same "
                       "DATABASE_URL)")
+
+
+def wait_current(url: str, timeout: float, interval: float = 2.0) -> str:
+    """Until another process (a migration Job) has brought the database to this version's
+    schema; its revision. A schema newer than this version knows is refused at once."""
+    known = {script.revision for script in
+             ScriptDirectory.from_config(alembic_config(url)).walk_revisions()}
+    deadline = time.monotonic() + timeout
+    while True:
+        current, head = revisions(url)
+        if current == head:
+            return head
+        if current is not None and current not in known:
+            raise ConfigError(f"the results database {redact(url)} is at schema {current}, "
+                              f"newer than this version (which needs {head}): deploy the "
+                              "version that upgraded it")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the results database {redact(url)} is still at schema "
+                               f"{current or 'none'} after {timeout:.0f}s, this version needs "
+                               f"{head}: `producer db upgrade` has not run")
+        time.sleep(interval)

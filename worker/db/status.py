@@ -74,18 +74,37 @@ def find_runs(engine: Engine, run_id: str | None = None, limit: int = 1) -> list
     return found
 
 
-def _pending(conn: Connection, run_ids: Sequence[str] | None) -> dict[str | None, int]:
-    """Images not answered yet, by run (under None: of every run): pending marks, and the
-    images of relabel ranges."""
+def pending_by_model(engine: Engine) -> dict[str, int]:
+    """Images not answered yet, by model: each model queue's true backlog.
+
+    A pending mark is written before its chunk is sent and deleted with the image's result, so
+    this counts the images of chunks waiting in the queue, prefetched or running on a worker
+    (kombu's unacked) and waiting for a retry's countdown alike; the broker's list holds only
+    the first of them.
+    """
+    with engine.connect() as conn:
+        return {str(model): count for model, count in _pending(conn, None, by_model=True).items()}
+
+
+def _pending(conn: Connection, run_ids: Sequence[str] | None,
+             by_model: bool = False) -> dict[str | None, int]:
+    """Images not answered yet, by run (under None: of every run) or by model: pending marks,
+    and the images of relabel ranges (their run's model)."""
     counted: dict[str | None, int] = {}
     for table, images in ((pending, sa.func.count()),
                           (pending_ranges, sa.func.coalesce(sa.func.sum(pending_ranges.c.images),
                                                             0))):
-        query = (sa.select(sa.null(), images) if run_ids is None else
-                 sa.select(table.c.run_id, images).where(table.c.run_id.in_(run_ids))
-                 .group_by(table.c.run_id))
-        for run, count in conn.execute(query.select_from(table)):
-            counted[run] = counted.get(run, 0) + int(count or 0)
+        if by_model:
+            key, source = ((pending.c.model, pending) if table is pending else
+                           (runs.c.model, table.join(runs, runs.c.id == table.c.run_id)))
+            query = sa.select(key, images).select_from(source).group_by(key)
+        elif run_ids is None:
+            query = sa.select(sa.null(), images).select_from(table)
+        else:
+            query = (sa.select(table.c.run_id, images).select_from(table)
+                     .where(table.c.run_id.in_(run_ids)).group_by(table.c.run_id))
+        for key_value, count in conn.execute(query):
+            counted[key_value] = counted.get(key_value, 0) + int(count or 0)
     return counted
 
 
