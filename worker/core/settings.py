@@ -81,6 +81,12 @@ class Settings:
         # A countdown longer than the visibility timeout would make Redis deliver it twice.
         return max(1, min(60, self.visibility_timeout // 4))
 
+    def group_size(self, batch_size: int) -> int:
+        """Images of a chunk handed on to the model together: a quarter of a chunk, so that its
+        later images decode while its first ones are encoded, never more than a batch. (A GPU's
+        batch, up to 512, waited for a whole chunk: fetch, decode, encode and write in turn.)"""
+        return max(1, min(batch_size, -(-self.chunk_size // 4)))
+
     @property
     def task_time_limit(self) -> int:
         # The hard limit must end a task before Redis re-delivers its message to another worker.

@@ -56,7 +56,8 @@ def assemble(settings: Settings, folder: Path, backend: Backend | None = None) -
     prep = prep_pool(settings, name, backend.preprocess, take_turns)
     batcher = Batcher(backend, prep.turns, linger=0.0 if on_cpu else LINGER_ON_GPU)
     tagger = Tagger(backend, DECODERS.get(name)(settings, backend.device), prep, batcher,
-                    KnownContent(engine, settings.model), settings.top_k)
+                    KnownContent(engine, settings.model), settings.top_k,
+                    settings.group_size(backend.batch_size))
     return Parts(model=settings.model, max_deliveries=settings.max_deliveries, engine=engine,
                  sinks=make_sinks(settings), labels=LabelStore(engine, settings.model, backend),
                  roots=FileRoots(engine, settings.file_roots), tagger=tagger)
