@@ -24,7 +24,8 @@ from worker.core.pixels import Preprocess
 from worker.core.settings import load_settings
 from worker.decoders import Limits, OnCpu
 from worker.decoders.nvjpeg import NvJpegDecoder, orient
-from worker.decoders.pillow import decode_image
+from worker.decoders.pillow import PillowDecoder, decode_image
+from worker.decoders.probe import check_decoder
 from worker.decoders.resample import resize_batch
 from worker.decoders.streams import Streams
 
@@ -294,3 +295,30 @@ def test_the_decode_processes_never_load_torch():
     loaded = heavy_imports("from worker.prep import child\n"
                            "from worker.decoders import nvjpeg, pillow\n", blocked=("torch",))
     assert "torch" not in loaded
+
+
+class Broken(StandIn):
+    """An install whose nvJPEG fails on every image (a torchvision built without it)."""
+
+    def __call__(self, data, mode, device):  # type: ignore[no-untyped-def]
+        raise RuntimeError("Not compiled with GPU support")
+
+
+class Garbage(StandIn):
+    """A decode that returns the wrong pixels (black), as a mismatched build might."""
+
+    def __call__(self, data, mode, device):  # type: ignore[no-untyped-def]
+        return [torch.zeros_like(t) for t in super().__call__(data, mode, device)]
+
+
+@pytest.mark.parametrize(("stand_in", "message"), [(Broken, "could not decode a probe JPEG"),
+                                                   (Garbage, "decoded a probe JPEG wrongly")])
+def test_a_broken_nvjpeg_refuses_the_worker_instead_of_using_pillow_quietly(stand_in, message):
+    decoder = NvJpegDecoder(load_settings({}), "cpu", decode_jpeg=stand_in())
+    with pytest.raises(ConfigError, match=message):
+        check_decoder(decoder, SPEC, LIMITS)
+
+
+def test_working_decoders_pass_the_probe(gpu):
+    check_decoder(gpu[0], SPEC, LIMITS)
+    check_decoder(PillowDecoder(load_settings({})), SPEC, LIMITS)

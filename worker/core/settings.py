@@ -81,6 +81,14 @@ class Settings:
         # A countdown longer than the visibility timeout would make Redis deliver it twice.
         return max(1, min(60, self.visibility_timeout // 4))
 
+    def decode_processes_per(self, model_processes: int) -> int:
+        """Decode processes of each of a worker's ``model_processes`` (prefork -c K): as set, or
+        twice the host's cores between them. Each fetches, hashes and decodes one image at a
+        time: twice the cores keeps them busy while some wait on the network."""
+        if self.decode_processes:
+            return self.decode_processes
+        return max(1, 2 * (os.cpu_count() or 1) // max(1, model_processes))
+
     def group_size(self, batch_size: int) -> int:
         """Images of a chunk handed on to the model together: a quarter of a chunk, so that its
         later images decode while its first ones are encoded, never more than a batch. (A GPU's
@@ -209,9 +217,9 @@ _FIELDS: tuple[tuple[str, str, Callable[[str, str], Any], Any], ...] = (
     ("TAGGER_TOP_K", "top_k", _int(1), 5),
     ("TAGGER_BATCH_SIZE", "batch_size", _int(0), 0),
     ("TAGGER_CHUNK_SIZE", "chunk_size", _int(1), 64),
-    # Each fetches, hashes and decodes one image at a time: twice the cores keeps them busy
-    # while some wait on the network.
-    ("TAGGER_DECODE_PROCESSES", "decode_processes", _int(1), 2 * (os.cpu_count() or 1)),
+    # Per model process; 0: twice the host's cores shared by its model processes
+    # (Settings.decode_processes_per).
+    ("TAGGER_DECODE_PROCESSES", "decode_processes", _int(1), 0),
     ("TAGGER_VISIBILITY_TIMEOUT", "visibility_timeout", _int(5), 900),
     ("TAGGER_CHUNK_RETRIES", "chunk_retries", _int(0), 8),
     ("TAGGER_MAX_DELIVERIES", "max_deliveries", _int(1), 3),
