@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from testkit.images import image_bytes, png_bomb, save
+from testkit.images import image_bytes, photo_like, png_bomb, save
 from testkit.imports import heavy_imports
 from worker.core.errors import ConfigError, ItemError, Reason
 from worker.core.pixels import Preprocess
@@ -236,28 +236,12 @@ def test_a_panorama_is_resized_without_a_filter_that_grows_with_the_scale(gpu):
     assert np.abs(difference).mean() < 1.5
 
 
-def photo(seed: int, size: tuple[int, int] = (900, 1200)) -> bytes:
-    """A photograph's statistics, roughly: smooth shading, edges, some texture; JPEG q90."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size[0], 0:size[1]].astype(np.float32)
-    image = np.zeros((*size, 3), np.float32)
-    for channel in range(3):
-        fx, fy, phase = [*rng.uniform(0.002, 0.02, 2).tolist(), rng.uniform(0, 6)]
-        image[..., channel] = 128 + 90 * np.sin(fx * x + phase) * np.cos(fy * y)
-    for _ in range(12):  # flat objects with hard edges
-        top, left = rng.integers(0, size[0] - 100), rng.integers(0, size[1] - 100)
-        image[top:top + rng.integers(40, 300), left:left + rng.integers(40, 300)] = rng.integers(
-            0, 256, 3)
-    image += rng.normal(0, 6, image.shape)
-    return save(Image.fromarray(image.clip(0, 255).astype(np.uint8)), "JPEG", quality=90)
-
-
 def test_the_gpu_path_gives_the_model_the_cpu_paths_pixels(gpu):
     # The CPU path decodes a JPEG at a reduced scale (libjpeg's draft); nvJPEG decodes it
     # whole. Resized alike, they differed by ~0.9 levels on average on real photos (up to 2.3);
     # scaled as the draft does, by ~0.3 (up to 0.65).
     decoder, _ = gpu
-    blobs = [photo(seed) for seed in range(4)]
+    blobs = [photo_like(seed) for seed in range(4)]
     big = Preprocess(height=224, width=224)
     out = decoder.finish(prepared(blobs), big)
     for tensor, blob in zip(out, blobs, strict=True):

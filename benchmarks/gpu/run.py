@@ -1,0 +1,119 @@
+"""The benchmark's steps in order, each timed by itself; the figures as one dict."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.gpu import e2e, measure, photos
+from testkit.models import tiny_checkpoint
+from worker.backends.torch_clip import TorchBackend
+from worker.checkpoint import build
+from worker.core.labels import load_labelset
+from worker.core.settings import DEFAULT_LABELS, LABELSETS, Settings, load_settings
+from worker.decoders import Limits
+from worker.decoders.nvjpeg import NvJpegDecoder
+
+WARM = 64  # images each worker tags before the timed run
+ON_GPU = {"tower_seconds": 10.0, "decode_images": 4096, "agreement_photos": 256,
+          "probe_iterations": 200}
+ON_CPU = {"tower_seconds": 0.5, "decode_images": 64, "agreement_photos": 16,
+          "probe_iterations": 0}
+
+
+def settings_for(workdir: Path, device: str, precision: str) -> Settings:
+    return load_settings({"TAGGER_DEVICE": device, "TAGGER_PRECISION": precision,
+                          "TAGGER_HOME": str(workdir / "home"),
+                          "TAGGER_CACHE_DIR": str(workdir / "cache")})
+
+
+def model(workdir: Path, device: str) -> tuple[Path, str]:
+    if device == "cpu":
+        return tiny_checkpoint(workdir / "model"), "tiny random Chinese CLIP"
+    texts = [p.read_text(encoding="utf-8") for p in LABELSETS.glob("*.txt")]
+    return build(workdir / "model", texts), "ViT-B/16 Chinese CLIP, random weights"
+
+
+def measure_all(args: argparse.Namespace, workdir: Path, say: Callable[[str], None]
+                ) -> dict[str, Any]:
+    plan = ON_GPU if args.device == "cuda" else ON_CPU
+    precision = "float16" if args.device == "cuda" else "float32"
+    sources, images_from = photos.sources(args.carry, workdir / "sources")
+    say(f"deriving {args.images} + {WARM} distinct 1,200 px JPEGs from {images_from}")
+    root = workdir / "images"
+    run_paths = photos.derive(sources, args.images, root / "run")
+    photos.derive(sources, WARM, root / "warm", first=args.images)
+    say("building the checkpoint")
+    folder, described = model(workdir, args.device)
+    settings = settings_for(workdir, args.device, precision)
+    limits = Limits.from_settings(settings)
+    backend = TorchBackend(settings, folder)
+    decode_jpeg, which = measure.jpeg_decoder()
+    decoder = NvJpegDecoder(settings, args.device,
+                            decode_jpeg=None if args.device == "cuda" else decode_jpeg)
+    blobs = [p.read_bytes() for p in run_paths[:max(plan["decode_images"],
+                                                    plan["agreement_photos"])]]
+    figures: dict[str, Any] = {"ran": {
+        "device": args.device, "model": described, "backend": backend.description,
+        "decoder": decoder.name, "decode_jpeg": which, "images_from": images_from,
+        "database": "SQLite (embedded default)"}}
+    say("image tower alone")
+    figures["tower"] = measure.tower(backend, plan["tower_seconds"])
+    say("decode + resize alone")
+    figures["decode"] = measure.decode(decoder, blobs[:plan["decode_images"]],
+                                       backend.preprocess, limits, 64)
+    say("GPU path against CPU path")
+    reference = backend if args.device == "cpu" else TorchBackend(
+        settings_for(workdir, "cpu", "float32"), folder)
+    figures["agreement"] = measure.agreement(reference, backend, decoder,
+                                             blobs[:plan["agreement_photos"]],
+                                             load_labelset(DEFAULT_LABELS), limits)
+    figures["corruption"] = probe(decoder, blobs[0], backend, limits, plan, say)
+    del backend, reference, decoder
+    release()
+    figures["end_to_end"] = end_to_end(args, workdir, folder, precision, root, figures, say)
+    return figures
+
+
+def probe(decoder: NvJpegDecoder, blob: bytes, backend: TorchBackend, limits: Limits,
+          plan: dict[str, Any], say: Callable[[str], None]) -> dict[str, Any]:
+    if decoder.device.type != "cuda":
+        return {"not_run": "needs a CUDA device"}
+    say("decode race probe")
+    spec, count = backend.preprocess, plan["probe_iterations"]
+    return {"this_decoder": measure.corruption(decoder, blob, spec, limits, count, True),
+            "torchvision_decode_jpeg_alone": measure.corruption(decoder, blob, spec, limits,
+                                                                count, False)}
+
+
+def end_to_end(args: argparse.Namespace, workdir: Path, folder: Path, precision: str,
+               root: Path, figures: dict[str, Any], say: Callable[[str], None]
+               ) -> list[dict[str, Any]]:
+    env = {"TAGGER_MODEL": str(folder), "TAGGER_BACKEND": "torch", "TAGGER_PRECISION": precision,
+           "TAGGER_DEVICE": args.device, "TAGGER_FILE_ROOTS": str(root),
+           "TAGGER_DECODER": "nvjpeg" if args.device == "cuda" else "auto",
+           "TAGGER_CACHE_DIR": str(workdir / "cache")}
+    rows: list[dict[str, Any]] = []
+    with e2e.broker(args.carry, workdir) as (url, which):
+        figures["ran"]["broker"] = which
+        for k in [int(k) for k in args.processes.split(",")]:
+            left = args.deadline - (time.monotonic() - args.started)
+            if left < 60:  # the window closes: what ran is reported, the rest says so
+                rows.append({"model_processes": k, "skipped": f"{left:.0f} s left"})
+                continue
+            say(f"end to end, {k} model process{'es' if k > 1 else ''}")
+            rows.append(e2e.run_k(k, env, (root / "warm", root / "run"), args.images,
+                                  workdir / "e2e", url, timeout=left - 30))
+    return rows
+
+
+def release() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
