@@ -19,6 +19,7 @@ from PIL import Image
 from testkit.images import photo_like
 
 SIDE = 1200
+SYNTHETIC = 6  # sources made when none are carried
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp"}
 
 
@@ -29,11 +30,11 @@ def sources(carry: Path, folder: Path) -> tuple[list[Path], str]:
         return carried, f"{len(carried)} carried photos"
     folder.mkdir(parents=True, exist_ok=True)
     made = []
-    for seed in range(12):
+    for seed in range(SYNTHETIC):
         path = folder / f"synthetic-{seed:02d}.jpg"
         path.write_bytes(photo_like(seed, (1000, 1400)))
         made.append(path)
-    return made, "12 photo-like synthetic JPEGs (no carried photos)"
+    return made, f"{SYNTHETIC} photo-like synthetic JPEGs (no carried photos)"
 
 
 def derive(photos: list[Path], count: int, folder: Path, first: int = 0) -> list[Path]:

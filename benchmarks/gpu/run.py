@@ -20,11 +20,11 @@ from worker.core.settings import DEFAULT_LABELS, LABELSETS, Settings, load_setti
 from worker.decoders import Limits
 from worker.decoders.nvjpeg import NvJpegDecoder
 
-WARM = 64  # images each worker tags before the timed run
+# Sizes for a device window, and for a CPU run that only keeps the code from rotting.
 ON_GPU = {"tower_seconds": 10.0, "decode_images": 4096, "agreement_photos": 256,
-          "probe_iterations": 200}
-ON_CPU = {"tower_seconds": 0.5, "decode_images": 64, "agreement_photos": 16,
-          "probe_iterations": 0}
+          "probe_iterations": 200, "warm": 64}
+ON_CPU = {"tower_seconds": 0.5, "decode_images": 16, "agreement_photos": 16,
+          "probe_iterations": 0, "warm": 8}
 
 
 def settings_for(workdir: Path, device: str, precision: str) -> Settings:
@@ -45,10 +45,10 @@ def measure_all(args: argparse.Namespace, workdir: Path, say: Callable[[str], No
     plan = ON_GPU if args.device == "cuda" else ON_CPU
     precision = "float16" if args.device == "cuda" else "float32"
     sources, images_from = photos.sources(args.carry, workdir / "sources")
-    say(f"deriving {args.images} + {WARM} distinct 1,200 px JPEGs from {images_from}")
+    say(f"deriving {args.images} + {plan['warm']} distinct 1,200 px JPEGs from {images_from}")
     root = workdir / "images"
     run_paths = photos.derive(sources, args.images, root / "run")
-    photos.derive(sources, WARM, root / "warm", first=args.images)
+    photos.derive(sources, plan["warm"], root / "warm", first=args.images)
     say("building the checkpoint")
     folder, described = model(workdir, args.device)
     settings = settings_for(workdir, args.device, precision)

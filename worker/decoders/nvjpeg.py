@@ -16,6 +16,7 @@ This module imports torch only inside the decoder: decode processes never load i
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -106,6 +107,9 @@ class NvJpegDecoder:
         self.draft = settings.jpeg_draft  # as the CPU path decodes: the same pixels
         self.budget = BUDGET
         self.upload_stream = torch.cuda.Stream(self.device) if on_gpu else None
+        # Chunk threads (-P threads -c N) share the decoder's stream: one part at a time, or
+        # one thread's queued work could free a block that the other's decode is handed.
+        self.lock = threading.Lock()
 
     def finish(self, prepared: Sequence[Any], spec: Preprocess
                ) -> list[Pixels | ItemError | OnCpu]:
@@ -122,22 +126,27 @@ class NvJpegDecoder:
 
     def _finish_part(self, jpegs: list[Jpeg], spec: Preprocess) -> list[torch.Tensor | OnCpu]:
         """Decode, orient and resize one part on the decoder's stream; what fails alone, OnCpu."""
-        with self.streams.work():
-            decoded = in_halves(jpegs, self._decode, _failed_call, self.streams.release)
-            images = {n: orient(image, jpegs[n].orientation) for n, image in enumerate(decoded)
-                      if not isinstance(image, BaseException)}
-            del decoded
-            resized: dict[int, Any] = {}
-            order = list(images)
-            for bucket in buckets([tuple(images[n].shape[1:]) for n in order]):
-                members = [order[b] for b in bucket]
-                done = in_halves([images[n] for n in members], self._resize(spec),
-                                 _failed_call, self.streams.release)
-                resized.update(zip(members, done, strict=True))
-        out = [resized.get(n) for n in range(len(jpegs))]
-        self.streams.hand_over([r for r in out if r is not None and not _is_failure(r)])
+        with self.lock:
+            with self.streams.work():
+                out = self._decode_and_resize(jpegs, spec)
+            self.streams.hand_over([r for r in out if r is not None and not _is_failure(r)])
         return [OnCpu(bytes(jpeg.data)) if r is None or _is_failure(r) else r
                 for r, jpeg in zip(out, jpegs, strict=True)]
+
+    def _decode_and_resize(self, jpegs: list[Jpeg], spec: Preprocess) -> list[Any]:
+        """Each image resized, its failure, or None where its decode failed."""
+        decoded = in_halves(jpegs, self._decode, _failed_call, self.streams.release)
+        images = {n: orient(image, jpegs[n].orientation) for n, image in enumerate(decoded)
+                  if not isinstance(image, BaseException)}
+        del decoded
+        resized: dict[int, Any] = {}
+        order = list(images)
+        for bucket in buckets([tuple(images[n].shape[1:]) for n in order]):
+            members = [order[b] for b in bucket]
+            done = in_halves([images[n] for n in members], self._resize(spec), _failed_call,
+                             self.streams.release)
+            resized.update(zip(members, done, strict=True))
+        return [resized.get(n) for n in range(len(jpegs))]
 
     def _decode(self, jpegs: Sequence[Jpeg]) -> list[torch.Tensor]:
         """One batched nvJPEG call, once the stream it writes on is idle."""
