@@ -84,7 +84,7 @@ def table(figures: dict[str, Any]) -> None:
           f"({agree['photos']} photos)")
     print(f"  decode race probe        {probe}")
     print(f"  {'K':>3}{'images/s':>11}{'failed':>8}{'main ms':>9}  per model process: "
-          "model ms, decode ms, GPU MiB")
+          "model ms, decode ms, GPU MiB (nvidia-smi); torch's peak MiB")
     for row in figures["end_to_end"]:
         if "skipped" in row:
             print(f"  {row['model_processes']:>3}  skipped: {row['skipped']}")
@@ -92,7 +92,7 @@ def table(figures: dict[str, Any]) -> None:
         per = "; ".join(f"{p['model_process_ms']}, {p['its_decode_processes_ms']}, "
                         f"{p['gpu_memory_mib']}" for p in row["per_model_process"])
         print(f"  {row['model_processes']:>3}{row['images_per_second']:>11}{row['failed']:>8}"
-              f"{row['celery_main_ms']:>9}  {per}")
+              f"{row['celery_main_ms']:>9}  {per}; {row['torch_peak_gpu_mib']}")
 
 
 if __name__ == "__main__":

@@ -36,11 +36,9 @@ def broker(carry: Path, workdir: Path) -> Iterator[tuple[str, str]]:
     root = workdir / "redis-root"
     for deb in debs:
         subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
-    binary = next(root.rglob("redis-server"), None)
-    libs = ":".join(str(p.parent) for p in root.rglob("*.so*"))
-    os.environ["LD_LIBRARY_PATH"] = ":".join(filter(None, [libs, os.environ.get(
-        "LD_LIBRARY_PATH", "")]))
-    os.environ["PATH"] = f"{binary.parent}:{os.environ['PATH']}" if binary else os.environ["PATH"]
+    libs = sorted({str(p.parent) for p in root.rglob("*.so*")})
+    os.environ["LD_LIBRARY_PATH"] = ":".join([*libs, os.environ.get("LD_LIBRARY_PATH", "")])
+    os.environ["PATH"] = f"{root / 'usr' / 'bin'}:{os.environ['PATH']}"
     try:
         server = RedisServer(workdir / "redis", appendonly=False).start()
     except (OSError, TimeoutError, subprocess.SubprocessError) as exc:
