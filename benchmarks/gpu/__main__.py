@@ -17,7 +17,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu")
+    import benchmarks.gpu
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu",
+                                     description=benchmarks.gpu.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--images", type=int, default=20_000,
                         help="distinct images per end-to-end run (default 20,000)")
@@ -63,31 +67,43 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from benchmarks.gpu.run import measure_all
 
+    def save(figures: dict[str, Any]) -> None:
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2, ensure_ascii=False))
+
     with tempfile.TemporaryDirectory(prefix="tagger-gpu-") as temp:
-        figures = measure_all(args, Path(temp), say)
+        figures = measure_all(args, Path(temp), say, save)
     figures["ran"].update(versions())
+    save(figures)
     table(figures)
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2, ensure_ascii=False))
 
 
 def table(figures: dict[str, Any]) -> None:
-    ran, tower, decode = figures["ran"], figures["tower"], figures["decode"]
-    agree, probe = figures["agreement"], figures["corruption"]
-    print(f"\nGPU path on {ran.get('gpu', ran['device'])} ({ran['model']}, {ran['backend']}, "
-          f"batch {tower['batch']}; {ran['broker']}, {ran['database']}; {ran['images_from']})")
-    print(f"  image tower alone        {tower['images_per_second']:>10} images/s")
-    print(f"  decode + resize alone    {decode['images_per_second']:>10} images/s "
-          f"({ran['decode_jpeg']}; to Pillow: {decode['pillow_share']:.1%})")
-    print(f"  GPU vs CPU path          mean cosine {agree['mean_cosine']}, min "
-          f"{agree['min_cosine']}, top-1 agreement {agree['top1_agreement']:.1%} "
-          f"({agree['photos']} photos)")
-    print(f"  decode race probe        {probe}")
+    ran = figures["ran"]
+    print(f"\nGPU path on {ran.get('gpu', ran['device'])} ({ran['model']}, "
+          f"{ran.get('backend', '?')}; {ran.get('broker', '?')}, {ran['database']}; "
+          f"{ran['images_from']})")
+    for name, line in (("tower", "image tower alone       {images_per_second} images/s, "
+                                 "batch {batch}"),
+                       ("decode", "decode + resize alone   {images_per_second} images/s, "
+                                  "{pillow_share:.1%} to Pillow"),
+                       ("agreement", "GPU vs CPU path         mean cosine {mean_cosine}, min "
+                                     "{min_cosine}, top-1 {top1_agreement:.1%} ({photos} photos)"),
+                       ("corruption", "decode race probe       {}")):
+        got = figures.get(name, {})
+        text = (f"error: {got['error']}" if "error" in got
+                else line.format(got) if name == "corruption" else line.format(**got))
+        print(f"  {text}")
+    print(f"  decoder: {ran.get('decode_jpeg', '?')}")
+    rows = figures.get("end_to_end", [])
+    if isinstance(rows, dict):  # the section failed as a whole
+        print(f"  end to end: error: {rows['error']}")
+        return
     print(f"  {'K':>3}{'images/s':>11}{'failed':>8}{'main ms':>9}  per model process: "
           "model ms, decode ms, GPU MiB (nvidia-smi); torch's peak MiB")
-    for row in figures["end_to_end"]:
-        if "skipped" in row:
-            print(f"  {row['model_processes']:>3}  skipped: {row['skipped']}")
+    for row in rows:
+        if "images_per_second" not in row:
+            print(f"  {row['model_processes']:>3}  {row.get('skipped') or row.get('error')}")
             continue
         per = "; ".join(f"{p['model_process_ms']}, {p['its_decode_processes_ms']}, "
                         f"{p['gpu_memory_mib']}" for p in row["per_model_process"])

@@ -110,7 +110,7 @@ def run_k(k: int, env: dict[str, str], folders: tuple[Path, Path], count: int, w
          "TAGGER_METRICS_PORT": str(port)}, database,
         folder=folders[0].parent)
     worker = Worker(svc.env, home / "worker.log", threads=None, concurrency=k, name=f"gpu-k{k}")
-    worker.start(900)
+    worker.start(timeout)
     try:
         distributed.run(svc, worker, folders[0].name, len(list(folders[0].iterdir())), timeout)
         before = cpu_seconds(worker)

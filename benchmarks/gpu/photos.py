@@ -20,6 +20,7 @@ from testkit.images import photo_like
 
 SIDE = 1200
 SYNTHETIC = 6  # sources made when none are carried
+PER_JOB = 100  # variants a process makes of one photo at a time: the processes stay busy
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp"}
 
 
@@ -41,8 +42,10 @@ def derive(photos: list[Path], count: int, folder: Path, first: int = 0) -> list
     """``count`` distinct JPEGs in ``folder``, numbered from ``first`` (each number its own
     variant), made in parallel, each photo opened once per folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    jobs = [(photo, list(range(first + n, first + count, len(photos))), folder)
-            for n, photo in enumerate(photos) if n < count]
+    jobs = []
+    for n, photo in enumerate(photos[:count]):
+        numbers = list(range(first + n, first + count, len(photos)))
+        jobs += [(photo, numbers[i:i + PER_JOB], folder) for i in range(0, len(numbers), PER_JOB)]
     with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
         made = [path for paths in pool.map(_variants, jobs) for path in paths]
     return sorted(made)

@@ -40,8 +40,24 @@ def model(workdir: Path, device: str) -> tuple[Path, str]:
     return build(workdir / "model", texts), "ViT-B/16 Chinese CLIP, random weights"
 
 
-def measure_all(args: argparse.Namespace, workdir: Path, say: Callable[[str], None]
-                ) -> dict[str, Any]:
+Say = Callable[[str], None]
+
+
+def guarded(figures: dict[str, Any], name: str, say: Say, save: Callable[[dict], None],
+            step: Callable[[], Any]) -> None:
+    """One section: its figures, or its error; the JSON so far saved after each (a device
+    window that closes early still leaves what was measured)."""
+    say(name.replace("_", " "))
+    try:
+        figures[name] = step()
+    except Exception as exc:
+        say(f"{name} failed: {type(exc).__name__}: {exc}")
+        figures[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    save(figures)
+
+
+def measure_all(args: argparse.Namespace, workdir: Path, say: Say,
+                save: Callable[[dict], None]) -> dict[str, Any]:
     plan = ON_GPU if args.device == "cuda" else ON_CPU
     precision = "float16" if args.device == "cuda" else "float32"
     sources, images_from = photos.sources(args.carry, workdir / "sources")
@@ -51,41 +67,45 @@ def measure_all(args: argparse.Namespace, workdir: Path, say: Callable[[str], No
     photos.derive(sources, plan["warm"], root / "warm", first=args.images)
     say("building the checkpoint")
     folder, described = model(workdir, args.device)
-    settings = settings_for(workdir, args.device, precision)
-    limits = Limits.from_settings(settings)
-    backend = TorchBackend(settings, folder)
-    decode_jpeg, which = measure.jpeg_decoder()
-    decoder = NvJpegDecoder(settings, args.device,
-                            decode_jpeg=None if args.device == "cuda" else decode_jpeg)
+    figures: dict[str, Any] = {"ran": {"device": args.device, "model": described,
+                                       "images_from": images_from,
+                                       "database": "SQLite (embedded default)"}}
     blobs = [p.read_bytes() for p in run_paths[:max(plan["decode_images"],
                                                     plan["agreement_photos"])]]
-    figures: dict[str, Any] = {"ran": {
-        "device": args.device, "model": described, "backend": backend.description,
-        "decoder": decoder.name, "decode_jpeg": which, "images_from": images_from,
-        "database": "SQLite (embedded default)"}}
-    say("image tower alone")
-    figures["tower"] = measure.tower(backend, plan["tower_seconds"])
-    say("decode + resize alone")
-    figures["decode"] = measure.decode(decoder, blobs[:plan["decode_images"]],
-                                       backend.preprocess, limits, 64)
-    say("GPU path against CPU path")
-    reference = backend if args.device == "cpu" else TorchBackend(
-        settings_for(workdir, "cpu", "float32"), folder)
-    figures["agreement"] = measure.agreement(reference, backend, decoder,
-                                             blobs[:plan["agreement_photos"]],
-                                             load_labelset(DEFAULT_LABELS), limits)
-    figures["corruption"] = probe(decoder, blobs[0], backend, limits, plan, say)
-    del backend, reference, decoder
-    release()
-    figures["end_to_end"] = end_to_end(args, workdir, folder, precision, root, figures, say)
+    alone(args.device, workdir, folder, blobs, plan, figures, say, save)
+    release()  # the device's memory to the workers
+    guarded(figures, "end_to_end", say, save,
+            lambda: end_to_end(args, workdir, folder, precision, root, figures, say))
     return figures
 
 
+def alone(device: str, workdir: Path, folder: Path, blobs: list[bytes], plan: dict[str, Any],
+          figures: dict[str, Any], say: Say, save: Callable[[dict], None]) -> None:
+    """The parts alone: tower, decoder, agreement, race probe (their models freed on return)."""
+    settings = settings_for(workdir, device, "float16" if device == "cuda" else "float32")
+    limits = Limits.from_settings(settings)
+    backend = TorchBackend(settings, folder)
+    decode_jpeg, which = measure.jpeg_decoder()
+    decoder = NvJpegDecoder(settings, device,
+                            decode_jpeg=None if device == "cuda" else decode_jpeg)
+    figures["ran"].update(backend=backend.description, decoder=decoder.name, decode_jpeg=which)
+    guarded(figures, "tower", say, save,
+            lambda: measure.tower(backend, plan["tower_seconds"]))
+    guarded(figures, "decode", say, save, lambda: measure.decode(
+        decoder, blobs[:plan["decode_images"]], backend.preprocess, limits, 64))
+    reference = backend if device == "cpu" else TorchBackend(
+        settings_for(workdir, "cpu", "float32"), folder)
+    guarded(figures, "agreement", say, save, lambda: measure.agreement(
+        reference, backend, decoder, blobs[:plan["agreement_photos"]],
+        load_labelset(DEFAULT_LABELS), limits))
+    guarded(figures, "corruption", say, save,
+            lambda: probe(decoder, blobs[0], backend, limits, plan))
+
+
 def probe(decoder: NvJpegDecoder, blob: bytes, backend: TorchBackend, limits: Limits,
-          plan: dict[str, Any], say: Callable[[str], None]) -> dict[str, Any]:
+          plan: dict[str, Any]) -> dict[str, Any]:
     if decoder.device.type != "cuda":
         return {"not_run": "needs a CUDA device"}
-    say("decode race probe")
     spec, count = backend.preprocess, plan["probe_iterations"]
     return {"this_decoder": measure.corruption(decoder, blob, spec, limits, count, True),
             "torchvision_decode_jpeg_alone": measure.corruption(decoder, blob, spec, limits,
@@ -93,8 +113,7 @@ def probe(decoder: NvJpegDecoder, blob: bytes, backend: TorchBackend, limits: Li
 
 
 def end_to_end(args: argparse.Namespace, workdir: Path, folder: Path, precision: str,
-               root: Path, figures: dict[str, Any], say: Callable[[str], None]
-               ) -> list[dict[str, Any]]:
+               root: Path, figures: dict[str, Any], say: Say) -> list[dict[str, Any]]:
     env = {"TAGGER_MODEL": str(folder), "TAGGER_BACKEND": "torch", "TAGGER_PRECISION": precision,
            "TAGGER_DEVICE": args.device, "TAGGER_FILE_ROOTS": str(root),
            "TAGGER_DECODER": "nvjpeg" if args.device == "cuda" else "auto",
@@ -108,8 +127,12 @@ def end_to_end(args: argparse.Namespace, workdir: Path, folder: Path, precision:
                 rows.append({"model_processes": k, "skipped": f"{left:.0f} s left"})
                 continue
             say(f"end to end, {k} model process{'es' if k > 1 else ''}")
-            rows.append(e2e.run_k(k, env, (root / "warm", root / "run"), args.images,
-                                  workdir / "e2e", url, timeout=left - 30))
+            try:
+                rows.append(e2e.run_k(k, env, (root / "warm", root / "run"), args.images,
+                                      workdir / "e2e", url, timeout=left - 30))
+            except (TimeoutError, RuntimeError, OSError) as exc:  # the next K may still run
+                rows.append({"model_processes": k, "error": f"{type(exc).__name__}: {exc}"[
+                    :2000]})
     return rows
 
 
