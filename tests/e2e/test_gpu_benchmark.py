@@ -22,7 +22,7 @@ def test_the_gpu_benchmark_runs_on_the_cpu(tmp_path: Path):
     figures = json.loads(out.read_text())
     assert figures["ran"]["broker"].startswith("embedded")
     assert figures["tower"]["images_per_second"] > 0
-    assert figures["decode"]["images"] == 64 and figures["decode"]["pillow_share"] == 0
+    assert figures["decode"]["images"] > 0 and figures["decode"]["pillow_share"] == 0
     assert figures["agreement"]["mean_cosine"] > 0.99
     [row] = figures["end_to_end"]
     assert row["model_processes"] == 2 and row["images"] == 64 and row["failed"] == 0

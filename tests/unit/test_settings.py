@@ -112,5 +112,6 @@ def test_decode_processes_are_shared_by_the_model_processes_of_a_host():
 
 def test_a_chunk_goes_to_the_model_in_quarters_never_more_than_a_batch():
     assert load_settings({}).group_size(512) == 16
-    assert load_settings({"TAGGER_CHUNK_SIZE": "10"}).group_size(512) == 3
+    assert load_settings({"TAGGER_CHUNK_SIZE": "256"}).group_size(512) == 64
+    assert load_settings({"TAGGER_CHUNK_SIZE": "8"}).group_size(512) == 16  # one call each
     assert load_settings({}).group_size(4) == 4

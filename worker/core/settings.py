@@ -25,6 +25,7 @@ DEFAULT_LABELS = LABELSETS / "ecommerce_zh.txt"
 DATABASES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql",
              "postgresql+psycopg2": "postgresql"}
 BROKERS = ("redis", "rediss", "filesystem")
+MIN_GROUP = 16  # images: Settings.group_size
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -90,10 +91,11 @@ class Settings:
         return max(1, 2 * (os.cpu_count() or 1) // max(1, model_processes))
 
     def group_size(self, batch_size: int) -> int:
-        """Images of a chunk handed on to the model together: a quarter of a chunk, so that its
-        later images decode while its first ones are encoded, never more than a batch. (A GPU's
-        batch, up to 512, waited for a whole chunk: fetch, decode, encode and write in turn.)"""
-        return max(1, min(batch_size, -(-self.chunk_size // 4)))
+        """Images of a chunk handed on to the model together: a quarter of a chunk (16 at
+        least: a decode call and a forward pass each), so that its later images decode while its
+        first ones are encoded; never more than a batch. (A GPU's batch, up to 512, waited for a
+        whole chunk: fetch, decode, encode and write in turn.)"""
+        return max(1, min(batch_size, max(MIN_GROUP, -(-self.chunk_size // 4))))
 
     @property
     def task_time_limit(self) -> int:
