@@ -29,7 +29,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--carry", type=Path, default=ROOT / "gpu-carry",
                         help="what gpu_carry.sh made: photos/, debs/ (default: gpu-carry/)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--deadline", type=float, default=450,
+    parser.add_argument("--deadline", type=float, default=420,
                         help="seconds after which no further end-to-end run starts")
     args = parser.parse_args(argv)
     args.started = time.monotonic()

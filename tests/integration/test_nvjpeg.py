@@ -306,3 +306,19 @@ def test_a_broken_nvjpeg_refuses_the_worker_instead_of_using_pillow_quietly(stan
 def test_working_decoders_pass_the_probe(gpu):
     check_decoder(gpu[0], SPEC, LIMITS)
     check_decoder(PillowDecoder(load_settings({})), SPEC, LIMITS)
+
+
+def test_warm_up_refuses_a_worker_whose_nvjpeg_is_broken(tiny_model, sqlite_url, tmp_path,
+                                                         monkeypatch: pytest.MonkeyPatch):
+    from worker.decoders import nvjpeg
+    from worker.service import startup
+
+    monkeypatch.setattr(nvjpeg, "torchvision_decode_jpeg", Broken)  # importable, not working
+    monkeypatch.setattr(startup, "_checked", None)
+    settings = load_settings({
+        "TAGGER_MODEL": str(tiny_model), "DATABASE_URL": sqlite_url, "TAGGER_DEVICE": "cpu",
+        "TAGGER_HOME": str(tmp_path / "home"), "TAGGER_CACHE_DIR": str(tmp_path / "cache"),
+        "TAGGER_BACKEND": "torch", "TAGGER_PRECISION": "float32", "TAGGER_DECODER": "nvjpeg",
+        "TAGGER_DECODE_PROCESSES": "1"})
+    with pytest.raises(ConfigError, match="could not decode a probe JPEG"):
+        startup.warm_up(settings)

@@ -83,6 +83,25 @@ def warm_up(settings: Settings) -> Parts:
     global _parts
     checked = _checked or check(settings)
     parts = assemble(settings, checked.folder, model_processes=checked.model_processes)
+    try:
+        _try_parts(parts, settings, checked)
+    except BaseException:
+        parts.close()  # its decode processes, before the refusal ends this process
+        raise
+    backend, decoder = parts.tagger.backend, parts.tagger.decoder
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port + _child_index())
+    metrics.observe_backend({"backend": backend.name, "runtime": backend.description,
+                             "decoder": decoder.name}, getattr(backend, "candidates", ()))
+    log.info("model %s: %s, batch size %d, %s decoder, %d decode processes; label set %s ready",
+             settings.model, backend.description, backend.batch_size, decoder.name,
+             settings.decode_processes_per(checked.model_processes), checked.labelset.id)
+    _parts = parts
+    return parts
+
+
+def _try_parts(parts: Parts, settings: Settings, checked: Checked) -> None:
+    """The decoder on a probe JPEG, the label set's texts, one dry batch of the image tower."""
     backend, decoder = parts.tagger.backend, parts.tagger.decoder
     limit_threads(backend.device)
     check_decoder(decoder, backend.preprocess, Limits.from_settings(settings))
@@ -93,15 +112,6 @@ def warm_up(settings: Settings) -> Parts:
     parts.labels.add(checked.labelset)
     spec = backend.preprocess
     backend.encode_images([np.zeros((spec.height, spec.width, 3), np.uint8)] * backend.batch_size)
-    if settings.metrics_port:
-        metrics.serve(settings.metrics_port + _child_index())
-    metrics.observe_backend({"backend": backend.name, "runtime": backend.description,
-                             "decoder": decoder.name}, getattr(backend, "candidates", ()))
-    log.info("model %s: %s, batch size %d, %s decoder, %d decode processes; label set %s ready",
-             settings.model, backend.description, backend.batch_size, decoder.name,
-             settings.decode_processes_per(checked.model_processes), checked.labelset.id)
-    _parts = parts
-    return parts
 
 
 def limit_threads(device: str) -> None:
