@@ -32,9 +32,11 @@ for p in manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux_2_27_x86_64 manyli
   platforms+=(--platform "$p")
 done
 rm -f "$dir"/wheels/*.whl
-# The versions tested here (this checkout's virtualenv), where it has them.
+# The versions tested here (this checkout's virtualenv, `make setup`), where it has one.
 constraints=$(mktemp)
-"$python" -m pip freeze --exclude-editable 2>/dev/null | grep '==' > "$constraints" || true
+if [ -x "$here/.venv/bin/python" ]; then
+  "$here/.venv/bin/python" -m pip freeze --exclude-editable 2>/dev/null | grep '==' > "$constraints" || true
+fi
 "$python" -m pip download -q --only-binary=:all: --python-version "$version" --implementation cp \
   "${platforms[@]}" -c "$constraints" -d "$dir/wheels" "${needs[@]}"
 rm -f "$constraints"
@@ -46,9 +48,13 @@ done
 # Real photos: a few dozen of the wallpaper packages' photos, as catalogue JPEGs.
 corpus=$(mktemp -d)
 trap 'rm -rf "$corpus"' EXIT
-"$here/../shared/scripts/make-corpus" "$corpus" "$python" >/dev/null
+if ! "$python" -c "import PIL" 2>/dev/null; then  # make-corpus re-encodes them with Pillow
+  "$python" -m pip install -q --target "$corpus/pil" Pillow
+  export PYTHONPATH="$corpus/pil${PYTHONPATH:+:$PYTHONPATH}"
+fi
+"$here/../shared/scripts/make-corpus" "$corpus/photos" "$python" >/dev/null
 rm -f "$dir"/photos/*
-find "$corpus/catalog" -name '*.jpg' | sort | head -36 | xargs -I{} cp {} "$dir/photos/"
+find "$corpus/photos/catalog" -name '*.jpg' | sort | head -36 | xargs -I{} cp {} "$dir/photos/"
 
 # redis-server and the libraries the bare machine may lack (run from its folder, dpkg -x).
 rm -f "$dir"/debs/*.deb
