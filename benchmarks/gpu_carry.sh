@@ -8,9 +8,9 @@
 #              huggingface-hub and their own dependencies); onnx/onnxscript (ONNX export) and
 #              flower are left out: the benchmark runs the torch backend.
 # DIR/photos/  three dozen real photos, 1,200 px JPEGs (../shared/scripts/make-corpus)
-# DIR/debs/    redis-server's Debian packages; PostgreSQL's do not fit (postgresql-15 alone is
-#              ~17 MB, with libicu and libllvm ~50 MB) and initdb refuses to run as root, so the
-#              benchmark writes results to SQLite.
+# DIR/debs/    redis-server's Debian packages (1.4 MiB). PostgreSQL's do not fit: postgresql-15
+#              is 16 MiB and libicu72 9 MiB more, over 60 MiB beside the wheels (~43 MiB);
+#              initdb also refuses to run as root. The benchmark writes results to SQLite.
 set -euo pipefail
 dir=${1:?usage: gpu_carry.sh DIR [PYTHON_VERSION]}
 version=${2:-3.12}
