@@ -49,11 +49,12 @@ def _filter(in_size: int, extent: float, out_size: int) -> np.ndarray:
     return np.divide(taps, total, out=np.zeros_like(taps), where=total != 0)
 
 
-def _reduce(in_size: int, factor: int) -> np.ndarray:
-    """Image.reduce along one axis: the mean of each ``factor`` pixels (a short last block)."""
+def _through_reduce(weights: np.ndarray, in_size: int, factor: int) -> np.ndarray:
+    """``weights`` over the pixels Image.reduce(``factor``) makes of ``in_size`` pixels, as
+    weights over those ``in_size``: each reduced pixel is the mean of its block (a short last
+    block too)."""
     block = np.arange(in_size) // factor
-    weights = (block[None, :] == np.arange(block[-1] + 1)[:, None]).astype(float)
-    return weights / weights.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
+    return weights[:, block] / np.bincount(block)[block]  # type: ignore[no-any-return]
 
 
 @functools.lru_cache(maxsize=512)
@@ -62,12 +63,13 @@ def axis_weights(in_size: int, out_size: int, keep: tuple[int, int], draft: int 
     """(kept outputs, in_size) float32 along one axis: libjpeg's draft scale (``draft``:
     1, 2, 4 or 8, a mean of that many pixels), Pillow's reduction by ``REDUCING_GAP``, then its
     bicubic filter; ``keep``: the outputs kept (a centre crop), as (first, count)."""
-    weights = _reduce(in_size, draft) if draft > 1 else np.eye(in_size)
-    size = weights.shape[0]
-    factor = int(size / out_size / REDUCING_GAP) or 1
+    drafted = -(-in_size // draft)
+    factor = int(drafted / out_size / REDUCING_GAP) or 1
+    weights = _filter(-(-drafted // factor), drafted / factor, out_size)
     if factor > 1:
-        weights = _reduce(size, factor) @ weights
-    weights = _filter(weights.shape[0], size / factor, out_size) @ weights
+        weights = _through_reduce(weights, drafted, factor)
+    if draft > 1:
+        weights = _through_reduce(weights, in_size, draft)
     first, count = keep
     return weights[first:first + count].astype(np.float32)
 
