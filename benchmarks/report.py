@@ -16,7 +16,7 @@ from worker.core.settings import Settings
 def machine(settings: Settings, backend: Any, decoder: Any) -> dict[str, Any]:
     return {"device": backend.device, "decoder": decoder.name, "batch_size": backend.batch_size,
             "chunk_size": settings.chunk_size,
-            "decode_processes": settings.decode_processes,
+            "decode_processes": settings.decode_processes_per(1),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "cpus": os.cpu_count(), "python": platform.python_version(),
             "gpu": torch.cuda.get_device_name() if backend.device.startswith("cuda") else None}

@@ -20,6 +20,23 @@ def image_bytes(seed: int, size: tuple[int, int] = (48, 40), fmt: str = "PNG",
     return save(Image.fromarray(array.squeeze() if channels == 1 else array, mode), fmt)
 
 
+def photo_like(seed: int, size: tuple[int, int] = (900, 1200), quality: int = 90) -> bytes:
+    """A JPEG with a photograph's statistics, roughly: smooth shading, flat objects with hard
+    edges, some grain; ``size`` (height, width)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size[0], 0:size[1]].astype(np.float32)
+    image = np.zeros((*size, 3), np.float32)
+    for channel in range(3):
+        fx, fy, phase = [*rng.uniform(0.002, 0.02, 2).tolist(), rng.uniform(0, 6)]
+        image[..., channel] = 128 + 90 * np.sin(fx * x + phase) * np.cos(fy * y)
+    for _ in range(12):
+        top, left = rng.integers(0, size[0] - 100), rng.integers(0, size[1] - 100)
+        image[top:top + rng.integers(40, 300), left:left + rng.integers(40, 300)] = rng.integers(
+            0, 256, 3)
+    image += rng.normal(0, 6, image.shape)
+    return save(Image.fromarray(image.clip(0, 255).astype(np.uint8)), "JPEG", quality=quality)
+
+
 def write_images(folder: Path, count: int, fmt: str = "JPEG", name: str = "商品 {}.jpg",
                  seed: int = 0) -> list[Path]:
     """``count`` distinct images in ``folder`` (created), named after ``name``."""

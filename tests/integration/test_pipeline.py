@@ -324,6 +324,21 @@ def test_other_errors_are_not_split(start, settings, tmp_path):
     assert backend.tried == [8] and backend.batches == []
 
 
+def test_a_chunk_is_handed_to_the_model_in_groups_while_the_rest_decode(start, settings,
+                                                                         tmp_path):
+    # A GPU's batch (up to 512) is larger than a chunk (64): waiting for a whole batch made each
+    # process fetch, decode, encode and write strictly in turn. A quarter of a chunk goes on
+    # as soon as it is decoded; the forward thread packs what every chunk handed on.
+    fake = start(settings, FakeBackend(batch_size=512))
+    batcher = fake.tagger.batcher
+    submitted: list[int] = []
+    submit = batcher.submit
+    batcher.submit = lambda pixels: submitted.append(len(pixels)) or submit(pixels)  # type: ignore
+    report = tag(fake, files(tmp_path, list(range(64))))
+    assert report.done == 64
+    assert submitted == [16, 16, 16, 16]
+
+
 def test_identical_content_under_other_uris_is_scored_once(start, settings, tmp_path):
     tagger = start(settings, FakeBackend(batch_size=8))
     report = tag(tagger, files(tmp_path, [1, 2, 3, 1, 2, 3], prefix="a"))

@@ -77,3 +77,36 @@ def test_out_of_memory_halves_the_batch(turns: Turns):
     assert batcher.submit(images(8, 0)).result(5).shape == (8, backend.dim)
     batcher.close()
     assert backend.batches == [2, 2, 2, 2]
+
+
+def test_the_failed_pass_is_released_before_its_halves_run(turns: Turns):
+    import weakref
+
+    import torch
+
+    class Tight(FakeBackend):
+        """Room for two images: a larger pass raises after allocating its activations."""
+
+        def __init__(self, **options: int) -> None:
+            super().__init__(**options)
+            self.failed: list[weakref.ref[torch.Tensor]] = []
+            self.alive_at_retry: list[int] = []
+
+        def encode_images(self, pixels):  # type: ignore[no-untyped-def]
+            self.alive_at_retry.append(sum(ref() is not None for ref in self.failed))
+            activations = torch.zeros(len(pixels), 1024)
+            if len(pixels) > 2:
+                self.failed.append(weakref.ref(activations))
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super().encode_images(pixels)
+
+        def is_out_of_memory(self, exc: BaseException) -> bool:
+            return isinstance(exc, torch.OutOfMemoryError)
+
+    backend = Tight(batch_size=8)
+    batcher = Batcher(backend, turns)
+    assert batcher.submit(images(8, 0)).result(5).shape == (8, backend.dim)
+    batcher.close()
+    assert backend.batches == [2, 2, 2, 2]
+    # Retried inside the except block, each half ran beside the failed pass's activations.
+    assert backend.alive_at_retry == [0] * 7

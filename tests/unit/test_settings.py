@@ -20,7 +20,7 @@ def test_embedded_defaults(tmp_path: Path):
     assert (settings.device, settings.precision, settings.top_k, settings.chunk_size) == (
         "auto", "auto", 5, 64)
     assert (settings.backend, settings.decoder, settings.sinks) == ("auto", "auto", ("database",))
-    assert settings.decode_processes == 2 * (os.cpu_count() or 1)
+    assert settings.decode_processes_per(1) == 2 * (os.cpu_count() or 1)
     assert settings.file_roots == ()
     assert settings.keep_embeddings
     assert not load_settings({"TAGGER_KEEP_EMBEDDINGS": "0"}).keep_embeddings
@@ -99,3 +99,19 @@ def test_redact_hides_passwords():
     assert "s3cret" not in redact("redis://:s3cret@redis:6379/0")
     assert "s3cret" not in redact("postgresql://tagger:s3cret@db:5432/tagger")
     assert "db:5432" in redact("postgresql://tagger:s3cret@db:5432/tagger")
+
+
+def test_decode_processes_are_shared_by_the_model_processes_of_a_host():
+    cores = os.cpu_count() or 1
+    default = load_settings({})
+    # Each of K prefork children got 2 x cores decode processes: 3 x as many as cores for K=3.
+    assert [default.decode_processes_per(k) for k in (1, 2, 3)] == [
+        max(1, 2 * cores // k) for k in (1, 2, 3)]
+    assert load_settings({"TAGGER_DECODE_PROCESSES": "5"}).decode_processes_per(3) == 5
+
+
+def test_a_chunk_goes_to_the_model_in_quarters_never_more_than_a_batch():
+    assert load_settings({}).group_size(512) == 16
+    assert load_settings({"TAGGER_CHUNK_SIZE": "256"}).group_size(512) == 64
+    assert load_settings({"TAGGER_CHUNK_SIZE": "8"}).group_size(512) == 16  # one call each
+    assert load_settings({}).group_size(4) == 4

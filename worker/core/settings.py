@@ -25,6 +25,7 @@ DEFAULT_LABELS = LABELSETS / "ecommerce_zh.txt"
 DATABASES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql",
              "postgresql+psycopg2": "postgresql"}
 BROKERS = ("redis", "rediss", "filesystem")
+MIN_GROUP = 16  # images: Settings.group_size
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -80,6 +81,21 @@ class Settings:
     def max_retry_countdown(self) -> int:
         # A countdown longer than the visibility timeout would make Redis deliver it twice.
         return max(1, min(60, self.visibility_timeout // 4))
+
+    def decode_processes_per(self, model_processes: int) -> int:
+        """Decode processes of each of a worker's ``model_processes`` (prefork -c K): as set, or
+        twice the host's cores between them. Each fetches, hashes and decodes one image at a
+        time: twice the cores keeps them busy while some wait on the network."""
+        if self.decode_processes:
+            return self.decode_processes
+        return max(1, 2 * (os.cpu_count() or 1) // max(1, model_processes))
+
+    def group_size(self, batch_size: int) -> int:
+        """Images of a chunk handed on to the model together: a quarter of a chunk (16 at
+        least: a decode call and a forward pass each), so that its later images decode while its
+        first ones are encoded; never more than a batch. (A GPU's batch, up to 512, waited for a
+        whole chunk: fetch, decode, encode and write in turn.)"""
+        return max(1, min(batch_size, max(MIN_GROUP, -(-self.chunk_size // 4))))
 
     @property
     def task_time_limit(self) -> int:
@@ -203,9 +219,9 @@ _FIELDS: tuple[tuple[str, str, Callable[[str, str], Any], Any], ...] = (
     ("TAGGER_TOP_K", "top_k", _int(1), 5),
     ("TAGGER_BATCH_SIZE", "batch_size", _int(0), 0),
     ("TAGGER_CHUNK_SIZE", "chunk_size", _int(1), 64),
-    # Each fetches, hashes and decodes one image at a time: twice the cores keeps them busy
-    # while some wait on the network.
-    ("TAGGER_DECODE_PROCESSES", "decode_processes", _int(1), 2 * (os.cpu_count() or 1)),
+    # Per model process; 0: twice the host's cores shared by its model processes
+    # (Settings.decode_processes_per).
+    ("TAGGER_DECODE_PROCESSES", "decode_processes", _int(1), 0),
     ("TAGGER_VISIBILITY_TIMEOUT", "visibility_timeout", _int(5), 900),
     ("TAGGER_CHUNK_RETRIES", "chunk_retries", _int(0), 8),
     ("TAGGER_MAX_DELIVERIES", "max_deliveries", _int(1), 3),

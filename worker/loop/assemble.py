@@ -45,18 +45,23 @@ class Parts:
         self.tagger.close()
 
 
-def assemble(settings: Settings, folder: Path, backend: Backend | None = None) -> Parts:
-    """Every part, from ``settings``; ``backend``: one already loaded (tests, benchmarks)."""
+def assemble(settings: Settings, folder: Path, backend: Backend | None = None,
+             model_processes: int = 1) -> Parts:
+    """Every part, from ``settings``; ``backend``: one already loaded (tests, benchmarks);
+    ``model_processes``: this process's siblings and itself (prefork -c K), who share the
+    host's cores for decoding."""
     engine = engine_for(settings.database_url)
     backend = backend or load_backend(settings, folder)
     on_cpu = backend.device == "cpu"
     overlap = settings.decode_overlap
     take_turns = overlap == "off" or (overlap == "auto" and on_cpu)
     name = decoder_name(settings.decoder, backend.device)
-    prep = prep_pool(settings, name, backend.preprocess, take_turns)
+    prep = prep_pool(settings, name, backend.preprocess, take_turns,
+                     model_processes=model_processes)
     batcher = Batcher(backend, prep.turns, linger=0.0 if on_cpu else LINGER_ON_GPU)
     tagger = Tagger(backend, DECODERS.get(name)(settings, backend.device), prep, batcher,
-                    KnownContent(engine, settings.model), settings.top_k)
+                    KnownContent(engine, settings.model), settings.top_k,
+                    settings.group_size(backend.batch_size))
     return Parts(model=settings.model, max_deliveries=settings.max_deliveries, engine=engine,
                  sinks=make_sinks(settings), labels=LabelStore(engine, settings.model, backend),
                  roots=FileRoots(engine, settings.file_roots), tagger=tagger)

@@ -20,6 +20,7 @@ import numpy as np
 
 from worker.backends import Backend
 from worker.core import metrics
+from worker.core.halves import in_halves
 from worker.core.pixels import Pixels
 from worker.prep.turns import Turns
 
@@ -106,17 +107,16 @@ class Batcher:
         """Run the image tower; on out-of-memory, split the batch instead of failing it."""
         if not pixels:
             return np.zeros((0, 0), np.float32)
+        rows = in_halves(pixels, self._encode, self.backend.is_out_of_memory, self._release)
+        failed = next((row for row in rows if isinstance(row, BaseException)), None)
+        if failed is not None:  # one image alone is too much: every chunk waiting hears it
+            raise failed
+        return np.stack(rows)  # type: ignore[arg-type]
+
+    def _encode(self, pixels: Sequence[Pixels]) -> np.ndarray:
         started = time.perf_counter()
-        try:
-            with self.turns.model():
-                out = self.backend.encode_images(pixels)
-        except Exception as exc:
-            if len(pixels) == 1 or not self.backend.is_out_of_memory(exc):
-                raise
-            self.backend.release_memory()
-            half = len(pixels) // 2
-            log.warning("out of memory at batch %d; splitting", len(pixels))
-            return np.concatenate([self._forward(pixels[:half]), self._forward(pixels[half:])])
+        with self.turns.model():
+            out = self.backend.encode_images(pixels)
         elapsed = time.perf_counter() - started
         self.forward_seconds += elapsed
         metrics.observe_batch(len(pixels), elapsed)
@@ -124,3 +124,7 @@ class Batcher:
         if memory:
             metrics.observe_gpu_memory(*memory)
         return out
+
+    def _release(self, size: int) -> None:
+        log.warning("out of memory at batch %d", size)
+        self.backend.release_memory()

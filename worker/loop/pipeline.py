@@ -62,13 +62,16 @@ class Tagger:
     """The loop over one chunk's images, handed its parts: it builds none of them."""
 
     def __init__(self, backend: Backend, decoder: Decoder, prep: PrepPool, batcher: Batcher,
-                 known: KnownContent, top_k: int) -> None:
+                 known: KnownContent, top_k: int, group: int) -> None:
+        """``group``: images handed on to be finished and encoded together, as soon as that
+        many are decoded (the forward thread packs groups of every chunk into its batches)."""
         self.backend = backend
         self.decoder = decoder
         self.prep = prep
         self.batcher = batcher
         self.known = known
         self.top_k = top_k  # labels stored per image
+        self.group = group
 
     def tag(self, items: Sequence[Item], scoring: Scoring, roots: tuple[Path, ...],
             final: bool) -> tuple[list[Work], dict[str, float]]:
@@ -82,7 +85,7 @@ class Tagger:
             work = works[prepared.index]
             if self._received(work, prepared, final):
                 ready.append(work)
-            if len(ready) >= self.backend.batch_size:
+            if len(ready) >= self.group:
                 batches.append(self._start(ready, scoring))
                 ready = []
         if ready:

@@ -219,8 +219,9 @@ class Slot:
 
 
 def prep_pool(settings: Settings, decoder: str, spec: Preprocess, take_turns: bool,
-              limits: Limits | None = None) -> PrepPool:
-    """TAGGER_DECODE_PROCESSES processes that fetch, hash and decode with ``decoder``."""
+              limits: Limits | None = None, model_processes: int = 1) -> PrepPool:
+    """The decode processes of one of ``model_processes`` (TAGGER_DECODE_PROCESSES): they
+    fetch, hash and decode with ``decoder``."""
     limits = limits or Limits.from_settings(settings)
     # Parts registered in this process (a plugin, a test) are registered there too.
     registries = {"sources": SOURCES.entries(), "decoders": DECODERS.entries()}
@@ -230,4 +231,4 @@ def prep_pool(settings: Settings, decoder: str, spec: Preprocess, take_turns: bo
 
     # Past the item's own limits (fetch, then decode): a process this quiet is stuck.
     patience = 2 * settings.item_timeout + settings.fetch_timeout + 10
-    return PrepPool(setup, settings.decode_processes, take_turns, patience)
+    return PrepPool(setup, settings.decode_processes_per(model_processes), take_turns, patience)

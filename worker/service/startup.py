@@ -19,25 +19,30 @@ from worker.core.labels import LabelSet, load_labelset
 from worker.core.redact import redact
 from worker.core.settings import Settings
 from worker.db import migrate
+from worker.decoders import Limits
+from worker.decoders.probe import check_decoder
 from worker.loop.assemble import Parts, assemble
 from worker.service import visibility
 
 log = logging.getLogger(__name__)
+GPU_MODEL_THREADS = 2  # torch's CPU threads in a process whose model runs on a GPU
 
 
 @dataclass(frozen=True)
 class Checked:
-    """What the parent found at start: the default label set and the checkpoint's folder."""
+    """What the parent found at start: the default label set, the checkpoint's folder, and
+    how many model processes the worker runs (prefork -c K; threads and solo: one)."""
 
     labelset: LabelSet
     folder: Path
+    model_processes: int = 1
 
 
 _checked: Checked | None = None  # found in the parent, before any fork
 _parts: Parts | None = None  # this process's parts, once warmed up
 
 
-def check(settings: Settings) -> Checked:
+def check(settings: Settings, model_processes: int = 1) -> Checked:
     """In the worker's parent: label set, model files, database schema, broker agreement."""
     from worker.backends.folder import resolve
 
@@ -50,7 +55,7 @@ def check(settings: Settings) -> Checked:
              "templates)", redact(settings.broker_url), redact(settings.database_url),
              settings.model, folder, settings.labels_path, labelset.id, len(labelset.labels),
              len(labelset.templates))
-    _checked = Checked(labelset, folder)
+    _checked = Checked(labelset, folder, model_processes)
     return _checked
 
 
@@ -77,20 +82,45 @@ def warm_up(settings: Settings) -> Parts:
     """Load the model once, encode the default label set, run one dry batch; log the choice."""
     global _parts
     checked = _checked or check(settings)
-    parts = assemble(settings, checked.folder)
+    parts = assemble(settings, checked.folder, model_processes=checked.model_processes)
+    try:
+        _try_parts(parts, settings, checked)
+    except BaseException:
+        parts.close()  # its decode processes, before the refusal ends this process
+        raise
     backend, decoder = parts.tagger.backend, parts.tagger.decoder
-    parts.labels.add(checked.labelset)
-    spec = backend.preprocess
-    backend.encode_images([np.zeros((spec.height, spec.width, 3), np.uint8)] * backend.batch_size)
     if settings.metrics_port:
         metrics.serve(settings.metrics_port + _child_index())
     metrics.observe_backend({"backend": backend.name, "runtime": backend.description,
                              "decoder": decoder.name}, getattr(backend, "candidates", ()))
     log.info("model %s: %s, batch size %d, %s decoder, %d decode processes; label set %s ready",
              settings.model, backend.description, backend.batch_size, decoder.name,
-             settings.decode_processes, checked.labelset.id)
+             settings.decode_processes_per(checked.model_processes), checked.labelset.id)
     _parts = parts
     return parts
+
+
+def _try_parts(parts: Parts, settings: Settings, checked: Checked) -> None:
+    """The decoder on a probe JPEG, the label set's texts, one dry batch of the image tower."""
+    backend, decoder = parts.tagger.backend, parts.tagger.decoder
+    limit_threads(backend.device)
+    check_decoder(decoder, backend.preprocess, Limits.from_settings(settings))
+    if decoder.name == "pillow" and backend.device.startswith("cuda"):
+        log.warning("decoding on the CPU (Pillow) for a model on %s: TAGGER_DECODER=%s; nvJPEG "
+                    "needs torchvision built for this torch (pip install 'catalog-tagger[gpu]')",
+                    backend.device, settings.decoder)
+    parts.labels.add(checked.labelset)
+    spec = backend.preprocess
+    backend.encode_images([np.zeros((spec.height, spec.width, 3), np.uint8)] * backend.batch_size)
+
+
+def limit_threads(device: str) -> None:
+    """A model on a GPU leaves the CPU little to do in its process: a few torch threads (each
+    idle one spins), the cores to the decode processes."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.set_num_threads(min(GPU_MODEL_THREADS, torch.get_num_threads()))
 
 
 def parts(settings: Settings) -> Parts:

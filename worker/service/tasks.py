@@ -36,11 +36,12 @@ def _start(instance: Any, **_: Any) -> None:
     for name in [n for n in app.tasks if n not in {TASK_NAME, RELABEL_TASK}]:
         app.tasks.unregister(name)  # built-ins such as celery.accumulate must not run on demand
     try:
-        startup.check(settings)
+        forks = _forks(instance)
+        startup.check(settings, instance.concurrency if forks else 1)
         startup.check_queues(instance.app.amqp.queues.consume_from or instance.app.amqp.queues,
                              settings)
         startup.stop_when_a_child_fails()
-        if _forks(instance):
+        if forks:
             startup.preload()
         else:  # threads/solo: the model lives in this very process
             startup.warm_up(settings)
