@@ -1,0 +1,27 @@
+"""What a search answers: images with their scores, and groups of near-duplicates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One image: its URI, its cosine to the query, its content and its newest labels' run."""
+
+    uri: str
+    score: float
+    sha256: str
+    top_label: str | None
+    run_id: str | None
+
+
+@dataclass(frozen=True)
+class Group:
+    """Images near enough to be one: each member's score is its best similarity to another
+    member; ``similarities`` are the pairs (URI, URI, cosine) at or above the threshold that
+    joined them; ``exact`` when every member has the same content (identical bytes)."""
+
+    members: list[Hit]
+    similarities: list[tuple[str, str, float]]
+    exact: bool
