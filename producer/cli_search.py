@@ -9,7 +9,7 @@ import click
 from producer import duplicates as writing
 from producer.search import finder, shown
 from worker.core.settings import load_settings
-from worker.search.finder import THRESHOLD
+from worker.search import THRESHOLD
 
 
 def _note(line: str) -> None:

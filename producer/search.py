@@ -5,14 +5,20 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from worker.core.settings import Settings
 from worker.db import migrate
-from worker.search import Finder, Hit
+from worker.search import Hit
+
+if TYPE_CHECKING:
+    from worker.search import Finder
 
 
 def finder(settings: Settings, note: Callable[[str], None]) -> Finder:
     """A Finder on the results database at the current schema (the embedded one upgrades)."""
+    from worker.search import Finder  # NumPy and faiss: loaded by the commands that search
+
     migrate.ensure_current(settings.database_url)
     return Finder(settings, note)
 

@@ -21,14 +21,15 @@ import onnxruntime as ort
 import torch
 
 from worker.backends.folder import resolve
-from worker.backends.onnx_export import OPSET, ModelCache, atomic_path, quiet
+from worker.backends.onnx_export import OPSET, ModelCache, atomic_path, quantize_int8, quiet
+from worker.backends.probe import MIN_COSINE as INT8_BAR
 from worker.backends.torch_clip import TEXT_LENGTH, TorchBackend
 from worker.core.settings import Settings, load_settings
 
 MANIFEST = "search.json"
 TEXT_GRAPH_VERSION = 1  # bump when TextTower changes: older files are exported again
 PROBE_TEXTS = ["红色连衣裙", "台灯的照片。", "一只猫", "a photo of a dog", "手提包" * 20]
-MIN_COSINE = 0.9999  # the exported text tower against torch float32, on PROBE_TEXTS
+MIN_COSINE = 0.9999  # the exported float32 text tower against torch float32, on PROBE_TEXTS
 
 
 class TextTower(torch.nn.Module):
@@ -66,6 +67,27 @@ def text_agreement(backend: TorchBackend, path: Path) -> float:
     return float((rows * truth).sum(axis=1).min())
 
 
+def text_tower(backend: TorchBackend, folder: Path) -> tuple[Path, float]:
+    """The text tower a query runs: int8 (dynamically quantised, ~3.5x faster than float32 on
+    2 cores) where it agrees with torch float32 as closely as the workers ask of an int8 image
+    tower (probe.MIN_COSINE), else float32. With the worst cosine to torch float32."""
+    name = f"opset{OPSET}-g{TEXT_GRAPH_VERSION}-ort{ort.__version__}-torch{torch.__version__}"
+    exact, small = folder / f"text-float32-{name}.onnx", folder / f"text-int8-{name}.onnx"
+    if not exact.is_file():
+        with atomic_path(exact) as temporary, quiet(), torch.inference_mode():
+            export_text(backend.model, temporary)
+    cosine = text_agreement(backend, exact)
+    if cosine < MIN_COSINE:
+        exact.unlink()
+        raise RuntimeError(f"the exported text tower's worst cosine to torch float32 is "
+                           f"{cosine:.5f} (< {MIN_COSINE}); not kept")
+    if not small.is_file():
+        with atomic_path(small) as temporary, quiet():
+            quantize_int8(exact, temporary)
+    quantised = text_agreement(backend, small)
+    return (small, quantised) if quantised >= INT8_BAR else (exact, cosine)
+
+
 def build(settings: Settings) -> Path:
     """Both towers and the manifest in the checkpoint's cache folder; the manifest's path."""
     folder = resolve(settings.model)
@@ -73,17 +95,8 @@ def build(settings: Settings) -> Path:
     cache = ModelCache(settings.cache_dir / "onnx", folder, lambda: backend.model,
                        backend.preprocess, backend.encode_images)
     image = cache.get("float32")
-    text = cache.folder / (f"text-float32-opset{OPSET}-g{TEXT_GRAPH_VERSION}"
-                           f"-ort{ort.__version__}-torch{torch.__version__}.onnx")
     with cache.locked():
-        if not text.is_file():
-            with atomic_path(text) as temporary, quiet(), torch.inference_mode():
-                export_text(backend.model, temporary)
-        cosine = text_agreement(backend, text)
-        if cosine < MIN_COSINE:
-            text.unlink()
-            raise RuntimeError(f"the exported text tower's worst cosine to torch float32 is "
-                               f"{cosine:.5f} (< {MIN_COSINE}); not kept")
+        text, cosine = text_tower(backend, cache.folder)
         tokenizer = cache.folder / "tokenizer.json"
         with atomic_path(tokenizer) as temporary:
             backend.tokenizer.backend_tokenizer.save(str(temporary))
@@ -92,6 +105,7 @@ def build(settings: Settings) -> Path:
                                        for k, v in files.items()},
                     "preprocess": dataclasses.asdict(backend.preprocess),
                     "text_length": TEXT_LENGTH, "text_cosine": cosine,
+                    "text_precision": "int8" if "int8" in text.name else "float32",
                     "dim": int(backend.model.config.projection_dim)}
         path = cache.folder / MANIFEST
         with atomic_path(path) as temporary:

@@ -20,17 +20,13 @@ from worker.core.settings import Settings
 from worker.db.schema import engine_for
 from worker.search import exact, keeper
 from worker.search.groups import group
-from worker.search.hits import Group, Hit
+from worker.search.hits import THRESHOLD, Group, Hit
 from worker.search.index import EXACT_BELOW, Index
 from worker.search.store import Store
 from worker.sources.local import path_of
 
 log = logging.getLogger(__name__)
 CHECK_SECONDS = 5.0  # how often a long-lived Finder looks for new kept embeddings
-# The cosine at which two images count as one. Measured with random checkpoints only (where
-# re-encoded copies sit at 0.98-0.9998 and different photos reach 0.98): unmeasured for the real
-# checkpoint until its weights are at hand (docs/search.md).
-THRESHOLD = 0.95
 NEIGHBOURS = 100  # nearest contents looked at for one image's duplicates
 
 
@@ -80,11 +76,16 @@ class Finder:
         """Images nearest to a catalogued image (a URI or file path with a kept embedding:
         itself first) or to an image's bytes or file (embedded through the image tower)."""
         index = self.index()
-        return self._hits(index, self._target(target), top, None)[:top]
+        vector, content = self._target(target)
+        hits = self._hits(index, vector, top, None)
+        # Its own content first, at 1: float16 rounding can put a copy at 0.99999 above it.
+        own = [Hit(h.uri, 1.0, h.sha256, h.top_label, h.run_id) for h in hits
+               if h.sha256 == content]
+        return (own + [h for h in hits if h.sha256 != content])[:top]
 
     def duplicates_of(self, uri: str, *, threshold: float | None = None) -> list[Hit]:
         """The other images at or above ``threshold`` to a catalogued image, nearest first."""
-        vector = self._kept_vector(uri)
+        vector = self._kept_vector(self.store.content_of(self._uri_of(uri)))
         if vector is None:
             raise ConfigError(f"{uri} is not a catalogued image with a kept embedding")
         bar = THRESHOLD if threshold is None else threshold
@@ -158,20 +159,22 @@ class Finder:
         return [Hit(i.uri, score, i.sha256, i.top_label, i.run_id)
                 for score, key in found for i in images.get(key, [])]
 
-    def _target(self, target: str | bytes) -> np.ndarray:
+    def _target(self, target: str | bytes) -> tuple[np.ndarray, str | None]:
+        """The embedding to search near, and the content hash of a catalogued target."""
         if isinstance(target, bytes):
             with tempfile.TemporaryDirectory(prefix="similar-") as folder:
                 path = Path(folder, "image")
                 path.write_bytes(target)
-                return self._images().encode(path)
-        vector = self._kept_vector(target)
+                return self._images().encode(path), None
+        content = self.store.content_of(self._uri_of(target))
+        vector = self._kept_vector(content)
         if vector is not None:
-            return vector
+            return vector, content
         path = path_of(target).expanduser()
         if not path.is_file():
             raise ConfigError(f"{target} is neither a catalogued image with a kept embedding "
                               "nor an image file")
-        return self._images().encode(path)
+        return self._images().encode(path), None
 
     def _uri_of(self, target: str) -> str:
         """A file path as its catalogue URI (file://, its folder's real path), else as given."""
@@ -180,8 +183,7 @@ class Finder:
             return target
         return (Path(path.absolute().parent).resolve() / path.name).as_uri()
 
-    def _kept_vector(self, target: str) -> np.ndarray | None:
-        content = self.store.content_of(self._uri_of(target))
+    def _kept_vector(self, content: str | None) -> np.ndarray | None:
         if content is None:
             return None
         keys, vectors = self.store.vectors([key_of(bytes.fromhex(content))])

@@ -98,3 +98,15 @@ def current(store: Store, folder: Path, name: str, note: Note,
             index.add(*store.vectors(new))
         index.save(folder, name)
     return Index.load(folder, name) or index
+
+
+def after_run(store: Store, folder: Path, name: str, note: Note) -> None:
+    """After a run: an index that exists takes the run's new embeddings now (a missing one is
+    built by the first search). Derived data: a failure here is a note, never the run's."""
+    if Index.pointed(folder, name) is None:
+        return
+    try:
+        current(store, folder, name, note)
+    except Exception as exc:  # the next search tries again; the run's results are whole
+        note(f"search index not updated ({type(exc).__name__}: {exc}); the next search "
+             "updates it")
