@@ -3,7 +3,7 @@
 Both kinds store the float16 values as they are kept (faiss's fp16 scalar quantiser, exact for
 them) under the embeddings' own int64 keys. Below EXACT_BELOW a flat index scans every vector:
 as fast there as an approximate one, and exact. Above it, an inverted file (IVF) of
-~4 sqrt(N) lists scans NPROBE lists per query. Adding keeps the lists trained for N;
+~2 sqrt(N) lists scans NPROBE lists per query. Adding keeps the lists trained for N;
 past GROWTH x N, a rebuild retrains them (keeper.py). On disk a snapshot is two files named
 by a generation, and a pointer file (``<name>.json``) replaced atomically names the current one:
 a reader never pairs an old index with new keys. faiss was chosen over usearch by measurement
@@ -24,14 +24,17 @@ import faiss
 import numpy as np
 
 EXACT_BELOW = 50_000  # kept embeddings: at or above this, an IVF (benchmarks.search measures)
-NPROBE = 32  # lists scanned per query: recall@10 >= 0.99 at 1M on the benchmark's data
+NPROBE = 32  # lists scanned per query (recall@10 0.994 at 100,000 on the benchmark's data)
+PAIR_NPROBE = 4  # per image, for duplicates: near-copies share their nearest lists
 TRAIN_PER_LIST = 40  # training vectors per list (faiss warns below 39)
 GROWTH = 4  # an IVF that grew past 4x the vectors it was trained on is rebuilt
 faiss.omp_set_num_threads(os.cpu_count() or 1)
 
 
 def lists_for(count: int) -> int:
-    return max(1, int(4 * np.sqrt(count)))
+    """2 sqrt(N): k-means costs grow with the square of the lists (training 2,000 for 1M takes
+    minutes on 2 cores), queries with the vectors per list (500 at 1M)."""
+    return max(1, int(2 * np.sqrt(count)))
 
 
 def sample_size(count: int) -> int:
@@ -65,6 +68,7 @@ class Index:
             return cls(flat, np.zeros(0, np.int64), {"kind": "flat", "dim": dim})
         lists = lists_for(count)
         ivf = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, lists, fp16, ip)
+        ivf.by_residual = False  # codes are the kept float16 values themselves: exact scores
         ivf.cp.niter = 10  # k-means iterations: recall barely moves past 10 on CLIP-like data
         ivf.train(np.asarray(sample, np.float32))
         return cls(ivf, np.zeros(0, np.int64),
@@ -98,7 +102,7 @@ class Index:
         return np.minimum(scores, 1.0), keys
 
     def pairs(self, queries: np.ndarray, keys: np.ndarray, threshold: float,
-              nprobe: int = NPROBE) -> Iterable[tuple[int, int, float]]:
+              nprobe: int = PAIR_NPROBE) -> Iterable[tuple[int, int, float]]:
         """Pairs (smaller key, larger key, score) at or above ``threshold``; approximate: a pair
         may come twice (found from both sides) or, rarely, not at all."""
         lims, scores, found = self.index.range_search(
