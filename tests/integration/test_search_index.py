@@ -12,7 +12,7 @@ from testkit.vectors import clustered
 from worker.core.embedding import key_of
 from worker.db import embeddings as kept
 from worker.db.schema import engine_for
-from worker.search import exact, index, keeper
+from worker.search import exact, index, keeper, store
 from worker.search.store import Store
 
 MODEL, DIM = "test-model", 32
@@ -81,3 +81,16 @@ def test_a_missing_or_damaged_index_is_rebuilt_with_a_note(database, tmp_path):
     again = keeper.current(store, tmp_path, "i", notes.append)
     assert again.count == 100 and notes == [
         "building the search index over 100 kept embeddings (once: later runs only add to it)"]
+
+
+def test_sqlite_finds_hits_by_uri_and_content_never_by_status(sqlite_url):
+    # 'done' is most of the table: searched by the status index, SQLite (no statistics) read
+    # it all for each hit (420 ms a similar-image query at 100,000 images, 7 ms without).
+    engine = engine_for(sqlite_url)
+    for query, index_used in ((store.latest("s3://b/x.jpg"), "(uri_hash=?)"),
+                              (store.of_contents(["ab" * 32]), "(content_sha256=?)")):
+        compiled = query.compile(engine, compile_kwargs={"literal_binds": True})
+        with engine.connect() as conn:
+            plan = " ".join(str(row) for row in conn.exec_driver_sql(
+                f"EXPLAIN QUERY PLAN {compiled}"))
+        assert index_used in plan and "ix_results_status" not in plan, plan

@@ -116,7 +116,7 @@ class Store:
                     hashes[bytes(row.sha256).hex()] = row.key
             newest: dict[str, sa.Row] = {}
             for part in batches(sorted(hashes)):
-                for row in conn.execute(_done().where(results.c.content_sha256.in_(part))):
+                for row in conn.execute(of_contents(part)):
                     kept = newest.get(row.uri_hash)
                     if kept is None or (row.updated_at, row.id) > (kept.updated_at, kept.id):
                         newest[row.uri_hash] = row
@@ -130,9 +130,7 @@ class Store:
     def content_of(self, uri: str) -> str | None:
         """The content hash of a catalogued URI's newest done result, or None."""
         with self.engine.connect() as conn:
-            row = conn.execute(_done().where(results.c.uri_hash == uri_hash(uri))
-                               .order_by(results.c.updated_at.desc(), results.c.id.desc())
-                               .limit(1)).first()
+            row = conn.execute(latest(uri)).first()
         return row.content_sha256 if row is not None else None
 
     @retried
@@ -165,6 +163,17 @@ class Store:
     def run_exists(self, run: str) -> bool:
         with self.engine.connect() as conn:
             return conn.scalar(sa.select(runs.c.id).where(runs.c.id == run)) is not None
+
+
+def latest(uri: str) -> sa.Select:
+    """A URI's newest done result."""
+    return (_done().where(results.c.uri_hash == uri_hash(uri))
+            .order_by(results.c.updated_at.desc(), results.c.id.desc()).limit(1))
+
+
+def of_contents(hashes: Iterable[str]) -> sa.Select:
+    """The done results of these contents (hex)."""
+    return _done().where(results.c.content_sha256.in_(list(hashes)))
 
 
 def _done() -> sa.Select:
