@@ -21,8 +21,11 @@ from worker.db.schema import engine_for
 from worker.search import exact, keeper
 from worker.search.groups import group
 from worker.search.hits import THRESHOLD, Group, Hit
+from worker.search.image import ImageEncoder
 from worker.search.index import EXACT_BELOW, Index
 from worker.search.store import Store
+from worker.search.text import TextEncoder, check_query
+from worker.search.towers import towers
 from worker.sources.local import path_of
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,9 @@ class Finder:
         self._index: Index | None = None
         self._checked = -np.inf
         self._refreshing = threading.Lock()
+        self._loading = threading.Lock()
+        self._text: TextEncoder | None = None
+        self._image: ImageEncoder | None = None
 
     def index(self) -> Index:
         """The current snapshot: checked against the table every CHECK_SECONDS; while one
@@ -66,9 +72,10 @@ class Finder:
              label: str | None = None) -> list[Hit]:
         """Images ranked by the cosine of their kept embedding to the text's (under the same
         prompt templates as labels). Nothing is fetched or decoded."""
-        vector = self._text_vector(query)
+        check_query(query)  # before anything is loaded
         index = self.index()
         within = self._within(run, label)
+        vector = self._text_vector(query)
         hits = self._hits(index, vector, top * (2 if label else 1), within)
         return [h for h in hits if label is None or h.top_label == label][:top]
 
@@ -190,26 +197,21 @@ class Finder:
         return np.asarray(vectors[0], np.float32) if len(keys) else None
 
     def _text_vector(self, query: str) -> np.ndarray:
-        return _encode(self._text_encoder(), query, tuple(self.templates))
+        with self._loading:  # the towers once, on first use (exported first where missing)
+            if self._text is None:
+                self._text = TextEncoder(towers(self.settings, self.note))
+        return _encode(self._text, query, tuple(self.templates))
 
-    @functools.cache  # noqa: B019 (one encoder per Finder, which lives as long as its user)
-    def _text_encoder(self) -> object:
-        from worker.search.text import TextEncoder
-        from worker.search.towers import towers
-
-        return TextEncoder(towers(self.settings, self.note))
-
-    @functools.cache  # noqa: B019
-    def _images(self) -> object:
-        from worker.search.image import ImageEncoder
-        from worker.search.towers import towers
-
-        return ImageEncoder(self.settings, towers(self.settings, self.note))
+    def _images(self) -> ImageEncoder:
+        with self._loading:
+            if self._image is None:
+                self._image = ImageEncoder(self.settings, towers(self.settings, self.note))
+        return self._image
 
 
 @functools.lru_cache(maxsize=256)
-def _encode(encoder: object, query: str, templates: tuple[str, ...]) -> np.ndarray:
+def _encode(encoder: TextEncoder, query: str, templates: tuple[str, ...]) -> np.ndarray:
     """A query's embedding, remembered: the workbench asks for the same words again."""
-    return encoder.encode(query, templates)  # type: ignore[attr-defined, no-any-return]
+    return encoder.encode(query, templates)
 
 
