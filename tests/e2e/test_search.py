@@ -124,6 +124,8 @@ def test_a_fleet_database(tagger_env, bucket, start_worker, tmp_path):
     assert names(own)[0] == "p0.png" and set(names(own)[1:]) == {"p0-copy.jpg", "p0-small.png"}
     assert len(json.loads(producer("search", "猫", "--run", first, "--json"))) == PHOTOS + 3
     finder = Finder(load_settings())
+    near = finder.similar((tmp_path / "photos" / "p0-copy.jpg").read_bytes(), top=3)  # bytes
+    assert {Path(h.uri).name for h in near} == {"p0.png", "p0-copy.jpg", "p0-small.png"}
     same = finder.duplicates_of(f"s3://{bucket}/p/p1.png", threshold=THRESHOLD)
     assert [Path(h.uri).name for h in same] == ["p1-same.png"] and same[0].score > 0.9999
     # The text tower in ONNX Runtime encodes a label as the workers' torch did for the labels.

@@ -94,3 +94,24 @@ def test_sqlite_finds_hits_by_uri_and_content_never_by_status(sqlite_url):
             plan = " ".join(str(row) for row in conn.exec_driver_sql(
                 f"EXPLAIN QUERY PLAN {compiled}"))
         assert index_used in plan and "ix_results_status" not in plan, plan
+
+
+def test_a_finder_loads_the_generation_another_process_saved(database, tmp_path, monkeypatch):
+    from worker.core.settings import load_settings
+    from worker.search import finder as finding
+
+    keep(database, clustered(100, DIM, seed=6), 0)
+    settings = load_settings({"DATABASE_URL": database, "TAGGER_MODEL": MODEL,
+                              "TAGGER_HOME": str(tmp_path), "TAGGER_INDEX_DIR": str(tmp_path)})
+    notes: list[str] = []
+    first = finding.Finder(settings, notes.append)
+    before = first.index()
+    keep(database, clustered(30, DIM, seed=7), 1000)
+    other = finding.Finder(settings, print).index()  # another process adds the new ones
+    assert other.count == 130
+    assert first.index() is before  # until CHECK_SECONDS have passed, the snapshot it has
+    monkeypatch.setattr(finding, "CHECK_SECONDS", 0)
+    after = first.index()
+    assert after.count == 130 and after.meta["index"] == other.meta["index"]
+    assert len(notes) == 1 and "building" in notes[0]  # loaded, not added to again
+    assert before.search(clustered(100, DIM, seed=6)[:1], 1)[1][0, 0] != -1  # still usable
