@@ -125,6 +125,43 @@ def crossover(data: np.ndarray) -> dict[str, Any]:
             "ivf_top50": timed(lambda n: ivf.search(queries[n], 50), QUERIES)}
 
 
+def libraries(count: int, added: int) -> dict[str, Any]:
+    """faiss's IVF (as the index builds it) against usearch's HNSW on the same vectors."""
+    data, keys = vectors(count, seed=1), np.arange(count, dtype=np.int64)
+    started = time.perf_counter()
+    ivf = index.Index.empty(DIM, count, data[:index.sample_size(count)])
+    ivf.add(keys[:-added], data[:-added])
+    figures = {"faiss_ivf_build_seconds": round(time.perf_counter() - started, 1)}
+    started = time.perf_counter()
+    ivf.add(keys[-added:], data[-added:])
+    figures[f"faiss_ivf_add_{added}_seconds"] = round(time.perf_counter() - started, 2)
+    return {**figures, **compare(data, keys, added)}
+
+
+def compare(data: np.ndarray, keys: np.ndarray, added: int) -> dict[str, Any]:
+    """usearch's HNSW (float16, connectivity 16, expansion 128/64) on the same vectors: build,
+    adding, recall@10 and top-50 latency, beside faiss's IVF above."""
+    from usearch.index import Index as Hnsw
+
+    hnsw = Hnsw(ndim=DIM, metric="ip", dtype="f16", connectivity=16, expansion_add=128,
+                expansion_search=64)
+    started = time.perf_counter()
+    hnsw.add(keys[:-added], data[:-added], threads=os.cpu_count() or 1)
+    built = time.perf_counter() - started
+    started = time.perf_counter()
+    hnsw.add(keys[-added:], data[-added:], threads=os.cpu_count() or 1)
+    adding = time.perf_counter() - started
+    queries = near_copies(data[np.random.default_rng(9).integers(0, len(data), QUERIES)],
+                          seed=3, cosine=0.9)
+    truth = exact.top(queries, data, keys, 10)[1]
+    found = [hnsw.search(q, 10).keys for q in queries]
+    return {"usearch_build_seconds": round(built, 1), f"usearch_add_{added}_seconds":
+            round(adding, 2), "usearch_memory_mb": round(hnsw.memory_usage / 2**20, 1),
+            "usearch_recall_at_10": round(float(np.mean(
+                [len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])), 4),
+            "usearch_top50": timed(lambda n: hnsw.search(queries[n], 50), QUERIES)}
+
+
 def planted_found(groups: list[Group], count: int) -> float:
     """The share of planted near-copies (row i and row count - planted + i) grouped together."""
     where = {h.uri: n for n, g in enumerate(groups) for h in g.members}
@@ -164,7 +201,13 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1_000_000)
     parser.add_argument("--added", type=int, default=10_000)
     parser.add_argument("--folder", type=Path, help="work folder (default: a temporary one)")
+    parser.add_argument("--compare", type=int, metavar="N",
+                        help="only build usearch's HNSW and faiss's IVF over N vectors, and "
+                             "compare them")
     args = parser.parse_args()
+    if args.compare:
+        print(json.dumps(libraries(args.compare, args.added), indent=1))
+        return
     with tempfile.TemporaryDirectory(prefix="bench-search-") as temporary:
         folder = args.folder or Path(temporary)
         print(json.dumps(run(folder, args.count, args.added), ensure_ascii=False, indent=1))
