@@ -135,10 +135,22 @@ def libraries(count: int, added: int) -> dict[str, Any]:
     started = time.perf_counter()
     ivf.add(keys[-added:], data[-added:])
     figures[f"faiss_ivf_add_{added}_seconds"] = round(time.perf_counter() - started, 2)
-    return {**figures, **compare(data, keys, added)}
+    queries = near_copies(data[np.random.default_rng(9).integers(0, count, QUERIES)], seed=3,
+                          cosine=0.9)
+    truth = exact.top(queries, data, keys, 10)[1]
+    found = ivf.search(queries, 10)[1]
+    figures["faiss_ivf_recall_at_10"] = overlap(found, truth)
+    figures["faiss_ivf_top50"] = timed(lambda n: ivf.search(queries[n], 50), QUERIES)
+    return {**figures, **compare(data, keys, added, queries, truth)}
 
 
-def compare(data: np.ndarray, keys: np.ndarray, added: int) -> dict[str, Any]:
+def overlap(found: Any, truth: np.ndarray) -> float:
+    return round(float(np.mean([len(set(f) & set(t)) / 10
+                                for f, t in zip(found, truth, strict=True)])), 4)
+
+
+def compare(data: np.ndarray, keys: np.ndarray, added: int, queries: np.ndarray,
+            truth: np.ndarray) -> dict[str, Any]:
     """usearch's HNSW (float16, connectivity 16, expansion 128/64) on the same vectors: build,
     adding, recall@10 and top-50 latency, beside faiss's IVF above."""
     from usearch.index import Index as Hnsw
@@ -151,14 +163,10 @@ def compare(data: np.ndarray, keys: np.ndarray, added: int) -> dict[str, Any]:
     started = time.perf_counter()
     hnsw.add(keys[-added:], data[-added:], threads=os.cpu_count() or 1)
     adding = time.perf_counter() - started
-    queries = near_copies(data[np.random.default_rng(9).integers(0, len(data), QUERIES)],
-                          seed=3, cosine=0.9)
-    truth = exact.top(queries, data, keys, 10)[1]
     found = [hnsw.search(q, 10).keys for q in queries]
     return {"usearch_build_seconds": round(built, 1), f"usearch_add_{added}_seconds":
             round(adding, 2), "usearch_memory_mb": round(hnsw.memory_usage / 2**20, 1),
-            "usearch_recall_at_10": round(float(np.mean(
-                [len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])), 4),
+            "usearch_recall_at_10": overlap(found, truth),
             "usearch_top50": timed(lambda n: hnsw.search(queries[n], 50), QUERIES)}
 
 
