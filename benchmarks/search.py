@@ -25,6 +25,7 @@ import dataclasses
 import json
 import os
 import resource
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -46,6 +47,14 @@ from worker.search.towers import towers
 
 DIM, BATCH, QUERIES, PLANTED = 512, 5000, 200, 0.01
 LABELS = ["连衣裙", "台灯", "运动鞋"]
+
+
+class Figures(dict):  # type: ignore[type-arg]
+    """Each figure printed (stderr) as it is measured: a run stopped early still tells."""
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        print(json.dumps({key: value}, ensure_ascii=False), file=sys.stderr, flush=True)
 
 
 def vectors(count: int, seed: int) -> np.ndarray:
@@ -231,12 +240,13 @@ def run(folder: Path, count: int, added: int) -> dict[str, Any]:
     migrate.upgrade(url)
     settings = load_settings()
     data = vectors(count, seed=1)
-    figures: dict[str, Any] = {"count": count, "cpus": os.cpu_count(),
-                               "fill_seconds": round(fill(url, str(model), 0, data), 1)}
+    figures = Figures(count=count, cpus=os.cpu_count())
+    figures["fill_seconds"] = round(fill(url, str(model), 0, data), 1)
     finder = Finder(settings, print)
     figures["build"] = build_index(finder)
     keys = np.array([key_of(bytes.fromhex(content(n))) for n in range(count)], np.int64)
-    figures.update(recall(finder, data, keys))
+    for name, value in recall(finder, data, keys).items():
+        figures[name] = value
     picked = np.random.default_rng(4).integers(0, count, QUERIES)
     figures["similar_top50"] = timed(lambda n: finder.similar(uri(picked[n]), top=50), QUERIES)
     finder.text("预热", top=50)
