@@ -3,7 +3,7 @@
 Both kinds store the float16 values as they are kept (faiss's fp16 scalar quantiser, exact for
 them) under the embeddings' own int64 keys. Below EXACT_BELOW a flat index scans every vector:
 as fast there as an approximate one, and exact. Above it, an inverted file (IVF) of
-~2 sqrt(N) lists scans NPROBE lists per query. Adding keeps the lists trained for N;
+~2 sqrt(N) lists scans an eighth of them per query. Adding keeps the lists trained for N;
 past GROWTH x N, a rebuild retrains them (keeper.py). On disk a snapshot is two files named
 by a generation, and a pointer file (``<name>.json``) replaced atomically names the current one:
 a reader never pairs an old index with new keys. faiss was chosen over usearch by measurement
@@ -12,10 +12,11 @@ a reader never pairs an old index with new keys. faiss was chosen over usearch b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,27 @@ from typing import Any
 import faiss
 import numpy as np
 
-EXACT_BELOW = 50_000  # kept embeddings: at or above this, an IVF (benchmarks.search measures)
-NPROBE = 32  # lists scanned per query (recall@10 0.994 at 100,000 on the benchmark's data)
+# Kept embeddings: at or above this, an IVF. A flat scan of 20,000 took 2 ms a query (one
+# thread), of 50,000 12 ms; the IVF under 1 ms (benchmarks.search, "crossover").
+EXACT_BELOW = 20_000
+# Lists scanned per query: an eighth of them, at least 32. On the benchmark's data (1M, 2,000
+# lists) recall@10 was 0.83 at 32, 0.91 at 128, 0.95 at 256 (docs/performance.md).
+NPROBE, PROBED_SHARE = 32, 8
 PAIR_NPROBE = 4  # per image, for duplicates: near-copies share their nearest lists
 TRAIN_PER_LIST = 40  # training vectors per list (faiss warns below 39)
 GROWTH = 4  # an IVF that grew past 4x the vectors it was trained on is rebuilt
-faiss.omp_set_num_threads(os.cpu_count() or 1)
+CORES = os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def threads(count: int) -> Iterator[None]:
+    """faiss's OpenMP threads for a call: one for a single query (with two, on a busy 2-core
+    machine, a 5,000-vector scan took 16 ms instead of 0.5), every core for batches."""
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(CORES)
 
 
 def lists_for(count: int) -> int:
@@ -40,6 +56,9 @@ def lists_for(count: int) -> int:
 def sample_size(count: int) -> int:
     """How many vectors an IVF for ``count`` is trained on (none for a flat index)."""
     return 0 if count < EXACT_BELOW else min(count, TRAIN_PER_LIST * lists_for(count))
+
+
+faiss.omp_set_num_threads(CORES)
 
 
 @dataclass
@@ -93,12 +112,14 @@ class Index:
                 or self.count < EXACT_BELOW // 2)
 
     def search(self, queries: np.ndarray, k: int, within: np.ndarray | None = None,
-               nprobe: int = NPROBE) -> tuple[np.ndarray, np.ndarray]:
+               nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, keys) of the ``k`` nearest, best first (key -1: none). ``within``: only
         these keys, then searched exhaustively (exact over them, however few they are)."""
         queries = np.atleast_2d(np.asarray(queries, np.float32))
         params = self._params(within, nprobe)
-        scores, keys = self.index.search(queries, min(k, max(self.count, 1)), params=params)
+        with threads(1 if len(queries) == 1 else CORES):
+            scores, keys = self.index.search(queries, min(k, max(self.count, 1)),
+                                             params=params)
         return np.minimum(scores, 1.0), keys
 
     def pairs(self, queries: np.ndarray, keys: np.ndarray, threshold: float,
@@ -114,11 +135,13 @@ class Index:
                     a, b = sorted((int(key), int(found[at])))
                     yield a, b, min(float(scores[at]), 1.0)
 
-    def _params(self, within: np.ndarray | None, nprobe: int) -> Any:
+    def _params(self, within: np.ndarray | None, nprobe: int | None) -> Any:
         selector = None if within is None else faiss.IDSelectorBatch(
             np.asarray(within, np.int64))
         if self.kind == "ivf":
-            lists = self.index.nlist if within is not None else min(nprobe, self.index.nlist)
+            nlist = self.index.nlist
+            lists = nlist if within is not None else min(
+                nprobe or max(NPROBE, nlist // PROBED_SHARE), nlist)
             return faiss.SearchParametersIVF(sel=selector, nprobe=lists)
         return faiss.SearchParameters(sel=selector) if selector is not None else None
 
