@@ -2,12 +2,12 @@
 
 Both kinds store the float16 values as they are kept (faiss's fp16 scalar quantiser, exact for
 them) under the embeddings' own int64 keys. Below EXACT_BELOW a flat index scans every vector:
-as fast there as an approximate one, and exact. Above it, an inverted file (IVF) of
+2 ms a query at 20,000 here, and exact. Above it, an inverted file (IVF) of
 ~2 sqrt(N) lists scans an eighth of them per query. Adding keeps the lists trained for N;
 past GROWTH x N, a rebuild retrains them (keeper.py). On disk a snapshot is two files named
 by a generation, and a pointer file (``<name>.json``) replaced atomically names the current one:
 a reader never pairs an old index with new keys. faiss was chosen over usearch by measurement
-(docs/search.md): adding 10,000 vectors to usearch's HNSW took 51 s here, to the IVF 2.4 s.
+(docs/performance.md): adding 10,000 vectors to usearch's HNSW took 51 s here, to the IVF 2.4 s.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import faiss
 import numpy as np
 
 # Kept embeddings: at or above this, an IVF. A flat scan of 20,000 took 2 ms a query (one
-# thread), of 50,000 12 ms; the IVF under 1 ms (benchmarks.search, "crossover").
+# thread), of 50,000 12 ms; the IVF under 1 ms (docs/performance.md).
 EXACT_BELOW = 20_000
 # Lists scanned per query: an eighth of them, at least 32. On the benchmark's data (1M, 2,000
 # lists) recall@10 was 0.83 at 32, 0.91 at 128, 0.95 at 256 (docs/performance.md).
