@@ -12,6 +12,7 @@ from typing import Any
 import click
 import sqlalchemy as sa
 
+from producer import cli_search as search_commands
 from producer import enqueue as enqueuing
 from producer import relabel as relabelling
 from producer import render
@@ -296,5 +297,5 @@ def retry_failed(reason: str | None, chunk_size: int | None) -> None:
                    f"of label set {labelset_id} in {summary.chunks} chunks")
 
 
-main.add_command(database)
-main.add_command(export_backlog)
+for subcommand in (database, export_backlog, *search_commands.COMMANDS):
+    main.add_command(subcommand)

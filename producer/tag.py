@@ -83,8 +83,21 @@ def tag(settings: Settings, location: str, *, labelset: LabelSet, output: Path |
     tagged = _export(settings, selection, summary, output)
     page = output.with_suffix(".html" if output.suffix != ".html" else ".report.html")
     tagged.report = write_report(settings, page, summary.run_id, selection)
+    _update_index(settings, echo)
     tagged.seconds = time.monotonic() - started
     return tagged
+
+
+def _update_index(settings: Settings, echo: Callable[[str], None]) -> None:
+    """The search index, where there is one, takes the run's new embeddings (NumPy and faiss
+    are loaded only then)."""
+    from worker.search import keeper
+    from worker.search.store import Store
+
+    name = keeper.index_name(settings.database_url, settings.model)
+    if keeper.Index.pointed(settings.index_dir, name) is not None:
+        keeper.after_run(Store(engine_for(settings.database_url), settings.model),
+                         settings.index_dir, name, echo)
 
 
 def _require_images(listing: Listing) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "transformers", "numpy", "PIL", "onnxruntime")
+HEAVY = ("torch", "transformers", "numpy", "PIL", "onnxruntime", "faiss")
 _MARK = "imported-heavy:"
 
 

@@ -6,6 +6,7 @@ start with one message that says what was tried and what to set, instead of a re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -97,3 +98,24 @@ def read_preprocess(folder: Path) -> Preprocess:
         return Preprocess(height=int(crop.get("height", edge)), width=int(crop.get("width", edge)),
                           shortest_edge=edge, **common)
     return Preprocess(height=int(size["height"]), width=int(size["width"]), **common)
+
+
+def checkpoint_digest(folder: Path) -> str:
+    """What identifies a checkpoint cheaply: its configs, its weights' sizes and mtimes."""
+    digest = hashlib.sha256()
+    for name in ("config.json", *PROCESSOR):
+        if (folder / name).is_file():
+            digest.update(name.encode() + b"\0" + (folder / name).read_bytes())
+    for name in WEIGHTS:
+        if (folder / name).is_file():  # hub snapshots link to blobs: stat what they point to
+            stat = (folder / name).resolve().stat()
+            digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from worker.backends.folder import PROCESSOR, WEIGHTS
+from worker.backends.folder import checkpoint_digest, file_sha256
 from worker.backends.probe import onnx_agreement, probe_images
 from worker.core.pixels import Preprocess
 
@@ -126,27 +125,6 @@ def convert_float16(source: Path, path: Path) -> None:
     # keep_io_types: the uint8 input and float32 embeddings stay; the casts are in the graph.
     model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
     onnx.save(model, str(path))
-
-
-def checkpoint_digest(folder: Path) -> str:
-    """What identifies a checkpoint cheaply: its configs, its weights' sizes and mtimes."""
-    digest = hashlib.sha256()
-    for name in ("config.json", *PROCESSOR):
-        if (folder / name).is_file():
-            digest.update(name.encode() + b"\0" + (folder / name).read_bytes())
-    for name in WEIGHTS:
-        if (folder / name).is_file():  # hub snapshots link to blobs: stat what they point to
-            stat = (folder / name).resolve().stat()
-            digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager

@@ -35,6 +35,7 @@ class Settings:
 
     home: Path
     cache_dir: Path
+    index_dir: Path  # the search index (worker/search): derived from the database, rebuildable
     broker_url: str
     database_url: str
     queue: str
@@ -254,12 +255,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     home = Path(env.get("TAGGER_HOME", "").strip()
                 or platformdirs.user_data_dir(APP_NAME)).expanduser().absolute()
     cache = env.get("TAGGER_CACHE_DIR", "").strip()
+    index = env.get("TAGGER_INDEX_DIR", "").strip()
     templates = env.get("TAGGER_TEMPLATES", "").strip()
     broker = env.get("CELERY_BROKER_URL", "").strip()
     database = env.get("DATABASE_URL", "").strip()
     return Settings(
         home=home,
         cache_dir=Path(cache or platformdirs.user_cache_dir(APP_NAME)).expanduser().absolute(),
+        index_dir=Path(index or home / "index").expanduser().absolute(),
         broker_url=_broker_url("CELERY_BROKER_URL", broker) if broker else "filesystem://",
         database_url=(database_url("DATABASE_URL", database) if database
                       else f"sqlite:///{home / 'results.db'}"),
