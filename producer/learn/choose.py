@@ -67,9 +67,9 @@ def _learn(start: Start, examples: Examples) -> Learned:
     vectors = fit(start, examples, method, value)
     vectors = keep_verdicts(start, examples, vectors)
     contradicted = int((~agreeing(vectors, examples)).sum())
-    report = {"verdicts": len(examples), "images": int(len(np.unique(examples.group))),
+    report = {"verdicts": len(examples), "images": len(np.unique(examples.group)),
               "right": int(examples.right.sum()), "wrong": int((~examples.right).sum()),
-              "labels": int(len(np.unique(examples.label))), "folds": len(held),
+              "labels": len(np.unique(examples.label)), "folds": len(held),
               "agreement": {"zero-shot": zero, "learned": measured.get(f"{method} {value:g}")},
               "candidates": measured, "method": method, "value": value,
               "contradicted": contradicted}

@@ -130,3 +130,22 @@ def keep_verdicts(start: Start, examples: Examples, vectors: np.ndarray, rounds:
         weights[bad] *= 10.0
         vectors = probe(start, examples, 1.0, begin=vectors, weights=weights, steps=50)
     return vectors
+
+
+def logit_scale(x: np.ndarray, texts: np.ndarray, top_scores: np.ndarray) -> float | None:
+    """The logit scale the stored top scores were computed at (the producer has no model to
+    ask): per image, the scale at which the softmax gives its top label that score (it grows
+    with the scale), found by bisection; their median. None without usable images."""
+    found = []
+    for cosines, score in zip(x @ texts.T, top_scores, strict=True):
+        low, high = 0.0, 7.0  # ln(scale): 1 to ~1,100
+        for _ in range(40):
+            middle = (low + high) / 2
+            z = np.exp(middle) * (cosines - cosines.max())
+            if 1.0 / np.exp(z).sum() < score:
+                low = middle
+            else:
+                high = middle
+        if 0.0 < low < 7.0:
+            found.append(np.exp(low))
+    return float(np.median(found)) if found else None

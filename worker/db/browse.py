@@ -82,6 +82,15 @@ def change_counts(conn: Connection, run_id: str, before_labelset: str) -> list[t
     return [tuple(row) for row in rows]
 
 
+def top_scores(conn: Connection, model: str, labelset_id: str, shas: Sequence[str]
+               ) -> dict[str, float]:
+    """The top score of each of these image contents under a label set (one per content)."""
+    rows = conn.execute(sa.select(results.c.content_sha256, results.c.top_score).where(
+        results.c.model == model, results.c.labelset_id == labelset_id,
+        results.c.status == "done", results.c.content_sha256.in_(list(shas))))
+    return {sha: float(score) for sha, score in rows}
+
+
 def page_after(rows: Sequence[sa.RowMapping], limit: int) -> After:
     """Where the next page starts: after the last row of a full page; None at the end."""
     if len(rows) < limit:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -70,7 +71,7 @@ def for_contents(conn: Connection, labelset_id: str, shas: Iterable[str | None]
                             .where(corrections.c.labelset_id == labelset_id,
                                    corrections.c.content_sha256.in_(part)))
         for sha, label, verdict, reviewer in rows:
-            right, wrong, by = found.setdefault(sha, (None, set(), None))
+            _, wrong, _ = found.setdefault(sha, (None, set(), None))
             if verdict == RIGHT:
                 found[sha] = (label, wrong, reviewer)
             else:

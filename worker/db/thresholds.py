@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from worker.core.judgement import propose_threshold
+from worker.db import corrections
 from worker.db.schema import insert, retried, thresholds
 
 
@@ -41,3 +43,20 @@ def put(engine: Engine, labelset_id: str, label: str, threshold: float | None, s
             index_elements=["labelset_id", "label"],
             set_={name: stmt.excluded[name] for name in ("threshold", "precision", "set_by",
                                                            "set_at")}))
+
+
+def propose(engine: Engine, labelset_id: str, root_id: str, precision: float, set_by: str
+            ) -> dict[str, float | None]:
+    """Set each reviewed label's threshold to the lowest score that keeps ``precision`` on the
+    reviewed images it is the top label of; {label: threshold, or None where none does}."""
+    reviewed: dict[str, list[tuple[float, bool]]] = {}
+    for top, score, verdicts in corrections.scored(engine, labelset_id, root_id):
+        truth = corrections.label_truth(verdicts, top)
+        if truth is not None:
+            reviewed.setdefault(top, []).append((score, truth))
+    proposed = {label: propose_threshold(pairs, precision)
+                for label, pairs in sorted(reviewed.items())}
+    for label, value in proposed.items():
+        if value is not None:
+            put(engine, labelset_id, label, value, set_by, precision)
+    return proposed
