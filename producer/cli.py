@@ -21,6 +21,7 @@ from producer.cli_serve import serve
 from producer.endings import endings
 from producer.export import WRITERS, export_embeddings, format_of
 from producer.export import export as export_rows
+from producer.judged import judged_rows
 from producer.progress import Progress
 from producer.report import PREVIEW_SECONDS, write_report
 from producer.tag import tag as tag_location
@@ -215,7 +216,8 @@ def export(fmt: str | None, output: Path | None, run_id: str | None, status_: st
     scope = kept.Scope(settings.model, run_id)
     with output.open("wb") if output else contextlib.nullcontext(sys.stdout.buffer) as out:
         count = (export_embeddings(kept.read_images(engine, scope), out, fmt) if vectors else
-                 export_rows(db.iter_results(engine, run_id=run_id, status=status_), out, fmt))
+                 export_rows(judged_rows(engine, db.iter_results(engine, run_id=run_id,
+                                                                 status=status_)), out, fmt))
     click.echo(f"exported {count} {'embeddings' if vectors else 'results'}"
                + (f" to {output}" if output else ""), err=True)
 
