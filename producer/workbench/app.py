@@ -35,6 +35,7 @@ def create_app(settings: Settings, access: Access, host: str = "127.0.0.1") -> A
             yield
         finally:
             bench.pictures.close()
+            bench.counted.close()
 
     app = Starlette(
         routes=[*(route for module in ROUTES for route in module.routes),

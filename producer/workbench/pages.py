@@ -19,6 +19,7 @@ from starlette.templating import Jinja2Templates
 
 from producer.page import name, place
 from producer.workbench.access import Access
+from producer.workbench.counted import Counted
 from producer.workbench.jobs import Jobs
 from producer.workbench.pictures import Pictures
 from worker.core.redact import redact
@@ -40,6 +41,7 @@ class Bench:
     access: Access
     pictures: Pictures
     jobs: Jobs = field(default_factory=Jobs)
+    counted: Counted = field(default_factory=Counted)
 
 
 def when(moment: datetime | str | None) -> str:
@@ -62,6 +64,7 @@ def _templates() -> Jinja2Templates:
     env.autoescape = True  # every template, whatever its name
     env.trim_blocks = env.lstrip_blocks = True
     env.filters.update(name=name, place=place, redact=redact, when=when,
+                       epoch=lambda t: when(datetime.fromtimestamp(t, UTC)),
                        pct=lambda v: "-" if v is None else f"{100 * v:.1f}%")
     env.globals.update(href=href)
     return templates

@@ -12,7 +12,6 @@ from testkit.processes import Command
 from testkit.services import free_port
 
 
-
 def test_correct_learn_and_see_the_label_taken(tmp_path, tiny_model, labels_file, browser):
     folder = tmp_path / "images"
     write_images(folder, 12)

@@ -10,12 +10,33 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from worker.db.schema import results
+from worker.db.schema import results, runs
 
 PHOTO = (results.c.id, results.c.uri, results.c.uri_hash, results.c.content_sha256,
          results.c.top_label, results.c.top_score, results.c.labels, results.c.labelset_id,
          results.c.model)
 After = tuple[float, int] | None  # (score, id) of the last image of the page before
+
+
+def run_row(conn: Connection, run_id: str) -> sa.RowMapping | None:
+    """A run as recorded, without counting its images (`producer status` counts them)."""
+    return conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().first()
+
+
+def latest_runs(conn: Connection, limit: int) -> list[sa.RowMapping]:
+    """The newest runs as recorded, without counting their images."""
+    return list(conn.execute(sa.select(runs).order_by(runs.c.started_at.desc()).limit(limit))
+                .mappings())
+
+
+def label_counts(conn: Connection, run_id: str) -> dict[str, int]:
+    """A run's tagged images per top label, most first (ix_results_run_label_score alone)."""
+    count = sa.func.count()
+    rows = conn.execute(sa.select(results.c.top_label, count)
+                        .where(results.c.run_id == run_id, results.c.top_label.is_not(None))
+                        .group_by(results.c.top_label).order_by(count.desc(),
+                                                                results.c.top_label))
+    return {str(label): int(n) for label, n in rows}
 
 
 def gallery(conn: Connection, run_id: str, label: str, after: After, limit: int

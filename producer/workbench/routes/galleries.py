@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from producer.judged import Context
 from producer.workbench.pages import PAGE, after_score, bench, render
-from producer.workbench.routes.runs import _run
+from producer.workbench.routes.runs import recorded
 from worker.db import browse
 
 
@@ -29,7 +29,7 @@ def photos(engine: Engine, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, 
 
 
 def gallery_page(request: Request) -> Response:
-    run = _run(request)
+    run = recorded(request)
     label = request.query_params.get("label")
     if not label:
         raise HTTPException(400, "which label? (?label=...)")
