@@ -51,6 +51,13 @@ class Context:
                 found[(labelset_id, sha)] = verdicts
         return found
 
+    def parent(self, row: Mapping[str, Any], label: str | None) -> str | None:
+        """A label's parent: as the row's labels have it, else as its label set has it."""
+        for entry in row["labels"] or []:
+            if entry["label"] == label:
+                return entry.get("parent")
+        return self.parents[row["labelset_id"]].get(label) if label else None
+
     def judged(self, row: Mapping[str, Any], verdicts: Verdicts | None) -> Judged:
         return judge(row["labels"] or [], verdicts, self.limits[row["labelset_id"]])
 
@@ -69,5 +76,5 @@ def judged_rows(engine: Engine, rows: Iterable[Mapping[str, Any]], batch: int = 
                 judged = context.judged(row, verdicts.get((row["labelset_id"],
                                                            row["content_sha256"])))
                 out["judged"] = judged
-                out["judged_parent"] = context.parents[row["labelset_id"]].get(judged.label)
+                out["judged_parent"] = context.parent(row, judged.label)
             yield out
