@@ -17,7 +17,8 @@ from sqlalchemy.engine import Connection, Engine
 from worker.core.contract import uri_hash
 from worker.core.judgement import RIGHT, Verdicts
 from worker.core.redact import stored_uri
-from worker.db.schema import batches, corrections, insert, results, retried
+from worker.db.review_tables import corrections
+from worker.db.schema import batches, insert, results, retried
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from worker.core.labels import LabelSet
-from worker.db.schema import insert, labelsets, learned, retried, text_embeddings
+from worker.db.review_tables import learned
+from worker.db.schema import insert, labelsets, retried, text_embeddings
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from worker.core.judgement import propose_threshold
 from worker.db import corrections
-from worker.db.schema import insert, retried, thresholds
+from worker.db.review_tables import thresholds
+from worker.db.schema import insert, retried
 
 
 def of(conn: Connection, labelset_id: str) -> dict[str, float]:
