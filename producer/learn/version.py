@@ -45,7 +45,7 @@ def learn_version(settings: Settings, labelset_id: str) -> NewVersion:
     root_id = learned.root_of(engine, labelset_id)
     root = load_labelset(engine, root_id)
     texts = learned.text_vectors(engine, settings.model, root_id)
-    if root is None or texts is None:
+    if root is None or texts is None or texts[0] != len(root.labels):
         raise ConfigError(f"label set {root_id} has not been scored under {settings.model}: "
                           "tag or relabel images with it first")
     verdicts = [c for c in corrections.training_set(engine, root_id) if c.label in root.labels]

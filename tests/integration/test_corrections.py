@@ -10,12 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from producer.learn.version import learn_and_relabel
 from testkit.commands import invoke, producer
 from testkit.models import TEST_LABELS
 from testkit.runs import content_of, seed_run
 from worker.core.labels import LabelSet
-from worker.core.settings import load_settings
 from worker.db import corrections, learned, thresholds
 from worker.db.labelsets import save_text_embeddings
 from worker.db.schema import engine_for
@@ -106,7 +104,7 @@ def test_thresholds_proposed_keep_the_precision(env):
 
 
 def test_a_learned_version_keeps_every_verdict_when_a_worker_scores_it(
-        tagger_env, start_worker, tiny_model, monkeypatch):
+        tagger_env, start_worker, tiny_model, labels_file):
     url = tagger_env["DATABASE_URL"]
     model = str(tiny_model)
     rng = np.random.default_rng(5)
@@ -124,16 +122,17 @@ def test_a_learned_version_keeps_every_verdict_when_a_worker_scores_it(
     corrections.add(engine, LABELS.id, "ann", [
         corrections.Correction(content_of(u), u, label, "right") for u, label in picked.items()])
     start_worker(tagger_env)
-    lines: list[str] = []
-    done = learn_and_relabel(load_settings(), LABELS.id, timeout=120, echo=lines.append)
-    assert done["report"]["contradicted"] == 0 and done["report"]["verdicts"] == 8
-    assert "cross-validated agreement" in lines[0]
-    version = learned.version(engine, done["labelset"])
-    assert version and version.root_id == LABELS.id and version.run_id == done["run"]
-    assert learned.root_of(engine, done["labelset"]) == LABELS.id
-    rows = exported("--run", done["run"])
+    said = invoke("relabel", "--learn", "--timeout", "120")  # TAGGER_LABELS: the same labels
+    assert said.exit_code == 0, said.output
+    [version] = learned.versions(engine, LABELS.id)
+    assert version.report["contradicted"] == 0 and version.report["verdicts"] == 8
+    assert f"label set {version.labelset_id} (a new version of {LABELS.id})" in said.stdout
+    assert "cross-validated agreement" in said.stdout and "0 of their own" in said.stdout
+    assert learned.root_of(engine, version.labelset_id) == LABELS.id
+    rows = exported("--run", version.run_id)
     assert len(rows) == 40
     for uri, label in picked.items():  # the learned label set itself gives them their label
         assert rows[uri]["labels"][0]["label"] == label, uri
     changed = sum(rows[u]["labels"][0]["label"] != TEST_LABELS[zero[u]] for u in uris)
-    assert done["changes"]["images"] == changed >= len(picked)
+    assert version.changes["images"] == changed >= len(picked)
+    assert f"{changed} changed label" in said.stdout

@@ -36,11 +36,11 @@ def _upsert(conn: Connection, labelset_id: str, reviewer: str, rows: Sequence[Co
     """Store verdicts (the latest one on a label wins); a right label replaces any other
     right label of the same image: an image has one."""
     current = datetime.now(UTC)
-    rights = [(c.content_sha256, c.label) for c in rows if c.verdict == RIGHT]
-    for sha, label in rights:
+    rights = sorted({c.content_sha256 for c in rows if c.verdict == RIGHT})
+    for part in batches(rights):  # their right labels go; the new ones are written below
         conn.execute(corrections.delete().where(
-            corrections.c.labelset_id == labelset_id, corrections.c.content_sha256 == sha,
-            corrections.c.verdict == RIGHT, corrections.c.label != label))
+            corrections.c.labelset_id == labelset_id, corrections.c.verdict == RIGHT,
+            corrections.c.content_sha256.in_(part)))
     stmt = insert(conn, corrections)
     stmt = stmt.on_conflict_do_update(
         index_elements=["labelset_id", "content_sha256", "label"],
