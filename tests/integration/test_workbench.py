@@ -160,3 +160,28 @@ def test_galleries_are_paged_by_score_and_id(pg_url, tmp_path):
             link = found.group(1).replace("&amp;", "&") if found else ""
     assert sorted(names) == sorted(f"{i:03d}.jpg" for i in range(110))  # each once
     assert seen == sorted(seen)  # least confident first, across pages
+
+
+def test_thresholds_set_by_hand_or_proposed_mark_labels_unsure(web, seeded):
+    run, page = seeded["run"], f"/labelsets/{HOSTILE.id}"
+    csrf = csrf_of(web.get(page).text)
+    gallery = f"/runs/{run}/gallery?label=台灯"
+    assert 'badge unsure' not in web.get(gallery).text
+    assert web.post(f"{page}/thresholds", data={"label": "台灯", "threshold": "2",
+                                                 "csrf": csrf}).status_code == 400
+    web.post(f"{page}/thresholds", data={"label": "台灯", "threshold": "0.65", "csrf": csrf})
+    shown = web.get(gallery).text  # 台灯 at 0.6 (unsure) and 0.7 (sure)
+    assert shown.count('class="badge unsure"') == 1
+    assert "0.650" in web.get(page).text and "by hand, local-me" in web.get(page).text
+    key = uri_hash(seeded["uris"][2])  # 台灯 at 0.7, which a reviewer says is wrong
+    web.post(f"/images/{key}/verdicts", data={"labelset": HOSTILE.id, "label": "台灯",
+                                               "verdict": "wrong", "csrf": csrf})
+    web.post(f"/images/{uri_hash(seeded['uris'][1])}/verdicts", data={
+        "labelset": HOSTILE.id, "label": "台灯", "verdict": "right", "csrf": csrf})
+    # Reviewed 台灯 images, best first: 0.7 wrong, 0.6 right. Precision 1 is out of reach (the
+    # hand-set threshold stays); 0.5 is kept from 0.6 on.
+    web.post(f"{page}/thresholds", data={"action": "propose", "precision": "1", "csrf": csrf})
+    assert "0.650" in web.get(page).text
+    web.post(f"{page}/thresholds", data={"action": "propose", "precision": "0.5", "csrf": csrf})
+    proposed = web.get(page).text
+    assert "0.600" in proposed and "proposed for precision 0.5" in proposed
