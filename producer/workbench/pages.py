@@ -3,6 +3,7 @@ query strings, keyset-page parameters, checked forms and the error page."""
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from producer.workbench.pictures import Pictures
 from worker.core.redact import redact
 from worker.core.settings import Settings
 
+log = logging.getLogger(__name__)
 HERE = resources.files("producer.workbench")
 PAGE = 48  # images per gallery page
 RUN_ID = re.compile(r"[0-9A-Za-z_-]{1,32}")
@@ -133,6 +135,8 @@ def field_text(data: FormData, key: str) -> str:
 async def error_page(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+    if status == 500:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     if "reviewer" not in request.scope.get("state", {}):
         return Response(f"{detail}\n", status, media_type="text/plain")
     return render(request, "error.html", status, status=status, detail=detail)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.core.judgement import Verdicts, agrees, judge, propose_threshold
+from worker.core.judgement import Verdicts, judge, propose_threshold
 
 LABELS = [{"label": "台灯", "score": 0.6}, {"label": "家具", "score": 0.3},
           {"label": "椅子", "score": 0.1}]
@@ -31,11 +31,6 @@ def test_a_rejected_label_gives_way_to_the_next():
     assert (shown.label, shown.by, shown.rejected) == ("家具", "model", ("台灯",))
     gone = judge(LABELS, Verdicts(wrong=frozenset({"台灯", "家具", "椅子"})), {})
     assert gone.label is None and gone.unsure
-
-
-def test_agreement_with_a_verdict():
-    assert agrees("台灯", "台灯", "right") and not agrees("家具", "台灯", "right")
-    assert agrees("家具", "台灯", "wrong") and not agrees("台灯", "台灯", "wrong")
 
 
 @pytest.mark.parametrize(("precision", "expected"), [(1.0, 0.8), (0.75, 0.6), (0.5, 0.5)])

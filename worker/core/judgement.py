@@ -47,11 +47,6 @@ def judge(labels: Sequence[Mapping[str, Any]], verdicts: Verdicts | None,
     return Judged(None, None, "model", True, rejected)  # every label shown was rejected
 
 
-def agrees(top_label: str, label: str, verdict: str) -> bool:
-    """Whether a model's top label agrees with a reviewer's verdict on ``label``."""
-    return (top_label == label) == (verdict == RIGHT)
-
-
 def propose_threshold(scored: Iterable[tuple[float, bool]], precision: float) -> float | None:
     """The lowest score at which a label keeps ``precision`` on reviewed images: of the images
     it is the top label of, with ``(score, the label is right)``, those scoring at least the
