@@ -10,30 +10,29 @@ from pathlib import Path
 from typing import Any
 
 import click
-import sqlalchemy as sa
 
 from producer import cli_search as search_commands
 from producer import enqueue as enqueuing
-from producer import relabel as relabelling
 from producer import render
 from producer import status as reporting
+from producer.cli_common import labels_option, labelset_of, ready, templates_option
 from producer.cli_db import database
 from producer.cli_exporter import export_backlog
+from producer.cli_labels import corrections, relabel
+from producer.cli_serve import serve
 from producer.endings import endings
 from producer.export import WRITERS, export_embeddings, format_of
 from producer.export import export as export_rows
+from producer.judged import judged_rows
 from producer.progress import Progress
 from producer.report import PREVIEW_SECONDS, write_report
 from producer.tag import tag as tag_location
 from worker.core.invocation import command
-from worker.core.labels import LabelSet, load_labelset
 from worker.core.redact import redact
 from worker.core.settings import Settings, load_settings
 from worker.db import embeddings as kept
-from worker.db import migrate
 from worker.db import runs as db
 from worker.db import status as db_status
-from worker.db.schema import engine_for
 from worker.sources.sql import table_query
 
 
@@ -49,16 +48,6 @@ def _settings() -> Settings:
     return load_settings()
 
 
-def _ready(settings: Settings) -> sa.Engine:
-    """The results database at the current schema (the embedded one upgrades itself)."""
-    migrate.ensure_current(settings.database_url)
-    return engine_for(settings.database_url)
-
-
-def _labelset(settings: Settings, labels: Path | None, templates: Path | None) -> LabelSet:
-    return load_labelset(labels or settings.labels_path, templates or settings.templates_path)
-
-
 @click.group(cls=Main)
 def main() -> None:
     """Tag images with Chinese labels: `producer tag ./images`, or enqueue for a fleet.
@@ -69,11 +58,6 @@ def main() -> None:
     """
 
 
-labels_option = click.option("--labels", type=click.Path(path_type=Path, dir_okay=False),
-                             help="Label file (default: TAGGER_LABELS or the e-commerce set).")
-templates_option = click.option("--templates", type=click.Path(path_type=Path, dir_okay=False),
-                                help="Prompt templates, one per line with {} "
-                                     "(default: TAGGER_TEMPLATES).")
 chunk_option = click.option("--chunk-size", type=click.IntRange(1),
                             help="Images per message [default: TAGGER_CHUNK_SIZE or 64].")
 
@@ -97,7 +81,7 @@ def tag(location: str, labels: Path | None, templates: Path | None, output: Path
 
     Exit code 0 once every image has a result, 3 if there is no image (nothing is started)."""
     settings = _settings()
-    result = tag_location(settings, location, labelset=_labelset(settings, labels, templates),
+    result = tag_location(settings, location, labelset=labelset_of(settings, labels, templates),
                           output=output, chunk_size=chunk_size or settings.chunk_size,
                           timeout=timeout, force=force, retry_failed=retry_failed,
                           own_worker=not no_worker, echo=lambda line: click.echo(line, err=True))
@@ -138,8 +122,8 @@ def enqueue(locations: tuple[str, ...], bucket: str | None, prefix: str, folder:
         options["query"] = query or table_query(table or "", key_column, url_column,
                                                 version_column)
     listings = [enqueuing.locate(location, settings, **options) for location in locations]
-    labelset = _labelset(settings, labels, templates)
-    _ready(settings)
+    labelset = labelset_of(settings, labels, templates)
+    ready(settings)
     with Progress("listing", unit=" entries") as bar:
         summary = enqueuing.enqueue(
             itertools.chain.from_iterable(listing.entries for listing in listings),
@@ -176,7 +160,7 @@ def _shorthands(bucket: str | None, prefix: str, folder: Path | None,
 def status(run_id: str | None, as_json: bool) -> None:
     """Queue depth, done / failed / in flight / pending images, throughput, ETA."""
     settings = _settings()
-    _ready(settings)
+    ready(settings)
     report = reporting.status(settings, run_id)
     click.echo(json.dumps(report, ensure_ascii=False) if as_json else render.status(report))
 
@@ -186,7 +170,7 @@ def status(run_id: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="A JSON list, for machines.")
 def runs(limit: int, as_json: bool) -> None:
     """Recent runs, newest first: source, model, label set, counts by reason, state."""
-    found = db_status.find_runs(_ready(_settings()), limit=limit)
+    found = db_status.find_runs(ready(_settings()), limit=limit)
     click.echo(json.dumps(found, ensure_ascii=False) if as_json
                else "\n".join(render.run(r) for r in found) or "no runs yet")
 
@@ -201,7 +185,7 @@ def wait(run_id: str | None, every_run: bool, timeout: float) -> None:
     if run_id and every_run:
         raise click.UsageError("give --run or --all, not both")
     settings = _settings()
-    _ready(settings)
+    ready(settings)
     with Progress("waiting") as bar:
         counts = reporting.wait(settings, run_id, timeout, every_run=every_run, on_progress=(
             lambda c: bar.update(c["done"] + c["failed"], c["done"] + c["failed"] + c["pending"],
@@ -225,7 +209,7 @@ def export(fmt: str | None, output: Path | None, run_id: str | None, status_: st
            vectors: bool) -> None:
     """Export results: one record per image with its labels, scores, status and error."""
     settings = _settings()
-    engine = _ready(settings)
+    engine = ready(settings)
     if run_id:
         reporting.find_run(settings, run_id)  # an unknown run is a mistake, not 0 results
     fmt = fmt or format_of(str(output or ""))
@@ -234,30 +218,10 @@ def export(fmt: str | None, output: Path | None, run_id: str | None, status_: st
     scope = kept.Scope(settings.model, run_id)
     with output.open("wb") if output else contextlib.nullcontext(sys.stdout.buffer) as out:
         count = (export_embeddings(kept.read_images(engine, scope), out, fmt) if vectors else
-                 export_rows(db.iter_results(engine, run_id=run_id, status=status_), out, fmt))
+                 export_rows(judged_rows(engine, db.iter_results(engine, run_id=run_id,
+                                                                 status=status_)), out, fmt))
     click.echo(f"exported {count} {'embeddings' if vectors else 'results'}"
                + (f" to {output}" if output else ""), err=True)
-
-
-@main.command()
-@labels_option
-@templates_option
-@click.option("--run", "scope_run", help="Only the images of this run (default: every image "
-                                          "with a kept embedding under TAGGER_MODEL).")
-@click.option("--timeout", type=float, default=24 * 3600, show_default=True, help="Seconds.")
-def relabel(labels: Path | None, templates: Path | None, scope_run: str | None,
-            timeout: float) -> None:
-    """Score images with a label set from their kept embeddings: nothing is fetched."""
-    settings = _settings()
-    _ready(settings)
-    labelset = _labelset(settings, labels, templates)
-    if settings.embedded_broker:
-        counts = relabelling.relabel_here(settings, labelset, scope_run=scope_run,
-                                          timeout=timeout, echo=lambda t: click.echo(t, err=True))
-        click.echo(render.relabelled(counts, labelset.id))
-    else:
-        click.echo(render.relabelling(relabelling.relabel(settings, labelset,
-                                                          scope_run=scope_run), settings.model))
 
 
 @main.command()
@@ -271,7 +235,7 @@ def report(run_id: str | None, output: Path | None, preview_seconds: float) -> N
     """Write one self-contained HTML page of a run: its figures, a gallery per label, the least
     confident images, failures by reason and a score histogram."""
     settings = _settings()
-    _ready(settings)
+    ready(settings)
     click.echo(f"report: {write_report(settings, output, run_id, preview_seconds=preview_seconds)}")
 
 
@@ -284,7 +248,7 @@ def retry_failed(reason: str | None, chunk_size: int | None) -> None:
     Failed images whose URLs were signed (not stored) are cleared instead: the next listing
     of their source sends them again, freshly signed."""
     settings = _settings()
-    forgotten = db.forget_signed_failures(_ready(settings), settings.model, reason)
+    forgotten = db.forget_signed_failures(ready(settings), settings.model, reason)
     if forgotten:
         click.echo(f"{forgotten} failed images had signed URLs or credentials, which are not "
                    "stored: their failures are cleared, and the next listing of their source "
@@ -297,5 +261,6 @@ def retry_failed(reason: str | None, chunk_size: int | None) -> None:
                    f"of label set {labelset_id} in {summary.chunks} chunks")
 
 
-for subcommand in (database, export_backlog, *search_commands.COMMANDS):
+for subcommand in (database, export_backlog, relabel, corrections, serve,
+                   *search_commands.COMMANDS):
     main.add_command(subcommand)

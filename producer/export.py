@@ -17,21 +17,33 @@ if TYPE_CHECKING:
 # A spreadsheet takes a cell starting with one of these for a formula (OWASP, CSV injection);
 # the full-width forms too, which some spreadsheets read as their ASCII counterparts.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "＝", "＋", "－", "＠")
-FIELDS = ("uri", "key", "status", "top_parent", "top_label", "top_score", "labels", "reason",
-          "error", "model", "labelset_id", "runtime", "content_sha256", "run_id", "attempts",
-          "updated_at")
+FIELDS = ("uri", "key", "status", "top_parent", "top_label", "top_score", "label_by", "unsure",
+          "rejected", "labels", "reason", "error", "model", "labelset_id", "runtime",
+          "content_sha256", "run_id", "attempts", "updated_at")
 
 
 def record(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The exported form of one result row (signatures and passwords in URLs masked)."""
+    """The exported form of one result row (signatures and passwords in URLs masked).
+
+    With ``judged`` (producer/judged.py) a reviewer's label wins: ``top_label`` is theirs and
+    ``label_by`` says "reviewer"; a label rejected by one is not the top label; a label under
+    its threshold is ``unsure``. ``labels`` stay the model's scores.
+    """
     labels = row["labels"] or []
     updated = row["updated_at"]
+    judged = row.get("judged")
     return {
         "uri": redact(row["uri"]), "key": row["item_key"], "status": row["status"],
         # The first level of a two-level label set (家居 for 台灯); None for flat label sets.
-        "top_parent": labels[0].get("parent") if labels else None,
-        "top_label": row["top_label"], "top_score": row["top_score"], "labels": labels,
-        "reason": row["reason"], "error": redact(row["error"]) if row["error"] else None,
+        "top_parent": (row.get("judged_parent") if judged else
+                       labels[0].get("parent") if labels else None),
+        "top_label": judged.label if judged else row["top_label"],
+        "top_score": judged.score if judged else row["top_score"],
+        "label_by": judged.by if judged else None,
+        "unsure": judged.unsure if judged else None,
+        "rejected": list(judged.rejected) if judged else [],
+        "labels": labels, "reason": row["reason"],
+        "error": redact(row["error"]) if row["error"] else None,
         "model": row["model"], "labelset_id": row["labelset_id"], "runtime": row["runtime"],
         "content_sha256": row["content_sha256"], "run_id": row["run_id"],
         "attempts": row["attempts"], "updated_at": updated.isoformat() if updated else None,
@@ -68,7 +80,8 @@ class CsvWriter:
         self.writer.writeheader()
 
     def write(self, data: dict[str, Any]) -> None:
-        data = {**data, "labels": json.dumps(data["labels"], ensure_ascii=False)}
+        data = {**data, "labels": json.dumps(data["labels"], ensure_ascii=False),
+                "rejected": json.dumps(data["rejected"], ensure_ascii=False)}
         self.writer.writerow({name: inert(value) for name, value in data.items()})
 
     def close(self) -> None:
@@ -92,7 +105,8 @@ class ParquetWriter:
         pa = self.pa = _pyarrow()
         label = pa.struct([("label", pa.string()), ("score", pa.float64()),
                            ("parent", pa.string())])
-        types = {"top_score": pa.float64(), "attempts": pa.int64(), "labels": pa.list_(label)}
+        types = {"top_score": pa.float64(), "attempts": pa.int64(), "labels": pa.list_(label),
+                 "unsure": pa.bool_(), "rejected": pa.list_(pa.string())}
         self.schema = pa.schema([(name, types.get(name, pa.string())) for name in FIELDS])
         self.writer = pa.parquet.ParquetWriter(out, self.schema)
         self.rows: list[dict[str, Any]] = []

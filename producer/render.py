@@ -85,3 +85,14 @@ def relabelling(sent: Relabelling, model: str) -> str:
 def relabelled(counts: Mapping[str, Any], labelset_id: str) -> str:
     return (f"run {counts['run']}: relabelled {counts['done']} images with label set "
             f"{labelset_id}; `producer export --run {counts['run']}` writes their labels")
+
+
+def learned(done: Mapping[str, Any], measured: str) -> str:
+    """What `producer relabel --learn` did: the version, its measurement, the images changed."""
+    changes = done["changes"]
+    most = sorted(changes["by_label"].items(), key=lambda pair: (-pair[1], pair[0]))
+    shown = ", ".join(f"{label} {n}" for label, n in most[:10])
+    return (f"label set {done['labelset']} (a new version of {done['parent']}): {measured}\n"
+            f"run {done['run']}: relabelled {done['counts']['done']} images; "
+            f"{changes['images']} changed label" + (f" (now: {shown})" if shown else "")
+            + "; `producer serve` lists them to review next")

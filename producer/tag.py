@@ -15,6 +15,7 @@ from typing import Any
 from producer import sending
 from producer.enqueue import Listing, Summary, enqueue, locate, new_run_id
 from producer.export import export, format_of
+from producer.judged import judged_rows
 from producer.local_worker import LocalWorker
 from producer.progress import Progress
 from producer.report import write_report
@@ -177,7 +178,8 @@ def _selection(settings: Settings, location: str, labelset: LabelSet) -> dict[st
 def _export(settings: Settings, selection: Mapping[str, str], summary: Summary,
             output: Path) -> Tagged:
     tagged = Tagged(summary=summary, output=output)
-    rows = db.iter_results(engine_for(settings.database_url), **selection)
+    engine = engine_for(settings.database_url)
+    rows = judged_rows(engine, db.iter_results(engine, **selection))
 
     def counted() -> Iterator[Mapping[str, Any]]:
         for row in rows:

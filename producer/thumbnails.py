@@ -14,12 +14,14 @@ from worker.core.pixels import Preprocess
 from worker.core.redact import redact
 from worker.core.settings import Settings
 from worker.decoders import Limits
-from worker.prep.pool import prep_pool
+from worker.prep.pool import PrepPool, prep_pool
 
 SIZE = 160  # longest side, pixels
+PICTURE = 1024  # longest side of the workbench's larger picture
 QUALITY = 75
 SECONDS_EACH = 10.0  # decoding one image; then its process is stopped
 THUMBNAIL = f"{__name__}:thumbnail"  # what the decode processes run instead of a decoder
+LARGE = f"{__name__}:picture"
 
 
 @dataclass(frozen=True)
@@ -28,20 +30,30 @@ class Preview:
 
     jpeg: bytes | None = None
     problem: str = ""
+    reason: str = ""  # an ItemError's reason (outside-roots, too-large, ...)
 
 
 def thumbnail(data: bytes, spec: Preprocess, limits: Limits) -> bytes:
     """In a decode process: at most SIZE x SIZE pixels, upright, transparency on white."""
+    return _shrunk(data, limits, SIZE)
+
+
+def picture(data: bytes, spec: Preprocess, limits: Limits) -> bytes:
+    """In a decode process: at most PICTURE x PICTURE pixels, as ``thumbnail``."""
+    return _shrunk(data, limits, PICTURE)
+
+
+def _shrunk(data: bytes, limits: Limits, side: int) -> bytes:
     from PIL import ImageOps
 
     from worker.decoders.guards import open_checked
     from worker.decoders.modes import RESIZE_FIRST, to_rgb
 
-    image = open_checked(data, limits, (SIZE, SIZE))  # JPEG: decoded at 1/2..1/8 size
+    image = open_checked(data, limits, (side, side))  # JPEG: decoded at 1/2..1/8 size
     with image:
         try:
             small = image if image.mode in RESIZE_FIRST else to_rgb(image)
-            small.thumbnail((SIZE, SIZE), reducing_gap=2.0)
+            small.thumbnail((side, side), reducing_gap=2.0)
             out = io.BytesIO()
             to_rgb(ImageOps.exif_transpose(small)).save(out, "JPEG", quality=QUALITY)
             return out.getvalue()
@@ -51,29 +63,43 @@ def thumbnail(data: bytes, spec: Preprocess, limits: Limits) -> bytes:
             raise ItemError(Reason.UNDECODABLE, f"{type(exc).__name__}: {exc}") from exc
 
 
+def preview_pool(settings: Settings, processes: int | None = None) -> PrepPool:
+    """Decode processes that make previews (``processes`` of them, default as the workers)."""
+    limits = replace(Limits.from_settings(settings),
+                     seconds=min(float(settings.item_timeout), SECONDS_EACH))
+    if processes is not None:
+        settings = replace(settings, decode_processes=processes)
+    return prep_pool(settings, THUMBNAIL, Preprocess(SIZE, SIZE), False, limits)
+
+
+def readable(settings: Settings, file_roots: Sequence[str]) -> tuple[Path, ...]:
+    """The folders previews may read files from: TAGGER_FILE_ROOTS and the runs' own."""
+    return settings.file_roots + tuple(Path(root) for root in file_roots)
+
+
 def previews(uris: Sequence[str], settings: Settings, file_roots: Sequence[str],
              seconds: float) -> dict[str, Preview]:
     """A preview, or why there is none, for each URI; those not made in ``seconds`` say so."""
     if not uris:
         return {}
     deadline = time.monotonic() + seconds
-    limits = replace(Limits.from_settings(settings),
-                     seconds=min(float(settings.item_timeout), SECONDS_EACH))
-    roots = settings.file_roots + tuple(Path(root) for root in file_roots)
-    pool = prep_pool(settings, THUMBNAIL, Preprocess(SIZE, SIZE), False, limits)
+    pool = preview_pool(settings)
     try:
         answers = {a.index: a.outcome for a in pool.prepare(
-            list(enumerate(uris)), roots, group_size=1, deadline=deadline)}
+            list(enumerate(uris)), readable(settings, file_roots), group_size=1,
+            deadline=deadline)}
     finally:
         pool.close()
     late = Preview(problem=f"the report's {seconds:.0f} s for previews ran out "
                            "(producer report --preview-seconds)")
-    return {uri: _preview(answers[i]) if i in answers else late for i, uri in enumerate(uris)}
+    return {uri: preview_of(answers[i]) if i in answers else late
+            for i, uri in enumerate(uris)}
 
 
-def _preview(outcome: object) -> Preview:
+def preview_of(outcome: object) -> Preview:
     if isinstance(outcome, ItemError):
-        return Preview(problem=f"{outcome.reason}: {redact(str(outcome))}")
+        return Preview(problem=f"{outcome.reason}: {redact(str(outcome))}",
+                       reason=str(outcome.reason))
     if isinstance(outcome, TaggerError):  # a source down or slow: a page without this picture
         return Preview(problem=redact(str(outcome)))
     return Preview(jpeg=outcome)  # type: ignore[arg-type]

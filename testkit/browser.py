@@ -43,16 +43,19 @@ class Browser:
         self._stack.callback(self.browser.close)
 
     @contextlib.contextmanager
-    def load(self, path: Path, width: int = 1280, height: int = 1600) -> Iterator[Loaded]:
-        """``path`` in a fresh context, loaded and its scripts run; every request recorded."""
-        context = self.browser.new_context(viewport={"width": width, "height": height})
+    def load(self, path: Path | str, width: int = 1280, height: int = 1600,
+             credentials: dict[str, str] | None = None) -> Iterator[Loaded]:
+        """``path`` (a file, or a URL) in a fresh context, loaded and its scripts run; every
+        request recorded. ``credentials``: basic auth for the server (username, password)."""
+        context = self.browser.new_context(viewport={"width": width, "height": height},
+                                           http_credentials=credentials)
         try:
             page = context.new_page()
             loaded = Loaded(page)
             page.on("request", lambda request: loaded.requests.append(request.url))
             page.on("console", lambda message: loaded.console.append(
                 f"{message.type}: {message.text}"))
-            page.goto(path.as_uri(), wait_until="load")
+            page.goto(path.as_uri() if isinstance(path, Path) else path, wait_until="load")
             yield loaded
         finally:
             context.close()

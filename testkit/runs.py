@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
 
@@ -25,13 +26,19 @@ def random_labels(labelset: LabelSet, rng: np.random.Generator, top_k: int = 5
              "parent": labelset.parents[i]} for i in best]
 
 
+def content_of(uri: str) -> str:
+    """The content hash ``seed_run`` gives an image: that of its URI's text."""
+    return hashlib.sha256(uri.encode()).hexdigest()
+
+
 def seed_run(url: str, uris: Sequence[str], labelset: LabelSet, *,
              failures: Mapping[str, tuple[Reason, str]] | None = None,
              labels: Mapping[str, list[dict[str, object]]] | None = None,
              file_roots: Sequence[str] = (), model: str = "test-model", source: str = "test",
-             seed: int = 0) -> str:
+             seed: int = 0, vectors: Mapping[str, np.ndarray] | None = None) -> str:
     """A finished run of ``uris``: failed with ``failures[uri]``, else done with ``labels[uri]``
-    (default: random). Returns the run's id."""
+    (default: random). With ``vectors``: done images have a content (the SHA-256 of their URI)
+    and their vector is kept as its embedding. Returns the run's id."""
     engine = engine_for(url)
     run_id = uuid.uuid4().hex[:16]
     save_labelset(engine, labelset)
@@ -46,7 +53,9 @@ def seed_run(url: str, uris: Sequence[str], labelset: LabelSet, *,
                                    error=error))
         else:
             outcomes.append(Result(Item(uri), model, labelset.id, run_id, runtime="torch test",
-                                   labels=labels.get(uri) or random_labels(labelset, rng)))
-    write_results(engine, outcomes)
+                                   labels=labels.get(uri) or random_labels(labelset, rng),
+                                   content_sha256=content_of(uri) if vectors else None,
+                                   embedding=vectors.get(uri) if vectors else None))
+    write_results(engine, outcomes, keep_embeddings=bool(vectors))
     update_run(engine, run_id, finished=True, listed=len(uris), enqueued=len(uris))
     return run_id

@@ -32,6 +32,9 @@ class LabelSet:
     parents: tuple[str | None, ...]
     templates: tuple[str, ...] = (DEFAULT_TEMPLATE,)
     name: str = ""
+    # A version learned from corrections: the digest of its label vectors (worker/db/learned.py),
+    # which score in place of the text tower's. Empty for a zero-shot label set.
+    learned: str = ""
     id: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -51,18 +54,22 @@ class LabelSet:
 
     def to_json(self) -> dict:
         return {"labels": list(self.labels), "parents": list(self.parents),
-                "templates": list(self.templates), "name": self.name}
+                "templates": list(self.templates), "name": self.name,
+                **({"learned": self.learned} if self.learned else {})}
 
     @classmethod
     def from_json(cls, data: dict) -> LabelSet:
         return cls(labels=tuple(data["labels"]), parents=tuple(data["parents"]),
-                   templates=tuple(data["templates"]), name=data.get("name", ""))
+                   templates=tuple(data["templates"]), name=data.get("name", ""),
+                   learned=data.get("learned", ""))
 
 
 def _content_id(labelset: LabelSet) -> str:
     # The name is left out: renaming a file must not make a whole catalogue due again.
-    canonical = json.dumps([labelset.labels, labelset.parents, labelset.templates],
-                           ensure_ascii=False, separators=(",", ":"))
+    parts: list = [labelset.labels, labelset.parents, labelset.templates]
+    if labelset.learned:  # zero-shot label sets keep the ids they always had
+        parts.append(labelset.learned)
+    canonical = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 

@@ -6,7 +6,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ class Settings:
     decode_overlap: str
     keep_embeddings: bool
     owner_pid: int
+    serve_token: str = field(repr=False)  # the workbench's reviewers (producer/workbench)
 
     @property
     def embedded_broker(self) -> bool:
@@ -242,6 +243,7 @@ _FIELDS: tuple[tuple[str, str, Callable[[str, str], Any], Any], ...] = (
     ("TAGGER_KEEP_EMBEDDINGS", "keep_embeddings", _bool, True),
     # Set by `producer tag` on the worker it starts: the worker stops when that process is gone.
     ("TAGGER_OWNER_PID", "owner_pid", _int(0), 0),
+    ("TAGGER_SERVE_TOKEN", "serve_token", lambda name, raw: raw, ""),
 )
 
 

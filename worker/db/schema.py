@@ -84,6 +84,8 @@ results = sa.Table(
     sa.Index("ix_results_content_sha256", "content_sha256"),
     sa.Index("ix_results_run_status", "run_id", "status"),
     sa.Index("ix_results_status_reason", "status", "reason"),
+    # A run's gallery of one label, least confident first, a page at a time (the workbench).
+    sa.Index("ix_results_run_label_score", "run_id", "top_label", "top_score", "id"),
 )
 
 # An image enqueued and not yet answered; its row blocks a second enqueue of the same image.
@@ -264,3 +266,7 @@ def retried(func: Callable[P, T]) -> Callable[P, T]:
         raise AssertionError("unreachable")
 
     return wrapper
+
+
+# The workbench's tables, on this metadata (imported last: they are built from it).
+from worker.db import review_tables  # noqa: E402, F401

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from worker.backends import Backend
 from worker.core.labels import LabelSet
 from worker.db import labelsets as db
+from worker.db import learned
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +48,17 @@ class LabelStore:
         with self._lock:
             if labelset_id not in self._known:
                 labelset = db.load_labelset(self.engine, labelset_id)
-                if labelset is None:
+                texts = self._embed(labelset) if labelset is not None else None
+                if texts is None:  # unknown, or a learned version without its vectors
                     return None
-                self._known[labelset_id] = Scoring(labelset, self._embed(labelset))
+                self._known[labelset_id] = Scoring(labelset, texts)
             return self._known[labelset_id]
 
-    def _embed(self, labelset: LabelSet) -> np.ndarray:
-        """Text embeddings from the database's cache, or computed here and cached for all."""
+    def _embed(self, labelset: LabelSet) -> np.ndarray | None:
+        """Text embeddings from the database's cache, or computed here and cached for all; a
+        learned version's own vectors instead (no text tower)."""
+        if labelset.learned:
+            return self._learned(labelset)
         key = (self.model, labelset.id, self.backend.text_encoder)
         cached = db.load_text_embeddings(self.engine, *key)
         if cached:
@@ -66,3 +71,15 @@ class LabelStore:
                  len(labelset.templates), time.perf_counter() - started)
         db.save_text_embeddings(self.engine, *key, *embeddings.shape, embeddings.tobytes())
         return embeddings
+
+    def _learned(self, labelset: LabelSet) -> np.ndarray | None:
+        """A learned version's vectors, rescaled so that the backend's logit scale gives the
+        logits they were learned for."""
+        vectors = learned.load_vectors(self.engine, labelset.id)
+        if vectors is None or vectors.digest() != labelset.learned:
+            log.error("label set %s is a learned version whose vectors are not in the results "
+                      "database", labelset.id)
+            return None
+        matrix = np.frombuffer(vectors.data, dtype="<f4").reshape(vectors.rows, vectors.dim)
+        return np.ascontiguousarray(matrix * np.float32(vectors.scale / self.backend.logit_scale),
+                                    dtype=np.float32)

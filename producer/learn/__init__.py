@@ -1,0 +1,1 @@
+"""Label vectors learned from reviewers' corrections (`producer relabel --learn`)."""

@@ -1,0 +1,1 @@
+"""The workbench (`producer serve`): review, correct and learn in a browser."""

@@ -1,0 +1,66 @@
+"""A reviewer's way through the workbench in headless Chromium: a tagged folder's run, a
+gallery, an image, a corrected label, learning, and the corrected image taking the label in
+the learned version; no console error, nothing asked of any other server. And the refusal to
+serve other machines without a token."""
+
+from __future__ import annotations
+
+from testkit.browser import contrast
+from testkit.commands import PRODUCER, run_producer, tag_as_user, user_env
+from testkit.images import write_images
+from testkit.processes import Command
+from testkit.services import free_port
+
+
+def test_correct_learn_and_see_the_label_taken(tmp_path, tiny_model, labels_file, browser):
+    folder = tmp_path / "images"
+    write_images(folder, 12)
+    env = user_env(TAGGER_HOME=str(tmp_path / "home"), TAGGER_MODEL=str(tiny_model),
+                   TAGGER_LABELS=str(labels_file), TAGGER_BACKEND="torch",
+                   TAGGER_DECODE_PROCESSES="2")
+    tag_as_user(str(folder), env, cwd=tmp_path, timeout=300)
+    port = free_port()
+    origin = f"http://127.0.0.1:{port}"
+    with Command([PRODUCER, "serve", "--port", str(port)], env, tmp_path) as server:
+        server.wait_for_stderr("Uvicorn running", 60)
+        with browser.load(origin + "/") as loaded:
+            page = loaded.page
+            page.click("table.runs a")  # the tagged folder's run
+            page.click("ul.labels a")  # its first label's gallery, least confident first
+            page.click("figure.photo a")
+            page.wait_for_selector("section.result")
+            image_url = page.url
+            model_label = page.inner_text("section.result .verdict .label")
+            options = page.eval_on_selector_all("form.pick option", "o => o.map(x => x.value)")
+            picked = next(label for label in options if label != model_label)
+            page.select_option("form.pick select", picked)
+            page.click("form.pick button")
+            assert page.inner_text("section.result .verdict .label") == picked
+            assert page.is_visible("section.result .verdict .badge.human")  # shown at once
+            page.click("section.result a[href^='/labelsets/']")
+            page.click("#learn")
+            page.wait_for_selector(".job.done, .job.failed", timeout=240_000)
+            assert page.query_selector(".job.done"), page.inner_text(".job")
+            learned_id = page.get_attribute(".job a[href^='/labelsets/']", "href").split("/")[2]
+            page.goto(image_url)
+            (tmp_path / "image.png").write_bytes(page.screenshot(full_page=True))
+            learned = page.locator(f"section.result[data-labelset='{learned_id}']")
+            assert learned.locator("table.scores tr").first.get_attribute("data-label") == picked
+            assert learned.locator(".verdict .badge.human").count() == 1
+            page.goto(origin + f"/labelsets/{learned_id}/changes")
+            page.click(f"ul.labels a:has-text('{picked}')")  # the images that took it, to review
+            names = page.eval_on_selector_all("figure.photo", "f => f.map(x => x.dataset.key)")
+            assert image_url.rpartition("/")[2] in names
+            shot = page.screenshot(full_page=True)
+            (tmp_path / "changes.png").write_bytes(shot)
+        assert not [line for line in loaded.console if line.startswith("error")], loaded.console
+        assert all(url.startswith(origin + "/") for url in loaded.requests), loaded.requests
+        assert contrast(shot) > 10
+
+
+def test_another_machines_address_needs_a_token(tmp_path):
+    env = user_env(TAGGER_HOME=str(tmp_path / "home"))
+    refused = run_producer("serve", "--host", "0.0.0.0", "--port", str(free_port()), env=env)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "TAGGER_SERVE_TOKEN" in refused.stderr and "Traceback" not in refused.stderr
