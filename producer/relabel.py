@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from producer import sending
+from producer import render, sending
 from producer.enqueue import Summary
 from producer.local_worker import LocalWorker
 from producer.status import find_run
@@ -38,6 +38,7 @@ class Relabelling:
     run_id: str
     images: int
     ranges: int
+    taken_over: dict[str, int] = field(default_factory=dict)  # earlier runs' lost ranges
 
 
 def relabel(settings: Settings, labelset: LabelSet, *, scope_run: str | None = None,
@@ -68,6 +69,8 @@ def _send(settings: Settings, labelset: LabelSet, scope_run: str | None, images:
     run_id = uuid.uuid4().hex[:16]
     db.create_run(engine, run_id, "relabel kept embeddings"
                   + (f" of run {scope_run}" if scope_run else ""), settings.model, labelset.id)
+    taken = db.take_over_ranges(engine, run_id, settings.model, labelset.id, scope_run,
+                                settings.pending_ttl)
     count = max(1, -(-images // range_images))
     parts = [Span(settings.model, labelset.id, run_id, lo, hi, scope_run)
              for lo, hi in spans(count)]
@@ -85,7 +88,7 @@ def _send(settings: Settings, labelset: LabelSet, scope_run: str | None, images:
     finally:
         db.update_run(engine, run_id, finished=True, error=error, listed=images,
                       enqueued=images if sent == count else 0)
-    return Relabelling(run_id, images, count)
+    return Relabelling(run_id, images, count, taken)
 
 
 def relabel_here(settings: Settings, labelset: LabelSet, *, scope_run: str | None,
@@ -98,6 +101,8 @@ def relabel_here(settings: Settings, labelset: LabelSet, *, scope_run: str | Non
         echo(f"starting a worker for {settings.model} (log: {log_path})")
         sent = _send(settings, labelset, scope_run, images, RANGE_IMAGES)
         echo(f"run {sent.run_id}: about {sent.images} images in {sent.ranges} ranges")
+        if sent.taken_over:
+            echo(render.taken_over(sent.taken_over))
         with withdrawn_if_stopped(settings, sent.run_id):
             _wait(settings, Summary(run_id=sent.run_id, enqueued=sent.images), worker, timeout,
                   doing="relabelling")
