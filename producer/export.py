@@ -184,10 +184,12 @@ class _VectorWriter:
                                             "embedding": vector}, ensure_ascii=False) + "\n")
             return
         pa = self.pa
-        self.writer = self.writer or pa.parquet.ParquetWriter(self.out, self._schema(
-            pa.list_(pa.float32(), vectors.shape[1])))
-        self.writer.write_table(pa.table({**columns, "embedding": pa.FixedSizeListArray.from_arrays(
-            pa.array(vectors.ravel(), pa.float32()), vectors.shape[1])}, schema=self.writer.schema))
+        embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()),
+                                                      vectors.shape[1])
+        self.writer = self.writer or pa.parquet.ParquetWriter(self.out,
+                                                              self._schema(embedding.type))
+        self.writer.write_table(pa.table({**columns, "embedding": embedding},
+                                         schema=self.writer.schema))
 
     def _schema(self, embedding: Any) -> Any:
         pa = self.pa
@@ -211,6 +213,11 @@ def written(path: Path | None) -> Iterator[IO[bytes]]:
     if path is None:
         yield sys.stdout.buffer
         return
+    if path.exists() and not path.is_file():  # /dev/stdout, a named pipe: nothing to replace
+        with path.open("wb") as out:
+            yield out
+        return
+    path = path.resolve() if path.is_symlink() else path  # the file it names is replaced
     try:
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
                                              suffix=".part")

@@ -69,8 +69,6 @@ def _send(settings: Settings, labelset: LabelSet, scope_run: str | None, images:
     run_id = uuid.uuid4().hex[:16]
     db.create_run(engine, run_id, "relabel kept embeddings"
                   + (f" of run {scope_run}" if scope_run else ""), settings.model, labelset.id)
-    taken = db.take_over_ranges(engine, run_id, settings.model, labelset.id, scope_run,
-                                settings.pending_ttl)
     count = max(1, -(-images // range_images))
     parts = [Span(settings.model, labelset.id, run_id, lo, hi, scope_run)
              for lo, hi in spans(count)]
@@ -88,7 +86,9 @@ def _send(settings: Settings, labelset: LabelSet, scope_run: str | None, images:
     finally:
         db.update_run(engine, run_id, finished=True, error=error, listed=images,
                       enqueued=images if sent == count else 0)
-    return Relabelling(run_id, images, count, taken)
+    # Only once sent: earlier runs' lost ranges stay theirs if this run could not be sent.
+    return Relabelling(run_id, images, count, db.take_over_ranges(
+        engine, run_id, settings.model, labelset.id, scope_run, settings.pending_ttl))
 
 
 def relabel_here(settings: Settings, labelset: LabelSet, *, scope_run: str | None,

@@ -138,3 +138,12 @@ def test_a_failed_export_leaves_the_file_that_was_there(tmp_path: Path, fmt: str
         output.stat().st_mode) == 0o640
     with pytest.raises(ConfigError, match="cannot write"), written(tmp_path / "no" / "x.csv"):
         pass
+
+
+def test_an_export_through_a_link_replaces_the_file_it_names(tmp_path: Path):
+    real = tmp_path / "real.jsonl"
+    real.write_bytes(b"old")
+    (tmp_path / "link.jsonl").symlink_to(real)
+    with written(tmp_path / "link.jsonl") as out:
+        export([row("s3://b/1.jpg")], out, "jsonl")
+    assert (tmp_path / "link.jsonl").is_symlink() and json.loads(real.read_text())["uri"]
