@@ -53,9 +53,17 @@ def queue_depth(settings: Settings) -> dict[str, int]:
                                         passive=False).message_count
         reserved = 0
         if conn.transport.driver_type == "redis":
-            # Flower counts LLEN only; chunks being worked on sit in kombu's "unacked" hash.
-            reserved = int(channel.client.hlen(channel.unacked_key))
+            # Flower counts LLEN only; chunks being worked on sit in kombu's "unacked" hash,
+            # shared by every queue of the Redis database: [message, exchange, routing key].
+            reserved = sum(_routed_to(raw, tagging_queue(settings))
+                           for raw in channel.client.hvals(channel.unacked_key))
         return {"waiting": int(waiting), "reserved": reserved}
+
+
+def _routed_to(raw: bytes | str, queue: str) -> bool:
+    with contextlib.suppress(ValueError, TypeError, IndexError):
+        return bool(json.loads(raw)[2] == queue)
+    return False
 
 
 def withdraw(settings: Settings, run_id: str) -> int:
