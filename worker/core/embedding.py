@@ -5,7 +5,9 @@ byte (sign, exponent, two mantissa bits) of a normalised embedding carries ~5.5 
 deflate of the 512 high bytes alone (Huffman only: there are no repeats to find) takes ~390
 bytes. Deflating all 1,024 bytes together saves almost nothing (one Huffman table for both
 streams), which is why they are split. Lossless: the stored bytes decode to exactly the float16
-of the normalised embedding the image tower computed.
+of the normalised embedding the image tower computed. Deflate has no checksum: each stored row
+is checked on its own when decoded (its exact length, its norm), and a damaged one fails only its
+image (``corrupt-embedding``).
 
 A kept embedding is keyed by (model, ``key``): ``key`` is the first 8 bytes of the content's
 SHA-256 as a signed 64-bit integer (offset so that its order is the hash's byte order), which

@@ -1,9 +1,10 @@
 """One relabel message: score a range of kept embeddings with a label set; nothing is fetched.
 
-Read (a server-side cursor, in batches) -> score (one float32 matrix product per batch) ->
-write (COPY and one merge per batch, its own transaction). A re-delivered range writes the
+Read (a server-side cursor, in batches) -> score (float32 matrix products in blocks of labels)
+-> write (COPY and one merge per batch, its own transaction). A re-delivered range writes the
 same rows again (idempotent upserts); the range stops counting as pending only after its last
-batch is written.
+batch is written. Its deaths are counted as a chunk's are; an image whose kept embedding is
+corrupt fails alone; a cancelled run's range stops after the batch it is writing.
 """
 
 from __future__ import annotations
