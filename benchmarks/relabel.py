@@ -6,10 +6,11 @@ Creates its own PostgreSQL database, redis-server and a tiny checkpoint whose em
 values wide (ViT-B/16's width: what reading, scoring and storing depend on). Writes --images
 results of one label set with their kept embeddings as workers write them (random normalised
 vectors, 1,000 per transaction), measures the table and index bytes per kept embedding, then runs
-`producer relabel` with the first --labels ImageNet-CN labels against --workers Celery workers,
-from the first message to the last range written. Prints images/s, the workers' wall and CPU
-seconds per stage (from their report of each range), the CPU of the PostgreSQL backends serving
-them, and the workers' RSS sampled through the run.
+`producer relabel` with the first --labels ImageNet-CN labels (made-up ones past its 1,000)
+against --workers Celery workers, from the first message to the last range written. Prints
+images/s, the workers' wall and CPU seconds per stage (from their report of each range), the CPU
+of the PostgreSQL backends serving them, and the workers' RSS: sampled through the run, and the
+peak of the process that scored (memory is flat in the number of labels: compare --labels).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import psutil
 import sqlalchemy as sa
 
 from producer.relabel import relabel
-from testkit.processes import Worker
+from testkit.processes import Worker, peak_rss_kib
 from testkit.services import RedisServer, postgres_database
 from worker.checkpoint import build
 from worker.core.contract import Item, Result
@@ -115,7 +116,9 @@ def relabel_run(env: dict[str, str], workers: list[Worker], engine: sa.Engine, l
     return {"run": sent.run_id, "ranges": sent.ranges, "images": counts["done"],
             "failed": counts["failed"], "seconds": round(wall, 2),
             "images_per_second": round(counts["done"] / wall),
-            "worker_rss_mib": [rss(w.rss_samples) for w in workers]}
+            "worker_rss_mib": [rss(w.rss_samples) for w in workers],
+            # VmHWM of the process that scored: the peak no sample can miss (start-up included)
+            "worker_peak_rss_mib": [round(peak_rss_kib(w.model_pid()) / 1024) for w in workers]}
 
 
 def rss(samples: list[float]) -> dict[str, int]:
@@ -142,6 +145,7 @@ def main() -> None:
         model = build(work / "model", texts, tiny=True, projection_dim=512)
         names = [line for line in (LABELSETS / "imagenet_zh.txt").read_text("utf-8").splitlines()
                  if line and not line.startswith("#")][:args.labels]
+        names += [f"类别{n}" for n in range(args.labels - len(names))]  # past ImageNet's 1,000
         labels = work / "labels.txt"
         labels.write_text("\n".join(names) + "\n", encoding="utf-8")
         with postgres_database(prefix="bench_relabel") as url, \

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +14,13 @@ from producer import enqueue as enqueuing
 from producer import render
 from producer import status as reporting
 from producer.cli_common import labels_option, labelset_of, ready, templates_option
+from producer.cli_cancel import cancel
 from producer.cli_db import database
 from producer.cli_exporter import export_backlog
 from producer.cli_labels import corrections, relabel
 from producer.cli_serve import serve
 from producer.endings import endings
-from producer.export import WRITERS, export_embeddings, format_of
+from producer.export import WRITERS, export_embeddings, format_of, written
 from producer.export import export as export_rows
 from producer.judged import judged_rows
 from producer.progress import Progress
@@ -215,13 +214,15 @@ def export(fmt: str | None, output: Path | None, run_id: str | None, status_: st
     fmt = fmt or format_of(str(output or ""))
     if vectors and (status_ or fmt == "csv"):
         raise click.UsageError("--embeddings writes jsonl or parquet, without --status")
-    scope = kept.Scope(settings.model, run_id)
-    with output.open("wb") if output else contextlib.nullcontext(sys.stdout.buffer) as out:
-        count = (export_embeddings(kept.read_images(engine, scope), out, fmt) if vectors else
-                 export_rows(judged_rows(engine, db.iter_results(engine, run_id=run_id,
-                                                                 status=status_)), out, fmt))
-    click.echo(f"exported {count} {'embeddings' if vectors else 'results'}"
-               + (f" to {output}" if output else ""), err=True)
+    scope, left_out = kept.Scope(settings.model, run_id), 0
+    with written(output) as out:
+        if vectors:
+            count, left_out = export_embeddings(kept.read_images(engine, scope), out, fmt)
+        else:
+            count = export_rows(judged_rows(engine, db.iter_results(
+                engine, run_id=run_id, status=status_)), out, fmt)
+    click.echo(render.exported(count, "embeddings" if vectors else "results", output, left_out),
+               err=True)
 
 
 @main.command()
@@ -261,6 +262,6 @@ def retry_failed(reason: str | None, chunk_size: int | None) -> None:
                    f"of label set {labelset_id} in {summary.chunks} chunks")
 
 
-for subcommand in (database, export_backlog, relabel, corrections, serve,
+for subcommand in (database, export_backlog, relabel, corrections, serve, cancel,
                    *search_commands.COMMANDS):
     main.add_command(subcommand)

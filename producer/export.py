@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import os
+import stat
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from worker.core.errors import ConfigError
@@ -152,36 +158,101 @@ def export(rows: Iterable[Mapping[str, Any]], out: IO[bytes], fmt: str) -> int:
 EMBEDDING_FIELDS = ("uri", "key", "model", "sha256", "embedding")
 
 
-def export_embeddings(batches: Iterable[tuple[Sequence[Any], np.ndarray]], out: IO[bytes],
-                      fmt: str) -> int:
+def export_embeddings(batches: Iterable[tuple[Sequence[Any], np.ndarray, Mapping[int, str]]],
+                      out: IO[bytes], fmt: str) -> tuple[int, int]:
     """Kept embeddings with their images: uri, key, model, sha256, and the embedding as
     float32 (the stored float16 values, widened exactly: every tool reads float32). Parquet
-    holds it as a fixed-size list, JSON lines as a list of numbers."""
+    holds it as a fixed-size list, JSON lines as a list of numbers. Rows whose stored
+    embedding is corrupt are left out. Returns (written, left out)."""
     import numpy as np  # here: the producer starts without NumPy
 
     if fmt not in {"parquet", "jsonl"}:
         raise ConfigError(f"embeddings are exported as parquet or jsonl, not {fmt}")
-    pa = _pyarrow() if fmt == "parquet" else None
-    text = io.TextIOWrapper(out, encoding="utf-8", newline="\n", write_through=True)
-    count, writer = 0, None
-    for rows, vectors in batches:
-        columns = {"uri": [redact(r.uri) for r in rows], "key": [r.item_key for r in rows],
-                   "model": [r.model for r in rows], "sha256": [r.content_sha256 for r in rows]}
-        vectors = vectors.astype(np.float32)
-        if pa is None:
+    writer = _VectorWriter(out, _pyarrow() if fmt == "parquet" else None)
+    count = left_out = 0
+    for rows, vectors, corrupt in batches:
+        keep = [i for i in range(len(rows)) if i not in corrupt]
+        columns = {"uri": [redact(rows[i].uri) for i in keep],
+                   "key": [rows[i].item_key for i in keep],
+                   "model": [rows[i].model for i in keep],
+                   "sha256": [rows[i].content_sha256 for i in keep]}
+        writer.write(columns, vectors[keep].astype(np.float32))
+        count, left_out = count + len(keep), left_out + len(corrupt)
+    writer.close()
+    return count, left_out
+
+
+class _VectorWriter:
+    """Embedding batches as JSON lines, or (with ``pa``, pyarrow) as Parquet under one schema
+    whatever a batch holds (a batch without any catalogue key is still a string column)."""
+
+    def __init__(self, out: IO[bytes], pa: Any) -> None:
+        self.out, self.pa, self.writer = out, pa, None
+        self.text = None if pa else io.TextIOWrapper(out, encoding="utf-8", newline="\n",
+                                                     write_through=True)
+
+    def write(self, columns: dict[str, list[Any]], vectors: np.ndarray) -> None:
+        if self.text is not None:
             for i, vector in enumerate(vectors.tolist()):
-                text.write(json.dumps({**{k: v[i] for k, v in columns.items()},
-                                       "embedding": vector}, ensure_ascii=False) + "\n")
-        else:
-            table = pa.table({**columns, "embedding": pa.FixedSizeListArray.from_arrays(
-                pa.array(vectors.ravel()), vectors.shape[1])})
-            writer = writer or pa.parquet.ParquetWriter(out, table.schema)
-            writer.write_table(table)
-        count += len(rows)
-    if pa is not None:
-        empty = {name: pa.array([], pa.string()) for name in EMBEDDING_FIELDS[:-1]}
-        writer = writer or pa.parquet.ParquetWriter(out, pa.table(
-            {**empty, "embedding": pa.array([], pa.list_(pa.float32()))}).schema)
+                self.text.write(json.dumps({**{k: v[i] for k, v in columns.items()},
+                                            "embedding": vector}, ensure_ascii=False) + "\n")
+            return
+        pa = self.pa
+        embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()),
+                                                      vectors.shape[1])
+        self.writer = self.writer or pa.parquet.ParquetWriter(self.out,
+                                                              self._schema(embedding.type))
+        self.writer.write_table(pa.table({**columns, "embedding": embedding},
+                                         schema=self.writer.schema))
+
+    def _schema(self, embedding: Any) -> Any:
+        pa = self.pa
+        return pa.schema([*((name, pa.string()) for name in EMBEDDING_FIELDS[:-1]),
+                          ("embedding", embedding)])
+
+    def close(self) -> None:
+        if self.text is not None:
+            self.text.detach()
+            return
+        writer = self.writer or self.pa.parquet.ParquetWriter(
+            self.out, self._schema(self.pa.list_(self.pa.float32())))
         writer.close()
-    text.detach()
-    return count
+
+
+@contextlib.contextmanager
+def written(path: Path | None) -> Iterator[IO[bytes]]:
+    """``path`` (None: standard output) written in full or not at all: a temporary file
+    beside it is renamed over it once writing ended, so a failure (pyarrow missing, a
+    database error, Ctrl-C) leaves a file that was there as it was, and no half file."""
+    if path is None:
+        yield sys.stdout.buffer
+        return
+    if path.exists() and not path.is_file():  # /dev/stdout, a named pipe: nothing to replace
+        with path.open("wb") as out:
+            yield out
+        return
+    path = path.resolve() if path.is_symlink() else path  # the file it names is replaced
+    try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                             suffix=".part")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(handle, "wb") as out:
+            yield out
+        os.chmod(temporary, _mode(path))
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _mode(path: Path) -> int:
+    """The file's mode if it exists, else what the umask gives a new file (mkstemp's 0600
+    would hide an export from its readers)."""
+    with contextlib.suppress(OSError):
+        return stat.S_IMODE(path.stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask

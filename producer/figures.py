@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from worker.core.contract import uri_hash
 from worker.db import report as db
 from worker.db.labelsets import load_labelset
 
@@ -89,12 +90,12 @@ def gather(engine: Engine, run: Mapping[str, Any], where: Sequence[sa.ColumnElem
             runtimes=db.runtimes(conn, where),
             seconds=_seconds(run["started_at"], db.last_result_at(conn, run["id"])),
             histogram=db.score_histogram(conn, where, BINS),
-            review=[_photo(row) for row in db.least_confident(conn, where, REVIEW)],
-            file_roots=db.file_roots(conn, where))
+            review=[_photo(row) for row in db.least_confident(conn, where, REVIEW)])
         reasons = db.failure_counts(conn, where)
         failed = db.failures(conn, where, PER_REASON)
-    parents = dict(zip(labelset.labels, labelset.parents, strict=True)) if labelset else {}
-    figures.galleries = _galleries(counts, best, parents)
+        parents = dict(zip(labelset.labels, labelset.parents, strict=True)) if labelset else {}
+        figures.galleries = _galleries(counts, best, parents)
+        figures.file_roots = db.file_roots(conn, [uri_hash(u) for u in figures.photo_uris()])
     figures.failures = [Failures(reason, n, [(r["uri"], r["error"] or "") for r in failed
                                              if r["reason"] == reason])
                         for reason, n in reasons.items()]

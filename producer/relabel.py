@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from producer import sending
+from producer import render, sending
 from producer.enqueue import Summary
 from producer.local_worker import LocalWorker
 from producer.status import find_run
@@ -38,6 +38,7 @@ class Relabelling:
     run_id: str
     images: int
     ranges: int
+    taken_over: dict[str, int] = field(default_factory=dict)  # earlier runs' lost ranges
 
 
 def relabel(settings: Settings, labelset: LabelSet, *, scope_run: str | None = None,
@@ -85,7 +86,9 @@ def _send(settings: Settings, labelset: LabelSet, scope_run: str | None, images:
     finally:
         db.update_run(engine, run_id, finished=True, error=error, listed=images,
                       enqueued=images if sent == count else 0)
-    return Relabelling(run_id, images, count)
+    # Only once sent: earlier runs' lost ranges stay theirs if this run could not be sent.
+    return Relabelling(run_id, images, count, db.take_over_ranges(
+        engine, run_id, settings.model, labelset.id, scope_run, settings.pending_ttl))
 
 
 def relabel_here(settings: Settings, labelset: LabelSet, *, scope_run: str | None,
@@ -98,6 +101,8 @@ def relabel_here(settings: Settings, labelset: LabelSet, *, scope_run: str | Non
         echo(f"starting a worker for {settings.model} (log: {log_path})")
         sent = _send(settings, labelset, scope_run, images, RANGE_IMAGES)
         echo(f"run {sent.run_id}: about {sent.images} images in {sent.ranges} ranges")
+        if sent.taken_over:
+            echo(render.taken_over(sent.taken_over))
         with withdrawn_if_stopped(settings, sent.run_id):
             _wait(settings, Summary(run_id=sent.run_id, enqueued=sent.images), worker, timeout,
                   doing="relabelling")

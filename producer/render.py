@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from worker.core.errors import Skip
@@ -77,9 +78,23 @@ def tagged(result: Tagged, location: str) -> str:
     return "\n".join(lines)
 
 
+def exported(count: int, kind: str, output: Path | None, left_out: int = 0) -> str:
+    return (f"exported {count} {kind}" + (f" to {output}" if output else "")
+            + (f"; {left_out} corrupt embeddings left out (`producer relabel` fails their images "
+               "as corrupt-embedding)" if left_out else ""))
+
+
 def relabelling(sent: Relabelling, model: str) -> str:
     return (f"run {sent.run_id}: about {sent.images} images in {sent.ranges} ranges of kept "
-            f"embeddings (model {model}); `producer wait --run {sent.run_id}` follows it")
+            f"embeddings (model {model}); `producer wait --run {sent.run_id}` follows it"
+            + (f"\n{taken_over(sent.taken_over)}" if sent.taken_over else ""))
+
+
+def taken_over(runs: Mapping[str, int]) -> str:
+    """Earlier relabel runs whose unanswered ranges a new run took over."""
+    return "took over what was left of " + ", ".join(
+        f"run {run} (about {images} images, unanswered for over TAGGER_PENDING_TTL)"
+        for run, images in runs.items())
 
 
 def relabelled(counts: Mapping[str, Any], labelset_id: str) -> str:

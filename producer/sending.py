@@ -69,6 +69,7 @@ def _reserved(channel: Any) -> Counter[str]:
     return held
 
 
+
 def withdraw(settings: Settings, run_id: str) -> int:
     """Take a run's chunks that no worker has started off the queue; how many were taken.
 

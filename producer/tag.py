@@ -12,9 +12,9 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from producer import sending
+from producer.cancel import withdraw
 from producer.enqueue import Listing, Summary, enqueue, locate, new_run_id
-from producer.export import export, format_of
+from producer.export import export, format_of, written
 from producer.judged import judged_rows
 from producer.local_worker import LocalWorker
 from producer.progress import Progress
@@ -160,9 +160,7 @@ def _withdraw(settings: Settings, run_id: str, cause: BaseException) -> None:
             return
         why = ("interrupted" if isinstance(cause, KeyboardInterrupt | SystemExit)
                else redact(str(cause) or type(cause).__name__)[:300])
-        db.cancel_run(engine, run_id, f"{counts['done'] + counts['failed']} images answered, "
-                                      f"{counts['pending']} withdrawn: {why}")
-        sending.withdraw(settings, run_id)
+        withdraw(settings, run_id, counts, why)
     except Exception as exc:  # the database or broker may be why we stopped: its error is shown
         log.warning("could not withdraw run %s (its unanswered images stay pending for "
                     "TAGGER_PENDING_TTL): %s", run_id, redact(str(exc)))
@@ -191,6 +189,6 @@ def _export(settings: Settings, selection: Mapping[str, str], summary: Summary,
             yield row
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    with output.open("wb") as out:
+    with written(output) as out:
         tagged.exported = export(counted(), out, format_of(str(output)))
     return tagged

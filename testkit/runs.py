@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from worker.core.contract import Item, Result
+from worker.core.embedding import sha256_of
 from worker.core.errors import Reason
 from worker.core.labels import LabelSet
 from worker.db.labelsets import save_labelset
@@ -59,3 +60,22 @@ def seed_run(url: str, uris: Sequence[str], labelset: LabelSet, *,
     write_results(engine, outcomes, keep_embeddings=bool(vectors))
     update_run(engine, run_id, finished=True, listed=len(uris), enqueued=len(uris))
     return run_id
+
+
+def seed_kept(url: str, model: str, items: Sequence[Item], *, dim: int = 16,
+              run_id: str = "seeded", contents: Sequence[str] | None = None, seed: int = 0
+              ) -> list[str]:
+    """Done results of ``items`` with kept normalised embeddings, as a worker of ``model``
+    writes them (``contents``: their content hashes; default: made up). Returns the hashes."""
+    rng = np.random.default_rng(seed)
+    contents = list(contents or (sha256_of(f"{seed}-{i}".encode()) for i in range(len(items))))
+    engine = engine_for(url)
+    for start in range(0, len(items), 1000):
+        vectors = rng.standard_normal((len(items[start:start + 1000]), dim), dtype=np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        write_results(engine, [
+            Result(item, model, "seeded", run_id=run_id, content_sha256=sha, embedding=vector,
+                   labels=[{"label": "猫", "score": 0.9}], runtime="torch float32 cpu")
+            for item, sha, vector in zip(items[start:start + 1000], contents[start:start + 1000],
+                                         vectors, strict=True)], keep_embeddings=True)
+    return contents

@@ -52,6 +52,13 @@ def postgres_database(admin_url: str = PG_ADMIN_URL, migrated: bool = True,
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+def blocked_writers(admin: sa.Connection) -> list[int]:
+    """The server processes of this database whose write to ``results`` waits on a lock."""
+    return list(admin.scalars(sa.text(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND query ILIKE 'INSERT INTO results%' ORDER BY pid")))
+
+
 def admin_engine_for(url: str) -> sa.Engine:
     """An autocommit engine on the same database, for tests that act as its administrator."""
     name = sa.make_url(url).database

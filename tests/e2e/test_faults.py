@@ -23,7 +23,7 @@ from testkit.commands import count, rows, send, wait_for_results
 from testkit.faults import FaultProxy, ImageServer, Reply
 from testkit.images import image_bytes
 from testkit.processes import Worker, kill
-from testkit.services import RedisServer, admin_engine_for, wait_until
+from testkit.services import RedisServer, admin_engine_for, blocked_writers, wait_until
 from worker.core.celeryconf import tagging_queue, transport_options
 from worker.core.contract import TASK_NAME, Chunk, Item
 from worker.core.labels import load_labelset
@@ -197,9 +197,7 @@ def test_redis_restart_keeps_backlog_and_worker_resumes(env, origin, own_redis, 
 
 
 def _blocked_writer(admin: sa.Connection) -> int | None:
-    return admin.scalar(sa.text(
-        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-        "AND wait_event_type = 'Lock' AND query ILIKE 'INSERT INTO results%'"))
+    return next(iter(blocked_writers(admin)), None)
 
 
 def test_postgres_connection_killed_during_the_write(env, origin, start_worker, monkeypatch):

@@ -13,6 +13,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from producer.sending import send, sending_app
 from testkit.commands import producer, rows
@@ -232,3 +233,27 @@ def test_a_forged_retries_header_neither_ends_nor_prolongs_retries(env, start_wo
                            message="the chunks were never given up")
     assert {(r.status, r.reason) for r in found.values()} == {("failed", "transient")}
     assert [origin.hits[path] for path in paths.values()] == [3, 3]  # 1 try, 2 retries each
+
+
+def test_a_url_inside_a_parameter_is_stored_without_its_secrets(env, start_worker):
+    """A catalogue URL whose parameter holds another URL, percent-encoded, with a password and
+    a signature: before, both were stored in results.uri (masked only in output and logs)."""
+    from testkit.commands import send as enqueue
+    from testkit.faults import ImageServer, Reply
+    from worker.db.schema import pending
+
+    env = {**env, "TAGGER_ALLOW_PRIVATE_URLS": "1"}
+    path = ("/i.png?redirect=https%3A%2F%2Fu%3APASSWORD%40cdn.example%2Fa.jpg%3Fw%3D1%26sig%3D"
+            "SECRET&w=2")
+    with ImageServer() as origin:
+        origin.routes[path] = Reply(image_bytes(6))
+        stored = origin.url("/i.png?redirect=https%3A%2F%2Fcdn.example%2Fa.jpg%3Fw%3D1&w=2")
+        enqueue([origin.url(path)])
+        with engine_for(env["DATABASE_URL"]).connect() as conn:
+            assert list(conn.scalars(sa.select(pending.c.uri))) == [stored]
+        worker = start_worker(env)
+        found = wait_until(lambda: rows(env["DATABASE_URL"]).get(stored), 60,
+                           message="the image was never tagged")
+        assert (found.status, found.signed, origin.hits[path]) == ("done", True, 1)
+    shown = producer("export") + worker.log() + repr(found)
+    assert "PASSWORD" not in shown and "SECRET" not in shown

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from testkit.browser import contrast, report_facts
-from testkit.commands import run_producer, tag_as_user, user_env
+from testkit.commands import run_id, run_producer, tag_as_user, user_env
 from testkit.images import image_bytes, write_images
 
 
@@ -44,3 +44,24 @@ def test_tag_then_report_in_a_browser(tmp_path: Path, tiny_model: Path, browser)
     failed = {file: error for rows in facts["failures"].values() for file, error in rows}
     assert set(failed) == {"broken.jpg", "cut.png"}, facts["failures"]
     assert set(facts["failures"]) == {"undecodable"} and all(failed.values())
+
+
+def test_a_relabel_runs_report_shows_its_pictures(tmp_path: Path, tiny_model: Path, browser):
+    """A relabel run reads no file: its previews may read what the runs that tagged its images
+    could (before, every tile said outside-roots)."""
+    images = write_images(tmp_path / "images", 3)
+    env = user_env(TAGGER_HOME=str(tmp_path / "home"), TAGGER_MODEL=str(tiny_model),
+                   TAGGER_BACKEND="torch")
+    tag_as_user(str(tmp_path / "images"), env, cwd=tmp_path)
+    labels = tmp_path / "styles.txt"
+    labels.write_text("简约\n复古\n北欧\n", encoding="utf-8")
+    relabelled = run_producer("relabel", "--labels", str(labels), env=env, cwd=tmp_path)
+    assert relabelled.returncode == 0, relabelled.stderr
+    done = run_producer("report", "--run", run_id(relabelled.stdout), "--output", "styles.html",
+                        env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    with browser.load(tmp_path / "styles.html") as loaded:
+        facts = report_facts(loaded.page)
+    shown = [photo for photos in facts["labels"].values() for photo in photos]
+    assert sorted(photo["name"] for photo in shown) == sorted(path.name for path in images)
+    assert all(photo["picture"] for photo in shown), shown

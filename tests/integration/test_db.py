@@ -382,6 +382,40 @@ def test_the_migration_scrubs_stored_secrets(fixture: str, request: pytest.Fixtu
             ("https://x.example/5.jpg", uri_hash("https://x.example/5.jpg"))]
 
 
+NESTED = ("https://shop.example/i.png?redirect=https%3A%2F%2Fu%3APASSWORD%40cdn.example%2Fa.jpg"
+          "%3Fsig%3DSECRET&w=2")
+
+
+@pytest.mark.parametrize("fixture", ["sqlite_url", "pg_url"])
+def test_stored_urls_inside_parameters_lose_their_secrets(fixture: str,
+                                                          request: pytest.FixtureRequest):
+    """Rows an earlier release stored with a URL inside a parameter, password and signature
+    in it, are rewritten and hashed again, and keep one row per image."""
+    url, engine, old = older_schema(fixture, request, "0006")
+    plain = {"model": "m", "labelset_id": "ls", "labels": [{"label": "台灯", "score": 0.9}],
+             "top_label": "台灯"}
+    stored = "https://shop.example/i.png?redirect=https%3A%2F%2Fcdn.example%2Fa.jpg&w=2"
+    with engine.begin() as conn:
+        conn.execute(old.insert(), [
+            {**plain, "uri": NESTED, "uri_hash": hashlib.sha256(NESTED.encode()).hexdigest(),
+             "status": "done", "updated_at": datetime(2026, 11, 2, tzinfo=UTC)},
+            {**plain, "uri": stored, "uri_hash": uri_hash(stored), "status": "failed",
+             "top_label": None, "updated_at": datetime(2026, 11, 3, tzinfo=UTC)}])
+        conn.execute(sa.table("pending", *(sa.column(c) for c in (
+            "uri", "uri_hash", "model", "labelset_id", "enqueued_at"))).insert().values(
+            uri=NESTED.replace("a.jpg", "b.jpg"), uri_hash="0" * 64, model="m",
+            labelset_id="other", enqueued_at=datetime(2026, 11, 1, tzinfo=UTC)))
+    migrate.upgrade(url)
+    rows = all_rows(engine)
+    assert [(r.uri, r.status, r.signed) for r in rows] == [(stored, "done", True)]
+    assert rows[0].uri_hash == uri_hash(NESTED) == uri_hash(stored)
+    with engine.connect() as conn:
+        marks = conn.execute(sa.select(pending.c.uri, pending.c.uri_hash)).all()
+    assert marks == [(stored.replace("a.jpg", "b.jpg"), uri_hash(NESTED.replace("a.jpg", "b.jpg")))]
+    text = repr(rows) + repr(marks)
+    assert "PASSWORD" not in text and "SECRET" not in text
+
+
 def test_a_forked_child_opens_its_own_connection(pg_url):
     # Prefork pool children are forked after the parent used the database: sharing its pooled
     # socket garbles the protocol once two processes (or a killed child and the next) use it.

@@ -256,6 +256,6 @@ def test_contents_whose_keys_collide_keep_the_first_embedding_only(url):
         keep_embeddings=True)
     kept = embeddings.lookup(engine, "m", [first, second])
     assert list(kept) == [first] and np.array_equal(kept[first], vectors[0].astype(np.float16))
-    found = [row.content_sha256 for rows, _ in embeddings.read_images(
+    found = [row.content_sha256 for rows, _, _ in embeddings.read_images(
         engine, embeddings.Scope("m")) for row in rows]
     assert found == [first]

@@ -169,10 +169,14 @@ def test_a_chunk_of_a_withdrawn_run_is_dropped_untouched(fake, tmp_path: Path):
     uris = files(tmp_path, [1, 2])
     runs_db.create_run(fake.engine, "gone", "test", fake.model, LABELSET.id)
     runs_db.cancel_run(fake.engine, "gone", "interrupted")
+    with fake.engine.begin() as conn:  # a listing still running after `producer cancel`
+        runs_db.claim_pending(conn, [Item(u) for u in uris], fake.model, LABELSET.id, "gone",
+                              3600)
     report = tag(fake, uris, run_id="gone")
     assert (report.parked, report.done, report.failed) == ("withdrawn", 0, 0)
     assert stored(fake) == {} and fake.tagger.backend.batches == []  # no failure invented
-    assert db_status.result_counts(fake.engine, "gone")["in_flight"] == 0
+    counts = db_status.result_counts(fake.engine, "gone")
+    assert (counts["in_flight"], counts["pending"]) == (0, 0)  # its marks released too
 
 
 def test_a_link_target_recorded_while_listing_is_read(fake, tmp_path: Path,

@@ -5,12 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import stat
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from producer.export import FIELDS, WRITERS, export, format_of, record
+from producer.export import FIELDS, WRITERS, export, format_of, record, written
+from worker.core.errors import ConfigError
 
 SIGNED = ("https://cdn.example.com/商品/台灯.jpg?X-Amz-Credential=AKIAEXAMPLE"
           "&X-Amz-Signature=cafebabe1234&w=200")
@@ -111,3 +115,35 @@ def test_the_export_leaves_the_output_open():
                                            ("", "jsonl")])
 def test_format_from_the_file_name(name: str, fmt: str):
     assert format_of(name) == fmt
+
+
+@pytest.mark.parametrize("fmt", sorted(WRITERS))
+def test_a_failed_export_leaves_the_file_that_was_there(tmp_path: Path, fmt: str):
+    """Written to a temporary file and renamed: before, the output was truncated first."""
+    output = tmp_path / f"labels.{fmt}"
+    output.write_bytes(b"yesterday's export")
+    output.chmod(0o640)
+
+    def failing() -> Iterator[dict[str, Any]]:
+        yield row("s3://b/1.jpg")
+        raise ConnectionError("the database went away")
+
+    with pytest.raises(ConnectionError), written(output) as out:
+        export(failing(), out, fmt)
+    assert output.read_bytes() == b"yesterday's export"
+    assert [p.name for p in tmp_path.iterdir()] == [output.name]  # no temporary file left
+    with written(output) as out:
+        assert export([row("s3://b/1.jpg")], out, fmt) == 1
+    assert output.read_bytes() != b"yesterday's export" and stat.S_IMODE(
+        output.stat().st_mode) == 0o640
+    with pytest.raises(ConfigError, match="cannot write"), written(tmp_path / "no" / "x.csv"):
+        pass
+
+
+def test_an_export_through_a_link_replaces_the_file_it_names(tmp_path: Path):
+    real = tmp_path / "real.jsonl"
+    real.write_bytes(b"old")
+    (tmp_path / "link.jsonl").symlink_to(real)
+    with written(tmp_path / "link.jsonl") as out:
+        export([row("s3://b/1.jpg")], out, "jsonl")
+    assert (tmp_path / "link.jsonl").is_symlink() and json.loads(real.read_text())["uri"]

@@ -8,6 +8,8 @@ import pytest
 
 from worker.core.errors import ConfigError
 from worker.core.labels import (
+    MAX_LABELS,
+    MAX_PROMPTS,
     LabelSet,
     LabelSetError,
     load_labelset,
@@ -141,5 +143,21 @@ def test_templates_with_other_braces_are_refused(tmp_path: Path, template: str):
 
 
 def test_a_label_file_is_read_to_a_cap(tmp_path: Path):
-    with pytest.raises(LabelSetError, match="over 4194304 bytes"):
+    with pytest.raises(LabelSetError, match="over 2097152 bytes"):
         load_labelset(Path("/dev/zero"))
+
+
+def test_label_sets_are_capped_in_labels_and_prompts(tmp_path: Path):
+    """60,000 labels (a 4 MiB file passed before) would hold 60,000 text embeddings in every
+    worker: a label set has at most MAX_LABELS labels and MAX_PROMPTS prompts."""
+    labels = tmp_path / "many.txt"
+    labels.write_text("".join(f"类{n}\n" for n in range(MAX_LABELS + 1)), encoding="utf-8")
+    with pytest.raises(LabelSetError, match=f"has {MAX_LABELS + 1} labels, over the limit"):
+        load_labelset(labels)
+    labels.write_text("".join(f"类{n}\n" for n in range(MAX_LABELS)), encoding="utf-8")
+    assert len(load_labelset(labels).labels) == MAX_LABELS
+    templates = tmp_path / "templates.txt"
+    templates.write_text("".join(f"{n}{{}}\n" for n in range(6)), encoding="utf-8")
+    with pytest.raises(LabelSetError, match=f"{6 * MAX_LABELS} prompts, over the limit of "
+                                            f"{MAX_PROMPTS}"):
+        load_labelset(labels, templates)

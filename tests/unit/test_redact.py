@@ -117,6 +117,15 @@ SIGNED_TONIGHT = ("https://bucket.s3.amazonaws.com/p/1.jpg?w=200&X-Amz-Algorithm
     ("https://user:p@ss@img.example.com/a.jpg?w=1", "https://img.example.com/a.jpg?w=1"),
     ("https://T0KEN@img.example.com/a.jpg", "https://img.example.com/a.jpg"),
     ("https://img.example.com/a.jpg?w=1#access_token=x", "https://img.example.com/a.jpg?w=1"),
+    # a URL inside a parameter, percent-encoded once or twice, or not at all, is stored in its
+    # own stored form (before, password and signature were stored as they came)
+    ("https://h.example/i.png?redirect=https%3A%2F%2Fu%3APASSWORD%40cdn.example%2Fa.jpg%3Fw%3D1"
+     "%26sig%3DSECRET&w=2",
+     "https://h.example/i.png?redirect=https%3A%2F%2Fcdn.example%2Fa.jpg%3Fw%3D1&w=2"),
+    ("https://h.example/r?next=https%253A%252F%252Fu%253APASSWORD%2540cdn.example%252Fa.jpg",
+     "https://h.example/r?next=https%3A%2F%2Fcdn.example%2Fa.jpg"),
+    ("https://h.example/r?next=https://u:PASSWORD@cdn.example/a.jpg&x=1",
+     "https://h.example/r?next=https://cdn.example/a.jpg&x=1"),
     # nothing secret: kept exactly as written
     ("HTTPS://Img.Example.com/a.jpg?", "HTTPS://Img.Example.com/a.jpg?"),
     ("https://img.example.com/a.jpg?se=1&sp=r", "https://img.example.com/a.jpg?se=1&sp=r"),
@@ -127,3 +136,4 @@ SIGNED_TONIGHT = ("https://bucket.s3.amazonaws.com/p/1.jpg?w=200&X-Amz-Algorithm
 def test_stored_uris_keep_what_identifies_the_image(uri: str, stored: str):
     assert stored_uri(uri) == stored
     assert stored_uri(stored) == stored
+    assert "PASSWORD" not in redact(uri) and "SECRET" not in redact(uri)

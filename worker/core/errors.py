@@ -25,6 +25,8 @@ class Reason(StrEnum):
     TOO_MUCH_MEMORY = "too-much-memory"
     TIMEOUT = "timeout"
     DECODER_CRASHED = "decoder-crashed"
+    # scoring from a kept embedding
+    CORRUPT_EMBEDDING = "corrupt-embedding"
     # the whole chunk
     TRANSIENT = "transient"
     PARKED = "parked"

@@ -13,7 +13,12 @@ from worker.core.errors import ConfigError
 
 MAX_LABEL_CHARS = 48
 MAX_LINE_CHARS = 200  # a template with its label; prompts are cut at 52 tokens anyway
-MAX_FILE_BYTES = 4 * 2**20  # ten thousand labels take a few hundred KB
+MAX_FILE_BYTES = 2 * 2**20  # the most labels, at 48 characters each, take ~1.4 MB
+# Text embeddings are (labels, 512) float32 in every worker process and prompts go through the
+# text tower once: 20,000 labels are 40 MB; 100,000 prompts (80 templates x 1,250 labels) ~20
+# min of a CPU's text tower. Image scoring is flat in labels either way (worker/loop/scores.py).
+MAX_LABELS = 20_000
+MAX_PROMPTS = 100_000
 DEFAULT_TEMPLATE = "{}"
 # Zero-width joiners build emoji and some scripts' letters; other format characters (a BOM
 # mid-file, zero-width spaces, bidi overrides) make two labels look alike, or text misread.
@@ -169,8 +174,15 @@ def load_labelset(labels_path: Path, templates_path: Path | None = None) -> Labe
     if not labels:
         raise LabelSetError(f"label file {labels_path} has no labels: write one per line "
                             "(`parent/label` for a category; `#` starts a comment)")
+    if len(labels) > MAX_LABELS:
+        raise LabelSetError(f"label file {labels_path} has {len(labels)} labels, over the limit "
+                            f"of {MAX_LABELS}: split it into label sets of fewer")
     templates = (parse_templates(_read(templates_path, "templates"), str(templates_path))
                  if templates_path else [DEFAULT_TEMPLATE])
+    if len(labels) * len(templates) > MAX_PROMPTS:
+        raise LabelSetError(f"{len(labels)} labels x {len(templates)} templates are "
+                            f"{len(labels) * len(templates)} prompts, over the limit of "
+                            f"{MAX_PROMPTS}: use fewer templates or fewer labels")
     return LabelSet(labels=tuple(labels), parents=tuple(parents), templates=tuple(templates),
                     name=labels_path.stem)
 

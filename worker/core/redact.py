@@ -51,16 +51,26 @@ def _mask_userinfo(match: re.Match[str]) -> str:
     return f"{match['scheme']}{user}:{MASK}@" if colon else f"{match['scheme']}{MASK}@"
 
 
+def _nested(value: str) -> str | None:
+    """A parameter's value as the text that holds a secret (a URL inside it, percent-encoded
+    once or more: ?next=https%3A%2F%2Fu%3Apw%40h%2F...%3Fsig%3D...), or None."""
+    text = value
+    for _ in range(4):
+        if redact(text) != text:
+            return text
+        decoded = unquote(text)
+        if decoded == text:
+            break
+        text = decoded
+    return None
+
+
 def _mask_parameter(match: re.Match[str]) -> str:
     name, value = match["name"], match["value"]
     if is_secret_parameter(name[1:]):
         return f"{name}={MASK}"
-    if "%" in value:  # a URL inside a parameter (?next=https%3A%2F%2F...%3Fsig%3D...)
-        decoded = unquote(value)
-        masked = redact(decoded)
-        if masked != decoded:
-            return f"{name}={quote(masked, safe='/:*')}"
-    return match[0]
+    inner = _nested(value) if "%" in value else None
+    return f"{name}={quote(redact(inner), safe='/:*')}" if inner else match[0]
 
 
 def redact(text: str) -> str:
@@ -75,10 +85,17 @@ def redact(text: str) -> str:
 def _kept(parameters: str, signed: bool) -> str:
     kept = []
     for part in parameters.split("&"):
-        name = _name(part.partition("=")[0])
+        raw, equals, value = part.partition("=")
+        name = _name(raw)
         if is_secret_parameter(name) or (signed and (
                 name.startswith(_SIGNING_PREFIXES) or name in _SIGNING_NAMES)):
             continue
+        inner = _nested(value) if equals else None
+        if inner is not None:  # a URL inside: stored in its stored form, or not at all
+            inner = stored_uri(inner)
+            if redact(inner) != inner:
+                continue
+            part = f"{raw}={quote(inner, safe='') if '%' in value else inner}"
         kept.append(part)
     return "&".join(kept)
 

@@ -82,17 +82,45 @@ def _kept_rows(conn: Connection, model: int, wanted: set[bytes], *columns: Any) 
     return [row for row in rows if bytes(row.sha256) in wanted]
 
 
+class Kept(dict[str, "np.ndarray"]):
+    """Kept embeddings (float16) by content hash (hex); ``corrupt``: the contents whose stored
+    embedding is damaged, with what is wrong with it."""
+
+    def __init__(self, vectors: Mapping[str, np.ndarray] | None = None,
+                 corrupt: Mapping[str, str] | None = None) -> None:
+        super().__init__(vectors or {})
+        self.corrupt = dict(corrupt or {})
+
+
 @retried
-def lookup(engine: Engine, model: str, hashes: Iterable[str]) -> dict[str, np.ndarray]:
-    """The kept embeddings (float16) of these content hashes (hex); those not kept are absent."""
+def lookup(engine: Engine, model: str, hashes: Iterable[str]) -> Kept:
+    """The kept embeddings of these content hashes (hex); those not kept are absent."""
     wanted = {bytes.fromhex(sha) for sha in hashes}
     found = model_id(engine, model) if wanted else None
     if found is None:
-        return {}
+        return Kept()
     with engine.connect() as conn:
         rows = _kept_rows(conn, found[0], wanted, embeddings.c.vector)
-    vectors = unpack([bytes(row.vector) for row in rows], found[1])
-    return {bytes(row.sha256).hex(): vector for row, vector in zip(rows, vectors, strict=True)}
+    vectors, corrupt = unpack([bytes(row.vector) for row in rows], found[1])
+    shas = [bytes(row.sha256).hex() for row in rows]
+    return Kept({sha: vectors[i] for i, sha in enumerate(shas) if i not in corrupt},
+                {shas[i]: problem for i, problem in corrupt.items()})
+
+
+@retried
+def forget(engine: Engine, model: str, hashes: Iterable[str]) -> None:
+    """Remove the kept embeddings of these contents (found damaged): the next tagging of
+    their images keeps new ones."""
+    found = model_id(engine, model)
+    raw = sorted({bytes.fromhex(sha) for sha in hashes})
+    if found is None or not raw:
+        return
+    with engine.begin() as conn:
+        for part in batches(raw):
+            conn.execute(embeddings.delete().where(
+                embeddings.c.model_id == found[0],
+                embeddings.c.key.in_([key_of(sha) for sha in part]),
+                embeddings.c.sha256.in_(part)))
 
 
 def kept_hashes(conn: Connection, model: str, hashes: Iterable[str]) -> set[str]:
@@ -145,9 +173,10 @@ def images_query(conn: Connection, scope: Scope, model_id: int, lo: int, hi: int
 
 
 def read_images(engine: Engine, scope: Scope, lo: int = KEY_MIN, hi: int = KEY_MAX,
-                batch: int = 5000) -> Iterator[tuple[list[sa.Row], np.ndarray]]:
-    """The images of a key range in batches (a server-side cursor on PostgreSQL): their rows
-    and their embeddings (float16). A lost database is a TransientError."""
+                batch: int = 5000) -> Iterator[tuple[list[sa.Row], np.ndarray, dict[int, str]]]:
+    """The images of a key range in batches (a server-side cursor on PostgreSQL): their rows,
+    their embeddings (float16), and which rows' stored embeddings are corrupt (their vectors
+    zeros), with what is wrong. A lost database is a TransientError."""
     try:
         found = model_id(engine, scope.model)
         if found is None:
@@ -163,7 +192,7 @@ def read_images(engine: Engine, scope: Scope, lo: int = KEY_MIN, hi: int = KEY_M
             stream = conn.execution_options(stream_results=True, yield_per=batch).execute(
                 images_query(conn, scope, found[0], lo, hi))
             for rows in stream.partitions(batch):
-                yield rows, unpack([bytes(row.vector) for row in rows], found[1])
+                yield rows, *unpack([bytes(row.vector) for row in rows], found[1])
     except sa.exc.DBAPIError as exc:
         if not is_transient(exc):
             raise

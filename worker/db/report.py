@@ -8,7 +8,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from worker.db.schema import results, runs
+from worker.db.schema import batches, results, runs
 
 Where = Sequence[sa.ColumnElement[bool]]
 DONE = results.c.status == "done"
@@ -80,10 +80,15 @@ def runtimes(conn: Connection, where: Where) -> list[str]:
                                .where(*where, DONE, results.c.runtime.is_not(None))))
 
 
-def file_roots(conn: Connection, where: Where) -> list[str]:
-    """The folders the runs of these images could read files from: their previews may too."""
-    run_ids = sa.select(results.c.run_id).distinct().where(*where)
-    lists = conn.scalars(sa.select(runs.c.file_roots).where(runs.c.id.in_(run_ids)))
+def file_roots(conn: Connection, uri_hashes: Sequence[str]) -> list[str]:
+    """The folders that the runs of any result of these images (by URI hash) could read files
+    from: their previews may too. A relabel run reads no file, so its images' folders are
+    those of the runs that tagged them."""
+    run_ids: set[str] = set()
+    for part in batches(sorted(set(uri_hashes))):
+        run_ids.update(conn.scalars(sa.select(results.c.run_id).distinct().where(
+            results.c.uri_hash.in_(part), results.c.run_id.is_not(None))))
+    lists = conn.scalars(sa.select(runs.c.file_roots).where(runs.c.id.in_(sorted(run_ids))))
     return sorted({root for roots in lists for root in roots or ()})
 
 

@@ -174,7 +174,36 @@ def add_pending_ranges(engine: Engine, spans: Sequence[Span], images: Sequence[i
     with engine.begin() as conn:
         conn.execute(pending_ranges.insert(), [
             {"run_id": span.run_id, "lo": span.lo, "hi": span.hi, "images": count,
-             "enqueued_at": current} for span, count in zip(spans, images, strict=True)])
+             "scope_run": span.scope_run, "enqueued_at": current}
+            for span, count in zip(spans, images, strict=True)])
+
+
+@retried
+def take_over_ranges(engine: Engine, run_id: str, model: str, labelset_id: str,
+                     scope_run: str | None, ttl_seconds: int) -> dict[str, int]:
+    """Ranges of earlier relabel runs (this model and label set) left unanswered for over
+    ``ttl_seconds`` (their messages lost with a wiped broker, say) that this run scores too:
+    they stop being pending, and their runs say which run took them over. Returns the images
+    taken over, by run. ``scope_run``: this run scores only that run's images."""
+    stale = datetime.now(UTC) - timedelta(seconds=ttl_seconds)
+    covered = [] if scope_run is None else [pending_ranges.c.scope_run == scope_run]
+    taken: dict[str, int] = {}
+    with engine.begin() as conn:
+        for old, lo, images in conn.execute(
+                sa.select(pending_ranges.c.run_id, pending_ranges.c.lo, pending_ranges.c.images)
+                .join(runs, runs.c.id == pending_ranges.c.run_id)
+                .where(runs.c.model == model, runs.c.labelset_id == labelset_id,
+                       runs.c.id != run_id, pending_ranges.c.enqueued_at < stale, *covered)
+                ).all():
+            conn.execute(pending_ranges.delete().where(pending_ranges.c.run_id == old,
+                                                       pending_ranges.c.lo == lo))
+            taken[old] = taken.get(old, 0) + int(images)
+        for old, images in taken.items():
+            conn.execute(runs.update().where(runs.c.id == old, runs.c.error.is_(None)).values(
+                error=f"about {images} images unanswered for over {ttl_seconds} s "
+                      f"(TAGGER_PENDING_TTL; their messages were lost?) were taken over by run "
+                      f"{run_id}"))
+    return taken
 
 
 @retried

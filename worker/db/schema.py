@@ -121,6 +121,7 @@ pending_ranges = sa.Table(
     sa.Column("hi", sa.BigInteger, nullable=False),
     sa.Column("images", sa.BigInteger, nullable=False),
     sa.Column("enqueued_at", _Time, nullable=False),
+    sa.Column("scope_run", sa.String(32)),  # only this run's images (None: every image)
 )
 
 # Kept image embeddings (worker/core/embedding.py has their form), ~1 KB per image: the model

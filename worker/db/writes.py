@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from worker.core.contract import Result
+from worker.core.contract import Item, Result, uri_hash
 from worker.db import bulk, embeddings
 from worker.db.schema import (
     batches,
@@ -64,9 +64,20 @@ def start_delivery(engine: Engine, task_id: str, run_id: str | None, images: int
                   "images": images},
         ).returning(deliveries.c.count, deliveries.c.retries)
         starts, retries = conn.execute(stmt).one()
-        cancelled = run_id is not None and conn.scalar(
-            sa.select(runs.c.cancelled_at.is_not(None)).where(runs.c.id == run_id))
-    return Delivery(int(starts), int(retries), bool(cancelled))
+        withdrawn = run_id is not None and _cancelled(conn, run_id)
+    return Delivery(int(starts), int(retries), withdrawn)
+
+
+def _cancelled(conn: Connection, run_id: str) -> bool:
+    return bool(conn.scalar(sa.select(runs.c.cancelled_at.is_not(None))
+                            .where(runs.c.id == run_id)))
+
+
+@retried
+def cancelled(engine: Engine, run_id: str) -> bool:
+    """Whether the run was withdrawn (`producer cancel`, a `producer tag` stopped)."""
+    with engine.connect() as conn:
+        return _cancelled(conn, run_id)
 
 
 @retried
@@ -140,6 +151,18 @@ def _write(conn: Connection, rows: list[dict[str, Any]], task_id: str | None) ->
         bulk.write_chunk(conn, rows, task_id)
     else:
         write_by_statements(conn, rows, task_id)
+
+
+@retried
+def drop_withdrawn(engine: Engine, task_id: str, run_id: str, items: Sequence[Item]) -> None:
+    """A chunk of a withdrawn run is not tagged: its delivery is over, and its images stop
+    being pending (a listing still running when the run was cancelled marked them)."""
+    with engine.begin() as conn:
+        for part in batches(sorted({uri_hash(item.uri) for item in items})):
+            conn.execute(pending.delete().where(pending.c.run_id == run_id,
+                                                pending.c.uri_hash.in_(part)))
+        conn.execute(deliveries.update().where(deliveries.c.task_id == task_id)
+                     .values(finished_at=now))
 
 
 @retried

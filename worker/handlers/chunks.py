@@ -93,7 +93,7 @@ def run_chunk(parts: Parts, chunk: Chunk, *, task_id: str, chunk_retries: int) -
     delivery = db.start_delivery(parts.engine, task_id, chunk.run_id, len(chunk.items))
     if delivery.cancelled:  # its `producer tag` gave up: nobody waits for these images
         log.warning("run %s was withdrawn: its chunk is dropped, not tagged", chunk.run_id)
-        db.write_results(parts.engine, [], task_id)
+        db.drop_withdrawn(parts.engine, task_id, chunk.run_id or "", chunk.items)
         return ChunkReport(parked="withdrawn")
     if delivery.starts == 1:
         metrics.observe_queue_wait(time.time() - chunk.enqueued_at)

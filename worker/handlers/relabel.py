@@ -1,9 +1,10 @@
 """One relabel message: score a range of kept embeddings with a label set; nothing is fetched.
 
-Read (a server-side cursor, in batches) -> score (one float32 matrix product per batch) ->
-write (COPY and one merge per batch, its own transaction). A re-delivered range writes the
+Read (a server-side cursor, in batches) -> score (float32 matrix products in blocks of labels)
+-> write (COPY and one merge per batch, its own transaction). A re-delivered range writes the
 same rows again (idempotent upserts); the range stops counting as pending only after its last
-batch is written.
+batch is written. Its deaths are counted as a chunk's are; an image whose kept embedding is
+corrupt fails alone; a cancelled run's range stops after the batch it is writing.
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 
 from worker.core.contract import KEPT_RUNTIME, Span
+from worker.core.embedding import damaged
+from worker.core.errors import ItemError
 from worker.db import embeddings, writes
 from worker.loop.assemble import Parts
+from worker.loop.labelstore import Scoring
 from worker.loop.scores import LabelsText, top_k
 
 log = logging.getLogger(__name__)
@@ -28,19 +33,10 @@ BATCH = 5000  # images read, scored and written at a time: ~10 MB of float32 at 
 def relabel(parts: Parts, span: Span, task_id: str) -> dict[str, Any]:
     """Everything one relabel message asks for; returns what it did, with wall and CPU
     seconds per stage (the database server's CPU is not in it)."""
-    if span.model != parts.model:
-        return give_up(parts, span, task_id, f"relabel of model {span.model} was taken by a "
-                       f"worker serving {parts.model}; start a worker with that TAGGER_MODEL "
-                       "and run `producer relabel` again")
-    if writes.start_delivery(parts.engine, task_id, span.run_id, 0).cancelled:
-        writes.write_results(parts.engine, [], task_id)  # withdrawn: nobody waits for it
-        return {"images": 0, "withdrawn": span.run_id}
-    scoring = parts.labels.get(span.labelset_id)
-    if scoring is None:
-        return give_up(parts, span, task_id,
-                       f"label set {span.labelset_id} is not in the results database")
-    backend, rendered = parts.tagger.backend, LabelsText(scoring.labelset)
-    clock, images = Clock(), 0
+    scoring = _ready(parts, span, task_id)
+    if not isinstance(scoring, Scoring):
+        return scoring
+    rendered, clock, images = LabelsText(scoring.labelset), Clock(), 0
     batches = embeddings.read_images(parts.engine, embeddings.Scope(span.model, span.scope_run),
                                      span.lo, span.hi, BATCH)
     while True:
@@ -49,14 +45,47 @@ def relabel(parts: Parts, span: Span, task_id: str) -> dict[str, Any]:
         if batch is None:
             break
         with clock.stage("score"):
-            best = top_k(batch[1], scoring.texts, backend.logit_scale, parts.tagger.top_k)
-            rows = [result_row(span, found, *rendered.render(*top))
-                    for found, top in zip(batch[0], zip(*best, strict=True), strict=True)]
+            rows = scored(parts, span, scoring, rendered, *batch)
         with clock.stage("write"):
             writes.write_rows(parts.engine, rows)
+            embeddings.forget(parts.engine, span.model,
+                              [batch[0][i].content_sha256 for i in batch[2]])
         images += len(rows)
+        if writes.cancelled(parts.engine, span.run_id):  # `producer cancel`: stop here
+            break
     writes.finish_range(parts.engine, span.run_id, span.lo, task_id)
     return {"images": images, **clock.report()}
+
+
+def _ready(parts: Parts, span: Span, task_id: str) -> Scoring | dict[str, Any]:
+    """The label set to score with, or what became of a range that is not to be scored."""
+    if span.model != parts.model:
+        return give_up(parts, span, task_id, f"relabel of model {span.model} was taken by a "
+                       f"worker serving {parts.model}; start a worker with that TAGGER_MODEL "
+                       "and run `producer relabel` again")
+    delivery = writes.start_delivery(parts.engine, task_id, span.run_id, 0)
+    if delivery.cancelled:  # withdrawn: nobody waits for it
+        writes.finish_range(parts.engine, span.run_id, span.lo, task_id)
+        return {"images": 0, "withdrawn": span.run_id}
+    if delivery.deaths >= parts.max_deliveries:  # as a chunk is parked: never looped on
+        return give_up(parts, span, task_id, f"relabel range {span.lo}..{span.hi} was "
+                       f"delivered {delivery.starts} times without finishing (it killed its "
+                       "worker: the worker's log says how); `producer relabel` redoes it")
+    scoring = parts.labels.get(span.labelset_id)
+    if scoring is None:
+        return give_up(parts, span, task_id,
+                       f"label set {span.labelset_id} is not in the results database")
+    return scoring
+
+
+def scored(parts: Parts, span: Span, scoring: Scoring, rendered: LabelsText,
+           found: list[sa.Row], vectors: np.ndarray, corrupt: dict[int, str]
+           ) -> list[dict[str, Any]]:
+    """One batch's result rows; an image whose kept embedding is corrupt fails alone."""
+    best = top_k(vectors, scoring.texts, parts.tagger.backend.logit_scale, parts.tagger.top_k)
+    return [failed_row(span, row, damaged(row.content_sha256, corrupt[i])) if i in corrupt
+            else result_row(span, row, *rendered.render(*top))
+            for i, (row, top) in enumerate(zip(found, zip(*best, strict=True), strict=True))]
 
 
 class Clock:
@@ -91,6 +120,14 @@ def result_row(span: Span, found: sa.Row, labels: str, top_label: str, top_score
             "status": "done", "reason": None, "error": None, "labels": labels,
             "top_label": top_label, "top_score": top_score, "attempts": 1,
             "run_id": span.run_id, "runtime": KEPT_RUNTIME}
+
+
+def failed_row(span: Span, found: sa.Row, error: ItemError) -> dict[str, Any]:
+    """The results row of an image that could not be scored (a failure never replaces a
+    done result of the same label set)."""
+    return {**result_row(span, found, "[]", "", 0.0), "status": "failed",
+            "reason": error.reason.value, "error": str(error), "top_label": None,
+            "top_score": None, "runtime": None}
 
 
 def give_up(parts: Parts, span: Span, task_id: str, error: str) -> dict[str, Any]:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 from sqlalchemy.engine import Engine
 
 from worker.db import embeddings as kept
 from worker.db import writes as db
 
+log = logging.getLogger(__name__)
 Labels = list[dict[str, Any]]
 
 
@@ -46,7 +47,14 @@ class KnownContent:
             while len(self._recent) > self.capacity:
                 self._recent.popitem(last=False)
 
-    def embeddings(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
-        """The kept embeddings (float16) of these contents; those not kept are absent."""
+    def embeddings(self, hashes: Iterable[str]) -> kept.Kept:
+        """The kept embeddings (float16) of these contents; those not kept are absent, and
+        those found corrupt are removed from the store (their images fail alone)."""
         wanted = set(hashes)
-        return kept.lookup(self.engine, self.model, wanted) if wanted else {}
+        found = kept.lookup(self.engine, self.model, wanted) if wanted else kept.Kept()
+        if found.corrupt:
+            log.warning("%d kept embeddings are corrupt and were removed: %s",
+                        len(found.corrupt), "; ".join(f"{sha[:12]} {problem}"
+                                                      for sha, problem in found.corrupt.items()))
+            kept.forget(self.engine, self.model, found.corrupt)
+        return found

@@ -22,6 +22,7 @@ import numpy as np
 
 from worker.backends import Backend
 from worker.core.contract import Item
+from worker.core.embedding import damaged
 from worker.core.errors import ItemError, Reason, TransientError
 from worker.decoders import Decoder, OnCpu
 from worker.loop.batcher import Batcher
@@ -106,6 +107,10 @@ class Tagger:
         """Items sent with a content hash whose embedding is kept are scored from it, before
         anything is fetched; the rest (an embedding gone since) are left to fetch."""
         kept = self.known.embeddings(w.item.sha256 for w in works if w.item.sha256)
+        for work in works:
+            if work.item.sha256 in kept.corrupt:  # this image alone fails
+                work.sha256 = work.item.sha256
+                work.error = damaged(work.item.sha256, kept.corrupt[work.item.sha256])
         scorable = [w for w in works if w.item.sha256 in kept]
         if scorable:
             vectors = np.stack([kept[w.item.sha256 or ""] for w in scorable])
@@ -118,7 +123,7 @@ class Tagger:
     def _fetchable(works: list[Work]) -> list[tuple[int, str | bytes]]:
         todo: list[tuple[int, str | bytes]] = []
         for index, work in enumerate(works):
-            if work.kept:
+            if work.kept or work.error is not None:
                 continue
             try:
                 check_uri(work.item.uri)
