@@ -13,8 +13,8 @@ from producer import cli_search as search_commands
 from producer import enqueue as enqueuing
 from producer import render
 from producer import status as reporting
-from producer.cli_common import labels_option, labelset_of, ready, templates_option
 from producer.cli_cancel import cancel
+from producer.cli_common import labels_option, labelset_of, ready, templates_option
 from producer.cli_db import database
 from producer.cli_exporter import export_backlog
 from producer.cli_labels import corrections, relabel
