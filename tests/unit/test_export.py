@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from producer.export import FIELDS, WRITERS, export, format_of, record
+from worker.core.errors import ConfigError
 
 SIGNED = ("https://cdn.example.com/商品/台灯.jpg?X-Amz-Credential=AKIAEXAMPLE"
           "&X-Amz-Signature=cafebabe1234&w=200")
@@ -107,7 +108,15 @@ def test_the_export_leaves_the_output_open():
 
 
 @pytest.mark.parametrize(("name", "fmt"), [("results.csv", "csv"), ("a.b.PARQUET", "parquet"),
-                                           ("out.jsonl", "jsonl"), ("out.txt", "jsonl"),
+                                           ("out.jsonl", "jsonl"), ("out", "jsonl"),
                                            ("", "jsonl")])
 def test_format_from_the_file_name(name: str, fmt: str):
     assert format_of(name) == fmt
+
+
+@pytest.mark.parametrize("name", ["x.xlsx", "out.txt", "dir.v2/results.json"])
+def test_a_suffix_no_writer_has_is_refused(name: str):
+    """Before: x.xlsx silently held JSON lines."""
+    with pytest.raises(ConfigError, match=r"is not a format this exports \(\.csv, \.jsonl, "
+                                          r"\.parquet\)"):
+        format_of(name)

@@ -8,6 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.engine import make_url
 
 import migrations
 from worker.core.errors import ConfigError
@@ -25,7 +26,23 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def require_database(url: str, create: bool = False) -> None:
+    """A SQLite file that is not there is a mistyped path, refused, unless ``create`` (the
+    default database, or `producer db upgrade --create`): then its folder is made too."""
+    if not url.startswith("sqlite"):
+        return
+    database = make_url(url).database
+    if not database or database == ":memory:" or Path(database).is_file():
+        return
+    if not create:
+        raise ConfigError(f"no SQLite database at {database} (DATABASE_URL): check the path, or "
+                          "create it with `producer db upgrade --create`")
+    Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def upgrade(url: str, revision: str = "head", create: bool = False) -> None:
+    """To ``revision``; ``create``: a SQLite file that is not there yet may be created."""
+    require_database(url, create)
     command.upgrade(alembic_config(url), revision)
 
 
@@ -41,9 +58,13 @@ def revisions(url: str) -> tuple[str | None, str]:
     return current, str(head)
 
 
-def ensure_current(url: str) -> None:
+def ensure_current(url: str, create: bool = False) -> None:
     """The schema rule, in one place: the embedded database (SQLite) upgrades itself; a shared
-    one is upgraded on purpose, by `producer db upgrade`, never as a side effect."""
+    one is upgraded on purpose, by `producer db upgrade`, never as a side effect.
+
+    ``create``: the database may be created (the default one: ``Settings.default_database``).
+    """
+    require_database(url, create)
     current, head = revisions(url)
     if current == head:
         return
