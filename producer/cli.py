@@ -49,7 +49,7 @@ def _settings() -> Settings:
 
 def _ready(settings: Settings) -> sa.Engine:
     """The results database at the current schema (the embedded one upgrades itself)."""
-    migrate.ensure_current(settings.database_url)
+    migrate.ensure_current(settings.database_url, settings.default_database)
     return engine_for(settings.database_url)
 
 
@@ -151,8 +151,10 @@ def enqueue(locations: tuple[str, ...], bucket: str | None, prefix: str, folder:
         click.echo(f"warning: nothing was listed at {redact(' '.join(locations))}", err=True)
     verb = "would enqueue" if dry_run else "enqueued"
     click.echo(f"run {summary.run_id}: listed {summary.listed}, {verb} {summary.enqueued} in "
-               f"{summary.chunks} chunks, {summary.describe_skips()} (label set {labelset.id}, "
-               f"model {settings.model})", err=dry_run)
+               f"{render.plural(summary.chunks, 'chunk')}, {summary.describe_skips()} (label "
+               f"set {labelset.id}, model {settings.model})", err=dry_run)
+    if outside := summary.describe_outside():
+        click.echo(outside, err=True)
     if again := render.failed_before(summary.skipped_by_reason, f"{command('producer')} "
                                      "retry-failed"):
         click.echo(again, err=True)
@@ -292,7 +294,7 @@ def retry_failed(reason: str | None, chunk_size: int | None) -> None:
         click.echo("no failed images to retry")
     for labelset_id, summary in summaries:
         click.echo(f"run {summary.run_id}: re-enqueued {summary.enqueued} failed images "
-                   f"of label set {labelset_id} in {summary.chunks} chunks")
+                   f"of label set {labelset_id} in {render.plural(summary.chunks, 'chunk')}")
 
 
 main.add_command(database)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from producer import sending
+from producer import render, sending
 from producer.enqueue import Summary
 from producer.local_worker import LocalWorker
 from producer.status import find_run
@@ -97,7 +97,7 @@ def relabel_here(settings: Settings, labelset: LabelSet, *, scope_run: str | Non
     with LocalWorker(log_path) as worker:
         echo(f"starting a worker for {settings.model} (log: {log_path})")
         sent = _send(settings, labelset, scope_run, images, RANGE_IMAGES)
-        echo(f"run {sent.run_id}: about {sent.images} images in {sent.ranges} ranges")
+        echo(f"run {sent.run_id}: {render.kept(sent)}")
         with withdrawn_if_stopped(settings, sent.run_id):
             _wait(settings, Summary(run_id=sent.run_id, enqueued=sent.images), worker, timeout,
                   doing="relabelling")

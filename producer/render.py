@@ -14,13 +14,18 @@ if TYPE_CHECKING:  # producer.tag writes a report, whose page uses counts() from
     from producer.tag import Tagged
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 chunk``, ``2 chunks``, ``0 chunks``."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def counts(mapping: Mapping[str, int]) -> str:
     """``5 not-found, 2 undecodable``, largest first."""
     return ", ".join(f"{n} {k}" for k, n in sorted(mapping.items(), key=lambda kv: -kv[1]))
 
 
 def status(report: Mapping[str, Any]) -> str:
-    lines = [f"queue {report['queue']}: {report['queue_depth']} chunks waiting, "
+    lines = [f"queue {report['queue']}: {plural(report['queue_depth'], 'chunk')} waiting, "
              f"{report['reserved']} reserved",
              f"images: {report['done']} done, {report['failed']} failed, {report['pending']} "
              f"pending ({report['in_flight']} in flight)"]
@@ -78,8 +83,15 @@ def tagged(result: Tagged, location: str) -> str:
 
 
 def relabelling(sent: Relabelling, model: str) -> str:
-    return (f"run {sent.run_id}: about {sent.images} images in {sent.ranges} ranges of kept "
-            f"embeddings (model {model}); `producer wait --run {sent.run_id}` follows it")
+    return (f"run {sent.run_id}: {kept(sent)} (model {model}); `producer wait --run "
+            f"{sent.run_id}` follows it")
+
+
+def kept(sent: Relabelling) -> str:
+    """What a relabel run scores: kept embeddings, one per content (images with the same
+    bytes share one, so more images than that may get labels)."""
+    return (f"{plural(sent.images, 'kept embedding')} (one per distinct image content) in "
+            f"{plural(sent.ranges, 'range')}")
 
 
 def relabelled(counts: Mapping[str, Any], labelset_id: str) -> str:

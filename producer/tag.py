@@ -17,6 +17,7 @@ from producer.enqueue import Listing, Summary, enqueue, locate, new_run_id
 from producer.export import export, format_of
 from producer.local_worker import LocalWorker
 from producer.progress import Progress
+from producer.render import plural
 from producer.report import write_report
 from producer.status import wait
 from worker.core.contract import Item
@@ -62,7 +63,8 @@ def tag(settings: Settings, location: str, *, labelset: LabelSet, output: Path |
     A run that fails or is interrupted is withdrawn: its unstarted chunks leave the queue.
     """
     started = time.monotonic()
-    migrate.ensure_current(settings.database_url)
+    fmt = format_of(str(output)) if output else "jsonl"  # a wrong suffix before any work
+    migrate.ensure_current(settings.database_url, settings.default_database)
     listing = locate(location, settings)
     _require_images(listing)
     run_id = new_run_id()
@@ -76,11 +78,14 @@ def tag(settings: Settings, location: str, *, labelset: LabelSet, output: Path |
                                run_id)
             echo(f"run {summary.run_id}: listed {summary.listed}, enqueued {summary.enqueued}, "
                  f"{summary.describe_skips()}")
+            if outside := summary.describe_outside():
+                echo(outside)
             if summary.enqueued:
                 _wait(settings, summary, worker, timeout)
+        _follow(settings, summary.in_flight_runs, worker, timeout, echo)
     output = output or settings.home / "results" / f"{summary.run_id}.jsonl"
     selection = _selection(settings, listing.location, labelset)
-    tagged = _export(settings, selection, summary, output)
+    tagged = _export(settings, selection, summary, output, fmt)
     page = output.with_suffix(".html" if output.suffix != ".html" else ".report.html")
     tagged.report = write_report(settings, page, summary.run_id, selection)
     tagged.seconds = time.monotonic() - started
@@ -118,11 +123,27 @@ def _wait(settings: Settings, summary: Summary, worker: LocalWorker | None,
         answered = counts["done"] + counts["failed"]
         note = ("worker starting" if worker and not worker.ready() and not answered
                 else f"{counts['failed']} failed" if counts["failed"] else "")
-        bar.update(answered, summary.enqueued, note)
+        # What was sent may be an estimate (relabel's) or a share (a run followed): the bar's
+        # end is what is answered plus what is still pending, once that is more.
+        bar.update(answered, max(summary.enqueued, answered + counts["pending"]), note)
 
     with Progress(doing, total=summary.enqueued) as bar:
         wait(settings, summary.run_id, timeout, on_progress=show,
              stop=worker.failure if worker else None)
+
+
+def _follow(settings: Settings, others: Mapping[str, int], worker: LocalWorker | None,
+            timeout: float, echo: Callable[[str], None]) -> None:
+    """Images another run is tagging (the same folder tagged twice at once): wait for that run
+    to answer them, so that this command's results file has them too."""
+    for other, images in others.items():
+        found = db_status.find_runs(engine_for(settings.database_url), other)
+        if not found or found[0]["state"] not in {"listing", "running"}:
+            continue
+        echo(f"{plural(images, 'image')} {'is' if images == 1 else 'are'} being tagged by "
+             f"run {other} (started {found[0]['started_at']}): following it")
+        _wait(settings, Summary(run_id=other, enqueued=images), worker, timeout,
+              doing=f"run {other}")
 
 
 @contextlib.contextmanager
@@ -162,7 +183,7 @@ def _selection(settings: Settings, location: str, labelset: LabelSet) -> dict[st
 
 
 def _export(settings: Settings, selection: Mapping[str, str], summary: Summary,
-            output: Path) -> Tagged:
+            output: Path, fmt: str) -> Tagged:
     tagged = Tagged(summary=summary, output=output)
     rows = db.iter_results(engine_for(settings.database_url), **selection)
 
@@ -177,5 +198,5 @@ def _export(settings: Settings, selection: Mapping[str, str], summary: Summary,
 
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("wb") as out:
-        tagged.exported = export(counted(), out, format_of(str(output)))
+        tagged.exported = export(counted(), out, fmt)
     return tagged

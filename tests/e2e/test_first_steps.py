@@ -6,11 +6,25 @@ Flower started by hand, catalogue rows that share a URL or point outside the fil
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
-from testkit.commands import run_producer, user_env
+from testkit.commands import (
+    PRODUCER,
+    assert_nothing_left,
+    jsonl,
+    producer,
+    rows,
+    run_id,
+    run_producer,
+    user_env,
+)
+from testkit.images import image_bytes, write_images
+from testkit.processes import Command
+from worker.db.schema import engine_for
 
 
 @pytest.fixture
@@ -39,3 +53,74 @@ def test_a_mistyped_sqlite_path_is_refused_unless_created_on_purpose(tmp_path, e
     del env["DATABASE_URL"]
     assert run_producer("db", "upgrade", env=env).returncode == 0
     assert (tmp_path / "home" / "results.db").is_file()
+
+
+def test_the_same_folder_tagged_twice_at_once_follows_the_first_run(tmp_path, env):
+    """Before: the second `tag` printed `enqueued 0, skipped 30 (30 in-flight)`, wrote an empty
+    results file and exited 0. The first here has no worker of its own, so its images are
+    surely still in flight when the second lists them; the second's worker tags them."""
+    paths = write_images(tmp_path / "images", 30)
+    env["TAGGER_CHUNK_SIZE"] = "4"
+    with Command([PRODUCER, "tag", "images", "--no-worker"], env, cwd=tmp_path) as first:
+        first.wait_for_stderr("enqueued 30", 60)
+        first_run = run_id(first.stderr)
+        with Command([PRODUCER, "tag", "images"], env, cwd=tmp_path) as second:
+            assert second.wait(300) == 0, second.stderr + second.stdout
+            assert_nothing_left(second, env)
+        assert first.wait(120) == 0, first.stderr + first.stdout
+    assert "enqueued 0, skipped 30 (30 in-flight)" in second.stderr
+    assert (f"30 images are being tagged by run {first_run} (started " in second.stderr
+            and "): following it" in second.stderr), second.stderr
+    found = re.search(r"^labels of (\d+) images: (.+)$", second.stdout, re.M)
+    assert found and found.group(1) == "30", second.stdout
+    records = jsonl(Path(found.group(2)))
+    assert {r["uri"] for r in records} == {p.as_uri() for p in paths}
+    assert {r["status"] for r in records} == {"done"} and {r["run_id"] for r in records} == {
+        first_run}
+
+
+@pytest.fixture
+def catalogue(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'catalogue.db'}"
+
+
+def test_catalogue_rows_sharing_a_url_and_files_outside_the_roots(tagger_env, start_worker,
+                                                                  tmp_path, catalogue,
+                                                                  monkeypatch):
+    """Before: two rows with one URL and two versions were sent again every night (`enqueued
+    1`, each row in turn), and a row naming a file outside TAGGER_FILE_ROOTS was sent without
+    a word, to fail later as outside-roots."""
+    files, elsewhere = tmp_path / "files", tmp_path / "elsewhere"
+    for folder in (files, elsewhere):
+        folder.mkdir()
+    (files / "a.png").write_bytes(image_bytes(1))
+    (elsewhere / "b.png").write_bytes(image_bytes(2))
+    monkeypatch.setenv("TAGGER_FILE_ROOTS", str(files))
+    with engine_for(catalogue).begin() as conn:
+        conn.execute(sa.text("CREATE TABLE products (id TEXT, image_url TEXT, version TEXT)"))
+        conn.execute(sa.text("INSERT INTO products VALUES ('1', :a, 'v1'), ('2', :a, 'v2'), "
+                             "('3', :b, 'v1')"),
+                     {"a": str(files / "a.png"), "b": str(elsewhere / "b.png")})
+    start_worker({**tagger_env, "TAGGER_FILE_ROOTS": str(files)})
+    table = ("--database-url", catalogue, "--table", "products", "--version-column", "version")
+    first = invoke_enqueue(table)
+    assert "listed 3, enqueued 2 in 1 chunk, skipped 1 (1 in-flight)" in first.stdout
+    assert first.stderr.splitlines()[-1] == (
+        f"warning: 1 file is outside the folders workers may read files from "
+        f"({elsewhere / 'b.png'}): they will fail as outside-roots; add their folders to "
+        "TAGGER_FILE_ROOTS (:-separated) for the producer and the workers")
+    producer("wait", "--timeout", "120")
+    assert {(r.item_key, r.status, r.reason) for r in rows(tagger_env["DATABASE_URL"]).values()
+            } == {("1", "done", None), ("3", "failed", "outside-roots")}
+    for _ in range(3):  # unchanged nights
+        again = invoke_enqueue(table)
+        assert "listed 3, enqueued 0 in 0 chunks, skipped 3 (2 done, 1 failed-before)" in (
+            again.stdout), again.stdout
+
+
+def invoke_enqueue(args: tuple[str, ...]) -> object:
+    from testkit.commands import invoke
+
+    done = invoke("enqueue", *args)
+    assert done.exit_code == 0, done.output
+    return done
