@@ -6,7 +6,9 @@ Flower started by hand, catalogue rows that share a URL or point outside the fil
 
 from __future__ import annotations
 
+import json
 import re
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ import sqlalchemy as sa
 from testkit.commands import (
     PRODUCER,
     assert_nothing_left,
+    invoke,
     jsonl,
     producer,
     rows,
@@ -119,8 +122,69 @@ def test_catalogue_rows_sharing_a_url_and_files_outside_the_roots(tagger_env, st
 
 
 def invoke_enqueue(args: tuple[str, ...]) -> object:
-    from testkit.commands import invoke
-
     done = invoke("enqueue", *args)
     assert done.exit_code == 0, done.output
     return done
+
+
+@pytest.fixture
+def refusing_s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """moto checks every request's signature from here on: keys it never issued are refused
+    (InvalidAccessKeyId). Returns keys it did issue, allowed everything."""
+    import boto3
+    from moto import settings as moto_settings
+
+    iam = boto3.client("iam", endpoint_url=s3_endpoint, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    user = f"tagger-{uuid.uuid4().hex[:8]}"
+    iam.create_user(UserName=user)
+    iam.put_user_policy(UserName=user, PolicyName="all", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    monkeypatch.setattr(moto_settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+
+
+NO_AWS_FILES = {"AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent",
+                "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@pytest.mark.parametrize("case", ["missing", "refused"])
+def test_workers_without_s3_credentials_fail_fast_and_say_why(case, tagger_env, bucket,
+                                                             start_worker, request,
+                                                             monkeypatch):
+    """Before: `Unable to locate credentials` was transient (8 retries over 2.5 min, then
+    `transient` failures); refused keys failed each image as `forbidden`, said nowhere once."""
+    import boto3
+
+    s3 = boto3.client("s3")
+    for i in range(10):
+        s3.put_object(Bucket=bucket, Key=f"p/{i}.png", Body=image_bytes(i))
+    keys = {"AWS_ACCESS_KEY_ID": "AKIANOTISSUED0000000", "AWS_SECRET_ACCESS_KEY": "wrong"}
+    producer_keys = {name: tagger_env[name] for name in keys}
+    if case == "refused":
+        producer_keys = request.getfixturevalue("refusing_s3")  # keys S3 accepts
+    for name in keys:  # a worker inherits this environment: none of the producer's keys
+        monkeypatch.delenv(name)
+    worker = start_worker({**{k: v for k, v in tagger_env.items() if k not in keys},
+                           **NO_AWS_FILES, "TAGGER_CHUNK_RETRIES": "8",
+                           **(keys if case == "refused" else {})})
+    for name, value in producer_keys.items():
+        monkeypatch.setenv(name, value)
+    run = run_id(producer("enqueue", f"s3://{bucket}/p/", "--chunk-size", "4"))
+    waited = invoke("wait", "--timeout", "300")
+    assert waited.exit_code == 0, waited.output
+    assert waited.stdout.strip() == f"run {run}: 0 done, 10 failed (10 credentials)"
+    status = producer("status", "--run", run)
+    assert "  failed: 10 credentials" in status
+    found = rows(tagger_env["DATABASE_URL"])
+    assert {(r.status, r.reason, r.attempts) for r in found.values()} == {
+        ("failed", "credentials", 1)}  # the first delivery: no retry
+    error = next(iter(found.values())).error
+    assert "give the workers AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in error
+    assert "retry-failed --reason credentials" in error
+    said = [line for line in worker.log().splitlines() if "credentials missing or" in line]
+    assert len(said) == 1, worker.log()[-3000:]
+    assert "retry" not in worker.log().lower().replace("retry-failed", "")
