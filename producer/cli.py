@@ -202,7 +202,7 @@ def wait(run_id: str | None, every_run: bool, timeout: float) -> None:
         raise click.UsageError("give --run or --all, not both")
     settings = _settings()
     _ready(settings)
-    with Progress("waiting") as bar:
+    with Progress("waiting", watching=True) as bar:
         counts = reporting.wait(settings, run_id, timeout, every_run=every_run, on_progress=(
             lambda c: bar.update(c["done"] + c["failed"], c["done"] + c["failed"] + c["pending"],
                                  f"{c['in_flight']} in flight")))

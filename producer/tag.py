@@ -127,7 +127,7 @@ def _wait(settings: Settings, summary: Summary, worker: LocalWorker | None,
         # end is what is answered plus what is still pending, once that is more.
         bar.update(answered, max(summary.enqueued, answered + counts["pending"]), note)
 
-    with Progress(doing, total=summary.enqueued) as bar:
+    with Progress(doing, total=summary.enqueued, watching=True) as bar:
         wait(settings, summary.run_id, timeout, on_progress=show,
              stop=worker.failure if worker else None)
 

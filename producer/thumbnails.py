@@ -1,4 +1,4 @@
-"""Previews for the report: ~160 px JPEGs made as the workers make pixels, in decode processes
+"""Previews for the report: ~256 px JPEGs made as the workers make pixels, in decode processes
 (worker/prep): the same sources, header guards, deadline and memory cap; all under one budget."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from worker.core.settings import Settings
 from worker.decoders import Limits
 from worker.prep.pool import prep_pool
 
-SIZE = 160  # longest side, pixels
+SIZE = 256  # longest side, pixels: sharp in a ~200 px tile, and opened larger
 QUALITY = 75
 SECONDS_EACH = 10.0  # decoding one image; then its process is stopped
 THUMBNAIL = f"{__name__}:thumbnail"  # what the decode processes run instead of a decoder
