@@ -9,6 +9,7 @@ from pathlib import Path
 
 from producer.figures import gather
 from producer.page import render
+from producer.progress import Progress
 from producer.status import find_run
 from worker.core.errors import ConfigError
 from worker.core.settings import Settings
@@ -33,7 +34,9 @@ def write_report(settings: Settings, output: Path | None = None, run_id: str | N
                      result_filter(**(selection or {"run_id": run["id"]})))
     from producer.thumbnails import previews  # Pillow and processes: not for `producer --help`
 
-    made = previews(figures.photo_uris(), settings, figures.file_roots, preview_seconds)
+    uris = figures.photo_uris()
+    with Progress("report previews", total=len(uris), unit=" previews") as bar:
+        made = previews(uris, settings, figures.file_roots, preview_seconds, bar.update)
     html = render(figures, made, datetime.now(UTC))
     partial = output.with_name(output.name + ".part")  # never half a page under the real name
     try:

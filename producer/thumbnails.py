@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -52,8 +52,10 @@ def thumbnail(data: bytes, spec: Preprocess, limits: Limits) -> bytes:
 
 
 def previews(uris: Sequence[str], settings: Settings, file_roots: Sequence[str],
-             seconds: float) -> dict[str, Preview]:
-    """A preview, or why there is none, for each URI; those not made in ``seconds`` say so."""
+             seconds: float, progress: Callable[[int], None] | None = None
+             ) -> dict[str, Preview]:
+    """A preview, or why there is none, for each URI; those not made in ``seconds`` say so.
+    ``progress`` is told how many are answered, as they are."""
     if not uris:
         return {}
     deadline = time.monotonic() + seconds
@@ -62,8 +64,12 @@ def previews(uris: Sequence[str], settings: Settings, file_roots: Sequence[str],
     roots = settings.file_roots + tuple(Path(root) for root in file_roots)
     pool = prep_pool(settings, THUMBNAIL, Preprocess(SIZE, SIZE), False, limits)
     try:
-        answers = {a.index: a.outcome for a in pool.prepare(
-            list(enumerate(uris)), roots, group_size=1, deadline=deadline)}
+        answers = {}
+        for answer in pool.prepare(list(enumerate(uris)), roots, group_size=1,
+                                   deadline=deadline):
+            answers[answer.index] = answer.outcome
+            if progress:
+                progress(len(answers))
     finally:
         pool.close()
     late = Preview(problem=f"the report's {seconds:.0f} s for previews ran out "

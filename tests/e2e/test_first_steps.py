@@ -80,6 +80,12 @@ def test_the_same_folder_tagged_twice_at_once_follows_the_first_run(tmp_path, en
     assert {r["uri"] for r in records} == {p.as_uri() for p in paths}
     assert {r["status"] for r in records} == {"done"} and {r["run_id"] for r in records} == {
         first_run}
+    # The report's previews show progress too (before: seconds of silence after tagging).
+    assert re.search(r"^report previews: \d+/\d+ previews", second.stderr, re.M), second.stderr
+    # `wait` on a run answered before it began: no rate of thousands of images a second.
+    waited = run_producer("wait", "--run", first_run, env=env, cwd=tmp_path)
+    assert waited.returncode == 0, waited.stderr
+    assert "waiting: 30/30 images, 0.00 images/s" in waited.stderr, waited.stderr
 
 
 @pytest.fixture
