@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
@@ -73,7 +74,8 @@ def tag(settings: Settings, location: str, *, labelset: LabelSet, output: Path |
     with worker or contextlib.nullcontext():  # stops the worker, whatever happens
         if worker:
             echo(f"starting a worker for {settings.model} (log: {log_path})")
-        with withdrawn_if_stopped(settings, run_id):
+        stop = functools.partial(worker.stop, warm=False) if worker else None  # at once
+        with withdrawn_if_stopped(settings, run_id, echo, stop):
             summary = _enqueue(settings, listing, labelset, chunk_size, force, retry_failed,
                                run_id)
             echo(f"run {summary.run_id}: listed {summary.listed}, enqueued {summary.enqueued}, "
@@ -147,17 +149,28 @@ def _follow(settings: Settings, others: Mapping[str, int], worker: LocalWorker |
 
 
 @contextlib.contextmanager
-def withdrawn_if_stopped(settings: Settings, run_id: str) -> Iterator[None]:
+def withdrawn_if_stopped(settings: Settings, run_id: str,
+                         echo: Callable[[str], None] | None = None,
+                         stop_worker: Callable[[], None] | None = None) -> Iterator[None]:
     """A run that fails or is interrupted within the block is withdrawn (its unstarted chunks
-    or ranges leave the queue; workers drop those they meet)."""
+    or ranges leave the queue; workers drop those they meet).
+
+    ``stop_worker``: our own worker, stopped first, so that no chunk of the run is answered
+    after the counts recorded and shown (``echo``) were taken.
+    """
     try:
         yield
     except BaseException as exc:
-        _withdraw(settings, run_id, exc)
+        try:
+            if stop_worker:
+                stop_worker()
+        finally:  # a second Ctrl-C while the worker stops still withdraws the run
+            _withdraw(settings, run_id, exc, echo)
         raise
 
 
-def _withdraw(settings: Settings, run_id: str, cause: BaseException) -> None:
+def _withdraw(settings: Settings, run_id: str, cause: BaseException,
+              echo: Callable[[str], None] | None = None) -> None:
     """Nothing of ours will answer what is left: take it off the queue, and record what really
     happened (a run whose every image was answered stays complete)."""
     engine = engine_for(settings.database_url)
@@ -167,9 +180,12 @@ def _withdraw(settings: Settings, run_id: str, cause: BaseException) -> None:
             return
         why = ("interrupted" if isinstance(cause, KeyboardInterrupt | SystemExit)
                else redact(str(cause) or type(cause).__name__)[:300])
-        db.cancel_run(engine, run_id, f"{counts['done'] + counts['failed']} images answered, "
-                                      f"{counts['pending']} withdrawn: {why}")
+        what = (f"{counts['done'] + counts['failed']} images answered ({counts['done']} done, "
+                f"{counts['failed']} failed), {counts['pending']} withdrawn")
+        db.cancel_run(engine, run_id, f"{what}: {why}")
         sending.withdraw(settings, run_id)
+        if echo:
+            echo(f"run {run_id}: {what}; the same command tags the rest")
     except Exception as exc:  # the database or broker may be why we stopped: its error is shown
         log.warning("could not withdraw run %s (its unanswered images stay pending for "
                     "TAGGER_PENDING_TTL): %s", run_id, redact(str(exc)))

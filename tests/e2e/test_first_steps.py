@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import uuid
 from pathlib import Path
 
@@ -25,8 +26,9 @@ from testkit.commands import (
     run_producer,
     user_env,
 )
-from testkit.images import image_bytes, write_images
+from testkit.images import image_bytes, scan_bomb, write_images
 from testkit.processes import Command
+from testkit.services import wait_until
 from worker.db.schema import engine_for
 
 
@@ -194,3 +196,33 @@ def test_workers_without_s3_credentials_fail_fast_and_say_why(case, tagger_env, 
     said = [line for line in worker.log().splitlines() if "credentials missing or" in line]
     assert len(said) == 1, worker.log()[-3000:]
     assert "retry" not in worker.log().lower().replace("retry-failed", "")
+
+
+def test_counts_after_ctrl_c_agree(tmp_path, env):
+    """Before: the run was withdrawn while its worker still tagged the chunk in hand, whose
+    images were then answered too: `runs` said "2 images answered, 3 withdrawn" beside 3 done,
+    and `tag` said nothing of either. The worker is stopped first now."""
+    images = tmp_path / "images"
+    write_images(images, 2, name="a-{}.jpg")
+    bomb = scan_bomb(4096, 1500)  # a few seconds of decoding each
+    for i in range(3):
+        (images / f"b-slow-{i}.jpg").write_bytes(bomb + f"\0copy {i}".encode())
+    env |= {"TAGGER_DECODE_PROCESSES": "1", "TAGGER_ITEM_TIMEOUT": "120",
+            "TAGGER_CHUNK_SIZE": "1"}
+    url = f"sqlite:///{tmp_path / 'home' / 'results.db'}"
+    with Command([PRODUCER, "tag", "images"], env, cwd=tmp_path) as command:
+        command.wait_for_stderr("enqueued 5", 60)
+        wait_until(lambda: rows(url), 120, message="no image was answered")
+        command.proc.send_signal(signal.SIGINT)
+        assert command.wait(120) == 130, command.stderr
+        assert_nothing_left(command, env)
+    said = re.search(r"^run (\w+): (\d+) images answered \((\d+) done, (\d+) failed\), (\d+) "
+                     r"withdrawn; the same command tags the rest$", command.stderr, re.M)
+    assert said, command.stderr
+    answered, done, failed, withdrawn = map(int, said.groups()[1:])
+    listed = json.loads(run_producer("runs", "--json", env=env, cwd=tmp_path).stdout)
+    run = {r["id"]: r for r in listed}[said.group(1)]
+    assert (run["done"], run["failed"], run["pending"]) == (done, failed, 0), run
+    assert answered == done + failed and answered + withdrawn == 5
+    assert run["error"].startswith(f"{answered} images answered ({done} done, {failed} "
+                                   f"failed), {withdrawn} withdrawn"), run
