@@ -226,3 +226,19 @@ def test_counts_after_ctrl_c_agree(tmp_path, env):
     assert answered == done + failed and answered + withdrawn == 5
     assert run["error"].startswith(f"{answered} images answered ({done} done, {failed} "
                                    f"failed), {withdrawn} withdrawn"), run
+
+
+def test_relabel_counts_what_it_says(tmp_path, env, labels_file):
+    """Before: "about 3 images in 1 ranges", then "relabelled 6" past a bar of 6/3: the
+    estimate counts kept embeddings (one per content) and the run answers every image."""
+    images = tmp_path / "images"
+    for i, path in enumerate(write_images(images, 3)):
+        (images / f"copy-{i}.jpg").write_bytes(path.read_bytes())  # the same content twice
+    tagged = run_producer("tag", "images", env=env, cwd=tmp_path, timeout=300)
+    assert tagged.returncode == 0, tagged.stderr
+    done = run_producer("relabel", "--labels", str(labels_file), env=env, cwd=tmp_path,
+                        timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert ": 3 kept embeddings (one per distinct image content) in 1 range" in done.stderr
+    assert re.search(r"^relabelling: 6/6 images", done.stderr, re.M), done.stderr
+    assert "relabelled 6 images" in done.stdout
