@@ -74,7 +74,7 @@ def test_embedded_default(tmp_path: Path, tiny_model, labels_file, start_worker,
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     url = f"sqlite:///{home / 'results.db'}"
-    migrate.upgrade(url)
+    migrate.upgrade(url, create=True)
     images = tmp_path / "images" / "sub"
     images.mkdir(parents=True)
     good = [image_bytes(100 + i, fmt="JPEG") for i in range(6)]

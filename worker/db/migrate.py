@@ -50,12 +50,16 @@ def downgrade(url: str, revision: str) -> None:
     command.downgrade(alembic_config(url), revision)
 
 
+def head() -> str:
+    """The newest shipped revision (no database is opened)."""
+    return str(ScriptDirectory.from_config(alembic_config("")).get_current_head())
+
+
 def revisions(url: str) -> tuple[str | None, str]:
     """(the database's revision or None, the newest shipped revision)."""
-    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
     with engine_for(url).connect() as conn:
         current = MigrationContext.configure(conn).get_current_revision()
-    return current, str(head)
+    return current, head()
 
 
 def ensure_current(url: str, create: bool = False) -> None:
