@@ -36,8 +36,9 @@ class Relabelling:
     """What `producer relabel` sent: its run, about how many images, in how many ranges."""
 
     run_id: str
-    images: int
+    images: int  # kept embeddings (one per content), or with ``scope_run`` that run's images
     ranges: int
+    scope_run: str | None = None
 
 
 def relabel(settings: Settings, labelset: LabelSet, *, scope_run: str | None = None,
@@ -85,7 +86,7 @@ def _send(settings: Settings, labelset: LabelSet, scope_run: str | None, images:
     finally:
         db.update_run(engine, run_id, finished=True, error=error, listed=images,
                       enqueued=images if sent == count else 0)
-    return Relabelling(run_id, images, count)
+    return Relabelling(run_id, images, count, scope_run)
 
 
 def relabel_here(settings: Settings, labelset: LabelSet, *, scope_run: str | None,

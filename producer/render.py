@@ -88,10 +88,11 @@ def relabelling(sent: Relabelling, model: str) -> str:
 
 
 def kept(sent: Relabelling) -> str:
-    """What a relabel run scores: kept embeddings, one per content (images with the same
-    bytes share one, so more images than that may get labels)."""
-    return (f"{plural(sent.images, 'kept embedding')} (one per distinct image content) in "
-            f"{plural(sent.ranges, 'range')}")
+    """What a relabel run scores: a run's images, or kept embeddings, one per content (images
+    with the same bytes share one, so more images than that may get labels)."""
+    what = (plural(sent.images, "image") if sent.scope_run else
+            f"{plural(sent.images, 'kept embedding')} (one per distinct image content)")
+    return f"{what} in {plural(sent.ranges, 'range')}"
 
 
 def relabelled(counts: Mapping[str, Any], labelset_id: str) -> str:

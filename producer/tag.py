@@ -178,13 +178,13 @@ def _withdraw(settings: Settings, run_id: str, cause: BaseException,
         counts = db_status.result_counts(engine, run_id)
         if not counts["pending"]:  # every image sent was answered: no chunk of it is left
             return
-        why = ("interrupted" if isinstance(cause, KeyboardInterrupt | SystemExit)
-               else redact(str(cause) or type(cause).__name__)[:300])
+        interrupted = isinstance(cause, KeyboardInterrupt | SystemExit)
+        why = "interrupted" if interrupted else redact(str(cause) or type(cause).__name__)[:300]
         what = (f"{counts['done'] + counts['failed']} images answered ({counts['done']} done, "
                 f"{counts['failed']} failed), {counts['pending']} withdrawn")
         db.cancel_run(engine, run_id, f"{what}: {why}")
         sending.withdraw(settings, run_id)
-        if echo:
+        if echo and interrupted:  # an error says what to do in its own line
             echo(f"run {run_id}: {what}; the same command tags the rest")
     except Exception as exc:  # the database or broker may be why we stopped: its error is shown
         log.warning("could not withdraw run %s (its unanswered images stay pending for "
