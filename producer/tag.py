@@ -146,6 +146,10 @@ def _follow(settings: Settings, others: Mapping[str, int], worker: LocalWorker |
              f"run {other} (started {found[0]['started_at']}): following it")
         _wait(settings, Summary(run_id=other, enqueued=images), worker, timeout,
               doing=f"run {other}")
+        ended = db_status.find_runs(engine_for(settings.database_url), other)[0]
+        if ended["state"] == "stopped":  # withdrawn: what it left is not in our results file
+            echo(f"run {other} stopped early ({ended['error']}): the same command again tags "
+                 "what it left")
 
 
 @contextlib.contextmanager

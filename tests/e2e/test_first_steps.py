@@ -242,3 +242,20 @@ def test_relabel_counts_what_it_says(tmp_path, env, labels_file):
     assert ": 3 kept embeddings (one per distinct image content) in 1 range" in done.stderr
     assert re.search(r"^relabelling: 6/6 images", done.stderr, re.M), done.stderr
     assert "relabelled 6 images" in done.stdout
+
+
+def test_a_followed_run_that_stops_is_said(tmp_path, env):
+    """The run being followed is withdrawn (its `tag` got Ctrl-C): the follower says so and
+    what to do, instead of a results file silently short. No worker runs at all here."""
+    write_images(tmp_path / "images", 3)
+    with Command([PRODUCER, "tag", "images", "--no-worker"], env, cwd=tmp_path) as first:
+        first.wait_for_stderr("enqueued 3", 60)
+        first_run = run_id(first.stderr)
+        with Command([PRODUCER, "tag", "images", "--no-worker"], env, cwd=tmp_path) as second:
+            second.wait_for_stderr("following it", 60)
+            first.proc.send_signal(signal.SIGINT)
+            assert first.wait(60) == 130, first.stderr
+            assert second.wait(120) == 0, second.stderr + second.stdout
+    assert (f"run {first_run} stopped early (0 images answered (0 done, 0 failed), 3 "
+            "withdrawn: interrupted): the same command again tags what it left") in second.stderr
+    assert "labels of 0 images" in second.stdout
