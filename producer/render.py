@@ -64,8 +64,11 @@ def failed_before(skipped: Mapping[str, int], retry: str) -> str | None:
 
 def tagged(result: Tagged, location: str) -> str:
     done, failed = result.by_status["done"], result.by_status["failed"]
+    others = result.summary.in_flight_runs
+    rest = (f"the rest by run {', '.join(others)} or before" if others
+            else "the rest were tagged before")
     lines = [f"tagged {done} images, {failed} failed, in {result.seconds:.0f}s"
-             + (f" (this run {result.summary.enqueued}; the rest were tagged before)"
+             + (f" (this run {result.summary.enqueued}; {rest})"
                 if result.summary.enqueued != done + failed else "")]
     if result.failed_by_reason:
         lines.append(f"  failed: {counts(result.failed_by_reason)}")

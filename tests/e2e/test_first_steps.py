@@ -50,6 +50,9 @@ def test_a_mistyped_sqlite_path_is_refused_unless_created_on_purpose(tmp_path, e
             f"Error: no SQLite database at {typo} (DATABASE_URL): check the path, or create it "
             "with `producer db upgrade --create`"], args
         assert not (tmp_path / "nonexistent").exists(), args
+    relative = run_producer("db", "upgrade", env={**env, "DATABASE_URL": "sqlite:///a/x.db"},
+                            cwd=tmp_path)  # three slashes: a path under the working folder
+    assert f"no SQLite database at {tmp_path / 'a' / 'x.db'} " in relative.stderr
     created = run_producer("db", "upgrade", "--create", env=env)
     assert created.returncode == 0 and typo.is_file(), created.stderr
     assert "schema none ->" in created.stdout
@@ -74,6 +77,7 @@ def test_the_same_folder_tagged_twice_at_once_follows_the_first_run(tmp_path, en
             assert_nothing_left(second, env)
         assert first.wait(120) == 0, first.stderr + first.stdout
     assert "enqueued 0, skipped 30 (30 in-flight)" in second.stderr
+    assert f"(this run 0; the rest by run {first_run} or before)" in second.stdout
     assert (f"30 images are being tagged by run {first_run} (started " in second.stderr
             and "): following it" in second.stderr), second.stderr
     found = re.search(r"^labels of (\d+) images: (.+)$", second.stdout, re.M)

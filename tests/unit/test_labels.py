@@ -33,8 +33,8 @@ def test_same_label_under_two_parents_is_refused():
     with pytest.raises(LabelSetError, match=message):
         parse_labels("家居/台灯\n灯具/台灯\n")
     # Before: "is already under parent None".
-    with pytest.raises(LabelSetError, match=r"labels:2: label '台灯' is already without a "
-                                            r"parent \(line 1\); a label can have one parent"):
+    with pytest.raises(LabelSetError, match=r"labels:2: label '台灯' is already listed without "
+                                            r"a parent \(line 1\); a label can have one parent"):
         parse_labels("台灯\n灯具/台灯\n")
 
 

@@ -131,7 +131,7 @@ def parse_labels(text: str, source: str = "labels") -> tuple[list[str], list[str
             first_line, first_parent = seen[label]
             if first_parent != parent:
                 where = (f"under parent {first_parent!r}" if first_parent is not None
-                         else "without a parent")
+                         else "listed without a parent")
                 raise LabelSetError(f"{source}:{number}: label {label!r} is already {where} "
                                     f"(line {first_line}); a label can have one parent")
             continue

@@ -35,8 +35,8 @@ def require_database(url: str, create: bool = False) -> None:
     if not database or database == ":memory:" or Path(database).is_file():
         return
     if not create:
-        raise ConfigError(f"no SQLite database at {database} (DATABASE_URL): check the path, or "
-                          "create it with `producer db upgrade --create`")
+        raise ConfigError(f"no SQLite database at {Path(database).absolute()} (DATABASE_URL): "
+                          "check the path, or create it with `producer db upgrade --create`")
     Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
