@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -35,8 +36,10 @@ def write_report(settings: Settings, output: Path | None = None, run_id: str | N
     from producer.thumbnails import previews  # Pillow and processes: not for `producer --help`
 
     uris = figures.photo_uris()
-    with Progress("report previews", total=len(uris), unit=" previews") as bar:
-        made = previews(uris, settings, figures.file_roots, preview_seconds, bar.update)
+    with Progress("report previews", total=len(uris), unit=" previews") if uris else (
+            contextlib.nullcontext()) as bar:
+        made = previews(uris, settings, figures.file_roots, preview_seconds,
+                        bar.update if bar else None)
     html = render(figures, made, datetime.now(UTC))
     partial = output.with_name(output.name + ".part")  # never half a page under the real name
     try:
