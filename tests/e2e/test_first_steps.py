@@ -159,6 +159,13 @@ def refusing_s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, 
             "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
 
 
+def forget_s3_clients() -> None:
+    from worker.sources import s3
+
+    s3.client.cache_clear()
+    s3._store.cache_clear()
+
+
 NO_AWS_FILES = {"AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent",
                 "AWS_EC2_METADATA_DISABLED": "true"}
 
@@ -185,6 +192,8 @@ def test_workers_without_s3_credentials_fail_fast_and_say_why(case, tagger_env, 
                            **(keys if case == "refused" else {})})
     for name, value in producer_keys.items():
         monkeypatch.setenv(name, value)
+    forget_s3_clients()  # this process's clients hold the keys they were made with
+    request.addfinalizer(forget_s3_clients)
     run = run_id(producer("enqueue", f"s3://{bucket}/p/", "--chunk-size", "4"))
     waited = invoke("wait", "--timeout", "300")
     assert waited.exit_code == 0, waited.output

@@ -34,6 +34,7 @@ from worker.backends.onnx_export import (
     file_sha256,
     quiet,
 )
+from worker.backends.remembered import choice_key, recall
 from worker.backends.torch_clip import TorchBackend, cpu_has_amx
 from worker.core.errors import ConfigError
 from worker.core.settings import Settings, load_settings
@@ -47,6 +48,7 @@ from pathlib import Path
 from typing import Any
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
 from worker.backends.onnx_clip import OnnxBackend
+from worker.backends.remembered import choice_key, recall
 from worker.core.settings import load_settings
 OnnxBackend(load_settings(), Path(sys.argv[1]), "float32")
 """
@@ -290,31 +292,48 @@ def choose_in_a_process(model: Path, cache: Path, **env: str) -> tuple[str, str]
     return done.stdout.strip(), done.stderr
 
 
+MEASURED = "candidates measured in"
+
+
+@pytest.mark.timeout(900)  # three processes, each loading torch, two of them measuring
 def test_auto_measures_once_per_machine_weights_runtimes_and_batch(
         tiny_model: Path, unmeasured: Path, tmp_path: Path) -> None:
     """Before: every start measured every candidate (~95 s on the full-size model on a CPU)."""
-    measured = "candidates measured in"
     first, log = choose_in_a_process(tiny_model, unmeasured)
-    assert measured in log and log.count("backend candidate") >= 3, log
-    (remembered,) = (unmeasured / "backends").glob("*.json")
+    assert MEASURED in log and log.count("backend candidate") >= 3, log
+    assert len(list((unmeasured / "backends").glob("*.json"))) == 1
     again, log = choose_in_a_process(tiny_model, unmeasured)
     assert again == first and "as measured on this machine at" in log, log
-    assert measured not in log and "backend candidate" not in log, log
-    # Another batch size, then other weights (the digest the ONNX cache uses): measured again.
-    _, log = choose_in_a_process(tiny_model, unmeasured, TAGGER_BATCH_SIZE="8")
-    assert measured in log, log
+    assert MEASURED not in log and "backend candidate" not in log, log
+    # Other weights (the digest the ONNX cache uses): measured again, remembered apart.
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
     (weights,) = model.glob("model.safetensors")
     os.utime(weights, ns=(1, 1))  # what the weights digest sees today: their size and time
     _, log = choose_in_a_process(model, unmeasured)
-    assert measured in log, log
-    assert len(list((unmeasured / "backends").glob("*.json"))) == 3
-    # A remembered choice that no longer loads is measured again, not a dead end.
+    assert MEASURED in log, log
+    assert len(list((unmeasured / "backends").glob("*.json"))) == 2
+
+
+def test_a_changed_key_or_a_broken_choice_is_measured_again(
+        tiny_model: Path, unmeasured: Path, quick: None, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    settings = settings_for(unmeasured, TAGGER_BACKEND="auto")
+    load_backend(settings, tiny_model)
+    (remembered,) = (unmeasured / "backends").glob("*.json")
     record = json.loads(remembered.read_text(encoding="utf-8"))
+    names = record["key"]["candidates"]
+    key = choice_key(tiny_model, torch.device("cpu"), 4, names)
+    assert recall(unmeasured, key) == record
+    for changed in (choice_key(tiny_model, torch.device("cpu"), 8, names),  # the batch
+                    {**key, "machine": {**key["machine"], "flags": "avx2"}},
+                    {**key, "runtimes": {**key["runtimes"], "onnxruntime": "1.0"}}):
+        assert recall(unmeasured, changed) is None
+    # A remembered choice that no longer loads is measured again, not a dead end.
     remembered.write_text(json.dumps({**record, "kept": "onnx float64"}), encoding="utf-8")
-    _, log = choose_in_a_process(tiny_model, unmeasured)
-    assert "chosen here before, does not load" in log and measured in log, log
+    with caplog.at_level(logging.INFO, logger="worker.backends"):
+        load_backend(settings, tiny_model)
+    assert "chosen here before, does not load" in caplog.text and MEASURED in caplog.text
 
 
 def test_auto_precision_narrows_the_candidates(tiny_model: Path, cache: Path,
