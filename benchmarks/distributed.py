@@ -73,7 +73,7 @@ def services(mode: str, workdir: Path, *, redis_url: str, postgres_url: str) -> 
     if mode in ("embedded", "redis"):
         url = f"sqlite:///{home / 'results.db'}"
         home.mkdir(parents=True, exist_ok=True)
-        migrate.upgrade(url)
+        migrate.upgrade(url, create=True)
         broker = redis_url if mode == "redis" else ""
         yield Services({**base, "CELERY_BROKER_URL": broker, "DATABASE_URL": url}, url,
                        folder=workdir / "images")

@@ -85,7 +85,7 @@ def main() -> None:
 def measure(root: Path, work: Path, options: argparse.Namespace) -> None:
     uris = folder_of_images(root, options.corpus, options.images, work / "images")
     url = f"sqlite:///{work / 'results.db'}"
-    migrate.upgrade(url)
+    migrate.upgrade(url, create=True)
     failures = {uri: (Reason.UNDECODABLE, "benchmark failure") for uri in uris[::50]}
     run_id = seed_run(url, uris, load_labelset(DEFAULT_LABELS), failures=failures,
                       file_roots=[str(work / "images")], source=str(work / "images"))

@@ -21,10 +21,14 @@ def withdraw(settings: Settings, run_id: str, counts: Mapping[str, Any], why: st
     cancelled with what happened, its pending marks and ranges go (a later run may send those
     images again), its messages no worker has started leave the queue (Redis and the embedded
     folder broker; how many is returned), and workers drop the ones they still meet."""
-    db.cancel_run(engine_for(settings.database_url), run_id,
-                  f"{counts['done'] + counts['failed']} images answered, {counts['pending']} "
-                  f"withdrawn: {why}")
+    db.cancel_run(engine_for(settings.database_url), run_id, f"{answered(counts)}: {why}")
     return sending.withdraw(settings, run_id)
+
+
+def answered(counts: Mapping[str, Any]) -> str:
+    """What became of a withdrawn run's images, in the words `producer runs` shows."""
+    return (f"{counts['done'] + counts['failed']} images answered ({counts['done']} done, "
+            f"{counts['failed']} failed), {counts['pending']} withdrawn")
 
 
 def cancel(settings: Settings, run_id: str) -> str:

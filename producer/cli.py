@@ -136,8 +136,10 @@ def enqueue(locations: tuple[str, ...], bucket: str | None, prefix: str, folder:
         click.echo(f"warning: nothing was listed at {redact(' '.join(locations))}", err=True)
     verb = "would enqueue" if dry_run else "enqueued"
     click.echo(f"run {summary.run_id}: listed {summary.listed}, {verb} {summary.enqueued} in "
-               f"{summary.chunks} chunks, {summary.describe_skips()} (label set {labelset.id}, "
-               f"model {settings.model})", err=dry_run)
+               f"{render.plural(summary.chunks, 'chunk')}, {summary.describe_skips()} (label "
+               f"set {labelset.id}, model {settings.model})", err=dry_run)
+    if outside := summary.describe_outside():
+        click.echo(outside, err=True)
     if again := render.failed_before(summary.skipped_by_reason, f"{command('producer')} "
                                      "retry-failed"):
         click.echo(again, err=True)
@@ -185,7 +187,7 @@ def wait(run_id: str | None, every_run: bool, timeout: float) -> None:
         raise click.UsageError("give --run or --all, not both")
     settings = _settings()
     ready(settings)
-    with Progress("waiting") as bar:
+    with Progress("waiting", watching=True) as bar:
         counts = reporting.wait(settings, run_id, timeout, every_run=every_run, on_progress=(
             lambda c: bar.update(c["done"] + c["failed"], c["done"] + c["failed"] + c["pending"],
                                  f"{c['in_flight']} in flight")))
@@ -259,7 +261,7 @@ def retry_failed(reason: str | None, chunk_size: int | None) -> None:
         click.echo("no failed images to retry")
     for labelset_id, summary in summaries:
         click.echo(f"run {summary.run_id}: re-enqueued {summary.enqueued} failed images "
-                   f"of label set {labelset_id} in {summary.chunks} chunks")
+                   f"of label set {labelset_id} in {render.plural(summary.chunks, 'chunk')}")
 
 
 for subcommand in (database, export_backlog, relabel, corrections, serve, cancel,

@@ -16,5 +16,5 @@ def cancel(run_id: str) -> None:
     pending (`producer wait` returns; a later run may send them again), and workers drop the
     rest of its messages. Chunks already running finish and keep their results."""
     settings = load_settings()
-    migrate.ensure_current(settings.database_url)
+    migrate.ensure_current(settings.database_url, settings.default_database)
     click.echo(cancel_run(settings, run_id))

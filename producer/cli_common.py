@@ -15,7 +15,7 @@ from worker.db.schema import engine_for
 
 def ready(settings: Settings) -> sa.Engine:
     """The results database at the current schema (the embedded one upgrades itself)."""
-    migrate.ensure_current(settings.database_url)
+    migrate.ensure_current(settings.database_url, settings.default_database)
     return engine_for(settings.database_url)
 
 

@@ -15,9 +15,12 @@ def database() -> None:
 
 
 @database.command()
-def upgrade() -> None:
+@click.option("--create", is_flag=True,
+              help="Create a SQLite database that is not there yet (the default one always is).")
+def upgrade(create: bool) -> None:
     """Create or upgrade the results database at DATABASE_URL to the current schema."""
     settings = load_settings()
+    migrate.require_database(settings.database_url, create or settings.default_database)
     before, head = migrate.revisions(settings.database_url)
     migrate.upgrade(settings.database_url)
     click.echo(f"{redact(settings.database_url)}: schema {before or 'none'} -> {head}")
@@ -27,6 +30,7 @@ def upgrade() -> None:
 def current() -> None:
     """Show the database's schema revision and the one this version needs."""
     settings = load_settings()
+    migrate.require_database(settings.database_url, settings.default_database)
     revision, head = migrate.revisions(settings.database_url)
     state = "up to date" if revision == head else f"needs {head}: run `producer db upgrade`"
     click.echo(f"{redact(settings.database_url)}: schema {revision or 'none'}, {state}")

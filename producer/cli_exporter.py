@@ -18,7 +18,7 @@ def export_backlog(port: int, address: str) -> None:
     """Serve /metrics: images not yet answered of each model queue (tagger_backlog_images),
     counted at every scrape as `producer status` counts them, and the broker's chunks."""
     settings = load_settings()
-    migrate.ensure_current(settings.database_url)
+    migrate.ensure_current(settings.database_url, settings.default_database)
     server = exporter.server(settings, port, address, lambda line: click.echo(line, err=True))
     click.echo(f"backlog of {tagging_queue(settings)} (and every model with images pending) "
                f"on http://{address}:{server.server_port}/metrics", err=True)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, islice
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -22,11 +24,13 @@ from worker.core.settings import Settings
 from worker.db import labelsets
 from worker.db import runs as db
 from worker.db.schema import engine_for
-from worker.sources import Linked, Listed, Skipped, source_for, uri_problem
+from worker.sources import Linked, Listed, Skipped, scheme, source_for, uri_problem
+from worker.sources.local import path_of, shown
 
 log = logging.getLogger(__name__)
 LOOKUP_BATCH = 1000  # items checked against the database per round trip
 RECORD_EVERY = 2.0  # seconds between updates of the run's counts while listing
+SHOWN_OUTSIDE = 3  # files named in the warning about files outside the roots
 
 
 @dataclass
@@ -59,6 +63,9 @@ class Summary:
     enqueued: int = 0
     chunks: int = 0
     skipped_by_reason: Counter[str] = field(default_factory=Counter)
+    in_flight_runs: Counter[str] = field(default_factory=Counter)  # other runs tagging them
+    outside_roots: list[str] = field(default_factory=list)  # files workers will refuse
+    outside_count: int = 0
     dry_run: bool = False
 
     @property
@@ -68,6 +75,17 @@ class Summary:
     def counts(self) -> dict[str, Any]:
         return {"listed": self.listed, "enqueued": self.enqueued, "skipped": self.skipped,
                 "skipped_by_reason": dict(self.skipped_by_reason)}
+
+    def describe_outside(self) -> str | None:
+        """The line that says which files the workers will refuse, and what to change."""
+        if not self.outside_count:
+            return None
+        some = ", ".join(self.outside_roots) + (", ..." if self.outside_count > len(
+            self.outside_roots) else "")
+        files = "1 file is" if self.outside_count == 1 else f"{self.outside_count} files are"
+        return (f"warning: {files} outside the folders workers may read files from ({some}): "
+                "they will fail as outside-roots; add their folders to TAGGER_FILE_ROOTS "
+                f"({os.pathsep}-separated) for the producer and the workers")
 
     def describe_skips(self) -> str:
         """``skipped 7 (5 done, 2 not-image)``."""
@@ -108,6 +126,7 @@ def enqueue(listing: Iterable[Listed], *, settings: Settings, labelset: LabelSet
     recorded, error = time.monotonic(), None
     try:
         for batch in batched(listing, LOOKUP_BATCH):
+            _note_outside(batch, settings, file_roots, summary)
             outgoing.extend(_due(engine, batch, settings, labelset.id, summary,
                                  force=force, retry_failed=retry_failed, show_due=show_due))
             while len(outgoing) >= chunk_size:
@@ -176,9 +195,29 @@ def _due(engine: Engine, batch: list[Listed], settings: Settings, labelset_id: s
         else:
             claimed = db.claim_pending(conn, due, settings.model, labelset_id, summary.run_id,
                                        settings.pending_ttl, force=force)
+            if len(claimed) < len(due):
+                summary.in_flight_runs.update(db.pending_runs(
+                    conn, due, settings.model, labelset_id, summary.run_id))
     summary.skipped_by_reason[Skip.IN_FLIGHT.value] += len(due) - len(claimed)
     summary.skipped_by_reason += Counter()  # drop zero counts
     return claimed
+
+
+def _note_outside(batch: Sequence[Listed], settings: Settings, file_roots: Sequence[str],
+                  summary: Summary) -> None:
+    """Count the files (catalogue rows naming paths) that no worker will read: outside
+    TAGGER_FILE_ROOTS and the run's own folders; links a folder listing met are readable."""
+    roots = [*settings.file_roots, *(Path(root) for root in file_roots)]
+    for item in batch:
+        if not isinstance(item, Item) or isinstance(item, Linked) or (
+                scheme(item.uri) not in {"", "file"}):
+            continue
+        path = path_of(item.uri)  # a folder's own files are under it as listed: no realpath
+        if not any(path.is_relative_to(root) for root in roots) and not any(
+                Path(os.path.realpath(path)).is_relative_to(root) for root in roots):
+            summary.outside_count += 1
+            if len(summary.outside_roots) < SHOWN_OUTSIDE:
+                summary.outside_roots.append(shown(path))
 
 
 def _flush(settings: Settings, items: list[Item], labelset_id: str, summary: Summary) -> None:

@@ -11,7 +11,7 @@ import stat
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import IO, TYPE_CHECKING, Any
 
 from worker.core.errors import ConfigError
@@ -137,9 +137,16 @@ WRITERS = {"jsonl": JsonLinesWriter, "csv": CsvWriter, "parquet": ParquetWriter}
 
 
 def format_of(path: str, default: str = "jsonl") -> str:
-    """The export format a file name asks for (``results.csv`` -> csv)."""
-    suffix = path.rpartition(".")[2].lower() if "." in path else ""
-    return suffix if suffix in WRITERS else default
+    """The export format a file name asks for (``results.csv`` -> csv; no suffix: ``default``);
+    a ConfigError for a suffix no writer has, rather than another format under its name."""
+    suffix = PurePath(path).suffix.lower().removeprefix(".")
+    if not suffix:
+        return default
+    if suffix not in WRITERS:
+        known = ", ".join(f".{name}" for name in sorted(WRITERS))
+        raise ConfigError(f"cannot write {PurePath(path).name}: .{suffix} is not a format "
+                          f"this exports ({known})")
+    return suffix
 
 
 def export(rows: Iterable[Mapping[str, Any]], out: IO[bytes], fmt: str) -> int:

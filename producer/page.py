@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -55,7 +56,7 @@ def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True,
                              lstrip_blocks=True)
-    env.filters.update(name=name, place=place, redact=redact, data_uri=data_uri)
+    env.filters.update(name=name, place=place, redact=redact, data_uri=data_uri, score=score)
     return env
 
 
@@ -70,7 +71,7 @@ def render(figures: Figures, previews: Mapping[str, Preview], generated: datetim
     style, style_hash = _inline("report.css")
     script, script_hash = _inline("report.js")
     return _environment().get_template("report.html").render(
-        run=figures.run, summary=summary(figures), chart=chart(figures.histogram),
+        run=figures.run, summary=summary(figures), chart=chart(figures.histogram, figures.edges),
         review=figures.review, failures=figures.failures, galleries=figures.galleries,
         previews=previews, generated=_when(generated),
         style=style, style_hash=style_hash, script=script, script_hash=script_hash)
@@ -107,19 +108,37 @@ def _when(moment: datetime | str) -> str:
     return f"{moment:%Y-%m-%d %H:%M:%S} UTC"
 
 
-def chart(histogram: list[int]) -> dict[str, Any]:
+def score(value: float) -> str:
+    """A score with three significant digits at least: 5,000 labels' scores are ~0.0002."""
+    if value <= 0 or value >= 0.01:
+        return f"{value:.3f}"
+    return f"{value:.{min(9, 2 - math.floor(math.log10(value)))}f}"
+
+
+def decimals(step: float) -> int:
+    """Digits after the point that show every edge of steps of this size (0.025: 3)."""
+    return next(d for d in range(12) if abs(round(step, d) - step) < step * 1e-6)
+
+
+def chart(histogram: list[int], edges: list[float]) -> dict[str, Any]:
     """Bars of the score histogram in SVG coordinates, and tick labels under them."""
     most = max(histogram, default=0)
-    step = CHART_WIDTH / max(1, len(histogram))
+    bins = max(1, len(histogram))
+    step = CHART_WIDTH / bins
     room = CHART_HEIGHT - AXIS - 16
+    digits = decimals(edges[1] - edges[0]) if len(edges) > 1 else 2
     bars = []
     for i, n in enumerate(histogram):
         height = room * n / most if most else 0
-        low, high = i / len(histogram), (i + 1) / len(histogram)
         bars.append(Bar(round(i * step + 1, 1), round(CHART_HEIGHT - AXIS - height, 1),
                         round(step - 2, 1), round(height, 1),
-                        f"{low:.2f} to {high:.2f}: {n} images"))
-    ticks = [{"x": round(CHART_WIDTH * t, 1) if 0 < t < 1 else (8 if t == 0 else CHART_WIDTH - 8),
-              "text": f"{t:g}"} for t in (0, 0.25, 0.5, 0.75, 1)]
+                        f"{edges[i]:.{digits}f} to {edges[i + 1]:.{digits}f}: {n} images"))
+    every = max(1, -(-bins // 4))  # about five ticks, on edges, the last one among them
+    marks = list(range(0, bins + 1, every))
+    if marks[-1] != bins:
+        marks[-1 if bins - marks[-1] < every / 2 else len(marks):] = [bins]
+    ticks = [{"x": round(step * i, 1), "text": f"{edges[i]:.{digits}f}",
+              "anchor": "start" if i == 0 else "end" if i == bins else "middle"}
+             for i in marks if i < len(edges)]
     return {"width": CHART_WIDTH, "height": CHART_HEIGHT, "bars": bars, "ticks": ticks,
             "most": most}

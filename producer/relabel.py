@@ -36,9 +36,10 @@ class Relabelling:
     """What `producer relabel` sent: its run, about how many images, in how many ranges."""
 
     run_id: str
-    images: int
+    images: int  # kept embeddings (one per content), or with ``scope_run`` that run's images
     ranges: int
     taken_over: dict[str, int] = field(default_factory=dict)  # earlier runs' lost ranges
+    scope_run: str | None = None
 
 
 def relabel(settings: Settings, labelset: LabelSet, *, scope_run: str | None = None,
@@ -88,7 +89,7 @@ def _send(settings: Settings, labelset: LabelSet, scope_run: str | None, images:
                       enqueued=images if sent == count else 0)
     # Only once sent: earlier runs' lost ranges stay theirs if this run could not be sent.
     return Relabelling(run_id, images, count, db.take_over_ranges(
-        engine, run_id, settings.model, labelset.id, scope_run, settings.pending_ttl))
+        engine, run_id, settings.model, labelset.id, scope_run, settings.pending_ttl), scope_run)
 
 
 def relabel_here(settings: Settings, labelset: LabelSet, *, scope_run: str | None,
@@ -100,7 +101,7 @@ def relabel_here(settings: Settings, labelset: LabelSet, *, scope_run: str | Non
     with LocalWorker(log_path) as worker:
         echo(f"starting a worker for {settings.model} (log: {log_path})")
         sent = _send(settings, labelset, scope_run, images, RANGE_IMAGES)
-        echo(f"run {sent.run_id}: about {sent.images} images in {sent.ranges} ranges")
+        echo(f"run {sent.run_id}: {render.kept(sent)}")
         if sent.taken_over:
             echo(render.taken_over(sent.taken_over))
         with withdrawn_if_stopped(settings, sent.run_id):

@@ -15,13 +15,18 @@ if TYPE_CHECKING:  # producer.tag writes a report, whose page uses counts() from
     from producer.tag import Tagged
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 chunk``, ``2 chunks``, ``0 chunks``."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def counts(mapping: Mapping[str, int]) -> str:
     """``5 not-found, 2 undecodable``, largest first."""
     return ", ".join(f"{n} {k}" for k, n in sorted(mapping.items(), key=lambda kv: -kv[1]))
 
 
 def status(report: Mapping[str, Any]) -> str:
-    lines = [f"queue {report['queue']}: {report['queue_depth']} chunks waiting, "
+    lines = [f"queue {report['queue']}: {plural(report['queue_depth'], 'chunk')} waiting, "
              f"{report['reserved']} reserved; backlog {report['backlog']} images",
              f"images: {report['done']} done, {report['failed']} failed, {report['pending']} "
              f"pending ({report['in_flight']} in flight)"]
@@ -60,8 +65,11 @@ def failed_before(skipped: Mapping[str, int], retry: str) -> str | None:
 
 def tagged(result: Tagged, location: str) -> str:
     done, failed = result.by_status["done"], result.by_status["failed"]
+    others = result.summary.in_flight_runs
+    rest = (f"the rest by run {', '.join(others)} or before" if others
+            else "the rest were tagged before")
     lines = [f"tagged {done} images, {failed} failed, in {result.seconds:.0f}s"
-             + (f" (this run {result.summary.enqueued}; the rest were tagged before)"
+             + (f" (this run {result.summary.enqueued}; {rest})"
                 if result.summary.enqueued != done + failed else "")]
     if result.failed_by_reason:
         lines.append(f"  failed: {counts(result.failed_by_reason)}")
@@ -85,9 +93,17 @@ def exported(count: int, kind: str, output: Path | None, left_out: int = 0) -> s
 
 
 def relabelling(sent: Relabelling, model: str) -> str:
-    return (f"run {sent.run_id}: about {sent.images} images in {sent.ranges} ranges of kept "
-            f"embeddings (model {model}); `producer wait --run {sent.run_id}` follows it"
+    return (f"run {sent.run_id}: {kept(sent)} (model {model}); `producer wait --run "
+            f"{sent.run_id}` follows it"
             + (f"\n{taken_over(sent.taken_over)}" if sent.taken_over else ""))
+
+
+def kept(sent: Relabelling) -> str:
+    """What a relabel run scores: a run's images, or kept embeddings, one per content (images
+    with the same bytes share one, so more images than that may get labels)."""
+    what = (plural(sent.images, "image") if sent.scope_run else
+            f"{plural(sent.images, 'kept embedding')} (one per distinct image content)")
+    return f"{what} in {plural(sent.ranges, 'range')}"
 
 
 def taken_over(runs: Mapping[str, int]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from producer.figures import gather
 from producer.page import render
+from producer.progress import Progress
 from producer.status import find_run
 from worker.core.errors import ConfigError
 from worker.core.settings import Settings
@@ -33,13 +35,29 @@ def write_report(settings: Settings, output: Path | None = None, run_id: str | N
                      result_filter(**(selection or {"run_id": run["id"]})))
     from producer.thumbnails import previews  # Pillow and processes: not for `producer --help`
 
-    made = previews(figures.photo_uris(), settings, figures.file_roots, preview_seconds)
+    partial = _writable(output)  # before the previews' seconds are spent
+    uris = figures.photo_uris()
+    with Progress("report previews", total=len(uris), unit=" previews") if uris else (
+            contextlib.nullcontext()) as bar:
+        made = previews(uris, settings, figures.file_roots, preview_seconds,
+                        bar.update if bar else None)
     html = render(figures, made, datetime.now(UTC))
-    partial = output.with_name(output.name + ".part")  # never half a page under the real name
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
         partial.write_text(html, encoding="utf-8")
         os.replace(partial, output)
     except OSError as exc:
+        partial.unlink(missing_ok=True)
         raise ConfigError(f"cannot write the report to {output}: {exc.strerror or exc}") from exc
     return output
+
+
+def _writable(output: Path) -> Path:
+    """The name the page is written under first (never half a page under the real name),
+    created now: a folder that cannot take it fails at once, as one line."""
+    partial = output.with_name(output.name + ".part")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        partial.touch()
+    except OSError as exc:
+        raise ConfigError(f"cannot write the report to {output}: {exc.strerror or exc}") from exc
+    return partial

@@ -19,7 +19,7 @@ def finder(settings: Settings, note: Callable[[str], None]) -> Finder:
     """A Finder on the results database at the current schema (the embedded one upgrades)."""
     from worker.search import Finder  # NumPy and faiss: loaded by the commands that search
 
-    migrate.ensure_current(settings.database_url)
+    migrate.ensure_current(settings.database_url, settings.default_database)
     return Finder(settings, note)
 
 

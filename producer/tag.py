@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
@@ -12,12 +13,13 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from producer.cancel import withdraw
+from producer.cancel import answered, withdraw
 from producer.enqueue import Listing, Summary, enqueue, locate, new_run_id
 from producer.export import export, format_of, written
 from producer.judged import judged_rows
 from producer.local_worker import LocalWorker
 from producer.progress import Progress
+from producer.render import plural
 from producer.report import write_report
 from producer.status import wait
 from worker.core.contract import Item
@@ -63,7 +65,8 @@ def tag(settings: Settings, location: str, *, labelset: LabelSet, output: Path |
     A run that fails or is interrupted is withdrawn: its unstarted chunks leave the queue.
     """
     started = time.monotonic()
-    migrate.ensure_current(settings.database_url)
+    fmt = format_of(str(output)) if output else "jsonl"  # a wrong suffix before any work
+    migrate.ensure_current(settings.database_url, settings.default_database)
     listing = locate(location, settings)
     _require_images(listing)
     run_id = new_run_id()
@@ -72,16 +75,20 @@ def tag(settings: Settings, location: str, *, labelset: LabelSet, output: Path |
     with worker or contextlib.nullcontext():  # stops the worker, whatever happens
         if worker:
             echo(f"starting a worker for {settings.model} (log: {log_path})")
-        with withdrawn_if_stopped(settings, run_id):
+        stop = functools.partial(worker.stop, warm=False) if worker else None  # at once
+        with withdrawn_if_stopped(settings, run_id, echo, stop):
             summary = _enqueue(settings, listing, labelset, chunk_size, force, retry_failed,
                                run_id)
             echo(f"run {summary.run_id}: listed {summary.listed}, enqueued {summary.enqueued}, "
                  f"{summary.describe_skips()}")
+            if outside := summary.describe_outside():
+                echo(outside)
             if summary.enqueued:
                 _wait(settings, summary, worker, timeout)
+        _follow(settings, summary.in_flight_runs, worker, timeout, echo)
     output = output or settings.home / "results" / f"{summary.run_id}.jsonl"
     selection = _selection(settings, listing.location, labelset)
-    tagged = _export(settings, selection, summary, output)
+    tagged = _export(settings, selection, summary, output, fmt)
     page = output.with_suffix(".html" if output.suffix != ".html" else ".report.html")
     tagged.report = write_report(settings, page, summary.run_id, selection)
     _update_index(settings, echo)
@@ -132,25 +139,56 @@ def _wait(settings: Settings, summary: Summary, worker: LocalWorker | None,
         answered = counts["done"] + counts["failed"]
         note = ("worker starting" if worker and not worker.ready() and not answered
                 else f"{counts['failed']} failed" if counts["failed"] else "")
-        bar.update(answered, summary.enqueued, note)
+        # What was sent may be an estimate (relabel's) or a share (a run followed): the bar's
+        # end is what is answered plus what is still pending, once that is more.
+        bar.update(answered, max(summary.enqueued, answered + counts["pending"]), note)
 
-    with Progress(doing, total=summary.enqueued) as bar:
+    with Progress(doing, total=summary.enqueued, watching=True) as bar:
         wait(settings, summary.run_id, timeout, on_progress=show,
              stop=worker.failure if worker else None)
 
 
+def _follow(settings: Settings, others: Mapping[str, int], worker: LocalWorker | None,
+            timeout: float, echo: Callable[[str], None]) -> None:
+    """Images another run is tagging (the same folder tagged twice at once): wait for that run
+    to answer them, so that this command's results file has them too."""
+    for other, images in others.items():
+        found = db_status.find_runs(engine_for(settings.database_url), other)
+        if not found or found[0]["state"] not in {"listing", "running"}:
+            continue
+        echo(f"{plural(images, 'image')} {'is' if images == 1 else 'are'} being tagged by "
+             f"run {other} (started {found[0]['started_at']}): following it")
+        _wait(settings, Summary(run_id=other, enqueued=images), worker, timeout,
+              doing=f"run {other}")
+        ended = db_status.find_runs(engine_for(settings.database_url), other)[0]
+        if ended["state"] == "stopped":  # withdrawn: what it left is not in our results file
+            echo(f"run {other} stopped early ({ended['error']}): the same command again tags "
+                 "what it left")
+
+
 @contextlib.contextmanager
-def withdrawn_if_stopped(settings: Settings, run_id: str) -> Iterator[None]:
+def withdrawn_if_stopped(settings: Settings, run_id: str,
+                         echo: Callable[[str], None] | None = None,
+                         stop_worker: Callable[[], None] | None = None) -> Iterator[None]:
     """A run that fails or is interrupted within the block is withdrawn (its unstarted chunks
-    or ranges leave the queue; workers drop those they meet)."""
+    or ranges leave the queue; workers drop those they meet).
+
+    ``stop_worker``: our own worker, stopped first, so that no chunk of the run is answered
+    after the counts recorded and shown (``echo``) were taken.
+    """
     try:
         yield
     except BaseException as exc:
-        _withdraw(settings, run_id, exc)
+        try:
+            if stop_worker:
+                stop_worker()
+        finally:  # a second Ctrl-C while the worker stops still withdraws the run
+            _withdraw(settings, run_id, exc, echo)
         raise
 
 
-def _withdraw(settings: Settings, run_id: str, cause: BaseException) -> None:
+def _withdraw(settings: Settings, run_id: str, cause: BaseException,
+              echo: Callable[[str], None] | None = None) -> None:
     """Nothing of ours will answer what is left: take it off the queue, and record what really
     happened (a run whose every image was answered stays complete)."""
     engine = engine_for(settings.database_url)
@@ -158,9 +196,11 @@ def _withdraw(settings: Settings, run_id: str, cause: BaseException) -> None:
         counts = db_status.result_counts(engine, run_id)
         if not counts["pending"]:  # every image sent was answered: no chunk of it is left
             return
-        why = ("interrupted" if isinstance(cause, KeyboardInterrupt | SystemExit)
-               else redact(str(cause) or type(cause).__name__)[:300])
+        interrupted = isinstance(cause, KeyboardInterrupt | SystemExit)
+        why = "interrupted" if interrupted else redact(str(cause) or type(cause).__name__)[:300]
         withdraw(settings, run_id, counts, why)
+        if echo and interrupted:  # an error says what to do in its own line
+            echo(f"run {run_id}: {answered(counts)}; the same command tags the rest")
     except Exception as exc:  # the database or broker may be why we stopped: its error is shown
         log.warning("could not withdraw run %s (its unanswered images stay pending for "
                     "TAGGER_PENDING_TTL): %s", run_id, redact(str(exc)))
@@ -174,7 +214,7 @@ def _selection(settings: Settings, location: str, labelset: LabelSet) -> dict[st
 
 
 def _export(settings: Settings, selection: Mapping[str, str], summary: Summary,
-            output: Path) -> Tagged:
+            output: Path, fmt: str) -> Tagged:
     tagged = Tagged(summary=summary, output=output)
     engine = engine_for(settings.database_url)
     rows = judged_rows(engine, db.iter_results(engine, **selection))
@@ -190,5 +230,5 @@ def _export(settings: Settings, selection: Mapping[str, str], summary: Summary,
 
     output.parent.mkdir(parents=True, exist_ok=True)
     with written(output) as out:
-        tagged.exported = export(counted(), out, format_of(str(output)))
+        tagged.exported = export(counted(), out, fmt)
     return tagged

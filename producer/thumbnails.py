@@ -1,11 +1,11 @@
-"""Previews for the report: ~160 px JPEGs made as the workers make pixels, in decode processes
+"""Previews for the report: ~256 px JPEGs made as the workers make pixels, in decode processes
 (worker/prep): the same sources, header guards, deadline and memory cap; all under one budget."""
 
 from __future__ import annotations
 
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from worker.core.settings import Settings
 from worker.decoders import Limits
 from worker.prep.pool import PrepPool, prep_pool
 
-SIZE = 160  # longest side, pixels
+SIZE = 256  # longest side, pixels: sharp in a ~200 px tile, and opened larger
 PICTURE = 1024  # longest side of the workbench's larger picture
 QUALITY = 75
 SECONDS_EACH = 10.0  # decoding one image; then its process is stopped
@@ -78,16 +78,21 @@ def readable(settings: Settings, file_roots: Sequence[str]) -> tuple[Path, ...]:
 
 
 def previews(uris: Sequence[str], settings: Settings, file_roots: Sequence[str],
-             seconds: float) -> dict[str, Preview]:
-    """A preview, or why there is none, for each URI; those not made in ``seconds`` say so."""
+             seconds: float, progress: Callable[[int], None] | None = None
+             ) -> dict[str, Preview]:
+    """A preview, or why there is none, for each URI; those not made in ``seconds`` say so.
+    ``progress`` is told how many are answered, as they are."""
     if not uris:
         return {}
     deadline = time.monotonic() + seconds
     pool = preview_pool(settings)
     try:
-        answers = {a.index: a.outcome for a in pool.prepare(
-            list(enumerate(uris)), readable(settings, file_roots), group_size=1,
-            deadline=deadline)}
+        answers = {}
+        for answer in pool.prepare(list(enumerate(uris)), readable(settings, file_roots),
+                                   group_size=1, deadline=deadline):
+            answers[answer.index] = answer.outcome
+            if progress:
+                progress(len(answers))
     finally:
         pool.close()
     late = Preview(problem=f"the report's {seconds:.0f} s for previews ran out "

@@ -60,7 +60,7 @@ def sqlite_url(tmp_path: Path) -> str:
     from worker.db import migrate
 
     url = f"sqlite:///{tmp_path / 'results.db'}"
-    migrate.upgrade(url)
+    migrate.upgrade(url, create=True)
     return url
 
 

@@ -11,7 +11,7 @@ def serve(settings: Settings, host: str, port: int) -> None:
     """Serve until interrupted; a ConfigError (one line) if the address or database won't do."""
     access = Access.parse(settings.serve_token)
     access.check_bind(host)
-    migrate.ensure_current(settings.database_url)
+    migrate.ensure_current(settings.database_url, settings.default_database)
     import uvicorn
 
     from producer.workbench.app import create_app

@@ -74,7 +74,7 @@ def test_embedded_default(tmp_path: Path, tiny_model, labels_file, start_worker,
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     url = f"sqlite:///{home / 'results.db'}"
-    migrate.upgrade(url)
+    migrate.upgrade(url, create=True)
     images = tmp_path / "images" / "sub"
     images.mkdir(parents=True)
     good = [image_bytes(100 + i, fmt="JPEG") for i in range(6)]
@@ -97,7 +97,7 @@ def test_embedded_default(tmp_path: Path, tiny_model, labels_file, start_worker,
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
 def test_migrations_round_trip(dialect, tmp_path, empty_pg_url):
     url = empty_pg_url if dialect == "postgresql" else f"sqlite:///{tmp_path / 'm.db'}"
-    migrate.upgrade(url)
+    migrate.upgrade(url, create=True)
     assert "results" in sa.inspect(engine_for(url)).get_table_names()
     migrate.downgrade(url, "base")
     assert set(sa.inspect(engine_for(url)).get_table_names()) <= {"alembic_version"}

@@ -74,3 +74,45 @@ def test_flower_reports_queue_depth_behind_auth(tagger_env, flower, tmp_path):
         refused = requests.get(f"{flower}/api/queues/length", auth=auth, timeout=30)
         assert refused.status_code == 401
     assert requests.get(f"{flower}/api/workers", timeout=30).status_code == 401
+
+
+def start_by_hand(env: dict[str, str], args: list[str], log_path: Path) -> subprocess.Popen:
+    """``celery -A worker flower ARGS`` as docs/operations.md says to start it outside compose."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker", "flower", *args],
+                                cwd=ROOT, env={**os.environ, **QUIET, **env}, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_flower_started_by_hand_needs_auth_and_listens_on_loopback(tagger_env, tmp_path):
+    """Before: `celery -A worker flower` served every page without auth on all addresses."""
+    port = free_port()
+    bare = start_by_hand(tagger_env, [f"--port={port}"], tmp_path / "bare.log")
+    assert bare.wait(60) == 1
+    said = (tmp_path / "bare.log").read_text().strip().splitlines()
+    assert said == ["catalog-tagger: Flower shows and controls the workers, so it runs behind "
+                    "basic auth: set FLOWER_BASIC_AUTH=user:password (or pass "
+                    "--basic-auth=user:password); it listens on 127.0.0.1 unless --address "
+                    "says otherwise"], said
+
+    env = {**tagger_env, "FLOWER_BASIC_AUTH": f"{USER}:{PASSWORD}"}
+    proc = start_by_hand(env, [f"--port={port}"], tmp_path / "flower.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: listening(proc.pid, port), 60, message="flower did not listen")
+        assert listening(proc.pid, port) == {"127.0.0.1"}  # not 0.0.0.0 nor ::
+        assert requests.get(f"{url}/api/workers", timeout=30).status_code == 401
+        assert requests.get(f"{url}/", timeout=30).status_code == 401
+        answered = requests.get(f"{url}/api/queues/length", auth=(USER, PASSWORD), timeout=30)
+        assert answered.status_code == 200, answered.text
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def listening(pid: int, port: int) -> set[str]:
+    """The addresses a process listens on at ``port``."""
+    import psutil
+
+    return {c.laddr.ip for c in psutil.Process(pid).net_connections("inet")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port}

@@ -87,7 +87,7 @@ def test_catalogue_table_every_night(tagger_env, bucket, start_worker, tmp_path,
 
     # The night's enqueue; no worker has started yet.
     first = producer("enqueue", "--database-url", url, *table)
-    assert "listed 9, enqueued 7 in 1 chunks, skipped 2 (1 no-url, 1 in-flight)" in first
+    assert "listed 9, enqueued 7 in 1 chunk, skipped 2 (1 no-url, 1 in-flight)" in first
     night = run_id(first)
     # Last night's cron job still holds the lock: tonight's start does nothing.
     lock = tmp_path / "nightly.lock"
@@ -138,7 +138,7 @@ def test_catalogue_table_every_night(tagger_env, bucket, start_worker, tmp_path,
                              "WHERE id = 5"))
     cron = run_cron(env, lock)
     assert cron.returncode == 0, cron.stdout + cron.stderr
-    assert "listed 9, enqueued 1 in 1 chunks, skipped 8" in cron.stdout
+    assert "listed 9, enqueued 1 in 1 chunk, skipped 8" in cron.stdout
     again = rows(url)
     changed = again[origin.url("/5.png")]
     assert changed.content_sha256 != tagged[origin.url("/5.png")].content_sha256
@@ -164,7 +164,7 @@ def test_bucket_incremental_and_label_sets(tagger_env, bucket, start_worker, tmp
     # One object's bytes change (new ETag): only it is enqueued again.
     s3.put_object(Bucket=bucket, Key="p/2.png", Body=image_bytes(999))
     second = producer("enqueue", "--bucket", bucket)
-    assert "enqueued 1 in 1 chunks, skipped 5" in second
+    assert "enqueued 1 in 1 chunk, skipped 5" in second
     producer("wait", "--timeout", "120")
     after = rows(url, labelset_id=flat.id)
     moved = f"s3://{bucket}/p/2.png"

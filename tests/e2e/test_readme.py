@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 from testkit.commands import ROOT, tag_as_user, user_env
@@ -50,3 +51,18 @@ def test_tag_on_the_embedded_default(tmp_path: Path, tiny_model: Path):
         assert record["runtime"].startswith(("torch ", "onnx "))  # what auto chose
     assert (home / "results.db").is_file()
     assert list((tmp_path / "cache" / "onnx").rglob("*.onnx"))
+
+
+def test_the_offline_route_sets_up_first_and_its_model_stays_out_of_git(tmp_path: Path):
+    """Before: a fresh clone's first offline command was `.venv/bin/python ...`, with no
+    `.venv` yet, and the `./model` it wrote showed up in `git status`."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    route = readme[readme.index("**Without the model hub**"):]
+    block = re.search(r"\n\n((?:    .*\n)+)", route)
+    assert block, route[:500]
+    commands = [line.strip() for line in block.group(1).splitlines()]
+    assert commands[0] == "make setup", commands
+    assert any(c.startswith(".venv/bin/python -m worker.checkpoint ./model") for c in commands)
+    ignored = subprocess.run(["git", "check-ignore", "-q", "model/model.safetensors"],
+                             cwd=ROOT, check=False)
+    assert ignored.returncode == 0, "./model is not in .gitignore"

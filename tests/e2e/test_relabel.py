@@ -68,7 +68,7 @@ def test_relabel_and_nightly_runs_need_no_image_files(tagger_env, bucket, start_
     # A new label set: every image gets it from its kept embedding.
     sent = producer("relabel", "--labels", str(label_file(tmp_path, "second.txt", SECOND)))
     second = run_id(sent)
-    assert f"about {IMAGES} images in 1 ranges" in sent
+    assert f"{IMAGES} kept embeddings (one per distinct image content) in 1 range" in sent
     producer("wait", "--run", second, "--timeout", "120")
     status = json.loads(producer("status", "--run", second, "--json"))
     assert (status["run"]["state"], status["run"]["done"], status["run"]["failed"]) == (

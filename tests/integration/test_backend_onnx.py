@@ -34,6 +34,7 @@ from worker.backends.onnx_export import (
     file_sha256,
     quiet,
 )
+from worker.backends.remembered import choice_key, recall
 from worker.backends.torch_clip import TorchBackend, cpu_has_amx
 from worker.core.errors import ConfigError
 from worker.core.settings import Settings, load_settings
@@ -47,6 +48,7 @@ from pathlib import Path
 from typing import Any
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
 from worker.backends.onnx_clip import OnnxBackend
+from worker.backends.remembered import choice_key, recall
 from worker.core.settings import load_settings
 OnnxBackend(load_settings(), Path(sys.argv[1]), "float32")
 """
@@ -240,10 +242,19 @@ def test_a_replaced_cached_file_is_deleted_and_rebuilt(
     assert worst_cosine(backend.encode_images(probe), reference.encode_images(probe)) > 0.999
 
 
+@pytest.fixture
+def unmeasured(cache: Path, tmp_path: Path) -> Path:
+    """The module's cache (its ONNX files) with no backend choice remembered in it."""
+    own = tmp_path / "unmeasured"
+    shutil.copytree(cache, own, ignore=shutil.ignore_patterns("backends"))
+    return own
+
+
 def test_auto_measures_and_keeps_the_fastest_accurate(
-        tiny_model: Path, cache: Path, quick: None, caplog: pytest.LogCaptureFixture) -> None:
+        tiny_model: Path, unmeasured: Path, quick: None, caplog: pytest.LogCaptureFixture
+        ) -> None:
     with caplog.at_level(logging.INFO, logger="worker.backends"):
-        backend = load_backend(settings_for(cache, TAGGER_BACKEND="auto"), tiny_model)
+        backend = load_backend(settings_for(unmeasured, TAGGER_BACKEND="auto"), tiny_model)
     candidates = backend.candidates  # type: ignore[attr-defined]
     names = [c["name"] for c in candidates]
     # bfloat16 is a candidate only on a CPU with AMX tiles (torch_clip.auto_candidates)
@@ -257,6 +268,72 @@ def test_auto_measures_and_keeps_the_fastest_accurate(
     assert backend.description.startswith(kept["name"])
     assert caplog.text.count("backend candidate") == len(candidates)
     assert "backend auto chose" in caplog.text
+
+
+# A worker process as far as `auto` is concerned: choose a backend, log to stderr.
+CHOOSE = """
+import logging, sys
+from pathlib import Path
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
+from worker.backends.choose import load_backend
+from worker.core.settings import load_settings
+print(load_backend(load_settings(), Path(sys.argv[1])).description)
+"""
+
+
+def choose_in_a_process(model: Path, cache: Path, **env: str) -> tuple[str, str]:
+    """(the backend chosen, the log) of a new process choosing with ``auto``."""
+    done = subprocess.run(
+        [sys.executable, "-c", CHOOSE, str(model)], cwd=ROOT, capture_output=True, text=True,
+        timeout=600, env={**os.environ, "TAGGER_CACHE_DIR": str(cache), "TAGGER_DEVICE": "cpu",
+                          "TAGGER_BATCH_SIZE": "4", "TAGGER_BACKEND": "auto",
+                          "OMP_NUM_THREADS": "1", **env})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip(), done.stderr
+
+
+MEASURED = "candidates measured in"
+
+
+@pytest.mark.timeout(900)  # three processes, each loading torch, two of them measuring
+def test_auto_measures_once_per_machine_weights_runtimes_and_batch(
+        tiny_model: Path, unmeasured: Path, tmp_path: Path) -> None:
+    """Before: every start measured every candidate (~95 s on the full-size model on a CPU)."""
+    first, log = choose_in_a_process(tiny_model, unmeasured)
+    assert MEASURED in log and log.count("backend candidate") >= 3, log
+    assert len(list((unmeasured / "backends").glob("*.json"))) == 1
+    again, log = choose_in_a_process(tiny_model, unmeasured)
+    assert again == first and "as measured on this machine at" in log, log
+    assert MEASURED not in log and "backend candidate" not in log, log
+    # Other weights (the digest the ONNX cache uses): measured again, remembered apart.
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    (weights,) = model.glob("model.safetensors")
+    os.utime(weights, ns=(1, 1))  # what the weights digest sees today: their size and time
+    _, log = choose_in_a_process(model, unmeasured)
+    assert MEASURED in log, log
+    assert len(list((unmeasured / "backends").glob("*.json"))) == 2
+
+
+def test_a_changed_key_or_a_broken_choice_is_measured_again(
+        tiny_model: Path, unmeasured: Path, quick: None, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    settings = settings_for(unmeasured, TAGGER_BACKEND="auto")
+    load_backend(settings, tiny_model)
+    (remembered,) = (unmeasured / "backends").glob("*.json")
+    record = json.loads(remembered.read_text(encoding="utf-8"))
+    names = record["key"]["candidates"]
+    key = choice_key(tiny_model, torch.device("cpu"), 4, names)
+    assert recall(unmeasured, key) == record
+    for changed in (choice_key(tiny_model, torch.device("cpu"), 8, names),  # the batch
+                    {**key, "machine": {**key["machine"], "flags": "avx2"}},
+                    {**key, "runtimes": {**key["runtimes"], "onnxruntime": "1.0"}}):
+        assert recall(unmeasured, changed) is None
+    # A remembered choice that no longer loads is measured again, not a dead end.
+    remembered.write_text(json.dumps({**record, "kept": "onnx float64"}), encoding="utf-8")
+    with caplog.at_level(logging.INFO, logger="worker.backends"):
+        load_backend(settings, tiny_model)
+    assert "chosen here before, does not load" in caplog.text and MEASURED in caplog.text
 
 
 def test_auto_precision_narrows_the_candidates(tiny_model: Path, cache: Path,

@@ -74,7 +74,7 @@ def test_dry_run_lists_and_sends_nothing(local_env, folder):
     assert result.exit_code == 0, result.output
     assert sorted(Path(line[len("file://"):]).name for line in result.stdout.splitlines()) == [
         "0.png", "1.png", "2.png"]
-    assert "listed 4, would enqueue 3 in 1 chunks, skipped 1" in result.stderr
+    assert "listed 4, would enqueue 3 in 1 chunk, skipped 1" in result.stderr
     status = json.loads(invoke("status", "--json").stdout)
     assert (status["queue_depth"], status["pending"], status["run"]) == (0, 0, None)
 

@@ -13,10 +13,10 @@ from PIL import Image
 
 from producer import figures
 from producer.report import write_report
-from producer.thumbnails import previews
+from producer.thumbnails import SIZE, previews
 from testkit.browser import contrast, report_facts
 from testkit.commands import one_line_error, producer
-from testkit.images import png_bomb, save, scan_bomb, write_images
+from testkit.images import image_bytes, png_bomb, save, scan_bomb, write_images
 from testkit.runs import seed_run
 from worker.core.errors import Reason
 from worker.core.labels import LabelSet
@@ -142,7 +142,7 @@ def test_hostile_images_get_no_preview_in_bounded_time(tmp_path, monkeypatch):
     assert problems == {"turned.jpg": "", "bomb.png": "too-many-pixels",
                         "heavy.png": "too-much-memory", "slow.jpg": "timeout", "empty.jpg": "empty"}
     with Image.open(io.BytesIO(made[uris[0]].jpeg or b"")) as preview:
-        assert preview.format == "JPEG" and preview.size[1] == 160 > preview.size[0]
+        assert preview.format == "JPEG" and preview.size[1] == SIZE > preview.size[0]
 
 
 def test_previews_stop_at_the_report_budget(tmp_path, monkeypatch):
@@ -171,3 +171,67 @@ def test_mistakes_are_one_line(settings, tmp_path):
         f"Error: cannot write the report to {tmp_path / 'file' / 'page.html'}: ")
     # By default the page goes beside the run's results file under TAGGER_HOME.
     assert producer("report").strip() == f"report: {settings.home / 'results' / run_id}.html"
+
+
+def test_the_page_fills_the_width_opens_previews_and_lists_the_rest(tmp_path, settings,
+                                                                      browser, monkeypatch):
+    """Before: the grid stopped at ~850 of 1,280 px, a preview could not be opened larger,
+    "N more" could not be expanded, the histogram spanned 0..1 (every bar in one bin with 147
+    labels) and 5,000 labels' scores printed 0.000."""
+    monkeypatch.setattr(figures, "PER_LABEL", 10)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    photos = [folder / f"{i}.jpg" for i in range(30)]
+    for i, photo in enumerate(photos):  # large enough for a large preview
+        photo.write_bytes(image_bytes(i, (640, 480), "JPEG"))
+    many = LabelSet(labels=tuple(f"标签{i}" for i in range(5000)), parents=(None,) * 5000)
+    chosen = {p.as_uri(): labels("标签0" if i < 24 else "标签1", 0.0002 + i * 0.00001)
+              for i, p in enumerate(photos)}
+    failed = {f"s3://b/f{i}.jpg": (Reason.NOT_FOUND, f"no such key f{i}") for i in range(60)}
+    run_id = seed_run(settings.database_url, [*chosen, *failed], many, labels=chosen,
+                      failures=failed, file_roots=[str(folder)])
+    page = write_report(settings, tmp_path / "report.html", run_id)
+    with browser.load(page, width=1280) as loaded:
+        view = loaded.page
+        widths = view.evaluate("""() => {
+          const grid = document.querySelector("#labels .photos").getBoundingClientRect();
+          const figures = [...document.querySelectorAll("#labels .photos figure")];
+          return {page: document.documentElement.clientWidth, grid: grid.right,
+                  right: Math.max(...figures.map(f => f.getBoundingClientRect().right)),
+                  tile: figures[0].getBoundingClientRect().width};
+        }""")
+        # The last column ends within one gap of the grid's edge, at the page's padding.
+        assert widths["right"] >= widths["grid"] - 11 and widths["grid"] >= widths["page"] - 40
+        first = view.locator("#labels figure.photo img").first
+        assert not view.locator("#viewer").is_visible()
+        first.click()
+        assert view.locator("#viewer").is_visible()
+        big = view.evaluate("""() => {
+          const img = document.querySelector("#viewer img");
+          return {shown: img.getBoundingClientRect().width, natural: img.naturalWidth,
+                  text: document.getElementById("viewer").textContent};
+        }""")
+        assert big["natural"] >= 256 and big["shown"] > 2 * widths["tile"], (big, widths)
+        assert "23.jpg 0.000430" in big["text"] and "标签0" in big["text"], big
+        view.keyboard.press("Escape")
+        assert not view.locator("#viewer").is_visible()
+        # "14 more" under 标签0 opens to the names (and scores) of the other 14.
+        more = view.locator("section.label", has_text="标签0").locator("details.more")
+        assert more.locator("summary").inner_text() == "14 more"
+        assert not more.locator("ol.names").is_visible()
+        more.locator("summary").click()
+        names = more.locator("ol.names li").all_inner_texts()
+        assert len(names) == 14 and names[0] == "13.jpg 0.000330", names
+        failures = view.locator("section.reason details.more")
+        assert failures.locator("summary").inner_text() == "10 more"
+        failures.locator("summary").click()
+        assert failures.locator("tbody tr").count() == 10
+        scores = view.locator("#labels figure .score").all_inner_texts()
+        assert scores[0] == "0.000430" and "0.000" not in scores, scores
+        ticks = view.locator("svg.histogram text[text-anchor]").all_text_contents()
+        assert ticks[0] == "0.00020" and ticks[-1] == "0.00050", ticks
+        bars = view.evaluate("() => [...document.querySelectorAll('svg.histogram rect')]"
+                             ".filter(r => r.getAttribute('height') > 0).length")
+        assert bars >= 10, bars  # spread over the scores found, not all in the first bin
+        assert not [line for line in loaded.console if line.startswith("error")], loaded.console
+        loaded.page.screenshot(path=str(tmp_path / "page.png"), full_page=False)

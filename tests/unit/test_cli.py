@@ -104,7 +104,7 @@ def test_enqueue_on_the_embedded_broker(folder: Path, embedded_env: Path):
 
 def test_database_commands(embedded_env: Path):
     url = f"sqlite:///{embedded_env / 'results.db'}"
-    head = migrate.revisions(url)[1]  # the newest shipped revision
+    head = migrate.head()  # the newest shipped revision
     assert f"schema none, needs {head}: run `producer db upgrade`" in invoke("db", "current").stdout
     assert f"{url}: schema none -> {head}" in invoke("db", "upgrade").stdout
     assert f"schema {head}, up to date" in invoke("db", "current").stdout

@@ -111,7 +111,7 @@ def test_the_export_leaves_the_output_open():
 
 
 @pytest.mark.parametrize(("name", "fmt"), [("results.csv", "csv"), ("a.b.PARQUET", "parquet"),
-                                           ("out.jsonl", "jsonl"), ("out.txt", "jsonl"),
+                                           ("out.jsonl", "jsonl"), ("out", "jsonl"),
                                            ("", "jsonl")])
 def test_format_from_the_file_name(name: str, fmt: str):
     assert format_of(name) == fmt
@@ -147,3 +147,11 @@ def test_an_export_through_a_link_replaces_the_file_it_names(tmp_path: Path):
     with written(tmp_path / "link.jsonl") as out:
         export([row("s3://b/1.jpg")], out, "jsonl")
     assert (tmp_path / "link.jsonl").is_symlink() and json.loads(real.read_text())["uri"]
+
+
+@pytest.mark.parametrize("name", ["x.xlsx", "out.txt", "dir.v2/results.json"])
+def test_a_suffix_no_writer_has_is_refused(name: str):
+    """Before: x.xlsx silently held JSON lines."""
+    with pytest.raises(ConfigError, match=r"is not a format this exports \(\.csv, \.jsonl, "
+                                          r"\.parquet\)"):
+        format_of(name)

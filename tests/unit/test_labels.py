@@ -34,6 +34,10 @@ def test_same_label_under_two_parents_is_refused():
     message = r"labels:2: label '台灯' is already under parent '家居' \(line 1\)"
     with pytest.raises(LabelSetError, match=message):
         parse_labels("家居/台灯\n灯具/台灯\n")
+    # Before: "is already under parent None".
+    with pytest.raises(LabelSetError, match=r"labels:2: label '台灯' is already listed without "
+                                            r"a parent \(line 1\); a label can have one parent"):
+        parse_labels("台灯\n灯具/台灯\n")
 
 
 def test_over_long_label_is_refused_with_its_line():

@@ -7,11 +7,12 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from worker.backends import BACKENDS, Backend
+from worker.backends import BACKENDS, Backend, remembered
 from worker.backends.probe import MIN_COSINE, probe_images, worst_cosine
 from worker.backends.torch_clip import TorchBackend, choose_device
 from worker.core.errors import ConfigError
@@ -121,10 +122,46 @@ def load_backend(settings: Settings, folder: Path) -> Backend:
 
 
 def choose(settings: Settings, folder: Path) -> Backend:
-    """The fastest candidate whose worst cosine to torch float32 is >= MIN_COSINE."""
+    """The fastest candidate whose worst cosine to torch float32 is >= MIN_COSINE: measured
+    once per machine, weights, runtime versions and batch (worker/backends/remembered.py)."""
     started = time.monotonic()
-    names = candidate_names(settings.precision, choose_device(settings.device))
+    device = choose_device(settings.device)
+    names = candidate_names(settings.precision, device)
     reference = TorchBackend(settings, folder, "float32")  # the yardstick, and the text side
+    key = remembered.choice_key(folder, device, reference.batch_size, names)
+    found = remembered.recall(settings.cache_dir, key)
+    if found is not None:
+        backend = _recalled(found, settings, folder, reference)
+        if backend is not None:
+            return backend
+    winner = _measure(settings, folder, names, reference, started)
+    candidates = winner.candidates  # type: ignore[attr-defined]
+    kept = [c["name"] for c in candidates if c["kept"]]
+    if kept and not any(c["error"] for c in candidates):  # a failure may not fail next time
+        remembered.remember(settings.cache_dir, key, kept[0], candidates)
+    return winner
+
+
+def _recalled(found: dict[str, Any], settings: Settings, folder: Path,
+              reference: TorchBackend) -> Backend | None:
+    """The remembered winner, loaded; None (measure again) if it no longer loads."""
+    try:
+        backend = load_candidate(found["kept"], settings, folder, reference)
+    except Exception as exc:  # a runtime gone or broken since: measure what there is now
+        log.warning("backend %s, chosen here before, does not load (%s): measuring the "
+                    "candidates again", found["kept"], exc)
+        return None
+    _share_text(backend, reference)
+    log.info("backend auto chose %s, as measured on this machine at %s (measured again when "
+             "the machine, the weights, a runtime version or the batch changes)",
+             backend.description, found["measured_at"])
+    backend.candidates = found["candidates"]  # type: ignore[attr-defined]
+    return backend
+
+
+def _measure(settings: Settings, folder: Path, names: list[str], reference: TorchBackend,
+             started: float) -> Backend:
+    """Every candidate loaded, checked on the probe and timed; the fastest accurate one."""
     probe = probe_images(reference.preprocess, min(reference.batch_size, MAX_PROBE))
     first = time.perf_counter()
     truth = reference.encode_images(probe)
@@ -151,14 +188,18 @@ def _keep(winner: Backend | None, kept: Candidate | None, reference: TorchBacken
         winner = reference
     else:
         kept.kept = True
-    if winner is not reference and getattr(winner, "text", None) is reference:
-        reference.drop_image_tower()  # another runtime won: the shared model now does texts
+    _share_text(winner, reference)
     for candidate in results:
         log.info("backend candidate %s: %s", candidate.name, _figures(candidate))
     log.info("backend auto chose %s (%d candidates measured in %.1f s)", winner.description,
              len(results), seconds)
     winner.candidates = [asdict(candidate) for candidate in results]  # type: ignore[attr-defined]
     return winner
+
+
+def _share_text(winner: Backend, reference: TorchBackend) -> None:
+    if winner is not reference and getattr(winner, "text", None) is reference:
+        reference.drop_image_tower()  # another runtime won: the shared model now does texts
 
 
 def _figures(candidate: Candidate) -> str:

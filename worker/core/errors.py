@@ -14,6 +14,7 @@ class Reason(StrEnum):
     BAD_URI = "bad-uri"
     BLOCKED_ADDRESS = "blocked-address"
     OUTSIDE_ROOTS = "outside-roots"
+    CREDENTIALS = "credentials"  # missing or refused: the workers' configuration, not the image
     NOT_A_FILE = "not-a-file"
     TLS_ERROR = "tls-error"
     HTTP_ERROR = "http-error"

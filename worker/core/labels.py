@@ -142,9 +142,10 @@ def parse_labels(text: str, source: str = "labels") -> tuple[list[str], list[str
         if label in seen:
             first_line, first_parent = seen[label]
             if first_parent != parent:
-                raise LabelSetError(
-                    f"{source}:{number}: label {label!r} is already under parent "
-                    f"{first_parent!r} (line {first_line}); a label can have one parent")
+                where = (f"under parent {first_parent!r}" if first_parent is not None
+                         else "listed without a parent")
+                raise LabelSetError(f"{source}:{number}: label {label!r} is already {where} "
+                                    f"(line {first_line}); a label can have one parent")
             continue
         seen[label] = (number, parent)
         labels.append(label)

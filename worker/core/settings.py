@@ -76,6 +76,11 @@ class Settings:
         return self.broker_url.startswith("filesystem://")
 
     @property
+    def default_database(self) -> bool:
+        """The embedded results database under TAGGER_HOME, created when first needed."""
+        return self.database_url == default_database_url(self.home)
+
+    @property
     def broker_folder(self) -> Path:
         return self.home / "broker"
 
@@ -247,6 +252,10 @@ _FIELDS: tuple[tuple[str, str, Callable[[str, str], Any], Any], ...] = (
 )
 
 
+def default_database_url(home: Path) -> str:
+    return f"sqlite:///{home / 'results.db'}"
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read settings from ``env`` (default: the process environment), failing fast."""
     env = os.environ if env is None else env
@@ -267,7 +276,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         index_dir=Path(index or home / "index").expanduser().absolute(),
         broker_url=_broker_url("CELERY_BROKER_URL", broker) if broker else "filesystem://",
         database_url=(database_url("DATABASE_URL", database) if database
-                      else f"sqlite:///{home / 'results.db'}"),
+                      else default_database_url(home)),
         labels_path=Path(env.get("TAGGER_LABELS", "").strip() or DEFAULT_LABELS),
         templates_path=Path(templates) if templates else None,
         **values,

@@ -9,6 +9,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.engine import make_url
 
 import migrations
 from worker.core.errors import ConfigError
@@ -26,7 +27,23 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def require_database(url: str, create: bool = False) -> None:
+    """A SQLite file that is not there is a mistyped path, refused, unless ``create`` (the
+    default database, or `producer db upgrade --create`): then its folder is made too."""
+    if not url.startswith("sqlite"):
+        return
+    database = make_url(url).database
+    if not database or database == ":memory:" or Path(database).is_file():
+        return
+    if not create:
+        raise ConfigError(f"no SQLite database at {Path(database).absolute()} (DATABASE_URL): "
+                          "check the path, or create it with `producer db upgrade --create`")
+    Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def upgrade(url: str, revision: str = "head", create: bool = False) -> None:
+    """To ``revision``; ``create``: a SQLite file that is not there yet may be created."""
+    require_database(url, create)
     command.upgrade(alembic_config(url), revision)
 
 
@@ -34,17 +51,25 @@ def downgrade(url: str, revision: str) -> None:
     command.downgrade(alembic_config(url), revision)
 
 
+def head() -> str:
+    """The newest shipped revision (no database is opened)."""
+    return str(ScriptDirectory.from_config(alembic_config("")).get_current_head())
+
+
 def revisions(url: str) -> tuple[str | None, str]:
     """(the database's revision or None, the newest shipped revision)."""
-    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
     with engine_for(url).connect() as conn:
         current = MigrationContext.configure(conn).get_current_revision()
-    return current, str(head)
+    return current, head()
 
 
-def ensure_current(url: str) -> None:
+def ensure_current(url: str, create: bool = False) -> None:
     """The schema rule, in one place: the embedded database (SQLite) upgrades itself; a shared
-    one is upgraded on purpose, by `producer db upgrade`, never as a side effect."""
+    one is upgraded on purpose, by `producer db upgrade`, never as a side effect.
+
+    ``create``: the database may be created (the default one: ``Settings.default_database``).
+    """
+    require_database(url, create)
     current, head = revisions(url)
     if current == head:
         return

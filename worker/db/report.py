@@ -62,10 +62,21 @@ def failures(conn: Connection, where: Where, per_reason: int) -> list[sa.RowMapp
     return _first(conn, columns, [*where, FAILED], per_reason, results.c.reason, results.c.id)
 
 
-def score_histogram(conn: Connection, where: Where, bins: int) -> list[int]:
-    """How many tagged images have a best score in each of ``bins`` equal steps of 0..1."""
+def score_range(conn: Connection, where: Where) -> tuple[float, float] | None:
+    """The lowest and highest best-label score of the tagged images; None if there are none."""
+    low, high = conn.execute(sa.select(sa.func.min(results.c.top_score),
+                                       sa.func.max(results.c.top_score)).where(*where, DONE)).one()
+    return None if low is None else (float(low), float(high))
+
+
+def score_histogram(conn: Connection, where: Where, edges: Sequence[float]) -> list[int]:
+    """How many tagged images have a best score in each step between ``edges`` (the last
+    step holds its upper edge too)."""
     # CASE, not floor() or a cast: SQLite has no floor() by default and PostgreSQL's cast rounds.
-    step = sa.case(*((results.c.top_score < (i + 1) / bins, i) for i in range(bins - 1)),
+    bins = len(edges) - 1
+    if bins == 1:  # every score the same: one bar, and a CASE needs a WHEN
+        return [int(conn.scalar(sa.select(sa.func.count()).where(*where, DONE)) or 0)]
+    step = sa.case(*((results.c.top_score < edges[i + 1], i) for i in range(bins - 1)),
                    else_=bins - 1)
     counts = [0] * bins
     for index, n in conn.execute(sa.select(step, sa.func.count()).where(*where, DONE)

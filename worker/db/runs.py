@@ -41,24 +41,25 @@ def due_items(conn: Connection, items: Sequence[Item], model: str, labelset_id: 
     whose content has a kept embedding is sent with that content's hash (``Item.sha256``): the
     worker scores it from the embedding instead of fetching it.
     """
-    known: dict[str, tuple[str | None, str]] = {}
+    known: dict[str, tuple[str | None, str, str | None]] = {}
     contents: dict[tuple[str, str | None], str] = {}  # (uri_hash, version) -> content
     hashes = sorted({uri_hash(i.uri) for i in items})
     for part in batches(hashes):
         rows = conn.execute(sa.select(results.c.uri_hash, results.c.labelset_id,
                                       results.c.source_version, results.c.content_sha256,
-                                      results.c.status).where(
+                                      results.c.status, results.c.item_key).where(
             results.c.model == model, results.c.uri_hash.in_(part),
             *([] if use_kept else [results.c.labelset_id == labelset_id])))
         for row in rows:
             if row.labelset_id == labelset_id:
-                known[row.uri_hash] = (row.source_version, row.status)
+                known[row.uri_hash] = (row.source_version, row.status, row.item_key)
             elif row.status == "done" and row.content_sha256:
                 contents[(row.uri_hash, row.source_version)] = row.content_sha256
     due = Due()
     for item in items:
-        version, status = known.get(uri_hash(item.uri), (None, None))
-        if status is None or (item.version or version) != version:
+        version, status, key = known.get(uri_hash(item.uri), (None, None, None))
+        changed = (item.version or version) != version and not _another_row(item, key)
+        if status is None or changed:
             due.items.append(item)
         elif status == "failed" and not retry_failed:
             due.failed_before += 1
@@ -67,6 +68,12 @@ def due_items(conn: Connection, items: Sequence[Item], model: str, labelset_id: 
     if contents:
         due.items = _with_kept(conn, due.items, model, contents)
     return due
+
+
+def _another_row(item: Item, stored_key: str | None) -> bool:
+    """The URL's result was tagged for another catalogue row: two rows sharing one URL with
+    different versions would otherwise send it again every night, each in turn."""
+    return item.key is not None and stored_key is not None and item.key != stored_key
 
 
 def _with_kept(conn: Connection, items: list[Item], model: str,
@@ -107,6 +114,20 @@ def claim_pending(conn: Connection, items: Sequence[Item], model: str, labelset_
             for key, item in by_hash.items()]
     claimed = set(conn.execute(stmt, rows).scalars())
     return [item for key, item in by_hash.items() if key in claimed]
+
+
+def pending_runs(conn: Connection, items: Sequence[Item], model: str, labelset_id: str,
+                 run_id: str) -> dict[str, int]:
+    """How many of ``items`` each other run holds pending (they are in flight there)."""
+    found: dict[str, int] = {}
+    for part in batches(sorted({uri_hash(i.uri) for i in items})):
+        for other, count in conn.execute(
+                sa.select(pending.c.run_id, sa.func.count()).where(
+                    pending.c.model == model, pending.c.labelset_id == labelset_id,
+                    pending.c.uri_hash.in_(part), pending.c.run_id != run_id)
+                .group_by(pending.c.run_id)):
+            found[other] = found.get(other, 0) + int(count)
+    return found
 
 
 @retried

@@ -9,7 +9,6 @@ import random
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
@@ -176,9 +175,7 @@ def engine_for(url: str) -> Engine:
 
 def _create_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        database = make_url(url).database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        # Never a folder made here: a mistyped path is refused (migrate.require_database).
         engine = sa.create_engine(url, connect_args={"timeout": 60})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine

@@ -118,8 +118,21 @@ def run_chunk(parts: Parts, chunk: Chunk, *, task_id: str, chunk_retries: int) -
     metrics.observe_timings(timings)
     if again:  # after the write: the answered images are not fetched again
         raise RetryItems([w.item for w in again], again[0].transient)  # type: ignore[arg-type]
+    _say_once(outcomes)
     failed = sum(o.reason is not None for o in outcomes)
     return ChunkReport(done=len(outcomes) - failed, failed=failed, timings=timings)
+
+
+_said: set[Reason] = set()  # reasons that are this worker's configuration, logged once
+
+
+def _say_once(outcomes: Sequence[Result]) -> None:
+    """Images failed for the worker's configuration (no S3 credentials): one log line per
+    process, with what to do; the rest say it in their results."""
+    for outcome in outcomes:
+        if outcome.reason == Reason.CREDENTIALS and outcome.reason not in _said:
+            _said.add(outcome.reason)
+            log.error("%s (each image it serves fails so, at once, until then)", outcome.error)
 
 
 def grant_retry(parts: Parts, task_id: str, chunk_retries: int, header_retries: int

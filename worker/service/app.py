@@ -7,6 +7,7 @@ from kombu.transport import TRANSPORT_ALIASES
 
 from worker.core.celeryconf import celery_config
 from worker.core.settings import Settings, load_settings
+from worker.service.flower import guard_flower
 
 
 def use_safe_transport() -> None:
@@ -39,4 +40,5 @@ def create_app(settings: Settings) -> Celery:
     return app
 
 
+guard_flower()
 app = create_app(load_settings())

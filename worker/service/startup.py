@@ -49,7 +49,7 @@ def check(settings: Settings, model_processes: int = 1) -> Checked:
     global _checked
     labelset = load_labelset(settings.labels_path, settings.templates_path)
     folder = resolve(settings.model)
-    migrate.ensure_current(settings.database_url)
+    migrate.ensure_current(settings.database_url, settings.default_database)
     visibility.agree(settings)
     log.info("broker %s, database %s, model %s (%s), label set %s (%s: %d labels x %d "
              "templates)", redact(settings.broker_url), redact(settings.database_url),

@@ -40,17 +40,20 @@ _PERMANENT = {"NoSuchKey": Reason.NOT_FOUND, "404": Reason.NOT_FOUND,
               "AccessDenied": Reason.FORBIDDEN, "403": Reason.FORBIDDEN,
               "InvalidObjectState": Reason.FORBIDDEN, "InvalidBucketName": Reason.BAD_URI,
               "KeyTooLongError": Reason.BAD_URI, "InvalidURI": Reason.BAD_URI,
-              "InvalidArgument": Reason.BAD_URI}
+              "InvalidArgument": Reason.BAD_URI, "InvalidAccessKeyId": Reason.CREDENTIALS,
+              "SignatureDoesNotMatch": Reason.CREDENTIALS, "InvalidToken": Reason.CREDENTIALS}
 _PASSING = ("RequestTimeout", "RequestTimeTooSkewed", "SlowDown", "Throttling",
             "ThrottlingException", "TooManyRequests", "RequestLimitExceeded", "ExpiredToken",
             "TokenRefreshRequired", "OperationAborted", "InternalError", "ServiceUnavailable")
 # boto3 errors raised before or instead of an answer that a retry can clear: the network, and
-# credentials fetched from a service that may be back. Any other (a key boto3 will not send, an
-# unusable region or endpoint) fails the image at once.
+# credentials fetched from a service that may be back. No credentials at all is the workers'
+# configuration (NO_CREDENTIALS); any other (a key boto3 will not send, an unusable region or
+# endpoint) fails the image at once.
+NO_CREDENTIALS = (botocore.exceptions.NoCredentialsError,
+                  botocore.exceptions.PartialCredentialsError)
 _UNREACHABLE = (urllib3.exceptions.HTTPError, OSError, botocore.exceptions.ConnectionError,
                 botocore.exceptions.HTTPClientError, botocore.exceptions.IncompleteReadError,
                 botocore.exceptions.ResponseStreamingError, botocore.exceptions.ChecksumError,
-                botocore.exceptions.NoCredentialsError,
                 botocore.exceptions.CredentialRetrievalError,
                 botocore.exceptions.MetadataRetrievalError)
 
@@ -132,6 +135,8 @@ class S3Source(Source):
             code = str(exc.response.get("Error", {}).get("Code", ""))
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
             raise _meaning(code, status, uri, str(exc)) from exc
+        except NO_CREDENTIALS as exc:
+            raise credentials_error(uri, str(exc)) from exc
         except _UNREACHABLE as exc:
             raise TransientError(f"S3 unreachable for {uri}: {exc}") from exc
         except botocore.exceptions.BotoCoreError as exc:
@@ -179,6 +184,9 @@ def _failure(exc: Exception, uri: str) -> TaggerError:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     found, status = CODE.search(str(exc)), STATUS.search(str(exc))
     code = found.group(1) if found else ""
+    if isinstance(exc, NO_CREDENTIALS) or "Unable to locate credentials" in str(exc) or (
+            _PERMANENT.get(code) == Reason.CREDENTIALS):
+        return credentials_error(uri, code or text[:300])
     if isinstance(exc, FileNotFoundError | NotFoundError):
         return ItemError(Reason.NOT_FOUND, f"S3 NoSuchKey: {uri}")
     if (isinstance(exc, PermissionError | PermissionDeniedError | UnauthenticatedError)
@@ -187,9 +195,19 @@ def _failure(exc: Exception, uri: str) -> TaggerError:
     return _meaning(code, int(status.group(1)) if status else 0, uri, text[:300])
 
 
+def credentials_error(uri: str, detail: str) -> ItemError:
+    """Missing or refused credentials: no image of S3 can be read until the workers get
+    others, so no retry (each image fails at once), and the message says what to do."""
+    return ItemError(Reason.CREDENTIALS, f"S3 credentials missing or refused ({detail}) for "
+                     f"{uri}: give the workers AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
+                     "AWS_PROFILE, or a role), then `producer retry-failed --reason credentials`")
+
+
 def _meaning(code: str, status: int, uri: str, detail: str) -> TaggerError:
     """What an S3 error answer means for one object: failed for good (a missing or forbidden
     object, any 3xx or 4xx answer but a throttle or a timeout), or worth a retry."""
+    if _PERMANENT.get(code) == Reason.CREDENTIALS:
+        return credentials_error(uri, code)
     if code in _PERMANENT:
         return ItemError(_PERMANENT[code], f"S3 {code}: {uri}")
     if code not in _PASSING and 300 <= status < 500 and status not in (408, 429):
