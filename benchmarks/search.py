@@ -237,7 +237,7 @@ def run(folder: Path, count: int, added: int) -> dict[str, Any]:
     url = f"sqlite:///{folder / 'results.db'}"
     os.environ.update(TAGGER_HOME=str(folder / "home"), TAGGER_MODEL=str(model),
                       DATABASE_URL=url, TAGGER_CACHE_DIR=str(folder / "cache"))
-    migrate.upgrade(url)
+    migrate.upgrade(url, create=True)
     settings = load_settings()
     data = vectors(count, seed=1)
     figures = Figures(count=count, cpus=os.cpu_count())

@@ -103,7 +103,7 @@ def run_k(k: int, env: dict[str, str], folders: tuple[Path, Path], count: int, w
     home = workdir / f"k{k}"
     home.mkdir(parents=True, exist_ok=True)
     database = f"sqlite:///{home / 'results.db'}"
-    migrate.upgrade(database)
+    migrate.upgrade(database, create=True)
     svc = distributed.Services(
         {**env, "TAGGER_HOME": str(home), "TAGGER_QUEUE": f"gpu-{uuid.uuid4().hex[:8]}",
          "CELERY_BROKER_URL": broker_url, "DATABASE_URL": database,

@@ -8,6 +8,7 @@ contents of a run or a top label).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -22,6 +23,8 @@ from worker.db.schema import batches, embeddings, results, retried, runs
 
 if TYPE_CHECKING:
     import numpy as np
+
+log = logging.getLogger(__name__)
 
 SCAN_BATCH = 20_000
 
@@ -71,7 +74,6 @@ class Store:
     @retried
     def vectors(self, keys: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
         """(keys, float16 vectors) of these keys; those not kept are absent."""
-        import numpy as np
 
         found, wanted = self.model_id(), sorted({int(k) for k in keys})
         got, blobs = [], []
@@ -83,13 +85,10 @@ class Store:
                                                    embeddings.c.key.in_(part))):
                         got.append(row.key)
                         blobs.append(bytes(row.vector))
-        dim = found[1] if found else 0
-        return np.asarray(got, np.int64), unpack(blobs, dim) if blobs else np.zeros((0, dim),
-                                                                                    np.float16)
+        return _sound(got, blobs, found[1] if found else 0)
 
     def scan(self, batch: int = SCAN_BATCH) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every (keys, float16 vectors) of the model in key order, a batch at a time."""
-        import numpy as np
 
         found = self.model_id()
         if found is None:
@@ -99,8 +98,7 @@ class Store:
         with self.engine.connect() as conn:
             stream = conn.execution_options(stream_results=True, yield_per=batch).execute(query)
             for rows in stream.partitions(batch):
-                yield (np.asarray([r.key for r in rows], np.int64),
-                       unpack([bytes(r.vector) for r in rows], found[1]))
+                yield _sound([r.key for r in rows], [bytes(r.vector) for r in rows], found[1])
 
     @retried
     def images(self, keys: Iterable[int]) -> dict[int, list[Image]]:
@@ -182,3 +180,17 @@ def _done() -> sa.Select:
     return sa.select(results.c.id, results.c.uri, results.c.uri_hash, results.c.content_sha256,
                      results.c.top_label, results.c.run_id, results.c.updated_at).where(
         results.c.status.concat("") == "done")
+
+
+def _sound(keys: list[int], blobs: list[bytes], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, float16 vectors) of the rows that unpack whole: a damaged stored row is left out
+    of search (its image fails as corrupt-embedding when it is next relabelled or tagged)."""
+    import numpy as np
+
+    unpacked = unpack(blobs, dim)
+    if unpacked.corrupt:
+        log.warning("%d kept embeddings are damaged and left out of search",
+                    len(unpacked.corrupt))
+    sound = np.ones(len(keys), bool)
+    sound[list(unpacked.corrupt)] = False
+    return np.asarray(keys, np.int64)[sound], unpacked.vectors[sound]

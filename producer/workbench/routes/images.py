@@ -27,7 +27,6 @@ from worker.core.labels import LabelSet
 from worker.db import browse, corrections, learned
 from worker.db import report as figures
 from worker.db.labelsets import load_labelset
-from worker.db.schema import results
 
 # Panels other page families add under the picture (templates included in this order).
 PANELS: list[str] = []
@@ -74,7 +73,7 @@ def picture(request: Request) -> Response:
     if request.headers.get("if-none-match") == tag:
         return Response(status_code=304, headers={"etag": tag})
     with bench(request).engine.connect() as conn:
-        roots = figures.file_roots(conn, [results.c.uri_hash == key])
+        roots = figures.file_roots(conn, [key])
     made = bench(request).pictures.get(row["uri"], content, roots, size)
     if made.jpeg is None:
         status = 403 if made.reason == "outside-roots" else 404
