@@ -20,6 +20,7 @@ from producer.cli_db import database
 from producer.endings import endings
 from producer.export import WRITERS, export_embeddings, format_of
 from producer.export import export as export_rows
+from producer.model import served
 from producer.progress import Progress
 from producer.report import PREVIEW_SECONDS, write_report
 from producer.tag import tag as tag_location
@@ -229,12 +230,18 @@ def export(fmt: str | None, output: Path | None, run_id: str | None, status_: st
     fmt = fmt or format_of(str(output or ""))
     if vectors and (status_ or fmt == "csv"):
         raise click.UsageError("--embeddings writes jsonl or parquet, without --status")
-    scope = kept.Scope(settings.model, run_id)
     with output.open("wb") if output else contextlib.nullcontext(sys.stdout.buffer) as out:
-        count = (export_embeddings(kept.read_images(engine, scope), out, fmt) if vectors else
+        count = (export_embeddings(_kept(settings, engine, run_id), out, fmt) if vectors else
                  export_rows(db.iter_results(engine, run_id=run_id, status=status_), out, fmt))
     click.echo(f"exported {count} {'embeddings' if vectors else 'results'}"
                + (f" to {output}" if output else ""), err=True)
+
+
+def _kept(settings: Settings, engine: sa.Engine, run_id: str | None) -> Any:
+    """The kept embeddings of the weights TAGGER_MODEL names here (of one run's images)."""
+    model = served(settings)
+    return kept.read_images(engine, kept.Scope(model, run_id),
+                            timeout=settings.read_timeout) if model else iter(())
 
 
 @main.command()
@@ -282,7 +289,8 @@ def retry_failed(reason: str | None, chunk_size: int | None) -> None:
     Failed images whose URLs were signed (not stored) are cleared instead: the next listing
     of their source sends them again, freshly signed."""
     settings = _settings()
-    forgotten = db.forget_signed_failures(_ready(settings), settings.model, reason)
+    engine, model = _ready(settings), served(settings)
+    forgotten = db.forget_signed_failures(engine, model.id, reason) if model else 0
     if forgotten:
         click.echo(f"{forgotten} failed images had signed URLs or credentials, which are not "
                    "stored: their failures are cleared, and the next listing of their source "

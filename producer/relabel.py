@@ -16,6 +16,7 @@ from typing import Any
 from producer import sending
 from producer.enqueue import Summary
 from producer.local_worker import LocalWorker
+from producer.model import served
 from producer.status import find_run
 from producer.tag import _wait, withdrawn_if_stopped
 from worker.core.contract import Span
@@ -52,7 +53,8 @@ def _images(settings: Settings, scope_run: str | None) -> int:
         find_run(settings, scope_run)  # an unknown run is a mistake, not 0 images
     engine = engine_for(settings.database_url)
     embeddings.refresh_statistics(engine)
-    images = embeddings.estimate_images(engine, embeddings.Scope(settings.model, scope_run))
+    model = served(settings)
+    images = embeddings.estimate_images(engine, embeddings.Scope(model, scope_run)) if model else 0
     if not images:
         raise ConfigError(f"no image has a kept embedding under model {settings.model}"
                           + (f" in run {scope_run}" if scope_run else "")

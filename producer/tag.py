@@ -16,6 +16,7 @@ from producer import sending
 from producer.enqueue import Listing, Summary, enqueue, locate, new_run_id
 from producer.export import export, format_of
 from producer.local_worker import LocalWorker
+from producer.model import served
 from producer.progress import Progress
 from producer.report import write_report
 from producer.status import wait
@@ -154,14 +155,16 @@ def _withdraw(settings: Settings, run_id: str, cause: BaseException) -> None:
                     "TAGGER_PENDING_TTL): %s", run_id, redact(str(exc)))
 
 
-def _selection(settings: Settings, location: str, labelset: LabelSet) -> dict[str, str]:
-    """Every image under ``location`` with a result for this model and label set: those of this
-    run, and those an earlier run already tagged (skipped as done this time)."""
+def _selection(settings: Settings, location: str, labelset: LabelSet) -> dict[str, Any]:
+    """Every image under ``location`` with a result of these weights and label set: those of
+    this run, and those an earlier run already tagged (skipped as done this time)."""
     prefix = Path(location).as_uri() + "/" if scheme(location) == "" else location
-    return {"uri_prefix": prefix, "model": settings.model, "labelset_id": labelset.id}
+    model = served(settings)
+    return {"uri_prefix": prefix, "model_id": model.id if model else -1,
+            "labelset_id": labelset.id}
 
 
-def _export(settings: Settings, selection: Mapping[str, str], summary: Summary,
+def _export(settings: Settings, selection: Mapping[str, Any], summary: Summary,
             output: Path) -> Tagged:
     tagged = Tagged(summary=summary, output=output)
     rows = db.iter_results(engine_for(settings.database_url), **selection)

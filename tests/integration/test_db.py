@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from testkit.models import stored_model
 from worker.core.contract import Item, Result, uri_hash
 from worker.core.errors import Reason, TransientError
 from worker.db import labelsets, migrate
@@ -111,7 +112,7 @@ def test_long_and_chinese_uris_are_stored_and_upserted(engine):
         "done", 0.5, 0.6)
     assert pending_count(engine) == 0
     with engine.connect() as conn:
-        assert producer_db.due_items(conn, items, "m", "ls").items == []
+        assert producer_db.due_items(conn, items, stored_model(engine).id, "ls").items == []
     assert [r["uri"] for r in producer_db.iter_results(engine, uri_prefix="/数据/商品 ")] == [
         chinese]
 
@@ -126,8 +127,9 @@ def test_a_chunk_of_5000_results_writes_on_sqlite(sqlite_url):
                                      for n, i in enumerate(items)], task_id="big")
     assert len(all_rows(engine)) == 5000 and pending_count(engine) == 0
     with engine.connect() as conn:
-        assert producer_db.due_items(conn, items, "m", "ls").items == []
-    known = worker_db.done_by_content(engine, "m", "ls", [f"{n:064x}" for n in range(5000)])
+        assert producer_db.due_items(conn, items, stored_model(engine).id, "ls").items == []
+    known = worker_db.done_by_content(engine, stored_model(engine).id, "ls",
+                                      [f"{n:064x}" for n in range(5000)])
     assert len(known) == 5000
     with engine.begin() as conn:
         producer_db.claim_pending(conn, items, "m", "ls", "r2", 60)
@@ -162,10 +164,11 @@ def test_due_items_compare_versions(engine):
     worker_db.write_results(engine, [result("a"), result("b")])
     items = [Item("a", version="v1"), Item("b", version="v2"), Item("c", version="v1"),
              Item("a")]
+    other = stored_model(engine, "other").id
     with engine.connect() as conn:
-        due = producer_db.due_items(conn, items, "m", "ls").items
+        due = producer_db.due_items(conn, items, stored_model(engine).id, "ls").items
         assert [i.uri for i in due] == ["b", "c"]
-        assert [i.uri for i in producer_db.due_items(conn, items, "other-model", "ls").items] == [
+        assert [i.uri for i in producer_db.due_items(conn, items, other, "ls").items] == [
             "a", "b", "c", "a"]
 
 
@@ -186,9 +189,9 @@ def test_failed_images_are_not_taken_for_done(engine):
     worker_db.write_results(engine, [result("a"), result("b", status="failed")])
     items = [Item("a", version="v1"), Item("b", version="v1"), Item("c", version="v1")]
     with engine.connect() as conn:
-        due = producer_db.due_items(conn, items, "m", "ls")
+        due = producer_db.due_items(conn, items, stored_model(engine).id, "ls")
         assert ([i.uri for i in due.items], due.failed_before) == (["c"], 1)
-        again = producer_db.due_items(conn, items, "m", "ls", retry_failed=True)
+        again = producer_db.due_items(conn, items, stored_model(engine).id, "ls", retry_failed=True)
         assert ([i.uri for i in again.items], again.failed_before) == (["b", "c"], 0)
 
 
@@ -216,15 +219,15 @@ def test_a_cancelled_run_is_seen_by_its_deliveries(engine):
 
 
 def test_text_embeddings_are_keyed_by_encoder(engine):
-    assert labelsets.load_text_embeddings(engine, "m", "ls", "torch float32") is None
-    labelsets.save_text_embeddings(engine, "m", "ls", "torch float32", 2, 3, b"\x00" * 24)
-    labelsets.save_text_embeddings(engine, "m", "ls", "torch float32", 2, 3, b"\x01" * 24)
-    assert labelsets.load_text_embeddings(engine, "m", "ls", "torch float32") == (
+    assert labelsets.load_text_embeddings(engine, 1, "ls", "torch float32") is None
+    labelsets.save_text_embeddings(engine, 1, "ls", "torch float32", 2, 3, b"\x00" * 24)
+    labelsets.save_text_embeddings(engine, 1, "ls", "torch float32", 2, 3, b"\x01" * 24)
+    assert labelsets.load_text_embeddings(engine, 1, "ls", "torch float32") == (
         2, 3, b"\x00" * 24)  # the first writer wins
-    assert labelsets.load_text_embeddings(engine, "m", "ls", "onnx float32") is None
-    labelsets.save_text_embeddings(engine, "m", "ls", "onnx float32", 2, 3, b"\x02" * 24)
-    assert labelsets.load_text_embeddings(engine, "m", "ls", "onnx float32")[2] == b"\x02" * 24
-    assert labelsets.load_text_embeddings(engine, "m", "ls", "torch float32")[2] == b"\x00" * 24
+    assert labelsets.load_text_embeddings(engine, 1, "ls", "onnx float32") is None
+    labelsets.save_text_embeddings(engine, 1, "ls", "onnx float32", 2, 3, b"\x02" * 24)
+    assert labelsets.load_text_embeddings(engine, 1, "ls", "onnx float32")[2] == b"\x02" * 24
+    assert labelsets.load_text_embeddings(engine, 1, "ls", "torch float32")[2] == b"\x00" * 24
 
 
 def test_unreachable_database_is_transient():
@@ -238,7 +241,7 @@ def test_a_mistake_in_sql_is_not_transient(empty_pg_url):
     # No tables: retrying cannot help, and the error must not be hidden as "unavailable".
     engine = engine_for(empty_pg_url)
     started = time.monotonic()
-    with pytest.raises(sa.exc.ProgrammingError, match="results"):
+    with pytest.raises(sa.exc.ProgrammingError, match="models"):
         worker_db.write_results(engine, [result("a")])
     with pytest.raises(sa.exc.ProgrammingError):
         worker_db.start_delivery(engine, "t", None, 1)
@@ -256,10 +259,11 @@ def test_iter_results_filters(engine):
                                      result("s3://b/100%_off/3.jpg", status="failed")])
     by_prefix = [r["uri"] for r in producer_db.iter_results(engine, uri_prefix="s3://b/100%_")]
     assert by_prefix == ["s3://b/100%_off/1.jpg", "s3://b/100%_off/3.jpg"]  # % and _ literal
-    failed = list(producer_db.iter_results(engine, status="failed", model="m", reason=None))
+    model = stored_model(engine).id
+    failed = list(producer_db.iter_results(engine, status="failed", model_id=model, reason=None))
     assert [r["uri"] for r in failed] == ["s3://b/100%_off/3.jpg"]
-    assert producer_db.failed_labelsets(engine, "m") == ["ls"]
-    assert producer_db.failed_labelsets(engine, "m", "not-found") == []
+    assert producer_db.failed_labelsets(engine, stored_model(engine).id) == ["ls"]
+    assert producer_db.failed_labelsets(engine, stored_model(engine).id, "not-found") == []
 
 
 def test_migrations_match_the_tables(engine):
@@ -316,7 +320,7 @@ def test_uris_are_stored_without_secrets_and_signed_again_is_one_image(engine):
     assert stored["https://cdn.example.com/1.jpg?w=2"].status == "done"  # one image, done
     with engine.begin() as conn:  # the producer sees tonight's URL as already tagged
         items = [Item(SIGNED.format(d="20261125", s="night3sig"), version="v1")]
-        assert producer_db.due_items(conn, items, "m", "ls").items == []
+        assert producer_db.due_items(conn, items, stored_model(engine).id, "ls").items == []
         assert producer_db.claim_pending(conn, [Item("https://T0KEN@x.example/5.jpg")], "m",
                                          "ls", "r2", 60)
         assert conn.scalar(sa.select(pending.c.uri)) == "https://x.example/5.jpg"

@@ -63,6 +63,22 @@ def resolve(name: str) -> Path:
                          f"{offline_help()}") from exc
 
 
+def find_local(name: str) -> Path | None:
+    """The checkpoint folder ``name`` names on this machine (a folder, or the hub cache), never
+    downloaded: None where it is not here (a producer on a machine of its own)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    if name.startswith((".", "/", "~")) or not HUB_ID.fullmatch(name):
+        return None
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, allow_patterns=PATTERNS, local_files_only=True))
+    except Exception:  # not cached here: the hub's errors have no common type worth naming
+        return None
+
+
 def check_folder(name: str, path: Path) -> Path:
     if not path.is_dir():
         raise ModelError(f"TAGGER_MODEL={name}: no such folder, and not a hub id like "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from worker.core.contract import Result
-from worker.db import bulk, embeddings
+from worker.db import bulk, embeddings, images, models
 from worker.db.schema import (
     batches,
     deliveries,
@@ -88,15 +88,15 @@ def grant_retry(engine: Engine, task_id: str, limit: int) -> int | None:
 
 
 @retried
-def done_by_content(engine: Engine, model: str, labelset_id: str, hashes: Iterable[str]
+def done_by_content(engine: Engine, model_id: int, labelset_id: str, hashes: Iterable[str]
                     ) -> dict[str, list[dict[str, Any]]]:
-    """Labels already computed for these content hashes (identical bytes under other URIs)."""
+    """Labels these weights computed for these content hashes (identical bytes, other URIs)."""
     wanted = sorted(set(hashes))
     found: dict[str, list[dict[str, Any]]] = {}
     with engine.connect() as conn:
         for part in batches(wanted):
             rows = conn.execute(sa.select(results.c.content_sha256, results.c.labels).where(
-                results.c.model == model, results.c.labelset_id == labelset_id,
+                results.c.model_id == model_id, results.c.labelset_id == labelset_id,
                 results.c.status == "done", results.c.content_sha256.in_(part)))
             found.update((row.content_sha256, row.labels) for row in rows)
     return found
@@ -109,20 +109,27 @@ def write_results(engine: Engine, outcomes: Sequence[Result], task_id: str | Non
     with ``keep_embeddings``, the image embeddings computed for them are kept in it too.
 
     A done result replaces anything; a failure never replaces a done result, so a re-delivered
-    chunk that meets a passing fault cannot erase good labels.
+    chunk that meets a passing fault cannot erase good labels. What each image's fetch found
+    is noted in ``images`` in the same transaction.
     """
-    rows = list({(r["uri_hash"], r["model"], r["labelset_id"]): r
-                 for r in (o.row() for o in outcomes)}.values())
     kept: dict[str, dict[str, np.ndarray]] = {}
     for outcome in outcomes if keep_embeddings else ():
         if outcome.embedding is not None and outcome.content_sha256:
-            kept.setdefault(outcome.model, {})[outcome.content_sha256] = outcome.embedding
-    models = {model: embeddings.model_id(engine, model, dim=len(next(iter(vectors.values()))))
-              for model, vectors in kept.items()}
+            kept.setdefault(outcome.identity, {})[outcome.content_sha256] = outcome.embedding
+    names = {o.identity: o.model for o in outcomes}
+    served = {identity: models.identify(engine, identity, name, dim=_width(kept.get(identity)))
+              for identity, name in names.items()}
+    rows = list({(r["uri_hash"], r["model_id"], r["labelset_id"]): r for r in (
+        {**o.row(), "model_id": served[o.identity].id} for o in outcomes)}.values())
     with engine.begin() as conn:
         _write(conn, rows, task_id)
-        for model, vectors in kept.items():
-            embeddings.keep(conn, models[model], vectors)
+        images.write(conn, images.rows_of(outcomes))
+        for identity, vectors in kept.items():
+            embeddings.keep(conn, served[identity], vectors)
+
+
+def _width(vectors: Mapping[str, np.ndarray] | None) -> int | None:
+    return len(next(iter(vectors.values()))) if vectors else None
 
 
 @retried
@@ -164,7 +171,7 @@ def write_by_statements(conn: Connection, rows: list[dict[str, Any]], task_id: s
         stmt = insert(conn, results)
         updatable = [c.name for c in results.columns if c.name not in {"id", "created_at"}]
         stmt = stmt.on_conflict_do_update(
-            index_elements=["uri_hash", "model", "labelset_id"],
+            index_elements=["uri_hash", "model_id", "labelset_id"],
             set_={**{name: stmt.excluded[name] for name in updatable}, "updated_at": now},
             where=sa.or_(results.c.status != "done", stmt.excluded.status == "done"),
         )

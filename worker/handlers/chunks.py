@@ -42,10 +42,10 @@ class RetryItems(TransientError):
         self.items = tuple(items)
 
 
-def results_of(works: Sequence[Work], chunk: Chunk, runtime: str, attempts: int
-               ) -> list[Result]:
-    """The rows of the answered works; a work with neither labels nor an error (a bug) is
-    failed, never stored done without labels."""
+def results_of(works: Sequence[Work], chunk: Chunk, runtime: str, attempts: int,
+               weights: str | None = None) -> list[Result]:
+    """The rows of the answered works, under the weights that computed them; a work with
+    neither labels nor an error (a bug) is failed, never stored done without labels."""
     out = []
     for w in works:
         error = w.error
@@ -56,7 +56,7 @@ def results_of(works: Sequence[Work], chunk: Chunk, runtime: str, attempts: int
                           content_sha256=w.sha256, reason=error.reason if error else None,
                           error=redact(str(error)) if error else None, attempts=attempts,
                           runtime=None if error else KEPT_RUNTIME if w.kept else runtime,
-                          embedding=None if error else w.embedding))
+                          weights=weights, embedding=None if error else w.embedding))
     return out
 
 
@@ -65,7 +65,7 @@ def park(parts: Parts, chunk: Chunk, reason: Reason, message: str, *, task_id: s
     """Record every item of a chunk as failed with one reason, instead of tagging it."""
     error = ItemError(reason, message)
     works = [Work(item, error=error) for item in chunk.items]
-    write(parts, results_of(works, chunk, "", attempts), task_id)
+    write(parts, results_of(works, chunk, "", attempts, parts.served.weights), task_id)
     return ChunkReport(failed=len(works), parked=reason.value)
 
 
@@ -113,7 +113,8 @@ def run_chunk(parts: Parts, chunk: Chunk, *, task_id: str, chunk_retries: int) -
                                 final=delivery.retries >= chunk_retries)
     again = [w for w in works if w.transient is not None]
     answered = [w for w in works if w.transient is None]
-    outcomes = results_of(answered, chunk, tagger.backend.description, delivery.starts)
+    outcomes = results_of(answered, chunk, tagger.backend.description, delivery.starts,
+                          parts.served.weights)
     timings["write"] = write(parts, outcomes, task_id)
     metrics.observe_timings(timings)
     if again:  # after the write: the answered images are not fetched again

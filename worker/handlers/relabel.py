@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from worker.core.contract import KEPT_RUNTIME, Span
+from worker.core.errors import ConfigError
 from worker.db import embeddings, writes
 from worker.loop.assemble import Parts
 from worker.loop.scores import LabelsText, top_k
@@ -41,16 +42,19 @@ def relabel(parts: Parts, span: Span, task_id: str) -> dict[str, Any]:
                        f"label set {span.labelset_id} is not in the results database")
     backend, rendered = parts.tagger.backend, LabelsText(scoring.labelset)
     clock, images = Clock(), 0
-    batches = embeddings.read_images(parts.engine, embeddings.Scope(span.model, span.scope_run),
-                                     span.lo, span.hi, BATCH)
+    batches = embeddings.read_images(parts.engine, embeddings.Scope(parts.served, span.scope_run),
+                                     span.lo, span.hi, BATCH, parts.read_timeout)
     while True:
         with clock.stage("read"):
-            batch = next(batches, None)
+            try:
+                batch = next(batches, None)
+            except ConfigError as exc:  # the read ran over TAGGER_READ_TIMEOUT: said, not retried
+                return give_up(parts, span, task_id, str(exc))
         if batch is None:
             break
         with clock.stage("score"):
             best = top_k(batch[1], scoring.texts, backend.logit_scale, parts.tagger.top_k)
-            rows = [result_row(span, found, *rendered.render(*top))
+            rows = [result_row(span, parts.served.id, found, *rendered.render(*top))
                     for found, top in zip(batch[0], zip(*best, strict=True), strict=True)]
         with clock.stage("write"):
             writes.write_rows(parts.engine, rows)
@@ -80,12 +84,12 @@ class Clock:
                 "cpu": {k: round(v, 4) for k, v in self.cpu.items()}}
 
 
-def result_row(span: Span, found: sa.Row, labels: str, top_label: str, top_score: float
-               ) -> dict[str, Any]:
+def result_row(span: Span, model_id: int, found: sa.Row, labels: str, top_label: str,
+               top_score: float) -> dict[str, Any]:
     """The results row of one image scored from its kept embedding, under its stored identity
     (its URI and hash as stored, not computed again); ``labels`` as JSON text."""
     return {"uri": found.uri, "uri_hash": found.uri_hash, "signed": found.signed,
-            "model": span.model,
+            "model": span.model, "model_id": model_id,
             "labelset_id": span.labelset_id, "item_key": found.item_key,
             "source_version": found.source_version, "content_sha256": found.content_sha256,
             "status": "done", "reason": None, "error": None, "labels": labels,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from worker.backends.weights import Weights, checkpoint_digest
 from worker.core import metrics
 from worker.core.celeryconf import tagging_queue
 from worker.core.errors import ConfigError
@@ -27,10 +29,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Checked:
-    """What the parent found at start: the default label set and the checkpoint's folder."""
+    """What the parent found at start: the default label set, the checkpoint's folder and the
+    digest of its files (its identity: computed once, before any fork)."""
 
     labelset: LabelSet
     folder: Path
+    weights: Weights
 
 
 _checked: Checked | None = None  # found in the parent, before any fork
@@ -44,13 +48,16 @@ def check(settings: Settings) -> Checked:
     global _checked
     labelset = load_labelset(settings.labels_path, settings.templates_path)
     folder = resolve(settings.model)
+    started = time.perf_counter()
+    weights = checkpoint_digest(folder, settings.cache_dir)
     migrate.ensure_current(settings.database_url)
     visibility.agree(settings)
-    log.info("broker %s, database %s, model %s (%s), label set %s (%s: %d labels x %d "
-             "templates)", redact(settings.broker_url), redact(settings.database_url),
-             settings.model, folder, settings.labels_path, labelset.id, len(labelset.labels),
-             len(labelset.templates))
-    _checked = Checked(labelset, folder)
+    log.info("broker %s, database %s, model %s (%s, weights %s: digest in %.2f s), label set %s "
+             "(%s: %d labels x %d templates)", redact(settings.broker_url),
+             redact(settings.database_url), settings.model, folder, weights.short,
+             time.perf_counter() - started, settings.labels_path, labelset.id,
+             len(labelset.labels), len(labelset.templates))
+    _checked = Checked(labelset, folder, weights)
     return _checked
 
 
@@ -77,7 +84,7 @@ def warm_up(settings: Settings) -> Parts:
     """Load the model once, encode the default label set, run one dry batch; log the choice."""
     global _parts
     checked = _checked or check(settings)
-    parts = assemble(settings, checked.folder)
+    parts = assemble(settings, checked.folder, weights=checked.weights)
     backend, decoder = parts.tagger.backend, parts.tagger.decoder
     parts.labels.add(checked.labelset)
     spec = backend.preprocess
@@ -86,9 +93,9 @@ def warm_up(settings: Settings) -> Parts:
         metrics.serve(settings.metrics_port + _child_index())
     metrics.observe_backend({"backend": backend.name, "runtime": backend.description,
                              "decoder": decoder.name}, getattr(backend, "candidates", ()))
-    log.info("model %s: %s, batch size %d, %s decoder, %d decode processes; label set %s ready",
-             settings.model, backend.description, backend.batch_size, decoder.name,
-             settings.decode_processes, checked.labelset.id)
+    log.info("model %s (weights %s): %s, batch size %d, %s decoder, %d decode processes; "
+             "label set %s ready", settings.model, parts.served.short, backend.description,
+             backend.batch_size, decoder.name, settings.decode_processes, checked.labelset.id)
     _parts = parts
     return parts
 
