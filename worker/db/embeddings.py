@@ -125,14 +125,7 @@ def read_images(engine: Engine, scope: Scope, lo: int = KEY_MIN, hi: int = KEY_M
         return
     try:
         with engine.connect() as conn:
-            if conn.dialect.name == "postgresql":
-                # One index lookup per image on both tables, never a scan of either: cost in
-                # proportion to the range, and no JIT compiling per range.
-                milliseconds = max(1, int(timeout * 1000))
-                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {milliseconds}")
-                for setting in ("enable_hashjoin", "enable_mergejoin", "jit"):
-                    conn.exec_driver_sql(f"SET LOCAL {setting} = off")
-                conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
+            limit_read(conn, timeout)
             stream = conn.execution_options(stream_results=True, yield_per=batch).execute(
                 images_query(conn, scope, lo, hi))
             for rows in stream.partitions(batch):
@@ -146,6 +139,18 @@ def read_images(engine: Engine, scope: Scope, lo: int = KEY_MIN, hi: int = KEY_M
         if not is_transient(exc):
             raise
         raise TransientError(f"database unavailable: {redact(str(exc.orig or exc))}") from exc
+
+
+def limit_read(conn: Connection, timeout: float) -> None:
+    """The read's plan and time limit, for the transaction ``conn`` is in (PostgreSQL)."""
+    if conn.dialect.name != "postgresql":
+        return
+    conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, int(timeout * 1000))}")
+    # One index lookup per image, never a scan of a table: cost in proportion to the range, a
+    # core per range (the fleet runs ranges side by side), and no JIT compiling per range.
+    for setting in ("enable_hashjoin", "enable_mergejoin", "jit"):
+        conn.exec_driver_sql(f"SET LOCAL {setting} = off")
+    conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
 
 
 def refresh_statistics(engine: Engine) -> None:
