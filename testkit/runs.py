@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
 
@@ -25,13 +26,18 @@ def random_labels(labelset: LabelSet, rng: np.random.Generator, top_k: int = 5
              "parent": labelset.parents[i]} for i in best]
 
 
+def weights_of(model: str) -> str:
+    """The digest a seeded run's weights have (a made-up one: no checkpoint is read)."""
+    return hashlib.sha256(model.encode()).hexdigest()
+
+
 def seed_run(url: str, uris: Sequence[str], labelset: LabelSet, *,
              failures: Mapping[str, tuple[Reason, str]] | None = None,
              labels: Mapping[str, list[dict[str, object]]] | None = None,
              file_roots: Sequence[str] = (), model: str = "test-model", source: str = "test",
              seed: int = 0) -> str:
     """A finished run of ``uris``: failed with ``failures[uri]``, else done with ``labels[uri]``
-    (default: random). Returns the run's id."""
+    (default: random), by weights whose digest is ``weights_of(model)``. Returns the run's id."""
     engine = engine_for(url)
     run_id = uuid.uuid4().hex[:16]
     save_labelset(engine, labelset)
@@ -43,10 +49,11 @@ def seed_run(url: str, uris: Sequence[str], labelset: LabelSet, *,
         if uri in failures:
             reason, error = failures[uri]
             outcomes.append(Result(Item(uri), model, labelset.id, run_id, reason=reason,
-                                   error=error))
+                                   error=error, weights=weights_of(model)))
         else:
             outcomes.append(Result(Item(uri), model, labelset.id, run_id, runtime="torch test",
-                                   labels=labels.get(uri) or random_labels(labelset, rng)))
+                                   labels=labels.get(uri) or random_labels(labelset, rng),
+                                   weights=weights_of(model)))
     write_results(engine, outcomes)
     update_run(engine, run_id, finished=True, listed=len(uris), enqueued=len(uris))
     return run_id

@@ -14,6 +14,8 @@ Create Date: 2026-12-06
 - images: one row per URI with what its latest fetch found (version, content); filled from the
   newest result of each image whose content was computed from its bytes (never one scored from
   a kept embedding: its content came from a message). Relabel reads this, not results.
+- results loses two indexes every row written paid for: by content (found through images now)
+  and by (status, reason), which becomes an index of failures' reasons only.
 """
 
 from __future__ import annotations
@@ -98,7 +100,14 @@ def _models(bind: sa.Connection) -> None:
     op.drop_table("embedding_models")
 
 
+FAILED = sa.text("status = 'failed'")
+
+
 def _results(bind: sa.Connection) -> None:
+    op.drop_index("ix_results_content_sha256", "results")
+    op.drop_index("ix_results_status_reason", "results")
+    op.create_index("ix_results_failed_reason", "results", ["reason"], postgresql_where=FAILED,
+                    sqlite_where=FAILED)
     with op.batch_alter_table("results") as batch:
         batch.add_column(sa.Column("model_id", sa.SmallInteger))
     op.execute(sa.text("UPDATE results SET model_id = (SELECT m.id FROM models m WHERE "
@@ -111,9 +120,13 @@ def _results(bind: sa.Connection) -> None:
 
 def _text_embeddings(bind: sa.Connection) -> None:
     """Keyed by model id (a few rows: read, and written back into the new table)."""
-    old = bind.execute(sa.text("SELECT m.id AS model_id, t.labelset_id, t.encoder, t.rows, t.dim, "
-                               "t.data, t.created_at FROM text_embeddings t JOIN models m ON "
-                               "m.name = t.model AND m.weights IS NULL")).mappings().all()
+    t = sa.table("text_embeddings", *(sa.column(c) for c in (
+        "model", "labelset_id", "encoder", "rows", "dim", "data")), sa.column("created_at", _Time))
+    m = sa.table("models", sa.column("id"), sa.column("name"), sa.column("weights"))
+    old = bind.execute(sa.select(m.c.id.label("model_id"), t.c.labelset_id, t.c.encoder, t.c.rows,
+                                 t.c.dim, t.c.data, t.c.created_at)
+                       .select_from(t.join(m, sa.and_(m.c.name == t.c.model,
+                                                      m.c.weights.is_(None))))).mappings().all()
     op.drop_table("text_embeddings")
     table = _text_table("model_id", sa.SmallInteger)
     if old:
@@ -185,8 +198,10 @@ def downgrade() -> None:
     op.drop_index("ix_images_content", "images")
     op.drop_table("images")
     names = dict(bind.execute(sa.text("SELECT id, name FROM models")).all())
-    texts = bind.execute(sa.text("SELECT model_id, labelset_id, encoder, rows, dim, data, "
-                                 "created_at FROM text_embeddings ORDER BY model_id")).mappings()
+    t = sa.table("text_embeddings", *(sa.column(c) for c in (
+        "model_id", "labelset_id", "encoder", "rows", "dim", "data")),
+        sa.column("created_at", _Time))
+    texts = bind.execute(sa.select(t).order_by(t.c.model_id)).mappings()
     back: dict[tuple[str, str, str], dict[str, Any]] = {}
     for row in texts:  # two weights served under one name: the first one's stay
         key = (names[row["model_id"]], row["labelset_id"], row["encoder"])
@@ -203,6 +218,9 @@ def downgrade() -> None:
         batch.drop_constraint("uq_results_image", type_="unique")
         batch.drop_column("model_id")
         batch.create_unique_constraint("uq_results_image", ["uri_hash", "model", "labelset_id"])
+    op.drop_index("ix_results_failed_reason", "results")
+    op.create_index("ix_results_content_sha256", "results", ["content_sha256"])
+    op.create_index("ix_results_status_reason", "results", ["status", "reason"])
     _embedding_models(bind)
 
 

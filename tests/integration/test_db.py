@@ -5,22 +5,25 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from testkit.models import stored_model
-from worker.core.contract import Item, Result, uri_hash
+from worker.backends.weights import Weights
+from worker.core.contract import KEPT_RUNTIME, Item, Result, uri_hash
+from worker.core.embedding import key_of, pack
 from worker.core.errors import Reason, TransientError
-from worker.db import labelsets, migrate
+from worker.db import embeddings, labelsets, migrate, models
 from worker.db import runs as producer_db
 from worker.db import status as db_status
 from worker.db import writes as worker_db
-from worker.db.schema import engine_for, metadata, normalise_url, pending, results
+from worker.db.schema import engine_for, images, metadata, normalise_url, pending, results
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -409,3 +412,51 @@ def test_a_forked_child_opens_its_own_connection(pg_url):
     assert os.waitpid(child, 0)[1] == 0
     assert in_child and int(in_child) != parent
     assert backend_pid() == parent  # the parent keeps its own
+
+
+@pytest.mark.parametrize("fixture", ["sqlite_url", "pg_url"])
+def test_rows_named_before_weights_are_kept_and_only_older_files_adopt_them(
+        fixture: str, request: pytest.FixtureRequest):
+    """Migration 0007: results, kept and text embeddings stored under a model's name belong to
+    a model of unknown weights; a worker whose files changed since the first of them tags its
+    images again, one whose files are older than that takes them over."""
+    url, engine, _ = older_schema(fixture, request, "0006")
+    content, vector = bytes(range(32)), np.ones(8, np.float32) / np.sqrt(8)
+    old = sa.table("results", sa.column("labels", sa.JSON()), *(sa.column(c) for c in (
+        "uri", "uri_hash", "model", "labelset_id", "status", "top_label", "source_version",
+        "content_sha256", "runtime")))
+    row = {"model": "m", "labelset_id": "ls", "status": "done", "top_label": "猫",
+           "labels": [{"label": "猫", "score": 0.9}], "source_version": "v1",
+           "content_sha256": content.hex()}
+    with engine.begin() as conn:
+        conn.execute(old.insert(), [
+            {**row, "uri": "s3://b/1.jpg", "uri_hash": uri_hash("s3://b/1.jpg"),
+             "runtime": "torch float32 cpu"},
+            # Scored from a kept embedding on a message's word: not what its fetch found.
+            {**row, "uri": "/etc/shadow", "uri_hash": uri_hash("/etc/shadow"),
+             "runtime": KEPT_RUNTIME}])
+        conn.execute(sa.text("INSERT INTO embedding_models (id, model, dim) VALUES (1, 'm', 8)"))
+        conn.execute(sa.text("INSERT INTO embeddings (key, model_id, sha256, vector) VALUES "
+                             "(:k, 1, :s, :v)"), {"k": key_of(content), "s": content,
+                                                  "v": pack(vector)})
+        conn.execute(sa.text("INSERT INTO text_embeddings (model, labelset_id, encoder, rows, "
+                             "dim, data) VALUES ('m', 'ls', 'fake', 1, 8, :d)"),
+                     {"d": vector.tobytes()})
+    migrate.upgrade(url)
+    models.forget()
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(images.c.uri)).scalars().all() == ["s3://b/1.jpg"]
+    items = [Item("s3://b/1.jpg", version="v1")]
+    changed = models.register(engine, Weights("f" * 64, datetime.now(UTC) + timedelta(1)), "m")
+    with engine.connect() as conn:
+        assert producer_db.due_items(conn, items, changed.id, "ls").items == items
+    assert embeddings.lookup(engine, changed, [content.hex()]) == {}
+    assert labelsets.load_text_embeddings(engine, changed.id, "ls", "fake") is None
+    older = models.register(engine, Weights("e" * 64, datetime(2000, 1, 1, tzinfo=UTC)), "m")
+    assert older.id not in (changed.id, None) and older.weights == "e" * 64
+    with engine.connect() as conn:
+        assert producer_db.due_items(conn, items, older.id, "ls").items == []
+    assert list(embeddings.lookup(engine, older, [content.hex()])) == [content.hex()]
+    assert labelsets.load_text_embeddings(engine, older.id, "ls", "fake")[2] == vector.tobytes()
+    assert {r.uri: r.model_id for r in all_rows(engine)} == {"/etc/shadow": older.id,
+                                                              "s3://b/1.jpg": older.id}

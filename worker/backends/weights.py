@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +25,10 @@ from worker.backends.folder import PROCESSOR, TOKENIZER, WEIGHTS
 CONFIGS = ("config.json", *PROCESSOR, *TOKENIZER, "tokenizer_config.json",
            "special_tokens_map.json", "added_tokens.json")
 CACHE_FILE = "file-digests.json"
+# A file changed this close to when it was hashed may change again within the same tick of the
+# file system's clock, leaving size, times and inode as they were: it is hashed again (as git
+# treats "racy" index entries).
+RACY_NS = 2 * 10**9
 SHORT = 12  # hex digits shown to people (`status`, `runs`, the report)
 
 
@@ -65,14 +70,21 @@ def checkpoint_digest(folder: Path, cache_dir: Path) -> Weights:
         real = os.path.realpath(path)  # hub snapshots link to blobs: key what is read
         info = os.stat(real)
         stamp = [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev]
-        known = cache.get(real)
-        if not known or known[:-1] != stamp:
-            cache[real], changed = [*stamp, file_sha256(Path(real))], True
+        if not _fresh(cache.get(real), stamp):
+            hashed_at = time.time_ns()
+            cache[real], changed = [*stamp, hashed_at, file_sha256(Path(real))], True
         digest.update(f"{path.name}\0{cache[real][-1]}\n".encode())
         newest = max(newest, info.st_ctime_ns, info.st_mtime_ns)
     if changed:
         _save(cache_dir / CACHE_FILE, cache)
     return Weights(digest.hexdigest(), datetime.fromtimestamp(newest / 1e9, UTC))
+
+
+def _fresh(known: object, stamp: list[int]) -> bool:
+    """A cache entry [size, mtime, ctime, inode, device, hashed at, sha256] for the file as it
+    is now, hashed well after it last changed."""
+    return (isinstance(known, list) and len(known) == 7 and known[:5] == stamp
+            and isinstance(known[5], int) and stamp[2] < known[5] - RACY_NS)
 
 
 def file_sha256(path: Path) -> str:

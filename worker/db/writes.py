@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from worker.core.contract import Result
-from worker.db import bulk, embeddings, images, models
+from worker.core.embedding import key_of
+from worker.db import bulk, embeddings, images, models, schema
 from worker.db.schema import (
     batches,
     deliveries,
@@ -90,15 +91,20 @@ def grant_retry(engine: Engine, task_id: str, limit: int) -> int | None:
 @retried
 def done_by_content(engine: Engine, model_id: int, labelset_id: str, hashes: Iterable[str]
                     ) -> dict[str, list[dict[str, Any]]]:
-    """Labels these weights computed for these content hashes (identical bytes, other URIs)."""
-    wanted = sorted(set(hashes))
+    """Labels these weights computed for these content hashes (identical bytes, other URIs):
+    found through the images whose latest fetch was of that content."""
+    wanted = {bytes.fromhex(sha) for sha in hashes}
     found: dict[str, list[dict[str, Any]]] = {}
+    i, r = schema.images, results
     with engine.connect() as conn:
-        for part in batches(wanted):
-            rows = conn.execute(sa.select(results.c.content_sha256, results.c.labels).where(
-                results.c.model_id == model_id, results.c.labelset_id == labelset_id,
-                results.c.status == "done", results.c.content_sha256.in_(part)))
-            found.update((row.content_sha256, row.labels) for row in rows)
+        for part in batches(sorted({key_of(raw) for raw in wanted})):
+            rows = conn.execute(sa.select(i.c.content, r.c.labels, r.c.content_sha256).join_from(
+                i, r, sa.and_(r.c.uri_hash == i.c.uri_hash, r.c.model_id == model_id,
+                              r.c.labelset_id == labelset_id, r.c.status == "done"))
+                .where(i.c.content_key.in_(part)))
+            found.update((bytes(row.content).hex(), row.labels) for row in rows
+                         if bytes(row.content) in wanted
+                         and row.content_sha256 == bytes(row.content).hex())
     return found
 
 
