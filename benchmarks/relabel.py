@@ -68,12 +68,13 @@ def seed(engine: sa.Engine, count: int, model: Path, dim: int, labelsets: int
     for number, batch in enumerate(seeded(count, str(model), weights, dim)):
         writes.write_results(engine, batch, f"seed-{number}", keep_embeddings=True)
     seconds = time.perf_counter() - started
-    names = ", ".join(c.name for c in results.columns
-                      if c.name not in {"id", "labelset_id", "created_at", "updated_at"})
+    names = ", ".join(c.name for c in results.columns if c.name not in {
+        "id", "labelset_id", "run_id", "created_at", "updated_at"})
     with engine.begin() as conn:  # the label sets of earlier relabel runs
         for n in range(1, labelsets):
-            conn.exec_driver_sql(f"INSERT INTO results ({names}, labelset_id) SELECT {names}, "
-                                 f"'{n:016x}' FROM results WHERE run_id = 'seed'")
+            conn.exec_driver_sql(f"INSERT INTO results ({names}, labelset_id, run_id) SELECT "
+                                 f"{names}, '{n:016x}', 'seed-{n}' FROM results "
+                                 "WHERE run_id = 'seed'")
     return {"images": count, "rows_per_second": round(count / seconds),
             "label sets": labelsets, "result rows": count * labelsets}
 

@@ -261,3 +261,25 @@ def test_contents_whose_keys_collide_keep_the_first_embedding_only(url):
     found = [row.content_sha256 for rows, _ in embeddings.read_images(
         engine, embeddings.Scope(stored_model(engine))) for row in rows]
     assert found == [first]
+
+
+def test_a_relabel_writes_every_character_as_it_came(url, tmp_path, made):
+    # PostgreSQL takes a relabel's rows as COPY text, with the columns a range shares rendered
+    # once: escapes and braces in any column must come back exactly.
+    parts = worker_parts(made, make_settings(url, tmp_path), tmp_path)
+    odd = "tab\there, line\nbreak, cr\r, back\\slash \\N, braces {0} {}"
+    uri = "s3://b/odd {0}\\x.jpg"
+    writes.write_results(parts.engine, [Result(
+        Item(uri, key=odd, version=odd), "m", FIRST.id, content_sha256=content(1),
+        embedding=np.ones(8, np.float32) / np.sqrt(8), labels=[{"label": "猫", "score": 0.9}])],
+        keep_embeddings=True)
+    hostile = LabelSet(labels=("猫\\{0}", "狗\t{}"), parents=("家\\居", None))
+    labelsets.save_labelset(parts.engine, hostile)
+    span = Span("m", hostile.id, "rl1", KEY_MIN, KEY_MAX)
+    producer_db.create_run(parts.engine, "rl1", "relabel", "m", hostile.id)
+    assert relabel(parts, span, "t1")["images"] == 1
+    row = stored(parts.engine, hostile)[uri]
+    assert (row.item_key, row.source_version, row.run_id) == (odd, odd, "rl1")
+    assert {(e["label"], e.get("parent")) for e in row.labels} == {("猫\\{0}", "家\\居"),
+                                                                  ("狗\t{}", None)}
+    assert row.top_label in {"猫\\{0}", "狗\t{}"}

@@ -81,6 +81,27 @@ def copy_text(rows: Iterable[Mapping[str, Any]], names: Sequence[str] = NAMES.sp
     return "".join("\t".join([_field(row[name]) for name in names]) + "\n" for row in rows)
 
 
+class Lines:
+    """Result rows in COPY's text format whose columns but ``varying`` are the same for every
+    row: those are rendered once, the others escaped as they come (a relabel writes 20,000
+    rows a second: building a dict per row and escaping every column was a fifth of its CPU)."""
+
+    def __init__(self, shared: Mapping[str, Any], varying: Sequence[str]) -> None:
+        fields = [f"{{{varying.index(name)}}}" if name in varying
+                  else _field(shared[name]).replace("{", "{{").replace("}", "}}")
+                  for name, _ in COLUMNS]
+        self.format = ("\t".join(fields) + "\n").format
+
+    def text(self, rows: Iterable[Sequence[Any]]) -> str:
+        return "".join([self.format(*map(_field, row)) for row in rows])
+
+
+def write_lines(conn: Connection, text: str) -> None:
+    """Upsert result rows given as COPY text (``Lines``), in the caller's transaction."""
+    _copy(conn, f"COPY {INCOMING} ({NAMES}) FROM STDIN", text)
+    conn.exec_driver_sql(MERGE, {"task_id": ""})
+
+
 def write_chunk(conn: Connection, rows: Sequence[Mapping[str, Any]], task_id: str | None
                 ) -> None:
     """Upsert ``rows``, clear their pending marks and close the delivery (caller's transaction)."""

@@ -97,13 +97,14 @@ def _hex(conn: Connection, column: Any) -> Any:
 
 def images_query(conn: Connection, scope: Scope, lo: int, hi: int) -> Any:
     """Each image whose content, as its own latest fetch found it, has a kept embedding with a
-    key in [lo, hi]: its URI, key, version, content, and that embedding. One row per image
+    key in [lo, hi]: its URI, its hash, signed, key, version and content (the first six: a
+    result's own columns, writes.SCORED), that embedding, the model's name. One row per image
     from ``images``: results, however many label sets they hold, are not read (with
     ``scope.run``: only to ask whether the run tagged the image)."""
     i, e = images, embeddings
     query = (sa.select(i.c.uri, i.c.uri_hash, i.c.signed, i.c.item_key, i.c.source_version,
-                       _hex(conn, i.c.content).label("content_sha256"),
-                       sa.literal(scope.model.name).label("model"), e.c.vector)
+                       _hex(conn, i.c.content).label("content_sha256"), e.c.vector,
+                       sa.literal(scope.model.name).label("model"))
              .select_from(e.join(i, sa.and_(i.c.content_key == e.c.key,
                                             i.c.content == e.c.sha256)))
              .where(e.c.model_id == scope.model.id, e.c.key.between(lo, hi)))

@@ -138,14 +138,23 @@ def _width(vectors: Mapping[str, np.ndarray] | None) -> int | None:
     return len(next(iter(vectors.values()))) if vectors else None
 
 
+# The columns of a relabel's rows that differ between images (the rest is the same for a range).
+SCORED = ("uri", "uri_hash", "signed", "item_key", "source_version", "content_sha256", "labels",
+          "top_label", "top_score")
+
+
 @retried
-def write_rows(engine: Engine, rows: list[dict[str, Any]]) -> None:
-    """Result rows, unique by image, model and label set, with their labels as JSON text (a
-    relabel's batch: COPY takes the text as it is), in one transaction."""
+def write_scored(engine: Engine, lines: bulk.Lines, shared: Mapping[str, Any],
+                 rows: Sequence[Sequence[Any]]) -> None:
+    """A relabel's batch in one transaction: result rows unique by image, model and label set,
+    ``shared`` the columns all of them have (``lines`` renders them as COPY text), ``rows`` the
+    SCORED columns of each, their labels as JSON text."""
     with engine.begin() as conn:
-        if not bulk.uses_copy(conn):  # statements bind labels as a value, not as JSON text
-            rows = [{**row, "labels": json.loads(row["labels"])} for row in rows]
-        _write(conn, rows, None)
+        if bulk.uses_copy(conn):
+            bulk.write_lines(conn, lines.text(rows))
+            return
+        write_by_statements(conn, [{**shared, **dict(zip(SCORED, row, strict=True)),
+                                    "labels": json.loads(row[6])} for row in rows], None)
 
 
 def _write(conn: Connection, rows: list[dict[str, Any]], task_id: str | None) -> None:

@@ -14,11 +14,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import sqlalchemy as sa
-
 from worker.core.contract import KEPT_RUNTIME, Span
 from worker.core.errors import ConfigError
-from worker.db import embeddings, writes
+from worker.db import bulk, embeddings, writes
 from worker.loop.assemble import Parts
 from worker.loop.scores import LabelsText, top_k
 
@@ -41,6 +39,8 @@ def relabel(parts: Parts, span: Span, task_id: str) -> dict[str, Any]:
         return give_up(parts, span, task_id,
                        f"label set {span.labelset_id} is not in the results database")
     backend, rendered = parts.tagger.backend, LabelsText(scoring.labelset)
+    shared = shared_columns(span, parts.served.id)
+    lines = bulk.Lines(shared, writes.SCORED)
     clock, images = Clock(), 0
     batches = embeddings.read_images(parts.engine, embeddings.Scope(parts.served, span.scope_run),
                                      span.lo, span.hi, BATCH, parts.read_timeout)
@@ -54,10 +54,12 @@ def relabel(parts: Parts, span: Span, task_id: str) -> dict[str, Any]:
             break
         with clock.stage("score"):
             best = top_k(batch[1], scoring.texts, backend.logit_scale, parts.tagger.top_k)
-            rows = [result_row(span, parts.served.id, found, *rendered.render(*top))
+            # An image's own columns, as it is stored (URI and hash as stored, not computed
+            # again): the first six the read returns, then its labels.
+            rows = [(*found[:6], *rendered.render(*top))
                     for found, top in zip(batch[0], zip(*best, strict=True), strict=True)]
         with clock.stage("write"):
-            writes.write_rows(parts.engine, rows)
+            writes.write_scored(parts.engine, lines, shared, rows)
         images += len(rows)
     writes.finish_range(parts.engine, span.run_id, span.lo, task_id)
     return {"images": images, **clock.report()}
@@ -84,16 +86,10 @@ class Clock:
                 "cpu": {k: round(v, 4) for k, v in self.cpu.items()}}
 
 
-def result_row(span: Span, model_id: int, found: sa.Row, labels: str, top_label: str,
-               top_score: float) -> dict[str, Any]:
-    """The results row of one image scored from its kept embedding, under its stored identity
-    (its URI and hash as stored, not computed again); ``labels`` as JSON text."""
-    return {"uri": found.uri, "uri_hash": found.uri_hash, "signed": found.signed,
-            "model": span.model, "model_id": model_id,
-            "labelset_id": span.labelset_id, "item_key": found.item_key,
-            "source_version": found.source_version, "content_sha256": found.content_sha256,
-            "status": "done", "reason": None, "error": None, "labels": labels,
-            "top_label": top_label, "top_score": top_score, "attempts": 1,
+def shared_columns(span: Span, model_id: int) -> dict[str, Any]:
+    """The columns every result of a range has: scored from a kept embedding, for its run."""
+    return {"model": span.model, "model_id": model_id, "labelset_id": span.labelset_id,
+            "status": "done", "reason": None, "error": None, "attempts": 1,
             "run_id": span.run_id, "runtime": KEPT_RUNTIME}
 
 
