@@ -101,7 +101,7 @@ def enqueue(listing: Iterable[Listed], *, settings: Settings, labelset: LabelSet
     """
     engine = engine_for(settings.database_url)
     summary = Summary(run_id=run_id or new_run_id(), dry_run=dry_run)
-    model = served(settings)
+    model = served(settings, record=not dry_run)
     if not dry_run:
         sending.check_broker(settings)
         labelsets.save_labelset(engine, labelset)

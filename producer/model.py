@@ -16,9 +16,10 @@ from worker.db.schema import engine_for
 log = logging.getLogger(__name__)
 
 
-def served(settings: Settings) -> Model | None:
+def served(settings: Settings, record: bool = True) -> Model | None:
     """The model results are due, found done and relabelled under; None: no worker has served
-    TAGGER_MODEL yet and its files are not here (nothing of it is done)."""
+    TAGGER_MODEL yet and its files are not here (nothing of it is done). ``record``: weights
+    found here are registered (as a worker's start would), else only looked up (a dry run)."""
     engine = engine_for(settings.database_url)
     fleet = models.latest(engine, settings.model)
     folder = find_local(settings.model)
@@ -29,4 +30,6 @@ def served(settings: Settings) -> Model | None:
         log.warning("TAGGER_MODEL=%s is weights %s here, but a worker last registered weights "
                     "%s under that name: results are due and done for the ones here",
                     settings.model, weights.short, fleet.short)
-    return models.register(engine, weights, settings.model)
+    if record:
+        return models.register(engine, weights, settings.model)
+    return models.find(engine, weights.digest)

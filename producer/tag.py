@@ -160,7 +160,7 @@ def _selection(settings: Settings, location: str, labelset: LabelSet) -> dict[st
     this run, and those an earlier run already tagged (skipped as done this time)."""
     prefix = Path(location).as_uri() + "/" if scheme(location) == "" else location
     model = served(settings)
-    return {"uri_prefix": prefix, "model_id": model.id if model else -1,
+    return {"uri_prefix": prefix, "model_id": model.id if model else -1,  # -1: no result
             "labelset_id": labelset.id}
 
 

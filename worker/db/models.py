@@ -125,6 +125,13 @@ def with_width(engine: Engine, model: Model) -> Model:
 
 
 @retried
+def find(engine: Engine, weights: str) -> Model | None:
+    """The model of these weights, if any worker (or producer) registered them."""
+    with engine.connect() as conn:
+        return _by_weights(conn, weights)
+
+
+@retried
 def latest(engine: Engine, name: str) -> Model | None:
     """The weights a worker last registered as ``name`` (for a producer without the files)."""
     with engine.connect() as conn:

@@ -13,6 +13,7 @@ from worker.core import metrics
 from worker.core.contract import KEPT_RUNTIME, Chunk, Item, Result
 from worker.core.errors import ItemError, Reason, TransientError
 from worker.core.redact import redact
+from worker.db import models
 from worker.db import writes as db
 from worker.loop.assemble import Parts
 from worker.loop.pipeline import Work
@@ -65,8 +66,18 @@ def park(parts: Parts, chunk: Chunk, reason: Reason, message: str, *, task_id: s
     """Record every item of a chunk as failed with one reason, instead of tagging it."""
     error = ItemError(reason, message)
     works = [Work(item, error=error) for item in chunk.items]
-    write(parts, results_of(works, chunk, "", attempts, parts.served.weights), task_id)
+    write(parts, results_of(works, chunk, "", attempts, weights_of(parts, chunk.model)), task_id)
     return ChunkReport(failed=len(works), parked=reason.value)
+
+
+def weights_of(parts: Parts, model: str) -> str | None:
+    """The weights a chunk's failures are stored under: this worker's for its own model; for
+    another model's (sent to the wrong queue), the weights its workers registered last, where
+    its producer's `retry-failed` looks (none known: its name)."""
+    if model == parts.model:
+        return parts.served.weights
+    other = models.latest(parts.engine, model)
+    return other.weights if other else None
 
 
 def write(parts: Parts, outcomes: Sequence[Result], task_id: str | None) -> float:

@@ -23,13 +23,16 @@ import warnings
 from collections import deque
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.core.errors import ItemError, Reason, TransientError
 from worker.core.redact import redact
 from worker.prep import Check, Checked, Group, Outcome, Setup
 from worker.prep.record import Record
 from worker.prep.turns import Turn
+
+if TYPE_CHECKING:
+    from worker.sources import Budget, Source
 
 PR_SET_PDEATHSIG = 1
 MAX_ITEMS = 5_000  # then a fresh process: fragmentation and leaks cannot build up
@@ -125,7 +128,7 @@ class Child:
         source, budget = self.source(uri, group)
         return source.fetch(uri, budget)
 
-    def source(self, uri: str, group: Group) -> tuple[Any, Any]:
+    def source(self, uri: str, group: Group) -> tuple[Source, Budget]:
         """The URI's source and budget (its scheme checked): its ``fetch`` makes the source's
         own checks first, and its ``check`` makes only those."""
         from worker.sources import Budget, check_uri, source_for
