@@ -54,7 +54,8 @@ def checkpoint_files(folder: Path) -> list[Path]:
     names = [name for name in (*CONFIGS, *WEIGHTS) if (folder / name).is_file()]
     for index in (n for n in names if n.endswith(".index.json")):
         shards = json.loads((folder / index).read_text(encoding="utf-8")).get("weight_map", {})
-        names += sorted(set(shards.values()) - set(names))
+        names += sorted({name for name in shards.values()  # files of this folder only
+                         if isinstance(name, str) and Path(name).name == name} - set(names))
     return [folder / name for name in names]
 
 
