@@ -5,12 +5,14 @@
 Creates its own PostgreSQL database, redis-server and a tiny checkpoint whose embeddings are 512
 values wide (ViT-B/16's width: what reading, scoring and storing depend on). Writes --images
 results of one label set with their kept embeddings as workers write them (random normalised
-vectors, 1,000 per transaction), measures the table and index bytes per kept embedding, then runs
-`producer relabel` with the first --labels ImageNet-CN labels (made-up ones past its 1,000)
-against --workers Celery workers, from the first message to the last range written. Prints
-images/s, the workers' wall and CPU seconds per stage (from their report of each range), the CPU
-of the PostgreSQL backends serving them, and the workers' RSS: sampled through the run, and the
-peak of the process that scored (memory is flat in the number of labels: compare --labels).
+vectors, 1,000 per transaction), and the same results again under --labelsets - 1 more label
+sets (as earlier relabel runs leave them), measures the table and index bytes per kept
+embedding, then runs `producer relabel` with the first --labels ImageNet-CN labels against
+--workers Celery workers, from the first message to the last range written. Prints images/s, the
+workers' wall and CPU seconds per stage (from their report of each range), the CPU of the
+PostgreSQL backends meanwhile, each as CPU microseconds per image, and the workers' RSS
+sampled through the run, and the peak of the process that scored (memory is flat in the
+number of labels: compare --labels).
 """
 
 from __future__ import annotations
@@ -30,20 +32,21 @@ import sqlalchemy as sa
 from producer.relabel import relabel
 from testkit.processes import Worker, peak_rss_kib
 from testkit.services import RedisServer, postgres_database
+from worker.backends.weights import checkpoint_digest
 from worker.checkpoint import build
 from worker.core.contract import Item, Result
 from worker.core.embedding import sha256_of
 from worker.core.labels import load_labelset
 from worker.core.settings import LABELSETS, load_settings
 from worker.db import writes
-from worker.db.schema import engine_for
+from worker.db.schema import engine_for, pending_ranges, results
 from worker.db.status import result_counts
 
 LABELS = ["台灯", "家具", "桌子", "椅子", "沙发"]
 SEED_BATCH = 1000
 
 
-def seeded(count: int, model: str, dim: int) -> Iterator[list[Result]]:
+def seeded(count: int, model: str, weights: str, dim: int) -> Iterator[list[Result]]:
     """Results like a worker's, with the normalised embeddings their labels came from."""
     rng = np.random.default_rng(0)
     for start in range(0, count, SEED_BATCH):
@@ -51,18 +54,30 @@ def seeded(count: int, model: str, dim: int) -> Iterator[list[Result]]:
         vectors = rng.standard_normal((len(numbers), dim), dtype=np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         yield [Result(item=Item(f"s3://products/{n:09d}.jpg", key=str(n), version=f"etag-{n}"),
-                      model=model, labelset_id="0123456789abcdef", run_id="seed",
+                      model=model, weights=weights, labelset_id="0123456789abcdef",
+                      run_id="seed",
                       content_sha256=sha256_of(str(n).encode()), runtime="torch float32 cpu",
                       labels=[{"label": label, "score": round(0.9 / (i + 1), 6)}
                               for i, label in enumerate(LABELS)], embedding=vector)
                for n, vector in zip(numbers, vectors, strict=True)]
 
 
-def seed(engine: sa.Engine, count: int, model: str, dim: int) -> dict[str, float]:
+def seed(engine: sa.Engine, count: int, model: Path, dim: int, labelsets: int
+         ) -> dict[str, float]:
     started = time.perf_counter()
-    for number, batch in enumerate(seeded(count, model, dim)):
+    weights = checkpoint_digest(model, model.parent / "cache").digest  # what the workers load
+    for number, batch in enumerate(seeded(count, str(model), weights, dim)):
         writes.write_results(engine, batch, f"seed-{number}", keep_embeddings=True)
-    return {"images": count, "rows_per_second": round(count / (time.perf_counter() - started))}
+    seconds = time.perf_counter() - started
+    names = ", ".join(c.name for c in results.columns if c.name not in {
+        "id", "labelset_id", "run_id", "created_at", "updated_at"})
+    with engine.begin() as conn:  # the label sets of earlier relabel runs
+        for n in range(1, labelsets):
+            conn.exec_driver_sql(f"INSERT INTO results ({names}, labelset_id, run_id) SELECT "
+                                 f"{names}, '{n:016x}', 'seed-{n}' FROM results "
+                                 "WHERE run_id = 'seed'")
+    return {"images": count, "rows_per_second": round(count / seconds),
+            "label sets": labelsets, "result rows": count * labelsets}
 
 
 def storage(engine: sa.Engine) -> dict[str, float]:
@@ -76,19 +91,28 @@ def storage(engine: sa.Engine) -> dict[str, float]:
             "total_bytes_per_image": round(total / rows, 1)}
 
 
-def server_cpu(engine: sa.Engine) -> float:
-    """CPU seconds of the PostgreSQL backends now connected to this database (the workers')."""
+def server_cpu(engine: sa.Engine) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend connected to this database."""
     with engine.connect() as conn:
         pids = conn.scalars(sa.text("SELECT pid FROM pg_stat_activity WHERE datname = "
-                                    "current_database() AND pid <> pg_backend_pid()")).all()
-    used = 0.0
+                                    "current_database()")).all()
+    used: dict[int, float] = {}
     for pid in pids:
         try:
             times = psutil.Process(pid).cpu_times()
-            used += times.user + times.system
+            used[pid] = times.user + times.system
         except psutil.Error:
             continue
     return used
+
+
+def microseconds(figures: dict[str, Any]) -> dict[str, float]:
+    """CPU microseconds per image relabelled: each worker stage, PostgreSQL, and all of it."""
+    images = figures["relabel"]["images"] or 1
+    cpu = {stage: figures["stages"][f"{stage} cpu s"] for stage in ("read", "score", "write")}
+    cpu["postgres"] = figures["relabel"]["postgres cpu s"]
+    per = {name: round(seconds / images * 1e6, 1) for name, seconds in cpu.items()}
+    return {**per, "total": round(sum(per.values()), 1)}
 
 
 def stages(workers: list[Worker]) -> dict[str, Any]:
@@ -105,20 +129,34 @@ def stages(workers: list[Worker]) -> dict[str, Any]:
 
 def relabel_run(env: dict[str, str], workers: list[Worker], engine: sa.Engine, labels: Path
                 ) -> dict[str, Any]:
+    """`producer relabel` to its last range written; the PostgreSQL CPU it took meanwhile (the
+    seed's excluded; the wait asks only whether ranges are left: `producer wait`'s counts are
+    not the relabel's cost)."""
     settings = load_settings(env)
     for worker in workers:
         worker.sample_rss(0.5)
+    before = server_cpu(engine)
     started = time.perf_counter()
     sent = relabel(settings, load_labelset(labels))
-    while (counts := result_counts(engine, sent.run_id))["pending"]:
+    while ranges_left(engine, sent.run_id):
         time.sleep(0.2)
     wall = time.perf_counter() - started
+    after = server_cpu(engine)
+    used = sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+    counts = result_counts(engine, sent.run_id)
     return {"run": sent.run_id, "ranges": sent.ranges, "images": counts["done"],
+            "postgres cpu s": round(used, 2),
             "failed": counts["failed"], "seconds": round(wall, 2),
             "images_per_second": round(counts["done"] / wall),
             "worker_rss_mib": [rss(w.rss_samples) for w in workers],
             # VmHWM of the process that scored: the peak no sample can miss (start-up included)
             "worker_peak_rss_mib": [round(peak_rss_kib(w.model_pid()) / 1024) for w in workers]}
+
+
+def ranges_left(engine: sa.Engine, run_id: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.scalar(sa.select(sa.func.count()).select_from(pending_ranges)
+                               .where(pending_ranges.c.run_id == run_id)) or 0)
 
 
 def rss(samples: list[float]) -> dict[str, int]:
@@ -136,6 +174,8 @@ def main() -> None:
     parser.add_argument("--labels", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2, help="Celery workers, -c 1 each")
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads per worker")
+    parser.add_argument("--labelsets", type=int, default=1,
+                        help="label sets each image already has results of")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     figures: dict[str, Any] = {}
@@ -154,9 +194,10 @@ def main() -> None:
                    "TAGGER_MODEL": str(model), "TAGGER_BACKEND": "torch",
                    "TAGGER_PRECISION": "float32", "TAGGER_DEVICE": "cpu",
                    "TAGGER_HOME": str(work / "home"), "TAGGER_QUEUE": "bench-relabel",
+                   "TAGGER_CACHE_DIR": str(work / "cache"),
                    "TAGGER_DECODE_PROCESSES": "1", "TAGGER_VISIBILITY_TIMEOUT": "600"}
             engine = engine_for(url)
-            figures["seed"] = seed(engine, args.images, str(model), 512)
+            figures["seed"] = seed(engine, args.images, model, 512, args.labelsets)
             print(f"seeded: {figures['seed']}", flush=True)
             figures["storage"] = storage(engine)
             print(f"storage: {figures['storage']}", flush=True)
@@ -164,13 +205,13 @@ def main() -> None:
                        for i in range(args.workers)]
             try:
                 figures["relabel"] = relabel_run(env, workers, engine, labels)
-                figures["postgres backends cpu s"] = round(server_cpu(engine), 2)
                 figures["stages"] = stages(workers)
+                figures["cpu us per image"] = microseconds(figures)
             finally:
                 for worker in workers:
                     worker.kill()
             engine.dispose()
-    for name in ("relabel", "postgres backends cpu s", "stages"):
+    for name in ("relabel", "stages", "cpu us per image"):
         print(f"{name}: {figures[name]}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2), encoding="utf-8")

@@ -33,9 +33,11 @@ def _rank(row: Any) -> tuple[bool, Any]:
     return row.status == "done", row.updated_at
 
 
-def scrub_results(bind: sa.Connection) -> None:
+def scrub_results(bind: sa.Connection, model: str = "model") -> None:
+    """``model``: the column that, with the URI's hash and the label set, makes a result one
+    (the model's name before migration 0007, its weights' id after)."""
     results = sa.table("results", sa.column("id"), sa.column("uri"), sa.column("uri_hash"),
-                       sa.column("signed"), sa.column("model"), sa.column("labelset_id"),
+                       sa.column("signed"), sa.column(model), sa.column("labelset_id"),
                        sa.column("status"), sa.column("updated_at"))
     last = 0
     while rows := bind.execute(sa.select(results).where(results.c.id > last, _SUSPECT)
@@ -45,11 +47,11 @@ def scrub_results(bind: sa.Connection) -> None:
         if not changed:
             continue
         hashes = {_hash(stored) for stored in changed.values()}
-        best = {(r.uri_hash, r.model, r.labelset_id): r for r in bind.execute(
+        best = {(r.uri_hash, r._mapping[model], r.labelset_id): r for r in bind.execute(
             sa.select(results).where(results.c.uri_hash.in_(hashes)))}
         losers: set[Any] = set()
         for row in (r for r in rows if r.id in changed):
-            key = (_hash(changed[row.id]), row.model, row.labelset_id)
+            key = (_hash(changed[row.id]), row._mapping[model], row.labelset_id)
             other = best.get(key)
             if other is not None and _rank(other) >= _rank(row):
                 losers.add(row.id)
@@ -79,3 +81,21 @@ def scrub_pending(bind: sa.Connection) -> None:
                                                             uri_hash=_hash(stored)))
         else:
             bind.execute(pending.delete().where(old))
+
+
+def scrub_images(bind: sa.Connection) -> None:
+    """What each URI's fetch found (migration 0007's table), under its stored URI: where the
+    stored form is already there, that row stays and this one goes."""
+    images = sa.table("images", sa.column("uri"), sa.column("uri_hash"), sa.column("signed"))
+    last = ""
+    while rows := bind.execute(sa.select(images).where(images.c.uri_hash > last, _SUSPECT)
+                               .order_by(images.c.uri_hash).limit(BATCH)).all():
+        last = rows[-1].uri_hash
+        for row, stored in _changed(rows):
+            old = images.c.uri_hash == row.uri_hash
+            if bind.execute(sa.select(images.c.uri).where(
+                    images.c.uri_hash == _hash(stored))).first() is None:
+                bind.execute(images.update().where(old).values(
+                    uri=stored, uri_hash=_hash(stored), signed=True))
+            else:
+                bind.execute(images.delete().where(old))

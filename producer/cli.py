@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import sqlalchemy as sa
 
 from producer import cli_search as search_commands
 from producer import enqueue as enqueuing
@@ -32,6 +33,7 @@ from worker.core.settings import Settings, load_settings
 from worker.db import embeddings as kept
 from worker.db import runs as db
 from worker.db import status as db_status
+from worker.db.models import served
 from worker.sources.sql import table_query
 
 
@@ -216,15 +218,22 @@ def export(fmt: str | None, output: Path | None, run_id: str | None, status_: st
     fmt = fmt or format_of(str(output or ""))
     if vectors and (status_ or fmt == "csv"):
         raise click.UsageError("--embeddings writes jsonl or parquet, without --status")
-    scope, left_out = kept.Scope(settings.model, run_id), 0
+    left_out = 0
     with written(output) as out:
         if vectors:
-            count, left_out = export_embeddings(kept.read_images(engine, scope), out, fmt)
+            count, left_out = export_embeddings(_kept(settings, engine, run_id), out, fmt)
         else:
             count = export_rows(judged_rows(engine, db.iter_results(
                 engine, run_id=run_id, status=status_)), out, fmt)
     click.echo(render.exported(count, "embeddings" if vectors else "results", output, left_out),
                err=True)
+
+
+def _kept(settings: Settings, engine: sa.Engine, run_id: str | None) -> Any:
+    """The kept embeddings of the weights TAGGER_MODEL names here (of one run's images)."""
+    model = served(settings)
+    return kept.read_images(engine, kept.Scope(model, run_id),
+                            timeout=settings.read_timeout) if model else iter(())
 
 
 @main.command()
@@ -251,7 +260,8 @@ def retry_failed(reason: str | None, chunk_size: int | None) -> None:
     Failed images whose URLs were signed (not stored) are cleared instead: the next listing
     of their source sends them again, freshly signed."""
     settings = _settings()
-    forgotten = db.forget_signed_failures(ready(settings), settings.model, reason)
+    engine, model = ready(settings), served(settings)
+    forgotten = db.forget_signed_failures(engine, model.id, reason) if model else 0
     if forgotten:
         click.echo(f"{forgotten} failed images had signed URLs or credentials, which are not "
                    "stored: their failures are cleared, and the next listing of their source "

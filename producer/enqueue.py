@@ -23,6 +23,7 @@ from worker.core.redact import redact
 from worker.core.settings import Settings
 from worker.db import labelsets
 from worker.db import runs as db
+from worker.db.models import served
 from worker.db.schema import engine_for
 from worker.sources import Linked, Listed, Skipped, scheme, source_for, uri_problem
 from worker.sources.local import path_of, shown
@@ -118,6 +119,7 @@ def enqueue(listing: Iterable[Listed], *, settings: Settings, labelset: LabelSet
     """
     engine = engine_for(settings.database_url)
     summary = Summary(run_id=run_id or new_run_id(), dry_run=dry_run)
+    model = served(settings, record=not dry_run)
     if not dry_run:
         sending.check_broker(settings)
         labelsets.save_labelset(engine, labelset)
@@ -127,8 +129,9 @@ def enqueue(listing: Iterable[Listed], *, settings: Settings, labelset: LabelSet
     try:
         for batch in batched(listing, LOOKUP_BATCH):
             _note_outside(batch, settings, file_roots, summary)
-            outgoing.extend(_due(engine, batch, settings, labelset.id, summary,
-                                 force=force, retry_failed=retry_failed, show_due=show_due))
+            outgoing.extend(_due(engine, batch, settings, (model and model.id, labelset.id),
+                                 summary, force=force, retry_failed=retry_failed,
+                                 show_due=show_due))
             while len(outgoing) >= chunk_size:
                 _flush(settings, outgoing[:chunk_size], labelset.id, summary)
                 del outgoing[:chunk_size]
@@ -166,10 +169,12 @@ def _close_run(engine: Engine, summary: Summary, unsent: list[Item], error: str 
                     "TAGGER_PENDING_TTL): %s", summary.run_id, len(unsent), redact(str(exc)))
 
 
-def _due(engine: Engine, batch: list[Listed], settings: Settings, labelset_id: str,
-         summary: Summary, *, force: bool, retry_failed: bool,
+def _due(engine: Engine, batch: list[Listed], settings: Settings,
+         identity: tuple[int | None, str], summary: Summary, *, force: bool, retry_failed: bool,
          show_due: Callable[[Item], None] | None) -> list[Item]:
-    """The items of one listed batch to send: usable, not tagged yet (or changed), not in flight."""
+    """The items of one listed batch to send: usable, not tagged yet by these weights and label
+    set (``identity``) or changed since, not in flight."""
+    model_id, labelset_id = identity
     summary.listed += len(batch)
     images: list[Item] = []
     for entry in batch:
@@ -183,7 +188,7 @@ def _due(engine: Engine, batch: list[Listed], settings: Settings, labelset_id: s
         db.add_file_roots(engine, summary.run_id, targets)
     with engine.begin() as conn:
         found = (db.Due(list(images)) if force else
-                 db.due_items(conn, images, settings.model, labelset_id, retry_failed,
+                 db.due_items(conn, images, model_id, labelset_id, retry_failed,
                               use_kept=settings.keep_embeddings))
         due = found.items
         summary.skipped_by_reason[Skip.FAILED.value] += found.failed_before
@@ -234,24 +239,25 @@ def retry_failed(settings: Settings, reason: str | None, chunk_size: int
     """Enqueue this model's failed images again (those of one reason, if given): one run per
     label set they failed under, each reading the folders their first runs could read."""
     engine = engine_for(settings.database_url)
-    done = []
-    for labelset_id in db.failed_labelsets(engine, settings.model, reason):
+    model = served(settings)
+    done: list[tuple[str, Summary]] = []
+    for labelset_id in db.failed_labelsets(engine, model.id, reason) if model else ():
         labelset = labelsets.load_labelset(engine, labelset_id)
         if labelset is None:
             raise ConfigError(f"label set {labelset_id} is not in the results database")
         summary = enqueue(
-            failed_items(engine, settings.model, labelset_id, reason), settings=settings,
+            failed_items(engine, model.id, labelset_id, reason), settings=settings,
             labelset=labelset, force=True, source=f"retry-failed reason={reason or '*'}",
             chunk_size=chunk_size,
-            file_roots=db.failed_file_roots(engine, settings.model, labelset_id, reason))
+            file_roots=db.failed_file_roots(engine, model.id, labelset_id, reason))
         done.append((labelset_id, summary))
     return done
 
 
-def failed_items(engine: Engine, model: str, labelset_id: str,
+def failed_items(engine: Engine, model_id: int, labelset_id: str,
                  reason: str | None = None) -> Iterator[Item]:
-    """The failed images of one model and label set, as Items to enqueue again (those whose
+    """The failed images of these weights and label set, as Items to enqueue again (those whose
     stored URI can fetch them: not signed)."""
-    for row in db.iter_results(engine, model=model, labelset_id=labelset_id, status="failed",
-                               reason=reason, signed=False):
+    for row in db.iter_results(engine, model_id=model_id, labelset_id=labelset_id,
+                               status="failed", reason=reason, signed=False):
         yield Item(uri=row["uri"], key=row["item_key"], version=row["source_version"])

@@ -16,7 +16,7 @@ import jinja2
 from markupsafe import Markup
 
 from producer.figures import Figures
-from producer.render import counts
+from producer.render import counts, weights
 from worker.core.redact import redact
 from worker.sources import scheme
 from worker.sources.local import path_of, shown
@@ -86,6 +86,7 @@ def summary(figures: Figures) -> list[tuple[str, str]]:
     shown = sum(g.count for g in figures.galleries), sum(f.count for f in figures.failures)
     return [
         ("model", redact(run["model"])),
+        ("weights", weights(run["weights"]).removeprefix("weights ")),
         ("runtime", ", ".join(figures.runtimes) or "-"),
         ("label set", f"{figures.labelset_name or run['labelset_id']} ({run['labelset_id']}, "
                       f"{figures.labelset_size} labels)"),

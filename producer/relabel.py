@@ -26,6 +26,7 @@ from worker.core.settings import Settings
 from worker.db import embeddings, labelsets
 from worker.db import runs as db
 from worker.db import status as db_status
+from worker.db.models import served
 from worker.db.schema import engine_for
 
 RANGE_IMAGES = 20_000  # images per message: a few seconds of a worker, thousands of them a night
@@ -54,7 +55,8 @@ def _images(settings: Settings, scope_run: str | None) -> int:
         find_run(settings, scope_run)  # an unknown run is a mistake, not 0 images
     engine = engine_for(settings.database_url)
     embeddings.refresh_statistics(engine)
-    images = embeddings.estimate_images(engine, embeddings.Scope(settings.model, scope_run))
+    model = served(settings)
+    images = embeddings.estimate_images(engine, embeddings.Scope(model, scope_run)) if model else 0
     if not images:
         raise ConfigError(f"no image has a kept embedding under model {settings.model}"
                           + (f" in run {scope_run}" if scope_run else "")

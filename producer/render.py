@@ -25,11 +25,21 @@ def counts(mapping: Mapping[str, int]) -> str:
     return ", ".join(f"{n} {k}" for k, n in sorted(mapping.items(), key=lambda kv: -kv[1]))
 
 
+def weights(counts: Mapping[str, int]) -> str:
+    """``weights 0123456789ab``, or with counts when results came from several."""
+    if not counts:
+        return "weights -"
+    if len(counts) == 1:
+        return f"weights {next(iter(counts))}"
+    return "weights " + ", ".join(f"{digest} ({n})" for digest, n in counts.items())
+
+
 def status(report: Mapping[str, Any]) -> str:
     lines = [f"queue {report['queue']}: {plural(report['queue_depth'], 'chunk')} waiting, "
              f"{report['reserved']} reserved; backlog {report['backlog']} images",
              f"images: {report['done']} done, {report['failed']} failed, {report['pending']} "
-             f"pending ({report['in_flight']} in flight)"]
+             f"pending ({report['in_flight']} in flight)",
+             f"  {weights(report['weights'])}"]
     if report["failed_by_reason"]:
         lines.append(f"  failed: {counts(report['failed_by_reason'])}")
     eta = report["eta_seconds"]
@@ -42,7 +52,8 @@ def status(report: Mapping[str, Any]) -> str:
 
 def run(info: Mapping[str, Any]) -> str:
     lines = [f"run {info['id']} [{info['state']}] {info['source']}",
-             f"  model {info['model']}, label set {info['labelset_id']}, started "
+             f"  model {info['model']}, {weights(info['weights'])}, label set "
+             f"{info['labelset_id']}, started "
              f"{info['started_at']}"
              + (f", listing ended {info['finished_at']}" if info["finished_at"] else ""),
              f"  listed {info['listed']}, enqueued {info['enqueued']}, skipped {info['skipped']}"

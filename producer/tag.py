@@ -30,6 +30,7 @@ from worker.core.settings import Settings
 from worker.db import migrate
 from worker.db import runs as db
 from worker.db import status as db_status
+from worker.db.models import served
 from worker.db.schema import engine_for
 from worker.sources import scheme
 
@@ -102,10 +103,10 @@ def _update_index(settings: Settings, echo: Callable[[str], None]) -> None:
     from worker.search import keeper
     from worker.search.store import Store
 
-    name = keeper.index_name(settings.database_url, settings.model)
+    store = Store(engine_for(settings.database_url), settings)
+    name = keeper.index_name(settings.database_url, store.identity())
     if keeper.Index.pointed(settings.index_dir, name) is not None:
-        keeper.after_run(Store(engine_for(settings.database_url), settings.model),
-                         settings.index_dir, name, echo)
+        keeper.after_run(store, settings.index_dir, name, echo)
 
 
 def _require_images(listing: Listing) -> None:
@@ -206,14 +207,16 @@ def _withdraw(settings: Settings, run_id: str, cause: BaseException,
                     "TAGGER_PENDING_TTL): %s", run_id, redact(str(exc)))
 
 
-def _selection(settings: Settings, location: str, labelset: LabelSet) -> dict[str, str]:
-    """Every image under ``location`` with a result for this model and label set: those of this
-    run, and those an earlier run already tagged (skipped as done this time)."""
+def _selection(settings: Settings, location: str, labelset: LabelSet) -> dict[str, Any]:
+    """Every image under ``location`` with a result of these weights and label set: those of
+    this run, and those an earlier run already tagged (skipped as done this time)."""
     prefix = Path(location).as_uri() + "/" if scheme(location) == "" else location
-    return {"uri_prefix": prefix, "model": settings.model, "labelset_id": labelset.id}
+    model = served(settings)
+    return {"uri_prefix": prefix, "model_id": model.id if model else -1,  # -1: no result
+            "labelset_id": labelset.id}
 
 
-def _export(settings: Settings, selection: Mapping[str, str], summary: Summary,
+def _export(settings: Settings, selection: Mapping[str, Any], summary: Summary,
             output: Path, fmt: str) -> Tagged:
     tagged = Tagged(summary=summary, output=output)
     engine = engine_for(settings.database_url)

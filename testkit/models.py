@@ -6,6 +6,7 @@ import hashlib
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -97,3 +98,13 @@ class FakeBackend:
 
     def memory(self) -> tuple[int, int] | None:
         return None
+
+
+def stored_model(url_or_engine: Any, name: str = "m") -> Any:
+    """The database's model row of results written with ``Result(model=name)`` and no weights
+    (tests without a checkpoint: the name stands for the weights)."""
+    from worker.db import models
+    from worker.db.schema import engine_for
+
+    engine = engine_for(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+    return models.identify(engine, name, name)

@@ -32,14 +32,20 @@ def content_of(uri: str) -> str:
     return hashlib.sha256(uri.encode()).hexdigest()
 
 
+def weights_of(model: str) -> str:
+    """The digest a seeded run's weights have (a made-up one: no checkpoint is read)."""
+    return hashlib.sha256(model.encode()).hexdigest()
+
+
 def seed_run(url: str, uris: Sequence[str], labelset: LabelSet, *,
              failures: Mapping[str, tuple[Reason, str]] | None = None,
              labels: Mapping[str, list[dict[str, object]]] | None = None,
              file_roots: Sequence[str] = (), model: str = "test-model", source: str = "test",
              seed: int = 0, vectors: Mapping[str, np.ndarray] | None = None) -> str:
     """A finished run of ``uris``: failed with ``failures[uri]``, else done with ``labels[uri]``
-    (default: random). With ``vectors``: done images have a content (the SHA-256 of their URI)
-    and their vector is kept as its embedding. Returns the run's id."""
+    (default: random), by weights whose digest is ``weights_of(model)``. With ``vectors``: done
+    images have a content (the SHA-256 of their URI) and their vector is kept as its embedding.
+    Returns the run's id."""
     engine = engine_for(url)
     run_id = uuid.uuid4().hex[:16]
     save_labelset(engine, labelset)
@@ -51,12 +57,13 @@ def seed_run(url: str, uris: Sequence[str], labelset: LabelSet, *,
         if uri in failures:
             reason, error = failures[uri]
             outcomes.append(Result(Item(uri), model, labelset.id, run_id, reason=reason,
-                                   error=error))
+                                   error=error, weights=weights_of(model)))
         else:
             outcomes.append(Result(Item(uri), model, labelset.id, run_id, runtime="torch test",
                                    labels=labels.get(uri) or random_labels(labelset, rng),
                                    content_sha256=content_of(uri) if vectors else None,
-                                   embedding=vectors.get(uri) if vectors else None))
+                                   embedding=vectors.get(uri) if vectors else None,
+                                   weights=weights_of(model)))
     write_results(engine, outcomes, keep_embeddings=bool(vectors))
     update_run(engine, run_id, finished=True, listed=len(uris), enqueued=len(uris))
     return run_id

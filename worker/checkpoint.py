@@ -32,13 +32,14 @@ def vocabulary(texts: Iterable[str], size: int | None) -> list[str]:
     return vocab
 
 
-def build(path: Path, texts: Iterable[str], *, tiny: bool = False, projection_dim: int = 16
-          ) -> Path:
+def build(path: Path, texts: Iterable[str], *, tiny: bool = False, projection_dim: int = 16,
+          seed: int = 0) -> Path:
     """Save model, tokenizer and the OFA-Sys image processor config into ``path``.
 
     Full size is `ChineseCLIPConfig(text_config={"vocab_size": 21128}, vision_config={...16,
     224}, projection_dim=512)`: compute cost does not depend on the weight values. A tiny one
     has ``projection_dim``-wide embeddings (512, as ViT-B/16's, to measure what depends on it).
+    ``seed``: other random weights of the same shape (the same files, the same sizes).
     """
     import numpy as np
     import torch
@@ -66,7 +67,7 @@ def build(path: Path, texts: Iterable[str], *, tiny: bool = False, projection_di
         config = ChineseCLIPConfig(text_config={"vocab_size": VOCAB_SIZE},
                                    vision_config={"patch_size": 16, "image_size": side},
                                    projection_dim=512)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = ChineseCLIPModel(config)
     with torch.no_grad():
         model.logit_scale.fill_(np.log(100.0))  # as the trained checkpoints hold

@@ -18,6 +18,7 @@ from worker.core.labels import LabelSet
 from worker.core.settings import Settings
 from worker.db import browse, corrections, embeddings, learned
 from worker.db.labelsets import load_labelset
+from worker.db.models import Model, served
 from worker.db.schema import engine_for
 
 CENTRE_SAMPLE = 5000  # kept embeddings averaged for the centre every image shares
@@ -44,12 +45,14 @@ def learn_version(settings: Settings, labelset_id: str) -> NewVersion:
     engine = engine_for(settings.database_url)
     root_id = learned.root_of(engine, labelset_id)
     root = load_labelset(engine, root_id)
-    texts = learned.text_vectors(engine, settings.model, root_id)
+    model = served(settings)
+    texts = learned.text_vectors(engine, model.id, root_id) if model else None
     if root is None or texts is None or texts[0] != len(root.labels):
         raise ConfigError(f"label set {root_id} has not been scored under {settings.model}: "
                           "tag or relabel images with it first")
     verdicts = [c for c in corrections.training_set(engine, root_id) if c.label in root.labels]
-    kept = embeddings.lookup(engine, settings.model, {c.content_sha256 for c in verdicts})
+    assert model is not None  # texts were found under it
+    kept = embeddings.lookup(engine, model, {c.content_sha256 for c in verdicts})
     usable = [c for c in verdicts if c.content_sha256 in kept]
     if not usable:
         raise ConfigError(f"no correction of label set {root_id} is on an image with a kept "
@@ -62,8 +65,8 @@ def learn_version(settings: Settings, labelset_id: str) -> NewVersion:
                         np.array([c.verdict == "right" for c in usable]),
                         np.array([groups[c.content_sha256] for c in usable]))
     matrix = np.frombuffer(texts[2], np.float32).reshape(texts[0], texts[1])
-    scale = _scale(engine, settings.model, root_id, kept, matrix) or SCALE
-    start = Start(matrix, scale, _centre(engine, settings.model, examples.x))
+    scale = _scale(engine, model.id, root_id, kept, matrix) or SCALE
+    start = Start(matrix, scale, _centre(engine, model, examples.x))
     chosen = learn(start, examples)
     vectors = learned.Vectors(*chosen.vectors.shape, scale,
                               chosen.vectors.astype("<f4").tobytes())
@@ -78,7 +81,7 @@ def learn_version(settings: Settings, labelset_id: str) -> NewVersion:
     return NewVersion(labelset, root_id, parent, chosen.report)
 
 
-def _scale(engine: Any, model: str, root_id: str, kept: dict[str, Any], texts: Any
+def _scale(engine: Any, model_id: int, root_id: str, kept: dict[str, Any], texts: Any
            ) -> float | None:
     """The logit scale of the root's stored scores (see ``fit.logit_scale``)."""
     import numpy as np
@@ -86,7 +89,7 @@ def _scale(engine: Any, model: str, root_id: str, kept: dict[str, Any], texts: A
     from producer.learn.fit import logit_scale
 
     with engine.connect() as conn:
-        scores = browse.top_scores(conn, model, root_id, list(kept)[:200])
+        scores = browse.top_scores(conn, model_id, root_id, list(kept)[:200])
     if not scores:
         return None
     shas = list(scores)
@@ -94,7 +97,7 @@ def _scale(engine: Any, model: str, root_id: str, kept: dict[str, Any], texts: A
                        np.array([scores[s] for s in shas]))
 
 
-def _centre(engine: Any, model: str, fallback: Any) -> Any:
+def _centre(engine: Any, model: Model, fallback: Any) -> Any:
     """The mean of a sample of kept embeddings (the first batch by key: random by content)."""
     batch = next(embeddings.read_images(engine, embeddings.Scope(model), batch=CENTRE_SAMPLE),
                  None)

@@ -26,9 +26,10 @@ from testkit.commands import (
 from testkit.images import image_bytes
 from testkit.models import direct_embeddings, direct_scores
 from testkit.processes import Command
+from worker.backends.weights import checkpoint_digest
 from worker.core.contract import KEPT_RUNTIME, Item, Result
 from worker.core.embedding import sha256_of
-from worker.db import embeddings, writes
+from worker.db import embeddings, models, writes
 from worker.db.schema import engine_for
 
 IMAGES = 24
@@ -87,8 +88,8 @@ def test_relabel_and_nightly_runs_need_no_image_files(tagger_env, bucket, start_
         agree += records[uri]["top_label"] == max(truth[i], key=truth[i].get)
     assert agree >= 0.99 * IMAGES
     reference = direct_embeddings(tiny_model, pictures)
-    kept = embeddings.lookup(engine_for(url), tagger_env["TAGGER_MODEL"],
-                             [tagged[u].content_sha256 for u in uris])
+    served = models.latest(engine_for(url), tagger_env["TAGGER_MODEL"])
+    kept = embeddings.lookup(engine_for(url), served, [tagged[u].content_sha256 for u in uris])
     for uri, i in uris.items():
         vector = kept[tagged[uri].content_sha256].astype(np.float64)
         assert vector @ reference[i] / np.linalg.norm(vector) >= 0.9999
@@ -125,11 +126,12 @@ def test_relabel_on_the_embedded_default_starts_and_stops_its_own_worker(tmp_pat
     assert len(mistake.stderr.splitlines()) == 1
     url = f"sqlite:///{tmp_path / 'home' / 'results.db'}"
     vectors = np.random.default_rng(0).standard_normal((10, 16)).astype(np.float32)
+    weights = checkpoint_digest(tiny_model, tmp_path / "cache").digest  # what the worker loads
     writes.write_results(engine_for(url), [
         Result(Item(f"/photos/{i}.png", version="v1"), str(tiny_model), "ls", run_id="first",
                content_sha256=sha256_of(bytes([i])), labels=[{"label": "猫", "score": 0.9}],
-               embedding=vector / np.linalg.norm(vector)) for i, vector in enumerate(vectors)],
-        keep_embeddings=True)
+               weights=weights, embedding=vector / np.linalg.norm(vector))
+        for i, vector in enumerate(vectors)], keep_embeddings=True)
     with Command([PRODUCER, "relabel", "--labels", labels], env, cwd=tmp_path) as command:
         assert command.wait(120) == 0, command.stderr + command.stdout
         assert "starting a worker" in command.stderr and "Traceback" not in command.stderr

@@ -54,7 +54,7 @@ def names(hits: list[dict]) -> list[str]:
 def check_groups(url: str, model: str, groups: list[dict]) -> None:
     """Every pair at or above THRESHOLD (exact cosines of the kept embeddings) is in one group;
     every member has a partner that close (or identical bytes)."""
-    store = Store(engine_for(url), model)
+    store = Store(engine_for(url), load_settings({"DATABASE_URL": url, "TAGGER_MODEL": model}))
     keys, vectors = store.vectors(store.keys())
     images = store.images(keys)
     cos = vectors.astype(np.float32) @ vectors.astype(np.float32).T

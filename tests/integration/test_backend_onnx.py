@@ -27,15 +27,10 @@ from worker.backends import BACKENDS
 from worker.backends import choose as choose_module
 from worker.backends.choose import MIN_COSINE, candidate_names, load_backend, probe_images
 from worker.backends.onnx_clip import OnnxBackend
-from worker.backends.onnx_export import (
-    ModelCache,
-    checkpoint_digest,
-    export_float32,
-    file_sha256,
-    quiet,
-)
+from worker.backends.onnx_export import ModelCache, export_float32, quiet
 from worker.backends.remembered import choice_key, recall
 from worker.backends.torch_clip import TorchBackend, cpu_has_amx
+from worker.backends.weights import checkpoint_digest, file_sha256
 from worker.core.errors import ConfigError
 from worker.core.settings import Settings, load_settings
 
@@ -130,7 +125,8 @@ def test_float16_conversion_runs_on_the_cpu_provider(tiny_model: Path, cache: Pa
                                                      reference: TorchBackend,
                                                      probe: list[np.ndarray]) -> None:
     # No GPU here: the conversion is checked through the CPU provider, which runs it too.
-    path = ModelCache(cache / "onnx", tiny_model, lambda: reference.model,
+    path = ModelCache(cache / "onnx", checkpoint_digest(tiny_model, cache).digest,
+                      lambda: reference.model,
                       reference.preprocess, reference.encode_images).get("float16")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rows = session.run(None, {"pixels": np.stack(probe)})[0]
@@ -173,7 +169,7 @@ def test_another_process_reuses_the_cached_file(tiny_model: Path, cache: Path,
 
 def test_processes_starting_together_export_once(tiny_model: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    folder = cache / "onnx" / checkpoint_digest(tiny_model)
+    folder = cache / "onnx" / checkpoint_digest(tiny_model, cache).digest[:16]
     folder.mkdir(parents=True)
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     with open(folder / ".lock", "a+b") as lock:
@@ -323,9 +319,9 @@ def test_a_changed_key_or_a_broken_choice_is_measured_again(
     (remembered,) = (unmeasured / "backends").glob("*.json")
     record = json.loads(remembered.read_text(encoding="utf-8"))
     names = record["key"]["candidates"]
-    key = choice_key(tiny_model, torch.device("cpu"), 4, names)
+    key = choice_key(tiny_model, unmeasured, torch.device("cpu"), 4, names)
     assert recall(unmeasured, key) == record
-    for changed in (choice_key(tiny_model, torch.device("cpu"), 8, names),  # the batch
+    for changed in (choice_key(tiny_model, unmeasured, torch.device("cpu"), 8, names),  # the batch
                     {**key, "machine": {**key["machine"], "flags": "avx2"}},
                     {**key, "runtimes": {**key["runtimes"], "onnxruntime": "1.0"}}):
         assert recall(unmeasured, changed) is None

@@ -5,21 +5,25 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from worker.core.contract import Item, Result, uri_hash
+from testkit.models import stored_model
+from worker.backends.weights import Weights
+from worker.core.contract import KEPT_RUNTIME, Item, Result, uri_hash
+from worker.core.embedding import key_of, pack
 from worker.core.errors import Reason, TransientError
-from worker.db import labelsets, migrate
+from worker.db import embeddings, labelsets, migrate, models
 from worker.db import runs as producer_db
 from worker.db import status as db_status
 from worker.db import writes as worker_db
-from worker.db.schema import engine_for, metadata, normalise_url, pending, results
+from worker.db.schema import engine_for, images, metadata, normalise_url, pending, results
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -111,7 +115,7 @@ def test_long_and_chinese_uris_are_stored_and_upserted(engine):
         "done", 0.5, 0.6)
     assert pending_count(engine) == 0
     with engine.connect() as conn:
-        assert producer_db.due_items(conn, items, "m", "ls").items == []
+        assert producer_db.due_items(conn, items, stored_model(engine).id, "ls").items == []
     assert [r["uri"] for r in producer_db.iter_results(engine, uri_prefix="/数据/商品 ")] == [
         chinese]
 
@@ -126,8 +130,9 @@ def test_a_chunk_of_5000_results_writes_on_sqlite(sqlite_url):
                                      for n, i in enumerate(items)], task_id="big")
     assert len(all_rows(engine)) == 5000 and pending_count(engine) == 0
     with engine.connect() as conn:
-        assert producer_db.due_items(conn, items, "m", "ls").items == []
-    known = worker_db.done_by_content(engine, "m", "ls", [f"{n:064x}" for n in range(5000)])
+        assert producer_db.due_items(conn, items, stored_model(engine).id, "ls").items == []
+    known = worker_db.done_by_content(engine, stored_model(engine).id, "ls",
+                                      [f"{n:064x}" for n in range(5000)])
     assert len(known) == 5000
     with engine.begin() as conn:
         producer_db.claim_pending(conn, items, "m", "ls", "r2", 60)
@@ -162,10 +167,11 @@ def test_due_items_compare_versions(engine):
     worker_db.write_results(engine, [result("a"), result("b")])
     items = [Item("a", version="v1"), Item("b", version="v2"), Item("c", version="v1"),
              Item("a")]
+    other = stored_model(engine, "other").id
     with engine.connect() as conn:
-        due = producer_db.due_items(conn, items, "m", "ls").items
+        due = producer_db.due_items(conn, items, stored_model(engine).id, "ls").items
         assert [i.uri for i in due] == ["b", "c"]
-        assert [i.uri for i in producer_db.due_items(conn, items, "other-model", "ls").items] == [
+        assert [i.uri for i in producer_db.due_items(conn, items, other, "ls").items] == [
             "a", "b", "c", "a"]
 
 
@@ -186,9 +192,9 @@ def test_failed_images_are_not_taken_for_done(engine):
     worker_db.write_results(engine, [result("a"), result("b", status="failed")])
     items = [Item("a", version="v1"), Item("b", version="v1"), Item("c", version="v1")]
     with engine.connect() as conn:
-        due = producer_db.due_items(conn, items, "m", "ls")
+        due = producer_db.due_items(conn, items, stored_model(engine).id, "ls")
         assert ([i.uri for i in due.items], due.failed_before) == (["c"], 1)
-        again = producer_db.due_items(conn, items, "m", "ls", retry_failed=True)
+        again = producer_db.due_items(conn, items, stored_model(engine).id, "ls", retry_failed=True)
         assert ([i.uri for i in again.items], again.failed_before) == (["b", "c"], 0)
 
 
@@ -216,15 +222,15 @@ def test_a_cancelled_run_is_seen_by_its_deliveries(engine):
 
 
 def test_text_embeddings_are_keyed_by_encoder(engine):
-    assert labelsets.load_text_embeddings(engine, "m", "ls", "torch float32") is None
-    labelsets.save_text_embeddings(engine, "m", "ls", "torch float32", 2, 3, b"\x00" * 24)
-    labelsets.save_text_embeddings(engine, "m", "ls", "torch float32", 2, 3, b"\x01" * 24)
-    assert labelsets.load_text_embeddings(engine, "m", "ls", "torch float32") == (
+    assert labelsets.load_text_embeddings(engine, 1, "ls", "torch float32") is None
+    labelsets.save_text_embeddings(engine, 1, "ls", "torch float32", 2, 3, b"\x00" * 24)
+    labelsets.save_text_embeddings(engine, 1, "ls", "torch float32", 2, 3, b"\x01" * 24)
+    assert labelsets.load_text_embeddings(engine, 1, "ls", "torch float32") == (
         2, 3, b"\x00" * 24)  # the first writer wins
-    assert labelsets.load_text_embeddings(engine, "m", "ls", "onnx float32") is None
-    labelsets.save_text_embeddings(engine, "m", "ls", "onnx float32", 2, 3, b"\x02" * 24)
-    assert labelsets.load_text_embeddings(engine, "m", "ls", "onnx float32")[2] == b"\x02" * 24
-    assert labelsets.load_text_embeddings(engine, "m", "ls", "torch float32")[2] == b"\x00" * 24
+    assert labelsets.load_text_embeddings(engine, 1, "ls", "onnx float32") is None
+    labelsets.save_text_embeddings(engine, 1, "ls", "onnx float32", 2, 3, b"\x02" * 24)
+    assert labelsets.load_text_embeddings(engine, 1, "ls", "onnx float32")[2] == b"\x02" * 24
+    assert labelsets.load_text_embeddings(engine, 1, "ls", "torch float32")[2] == b"\x00" * 24
 
 
 def test_unreachable_database_is_transient():
@@ -238,7 +244,7 @@ def test_a_mistake_in_sql_is_not_transient(empty_pg_url):
     # No tables: retrying cannot help, and the error must not be hidden as "unavailable".
     engine = engine_for(empty_pg_url)
     started = time.monotonic()
-    with pytest.raises(sa.exc.ProgrammingError, match="results"):
+    with pytest.raises(sa.exc.ProgrammingError, match="models"):
         worker_db.write_results(engine, [result("a")])
     with pytest.raises(sa.exc.ProgrammingError):
         worker_db.start_delivery(engine, "t", None, 1)
@@ -256,10 +262,11 @@ def test_iter_results_filters(engine):
                                      result("s3://b/100%_off/3.jpg", status="failed")])
     by_prefix = [r["uri"] for r in producer_db.iter_results(engine, uri_prefix="s3://b/100%_")]
     assert by_prefix == ["s3://b/100%_off/1.jpg", "s3://b/100%_off/3.jpg"]  # % and _ literal
-    failed = list(producer_db.iter_results(engine, status="failed", model="m", reason=None))
+    model = stored_model(engine).id
+    failed = list(producer_db.iter_results(engine, status="failed", model_id=model, reason=None))
     assert [r["uri"] for r in failed] == ["s3://b/100%_off/3.jpg"]
-    assert producer_db.failed_labelsets(engine, "m") == ["ls"]
-    assert producer_db.failed_labelsets(engine, "m", "not-found") == []
+    assert producer_db.failed_labelsets(engine, stored_model(engine).id) == ["ls"]
+    assert producer_db.failed_labelsets(engine, stored_model(engine).id, "not-found") == []
 
 
 def test_migrations_match_the_tables(engine):
@@ -316,7 +323,7 @@ def test_uris_are_stored_without_secrets_and_signed_again_is_one_image(engine):
     assert stored["https://cdn.example.com/1.jpg?w=2"].status == "done"  # one image, done
     with engine.begin() as conn:  # the producer sees tonight's URL as already tagged
         items = [Item(SIGNED.format(d="20261125", s="night3sig"), version="v1")]
-        assert producer_db.due_items(conn, items, "m", "ls").items == []
+        assert producer_db.due_items(conn, items, stored_model(engine).id, "ls").items == []
         assert producer_db.claim_pending(conn, [Item("https://T0KEN@x.example/5.jpg")], "m",
                                          "ls", "r2", 60)
         assert conn.scalar(sa.select(pending.c.uri)) == "https://x.example/5.jpg"
@@ -439,3 +446,51 @@ def test_a_forked_child_opens_its_own_connection(pg_url):
     assert os.waitpid(child, 0)[1] == 0
     assert in_child and int(in_child) != parent
     assert backend_pid() == parent  # the parent keeps its own
+
+
+@pytest.mark.parametrize("fixture", ["sqlite_url", "pg_url"])
+def test_rows_named_before_weights_are_kept_and_only_older_files_adopt_them(
+        fixture: str, request: pytest.FixtureRequest):
+    """Migration 0007: results, kept and text embeddings stored under a model's name belong to
+    a model of unknown weights; a worker whose files changed since the first of them tags its
+    images again, one whose files are older than that takes them over."""
+    url, engine, _ = older_schema(fixture, request, "0006")
+    content, vector = bytes(range(32)), np.ones(8, np.float32) / np.sqrt(8)
+    old = sa.table("results", sa.column("labels", sa.JSON()), *(sa.column(c) for c in (
+        "uri", "uri_hash", "model", "labelset_id", "status", "top_label", "source_version",
+        "content_sha256", "runtime")))
+    row = {"model": "m", "labelset_id": "ls", "status": "done", "top_label": "猫",
+           "labels": [{"label": "猫", "score": 0.9}], "source_version": "v1",
+           "content_sha256": content.hex()}
+    with engine.begin() as conn:
+        conn.execute(old.insert(), [
+            {**row, "uri": "s3://b/1.jpg", "uri_hash": uri_hash("s3://b/1.jpg"),
+             "runtime": "torch float32 cpu"},
+            # Scored from a kept embedding on a message's word: not what its fetch found.
+            {**row, "uri": "/etc/shadow", "uri_hash": uri_hash("/etc/shadow"),
+             "runtime": KEPT_RUNTIME}])
+        conn.execute(sa.text("INSERT INTO embedding_models (id, model, dim) VALUES (1, 'm', 8)"))
+        conn.execute(sa.text("INSERT INTO embeddings (key, model_id, sha256, vector) VALUES "
+                             "(:k, 1, :s, :v)"), {"k": key_of(content), "s": content,
+                                                  "v": pack(vector)})
+        conn.execute(sa.text("INSERT INTO text_embeddings (model, labelset_id, encoder, rows, "
+                             "dim, data) VALUES ('m', 'ls', 'fake', 1, 8, :d)"),
+                     {"d": vector.tobytes()})
+    migrate.upgrade(url)
+    models.forget()
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(images.c.uri)).scalars().all() == ["s3://b/1.jpg"]
+    items = [Item("s3://b/1.jpg", version="v1")]
+    changed = models.register(engine, Weights("f" * 64, datetime.now(UTC) + timedelta(1)), "m")
+    with engine.connect() as conn:
+        assert producer_db.due_items(conn, items, changed.id, "ls").items == items
+    assert embeddings.lookup(engine, changed, [content.hex()]) == {}
+    assert labelsets.load_text_embeddings(engine, changed.id, "ls", "fake") is None
+    older = models.register(engine, Weights("e" * 64, datetime(2000, 1, 1, tzinfo=UTC)), "m")
+    assert older.id not in (changed.id, None) and older.weights == "e" * 64
+    with engine.connect() as conn:
+        assert producer_db.due_items(conn, items, older.id, "ls").items == []
+    assert list(embeddings.lookup(engine, older, [content.hex()])) == [content.hex()]
+    assert labelsets.load_text_embeddings(engine, older.id, "ls", "fake")[2] == vector.tobytes()
+    assert {r.uri: r.model_id for r in all_rows(engine)} == {"/etc/shadow": older.id,
+                                                              "s3://b/1.jpg": older.id}

@@ -12,13 +12,13 @@ import sqlalchemy as sa
 
 from testkit.commands import count
 from testkit.images import image_bytes
-from testkit.models import TEST_LABELS, FakeBackend
+from testkit.models import TEST_LABELS, FakeBackend, stored_model
 from worker.backends.torch_clip import TorchBackend
 from worker.core.contract import KEPT_RUNTIME, Chunk, Item, Result, Span
 from worker.core.embedding import KEY_MAX, KEY_MIN, sha256_of, spans
 from worker.core.labels import LabelSet
 from worker.core.settings import Settings, load_settings
-from worker.db import embeddings, labelsets, writes
+from worker.db import embeddings, labelsets, models, writes
 from worker.db import runs as producer_db
 from worker.db import status as db_status
 from worker.db.schema import engine_for, results
@@ -83,7 +83,7 @@ def test_the_embeddings_computed_are_kept_exactly_with_their_results(url, tmp_pa
     write(parts, results_of(works, request, "torch float32 cpu", 1), "t1")
     computed = {w.sha256: w.embedding for w in works if w.embedding is not None}
     assert len(computed) == 5  # the missing file has none
-    kept = embeddings.lookup(parts.engine, parts.model, computed)
+    kept = embeddings.lookup(parts.engine, parts.served, computed)
     assert kept.keys() == computed.keys()
     for sha, vector in computed.items():
         assert kept[sha].dtype == np.float16 and np.array_equal(kept[sha],
@@ -105,8 +105,9 @@ def test_embeddings_are_kept_in_the_results_transaction_or_not_at_all(url, tmp_p
     for _ in range(2):  # idempotent
         DatabaseSink(make_settings(url, tmp_path)).write([good])
     assert (count(url), count(url, "embeddings")) == (1, 1)
-    embeddings._ids.clear()  # as another process sees them: the model's id was committed
-    assert list(embeddings.lookup(engine, "m", ["ab" * 32, "cd" * 32])) == ["ab" * 32]
+    models.forget()  # as another process sees them: the model's id was committed
+    assert list(embeddings.lookup(engine, stored_model(engine), ["ab" * 32, "cd" * 32])) == [
+        "ab" * 32]
 
 
 # --- the nightly due check and the worker's loop ---------------------------------------------
@@ -120,13 +121,14 @@ def test_the_due_check_sends_the_content_of_the_same_version(url):
         for n in (1, 2, 3)], keep_embeddings=True)
     listed = [Item("s3://b/1.jpg", version="v1"), Item("s3://b/2.jpg", version="v2"),
               Item("s3://b/3.jpg", version="v1"), Item("s3://b/4.jpg", version="v1")]
+    model = stored_model(engine).id
     with engine.connect() as conn:
-        due = producer_db.due_items(conn, listed, "m", SECOND.id, use_kept=True).items
+        due = producer_db.due_items(conn, listed, model, SECOND.id, use_kept=True).items
         # the same version; a new version; content not kept; never seen
         assert [i.sha256 for i in due] == [content(1), None, None, None]
-        plain = producer_db.due_items(conn, listed, "m", SECOND.id).items
+        plain = producer_db.due_items(conn, listed, model, SECOND.id).items
         assert [i.sha256 for i in plain] == [None] * 4
-        again = producer_db.due_items(conn, listed, "m", FIRST.id, use_kept=True)
+        again = producer_db.due_items(conn, listed, model, FIRST.id, use_kept=True)
         assert again.items == [listed[1], listed[3]]  # its own label set: only what is new
 
 
@@ -254,8 +256,30 @@ def test_contents_whose_keys_collide_keep_the_first_embedding_only(url):
                labels=[{"label": "猫", "score": 0.9}])
         for i, (sha, vector) in enumerate(zip((first, second), vectors, strict=True))],
         keep_embeddings=True)
-    kept = embeddings.lookup(engine, "m", [first, second])
+    kept = embeddings.lookup(engine, stored_model(engine), [first, second])
     assert list(kept) == [first] and np.array_equal(kept[first], vectors[0].astype(np.float16))
     found = [row.content_sha256 for rows, _, _ in embeddings.read_images(
-        engine, embeddings.Scope("m")) for row in rows]
+        engine, embeddings.Scope(stored_model(engine))) for row in rows]
     assert found == [first]
+
+
+def test_a_relabel_writes_every_character_as_it_came(url, tmp_path, made):
+    # PostgreSQL takes a relabel's rows as COPY text, with the columns a range shares rendered
+    # once: escapes and braces in any column must come back exactly.
+    parts = worker_parts(made, make_settings(url, tmp_path), tmp_path)
+    odd = "tab\there, line\nbreak, cr\r, back\\slash \\N, braces {0} {}"
+    uri = "s3://b/odd {0}\\x.jpg"
+    writes.write_results(parts.engine, [Result(
+        Item(uri, key=odd, version=odd), "m", FIRST.id, content_sha256=content(1),
+        embedding=np.ones(8, np.float32) / np.sqrt(8), labels=[{"label": "猫", "score": 0.9}])],
+        keep_embeddings=True)
+    hostile = LabelSet(labels=("猫\\{0}", "狗\t{}"), parents=("家\\居", None))
+    labelsets.save_labelset(parts.engine, hostile)
+    span = Span("m", hostile.id, "rl1", KEY_MIN, KEY_MAX)
+    producer_db.create_run(parts.engine, "rl1", "relabel", "m", hostile.id)
+    assert relabel(parts, span, "t1")["images"] == 1
+    row = stored(parts.engine, hostile)[uri]
+    assert (row.item_key, row.source_version, row.run_id) == (odd, odd, "rl1")
+    assert {(e["label"], e.get("parent")) for e in row.labels} == {("猫\\{0}", "家\\居"),
+                                                                  ("狗\t{}", None)}
+    assert row.top_label in {"猫\\{0}", "狗\t{}"}

@@ -369,7 +369,7 @@ def test_text_embeddings_are_computed_once_per_model_label_set_and_encoder(start
     texts = first.labels.get(labelset.id).texts
     first.labels.get(labelset.id)
     assert first.tagger.backend.text_calls == [len(TEST_LABELS) * 2]  # every label, both templates
-    cached = labelsets.load_text_embeddings(first.engine, settings.model, labelset.id, "fake")
+    cached = labelsets.load_text_embeddings(first.engine, first.served.id, labelset.id, "fake")
     assert cached is not None and cached[:2] == (len(TEST_LABELS), texts.shape[1])
 
     second = start(settings, CountingBackend())  # another worker process, same database

@@ -17,7 +17,7 @@ from producer.thumbnails import SIZE, previews
 from testkit.browser import contrast, report_facts
 from testkit.commands import one_line_error, producer
 from testkit.images import image_bytes, png_bomb, save, scan_bomb, write_images
-from testkit.runs import seed_run
+from testkit.runs import seed_run, weights_of
 from worker.core.errors import Reason
 from worker.core.labels import LabelSet
 from worker.core.settings import load_settings
@@ -60,6 +60,7 @@ def test_page_shows_text_not_markup_and_no_secret(tmp_path, settings, browser):
     page = write_report(settings, tmp_path / "report.html", run_id)
     html = page.read_text(encoding="utf-8")
     assert SECRET not in html
+    assert f"<dd>{weights_of('test-model')[:12]}</dd>" in html  # which weights tagged them
 
     with browser.load(page) as loaded:
         facts = report_facts(loaded.page)

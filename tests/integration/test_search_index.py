@@ -8,9 +8,12 @@ import hashlib
 import numpy as np
 import pytest
 
+from testkit.runs import weights_of
 from testkit.vectors import clustered
 from worker.core.embedding import key_of
+from worker.core.settings import load_settings
 from worker.db import embeddings as kept
+from worker.db import models
 from worker.db.schema import engine_for
 from worker.search import exact, index, keeper, store
 from worker.search.store import Store
@@ -23,10 +26,15 @@ def database(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
 
 
+def store_of(url: str) -> Store:
+    """The store of MODEL's kept embeddings (weights a worker registered under that name)."""
+    return Store(engine_for(url), load_settings({"DATABASE_URL": url, "TAGGER_MODEL": MODEL}))
+
+
 def keep(url: str, vectors: np.ndarray, first: int) -> np.ndarray:
     """Kept embeddings for contents ``first``..; their keys."""
     engine = engine_for(url)
-    model = kept.model_id(engine, MODEL, DIM)
+    model = models.identify(engine, weights_of(MODEL), MODEL, dim=DIM)
     hashes = [hashlib.sha256(str(first + i).encode()).hexdigest() for i in range(len(vectors))]
     with engine.begin() as conn:
         kept.keep(conn, model, dict(zip(hashes, vectors, strict=True)))
@@ -37,7 +45,7 @@ def test_the_index_follows_the_table_and_agrees_with_exact_search(database, tmp_
                                                                  monkeypatch):
     monkeypatch.setattr(index, "EXACT_BELOW", 1000)  # an IVF at test size
     notes: list[str] = []
-    store = Store(engine_for(database), MODEL)
+    store = store_of(database)
     with pytest.raises(keeper.NothingKept):
         keeper.current(store, tmp_path, "i", notes.append)
     vectors = clustered(3000, DIM, seed=1)
@@ -61,7 +69,7 @@ def test_the_index_follows_the_table_and_agrees_with_exact_search(database, tmp_
 
 
 def test_a_snapshot_in_use_survives_a_new_generation(database, tmp_path):
-    store = Store(engine_for(database), MODEL)
+    store = store_of(database)
     vectors = clustered(200, DIM, seed=3)
     keys = keep(database, vectors, 0)
     old = keeper.current(store, tmp_path, "i", print)
@@ -73,7 +81,7 @@ def test_a_snapshot_in_use_survives_a_new_generation(database, tmp_path):
 
 
 def test_a_missing_or_damaged_index_is_rebuilt_with_a_note(database, tmp_path):
-    store = Store(engine_for(database), MODEL)
+    store = store_of(database)
     keep(database, clustered(100, DIM, seed=5), 0)
     first = keeper.current(store, tmp_path, "i", print)
     (tmp_path / first.meta["index"]).write_bytes(b"damaged")
@@ -83,12 +91,12 @@ def test_a_missing_or_damaged_index_is_rebuilt_with_a_note(database, tmp_path):
         "building the search index over 100 kept embeddings (once: later runs only add to it)"]
 
 
-def test_sqlite_finds_hits_by_uri_and_content_never_by_status(sqlite_url):
+def test_sqlite_finds_hits_by_uri_never_by_status(sqlite_url):
     # 'done' is most of the table: searched by the status index, SQLite (no statistics) read
     # it all for each hit (420 ms a similar-image query at 100,000 images, 7 ms without).
     engine = engine_for(sqlite_url)
     for query, index_used in ((store.latest("s3://b/x.jpg"), "(uri_hash=?)"),
-                              (store.of_contents(["ab" * 32]), "(content_sha256=?)")):
+                              (store.of_uris(1, ["ab" * 32]), "(uri_hash=?")):
         compiled = query.compile(engine, compile_kwargs={"literal_binds": True})
         with engine.connect() as conn:
             plan = " ".join(str(row) for row in conn.exec_driver_sql(

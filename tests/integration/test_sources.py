@@ -334,3 +334,28 @@ def test_an_impossible_bucket_name_fails_at_once(proxy):
     error = item_error("s3://RT_bad_bucket!/x.jpg")
     assert error.reason == "bad-uri" and "bucket name" in str(error)
     assert proxy.gets == 0
+
+
+# --- a URI whose content is known is checked as its fetch would be ----------------------------
+
+def test_check_refuses_what_a_fetch_refuses_and_reads_nothing(server, root: Path, tmp_path: Path):
+    """Issue 25 item 2: an image scored from a kept embedding is not fetched, but its URI goes
+    through the same checks as a fetch's, in the same order, from the source itself."""
+    settings = load_settings({})
+    budget = Budget(time.monotonic() + 30, (root,))
+    (tmp_path / "secret.png").write_bytes(image_bytes(1))
+    (root / "cat.png").write_bytes(image_bytes(2))
+    refused = [server.url("/cat.png"), "http://169.254.169.254/latest/meta-data/",
+               (tmp_path / "secret.png").as_uri(), "/etc/shadow", "s3://Bad_Bucket!/a.jpg",
+               "postgresql://db/catalogue"]
+    for uri in refused:
+        source = source_for(uri, settings)
+        with pytest.raises(ItemError) as checked:
+            source.check(uri, budget)
+        with pytest.raises(ItemError) as fetched:
+            source.fetch(uri, budget)
+        assert (checked.value.reason, str(checked.value)) == (
+            fetched.value.reason, str(fetched.value)), uri
+    assert not server.hits  # refused before any connection
+    for uri in [(root / "cat.png").as_uri(), "s3://bucket/a.jpg"]:
+        source_for(uri, settings).check(uri, budget)  # may be read: nothing is read

@@ -128,7 +128,8 @@ def choose(settings: Settings, folder: Path) -> Backend:
     device = choose_device(settings.device)
     names = candidate_names(settings.precision, device)
     reference = TorchBackend(settings, folder, "float32")  # the yardstick, and the text side
-    key = remembered.choice_key(folder, device, reference.batch_size, names)
+    key = remembered.choice_key(folder, settings.cache_dir, device, reference.batch_size,
+                                names)
     found = remembered.recall(settings.cache_dir, key)
     if found is not None:
         backend = _recalled(found, settings, folder, reference)

@@ -6,7 +6,6 @@ start with one message that says what was tried and what to set, instead of a re
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -64,6 +63,22 @@ def resolve(name: str) -> Path:
                          f"{offline_help()}") from exc
 
 
+def find_local(name: str) -> Path | None:
+    """The checkpoint folder ``name`` names on this machine (a folder, or the hub cache), never
+    downloaded: None where it is not here (a producer on a machine of its own)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    if name.startswith((".", "/", "~")) or not HUB_ID.fullmatch(name):
+        return None
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, allow_patterns=PATTERNS, local_files_only=True))
+    except Exception:  # not cached here: the hub's errors have no common type worth naming
+        return None
+
+
 def check_folder(name: str, path: Path) -> Path:
     if not path.is_dir():
         raise ModelError(f"TAGGER_MODEL={name}: no such folder, and not a hub id like "
@@ -98,24 +113,3 @@ def read_preprocess(folder: Path) -> Preprocess:
         return Preprocess(height=int(crop.get("height", edge)), width=int(crop.get("width", edge)),
                           shortest_edge=edge, **common)
     return Preprocess(height=int(size["height"]), width=int(size["width"]), **common)
-
-
-def checkpoint_digest(folder: Path) -> str:
-    """What identifies a checkpoint cheaply: its configs, its weights' sizes and mtimes."""
-    digest = hashlib.sha256()
-    for name in ("config.json", *PROCESSOR):
-        if (folder / name).is_file():
-            digest.update(name.encode() + b"\0" + (folder / name).read_bytes())
-    for name in WEIGHTS:
-        if (folder / name).is_file():  # hub snapshots link to blobs: stat what they point to
-            stat = (folder / name).resolve().stat()
-            digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -15,6 +15,7 @@ import torch
 
 from worker.backends.onnx_export import INPUT, OUTPUT, ModelCache
 from worker.backends.torch_clip import TorchBackend, choose_device
+from worker.backends.weights import checkpoint_digest
 from worker.core.errors import ConfigError
 from worker.core.pixels import Pixels
 from worker.core.settings import Settings
@@ -151,8 +152,9 @@ class OnnxBackend:
         self.logit_scale = self.text.logit_scale
         self.text_encoder = self.text.text_encoder  # "torch float32": texts cached once for all
         # Checked against this float32 torch model, before it drops its image tower below.
-        self.cache = ModelCache(settings.cache_dir / "onnx", folder, self._torch_model,
-                                self.preprocess, self.text.encode_images)
+        self.cache = ModelCache(settings.cache_dir / "onnx",
+                                checkpoint_digest(folder, settings.cache_dir).digest,
+                                self._torch_model, self.preprocess, self.text.encode_images)
         chain = providers(self.precision, self.torch_device, self.cache, self.batch_size)
         self.session = open_session(self.cache.get(self.precision),
                                     session_options(self.torch_device), chain,

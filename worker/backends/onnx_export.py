@@ -7,7 +7,6 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -18,8 +17,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from worker.backends.folder import checkpoint_digest, file_sha256
 from worker.backends.probe import onnx_agreement, probe_images
+from worker.backends.weights import atomic_path, file_sha256
 from worker.core.pixels import Preprocess
 
 log = logging.getLogger(__name__)
@@ -127,28 +126,8 @@ def convert_float16(source: Path, path: Path) -> None:
     onnx.save(model, str(path))
 
 
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary name beside ``path`` to write; renamed over ``path`` once durable."""
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    temporary = Path(name)
-    try:
-        yield temporary
-        with open(temporary, "rb+") as file:
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:  # the rename itself must survive a crash, or a reader may find the old state
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 class ModelCache:
-    """ONNX files of one checkpoint under cache_dir/onnx/<digest>: built once per host.
+    """ONNX files of one checkpoint under cache_dir/onnx/<its digest>: built once per host.
 
     Writers hold an flock on the folder's lock file, so N workers starting together export
     once. Each file has a JSON sidecar, written after it, with its size, sha256 and how well it
@@ -157,9 +136,9 @@ class ModelCache:
     about what a file computes) is deleted and rebuilt instead of loaded.
     """
 
-    def __init__(self, root: Path, folder: Path, source: Callable[[], Any], spec: Preprocess,
+    def __init__(self, root: Path, weights: str, source: Callable[[], Any], spec: Preprocess,
                  reference: Callable[[list[np.ndarray]], np.ndarray]) -> None:
-        self.folder = root / checkpoint_digest(folder)
+        self.folder = root / weights[:16]  # the checkpoint's digest (weights.py)
         self.source = source  # () -> the float32 torch ChineseCLIPModel on the CPU
         self.spec = spec
         self.reference = reference  # torch float32's normalised image embeddings

@@ -22,8 +22,8 @@ import onnxruntime
 import torch
 import transformers
 
-from worker.backends.onnx_export import atomic_path, checkpoint_digest
 from worker.backends.probe import MIN_COSINE
+from worker.backends.weights import atomic_path, checkpoint_digest
 
 log = logging.getLogger(__name__)
 VERSION = 1  # bump when what a measurement means changes: older choices are measured again
@@ -47,9 +47,10 @@ def machine(device: torch.device) -> dict[str, Any]:
             "cores": os.cpu_count(), "threads": torch.get_num_threads()}
 
 
-def choice_key(folder: Path, device: torch.device, batch_size: int, names: list[str]
-               ) -> dict[str, Any]:
-    return {"version": VERSION, "machine": machine(device), "weights": checkpoint_digest(folder),
+def choice_key(folder: Path, cache_dir: Path, device: torch.device, batch_size: int,
+               names: list[str]) -> dict[str, Any]:
+    return {"version": VERSION, "machine": machine(device),
+            "weights": checkpoint_digest(folder, cache_dir).digest,
             "runtimes": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
                          "transformers": transformers.__version__, "numpy": numpy.__version__},
             "batch": batch_size, "candidates": names, "min_cosine": MIN_COSINE}

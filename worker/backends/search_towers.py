@@ -21,9 +21,10 @@ import onnxruntime as ort
 import torch
 
 from worker.backends.folder import resolve
-from worker.backends.onnx_export import OPSET, ModelCache, atomic_path, quantize_int8, quiet
+from worker.backends.onnx_export import OPSET, ModelCache, quantize_int8, quiet
 from worker.backends.probe import MIN_COSINE as INT8_BAR
 from worker.backends.torch_clip import TEXT_LENGTH, TorchBackend
+from worker.backends.weights import atomic_path, checkpoint_digest
 from worker.core.settings import Settings, load_settings
 
 MANIFEST = "search.json"
@@ -92,7 +93,8 @@ def build(settings: Settings) -> Path:
     """Both towers and the manifest in the checkpoint's cache folder; the manifest's path."""
     folder = resolve(settings.model)
     backend = TorchBackend(dataclasses.replace(settings, device="cpu"), folder, "float32")
-    cache = ModelCache(settings.cache_dir / "onnx", folder, lambda: backend.model,
+    cache = ModelCache(settings.cache_dir / "onnx",
+                       checkpoint_digest(folder, settings.cache_dir).digest, lambda: backend.model,
                        backend.preprocess, backend.encode_images)
     image = cache.get("float32")
     with cache.locked():

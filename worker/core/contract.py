@@ -163,6 +163,9 @@ class Result:
     content_sha256: str | None = None
     attempts: int = 1
     runtime: str | None = None
+    # The digest of the weights that computed it (worker/backends/weights.py): what identifies
+    # the model. Tests with no checkpoint leave it out, and their model name stands for it.
+    weights: str | None = None
     # The normalised image embedding (float32, (D,)) the labels came from, when the image
     # tower computed it here: the database sink keeps it (TAGGER_KEEP_EMBEDDINGS).
     embedding: Any = field(default=None, compare=False, repr=False)
@@ -170,6 +173,16 @@ class Result:
     @property
     def status(self) -> str:
         return "failed" if self.reason else "done"
+
+    @property
+    def identity(self) -> str:
+        """What keys the model in the database: its weights."""
+        return self.weights or self.model
+
+    @property
+    def fetched(self) -> bool:
+        """Its content hash was computed here from its bytes (not taken from a kept embedding)."""
+        return self.content_sha256 is not None and self.runtime != KEPT_RUNTIME
 
     def row(self) -> dict[str, Any]:
         """The ``results`` table row: the URI without its secrets, and whether it had any."""

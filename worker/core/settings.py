@@ -64,6 +64,7 @@ class Settings:
     file_roots: tuple[Path, ...]
     pending_ttl: int
     catalogue_timeout: int
+    read_timeout: int
     metrics_port: int
     jpeg_draft: bool
     decode_overlap: str
@@ -242,6 +243,8 @@ _FIELDS: tuple[tuple[str, str, Callable[[str, str], Any], Any], ...] = (
     ("TAGGER_FILE_ROOTS", "file_roots", _paths, ()),
     ("TAGGER_PENDING_TTL", "pending_ttl", _int(1), 24 * 3600),
     ("TAGGER_CATALOGUE_TIMEOUT", "catalogue_timeout", _int(1), 600),
+    # Seconds one read of kept embeddings may run (a batch of a relabel range, of an export).
+    ("TAGGER_READ_TIMEOUT", "read_timeout", _int(1), 60),
     ("TAGGER_METRICS_PORT", "metrics_port", _int(0), 0),
     ("TAGGER_JPEG_DRAFT", "jpeg_draft", _bool, True),
     ("TAGGER_DECODE_OVERLAP", "decode_overlap", _choice("auto", "on", "off"), "auto"),

@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from worker.db import images
 from worker.db.schema import results, runs
 
 PHOTO = (results.c.id, results.c.uri, results.c.uri_hash, results.c.content_sha256,
@@ -77,7 +78,7 @@ def changed(conn: Connection, run_id: str, before_labelset: str, label: str, aft
     old = results.alias("old")
     query = (sa.select(*PHOTO, old.c.top_label.label("before"))
              .select_from(results.join(old, sa.and_(old.c.uri_hash == results.c.uri_hash,
-                                                    old.c.model == results.c.model)))
+                                                    old.c.model_id == results.c.model_id)))
              .where(results.c.run_id == run_id, results.c.top_label == label,
                     old.c.labelset_id == before_labelset, old.c.status == "done",
                     old.c.top_label != label))
@@ -94,7 +95,7 @@ def change_counts(conn: Connection, run_id: str, before_labelset: str) -> list[t
     rows = conn.execute(
         sa.select(old.c.top_label, results.c.top_label, count)
         .select_from(results.join(old, sa.and_(old.c.uri_hash == results.c.uri_hash,
-                                               old.c.model == results.c.model)))
+                                               old.c.model_id == results.c.model_id)))
         .where(results.c.run_id == run_id, results.c.status == "done",
                old.c.labelset_id == before_labelset, old.c.status == "done",
                old.c.top_label != results.c.top_label)
@@ -103,12 +104,13 @@ def change_counts(conn: Connection, run_id: str, before_labelset: str) -> list[t
     return [tuple(row) for row in rows]
 
 
-def top_scores(conn: Connection, model: str, labelset_id: str, shas: Sequence[str]
+def top_scores(conn: Connection, model_id: int, labelset_id: str, shas: Sequence[str]
                ) -> dict[str, float]:
-    """The top score of each of these image contents under a label set (one per content)."""
+    """The top score of each of these image contents under a label set and the weights
+    ``model_id`` (one per content): found through the images that were fetched with them."""
     rows = conn.execute(sa.select(results.c.content_sha256, results.c.top_score).where(
-        results.c.model == model, results.c.labelset_id == labelset_id,
-        results.c.status == "done", results.c.content_sha256.in_(list(shas))))
+        results.c.model_id == model_id, results.c.labelset_id == labelset_id,
+        results.c.status == "done", results.c.uri_hash.in_(images.with_contents(shas))))
     return {sha: float(score) for sha, score in rows}
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 from worker.core.contract import uri_hash
 from worker.core.judgement import RIGHT, Verdicts
 from worker.core.redact import stored_uri
+from worker.db import images
 from worker.db.review_tables import corrections
 from worker.db.schema import batches, insert, results, retried
 
@@ -133,15 +134,17 @@ def contents_of(engine: Engine, uris: Sequence[str]) -> dict[str, str]:
 def scored(engine: Engine, labelset_id: str, root_id: str
            ) -> Iterator[tuple[str, float, Verdicts | None]]:
     """(top label, top score, verdicts) of every reviewed image scored by a label set version:
-    what a threshold is proposed from."""
+    what a threshold is proposed from (images found through what their fetches found)."""
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(results.c.top_label, results.c.top_score,
-                                      results.c.content_sha256)
-                            .where(results.c.labelset_id == labelset_id,
-                                   results.c.status == "done",
-                                   results.c.content_sha256.in_(
-                                       sa.select(corrections.c.content_sha256)
-                                       .where(corrections.c.labelset_id == root_id)))).all()
+        reviewed = conn.execute(sa.select(corrections.c.content_sha256).distinct()
+                                .where(corrections.c.labelset_id == root_id)).scalars().all()
+        rows = []
+        for part in batches(sorted(reviewed)):
+            rows += conn.execute(sa.select(results.c.top_label, results.c.top_score,
+                                           results.c.content_sha256)
+                                 .where(results.c.labelset_id == labelset_id,
+                                        results.c.status == "done",
+                                        results.c.uri_hash.in_(images.with_contents(part))))
         verdicts = for_contents(conn, root_id, (row.content_sha256 for row in rows))
     for row in rows:
         yield row.top_label, float(row.top_score), verdicts.get(row.content_sha256)

@@ -1,13 +1,13 @@
 """The kept embeddings store: write them with a chunk's results, find them by content, read ranges.
 
-Rows are keyed by (model id, key) (worker/core/embedding.py); every read checks the full
-SHA-256 as well. Writes never replace a kept embedding: the first one computed for a content
-stays, so that every label set scored from it agrees.
+Rows are keyed by (model id, key) (worker/core/embedding.py): a model is its weights
+(worker/db/models.py); every read checks the full SHA-256 as well. Writes never replace a kept
+embedding: the first one computed for a content stays, so that every label set scored from it
+agrees.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,13 +16,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from worker.core.embedding import KEY_MAX, KEY_MIN, key_of, pack, unpack
-from worker.core.errors import TransientError
+from worker.core.errors import ConfigError, TransientError
 from worker.core.redact import redact
-from worker.db import bulk
+from worker.db import bulk, models
+from worker.db.models import Model
 from worker.db.schema import (
     batches,
-    embedding_models,
     embeddings,
+    images,
     insert,
     is_transient,
     results,
@@ -32,37 +33,13 @@ from worker.db.schema import (
 if TYPE_CHECKING:
     import numpy as np
 
-_ids: dict[tuple[str, str], tuple[int, int]] = {}  # (database URL, model) -> (id, dim)
-_ids_lock = threading.Lock()
+QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a statement ended by statement_timeout
 
 
-@retried
-def model_id(engine: Engine, model: str, dim: int | None = None) -> tuple[int, int] | None:
-    """(id, dim) of a model's kept embeddings; with ``dim``, the model is added if it is new
-    (in a transaction of its own: an id is remembered only once it is committed)."""
-    cache = (engine.url.render_as_string(), model)
-    with _ids_lock:
-        if cache in _ids:
-            return _ids[cache]
-    with engine.begin() as conn:
-        if dim is not None:
-            conn.execute(insert(conn, embedding_models).values(model=model, dim=dim)
-                         .on_conflict_do_nothing(index_elements=["model"]))
-        row = conn.execute(sa.select(embedding_models.c.id, embedding_models.c.dim)
-                           .where(embedding_models.c.model == model)).first()
-    if row is None:
-        return None
-    with _ids_lock:
-        _ids[cache] = (int(row.id), int(row.dim))
-    return _ids[cache]
-
-
-def keep(conn: Connection, model: tuple[int, int] | None, vectors: Mapping[str, np.ndarray]
-         ) -> None:
-    """Store embeddings by content SHA-256 (hex) under ``model`` (its id and width, from
-    ``model_id`` with a width), in the caller's transaction; those already kept stay."""
-    assert model is not None, "a model given with its width is always registered"
-    rows = [{"key": key_of(raw), "model_id": model[0], "sha256": raw, "vector": pack(vector)}
+def keep(conn: Connection, model: Model, vectors: Mapping[str, np.ndarray]) -> None:
+    """Store embeddings by content SHA-256 (hex) under ``model``, in the caller's transaction;
+    those already kept stay."""
+    rows = [{"key": key_of(raw), "model_id": model.id, "sha256": raw, "vector": pack(vector)}
             for raw, vector in ((bytes.fromhex(sha), v) for sha, v in vectors.items())]
     if not rows:
         return
@@ -93,50 +70,49 @@ class Kept(dict[str, "np.ndarray"]):
 
 
 @retried
-def lookup(engine: Engine, model: str, hashes: Iterable[str]) -> Kept:
+def lookup(engine: Engine, model: Model, hashes: Iterable[str]) -> Kept:
     """The kept embeddings of these content hashes (hex); those not kept are absent."""
     wanted = {bytes.fromhex(sha) for sha in hashes}
-    found = model_id(engine, model) if wanted else None
-    if found is None:
+    model = models.with_width(engine, model) if wanted else model
+    if model.dim is None:
         return Kept()
     with engine.connect() as conn:
-        rows = _kept_rows(conn, found[0], wanted, embeddings.c.vector)
-    vectors, corrupt = unpack([bytes(row.vector) for row in rows], found[1])
+        rows = _kept_rows(conn, model.id, wanted, embeddings.c.vector)
+    vectors, corrupt = unpack([bytes(row.vector) for row in rows], model.dim)
     shas = [bytes(row.sha256).hex() for row in rows]
     return Kept({sha: vectors[i] for i, sha in enumerate(shas) if i not in corrupt},
                 {shas[i]: problem for i, problem in corrupt.items()})
 
 
 @retried
-def forget(engine: Engine, model: str, hashes: Iterable[str]) -> None:
+def forget(engine: Engine, model: Model, hashes: Iterable[str]) -> None:
     """Remove the kept embeddings of these contents (found damaged): the next tagging of
     their images keeps new ones."""
-    found = model_id(engine, model)
     raw = sorted({bytes.fromhex(sha) for sha in hashes})
-    if found is None or not raw:
+    if not raw:
         return
     with engine.begin() as conn:
         for part in batches(raw):
             conn.execute(embeddings.delete().where(
-                embeddings.c.model_id == found[0],
+                embeddings.c.model_id == model.id,
                 embeddings.c.key.in_([key_of(sha) for sha in part]),
                 embeddings.c.sha256.in_(part)))
 
 
-def kept_hashes(conn: Connection, model: str, hashes: Iterable[str]) -> set[str]:
-    """Which of these content hashes (hex) have a kept embedding under ``model``."""
+def kept_hashes(conn: Connection, model_id: int, hashes: Iterable[str]) -> set[str]:
+    """Which of these content hashes (hex) have a kept embedding under the model ``model_id``."""
     wanted = {bytes.fromhex(sha) for sha in hashes}
-    found = model_id(conn.engine, model) if wanted else None
-    if found is None:
+    if not wanted:
         return set()
-    return {bytes(row.sha256).hex() for row in _kept_rows(conn, found[0], wanted)}
+    return {bytes(row.sha256).hex() for row in _kept_rows(conn, model_id, wanted)}
 
 
 @dataclass(frozen=True)
 class Scope:
-    """Which images a relabel scores: this model's, or only the images of ``run``."""
+    """Which images a relabel scores: those with a kept embedding under ``model``, or only the
+    images of ``run``."""
 
-    model: str
+    model: Model
     run: str | None = None
 
 
@@ -146,74 +122,80 @@ def _hex(conn: Connection, column: Any) -> Any:
     return sa.func.lower(sa.func.hex(column))
 
 
-def _only_filter(column: Any) -> Any:
-    """``column`` as a filter, never an index to search by: ``status = 'done'`` or a run's rows
-    match most of the table, and SQLite (no statistics) would search them per kept embedding."""
-    return column.concat("")
-
-
-def images_query(conn: Connection, scope: Scope, model_id: int, lo: int, hi: int) -> Any:
-    """Each image whose content has a kept embedding with a key in [lo, hi], at its newest done
-    result (with ``scope.run``: as that run's result has it): its URI, key, version, content,
-    and that embedding. Driven by the embeddings' key range, one index lookup per image."""
-    r, newer = results.alias("r"), results.alias("newer")
-    e = embeddings
-    query = (sa.select(r.c.uri, r.c.uri_hash, r.c.signed, r.c.item_key, r.c.source_version,
-                       r.c.content_sha256, r.c.model, e.c.vector)
-             .select_from(e.join(r, r.c.content_sha256 == _hex(conn, e.c.sha256)))
-             .where(e.c.model_id == model_id, e.c.key.between(lo, hi), r.c.model == scope.model,
-                    _only_filter(r.c.status) == "done"))
+def images_query(conn: Connection, scope: Scope, lo: int, hi: int) -> Any:
+    """Each image whose content, as its own latest fetch found it, has a kept embedding with a
+    key in [lo, hi]: its URI, its hash, signed, key, version and content (the first six: a
+    result's own columns, writes.SCORED), that embedding, the model's name. One row per image
+    from ``images``: results, however many label sets they hold, are not read (with
+    ``scope.run``: only to ask whether the run tagged the image)."""
+    i, e = images, embeddings
+    query = (sa.select(i.c.uri, i.c.uri_hash, i.c.signed, i.c.item_key, i.c.source_version,
+                       _hex(conn, i.c.content).label("content_sha256"), e.c.vector,
+                       sa.literal(scope.model.name).label("model"))
+             .select_from(e.join(i, sa.and_(i.c.content_key == e.c.key,
+                                            i.c.content == e.c.sha256)))
+             .where(e.c.model_id == scope.model.id, e.c.key.between(lo, hi)))
     if scope.run:
-        return query.where(_only_filter(r.c.run_id) == scope.run)
-    return query.where(~sa.exists().where(
-        newer.c.uri_hash == r.c.uri_hash, newer.c.model == r.c.model,
-        _only_filter(newer.c.status) == "done",
-        sa.or_(newer.c.updated_at > r.c.updated_at,
-               sa.and_(newer.c.updated_at == r.c.updated_at, newer.c.id > r.c.id))))
+        r = results
+        return query.where(sa.exists().where(r.c.uri_hash == i.c.uri_hash,
+                                             r.c.run_id == scope.run, r.c.status == "done"))
+    return query
 
 
 def read_images(engine: Engine, scope: Scope, lo: int = KEY_MIN, hi: int = KEY_MAX,
-                batch: int = 5000) -> Iterator[tuple[list[sa.Row], np.ndarray, dict[int, str]]]:
+                batch: int = 5000, timeout: float = 60
+                ) -> Iterator[tuple[list[sa.Row], np.ndarray, dict[int, str]]]:
     """The images of a key range in batches (a server-side cursor on PostgreSQL): their rows,
     their embeddings (float16), and which rows' stored embeddings are corrupt (their vectors
-    zeros), with what is wrong. A lost database is a TransientError."""
+    zeros), with what is wrong. A lost database is a TransientError; a statement that runs
+    over ``timeout`` seconds (TAGGER_READ_TIMEOUT) a ConfigError that says so."""
+    width = models.with_width(engine, scope.model).dim
+    if width is None:  # nothing was ever kept under these weights
+        return
     try:
-        found = model_id(engine, scope.model)
-        if found is None:
-            return
         with engine.connect() as conn:
-            if conn.dialect.name == "postgresql":
-                # One index lookup per image, never a hash of every result: cost in proportion
-                # to the range, one core per range (the fleet runs ranges side by side), and
-                # no JIT compiling per range.
-                for setting in ("enable_hashjoin", "enable_mergejoin", "jit"):
-                    conn.exec_driver_sql(f"SET LOCAL {setting} = off")
-                conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
+            limit_read(conn, timeout)
             stream = conn.execution_options(stream_results=True, yield_per=batch).execute(
-                images_query(conn, scope, found[0], lo, hi))
+                images_query(conn, scope, lo, hi))
             for rows in stream.partitions(batch):
-                yield rows, *unpack([bytes(row.vector) for row in rows], found[1])
+                yield rows, *unpack([bytes(row.vector) for row in rows], width)
     except sa.exc.DBAPIError as exc:
+        if getattr(exc.orig, "pgcode", None) == QUERY_CANCELED:
+            raise ConfigError(
+                f"reading the kept embeddings of keys {lo}..{hi} took over TAGGER_READ_TIMEOUT="
+                f"{timeout:g} s; run ANALYZE on the results database, or raise the setting"
+            ) from None
         if not is_transient(exc):
             raise
         raise TransientError(f"database unavailable: {redact(str(exc.orig or exc))}") from exc
 
 
+def limit_read(conn: Connection, timeout: float) -> None:
+    """The read's plan and time limit, for the transaction ``conn`` is in (PostgreSQL)."""
+    if conn.dialect.name != "postgresql":
+        return
+    conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, int(timeout * 1000))}")
+    # One index lookup per image, never a scan of a table: cost in proportion to the range, a
+    # core per range (the fleet runs ranges side by side), and no JIT compiling per range.
+    for setting in ("enable_hashjoin", "enable_mergejoin", "jit"):
+        conn.exec_driver_sql(f"SET LOCAL {setting} = off")
+    conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
+
+
 def refresh_statistics(engine: Engine) -> None:
     """Let PostgreSQL know the tables relabel reads: without statistics (tables just filled,
-    autovacuum off or behind) it takes a content hash for unselective and plans a scan of every
-    result for each range. A role that does not own the tables gets a warning, not an error."""
+    autovacuum off or behind) it may plan a scan of a whole table for each range. A role that
+    does not own the tables gets a warning, not an error."""
     if engine.dialect.name == "postgresql":
         with engine.begin() as conn:
-            conn.exec_driver_sql("ANALYZE embeddings, results")
+            conn.exec_driver_sql("ANALYZE embeddings, images")
 
 
 def estimate_images(engine: Engine, scope: Scope) -> int:
     """About how many images a relabel of ``scope`` scores: kept contents, or the run's images."""
-    found = model_id(engine, scope.model)
     with engine.connect() as conn:
         if scope.run:
             return int(conn.scalar(sa.select(sa.func.count()).select_from(results).where(
                 results.c.run_id == scope.run, results.c.status == "done")) or 0)
         return int(conn.scalar(sa.select(sa.func.count()).select_from(embeddings).where(
-            embeddings.c.model_id == found[0])) or 0) if found else 0
+            embeddings.c.model_id == scope.model.id)) or 0)

@@ -25,21 +25,22 @@ def load_labelset(engine: Engine, labelset_id: str) -> LabelSet | None:
 
 
 @retried
-def load_text_embeddings(engine: Engine, model: str, labelset_id: str, encoder: str
+def load_text_embeddings(engine: Engine, model_id: int, labelset_id: str, encoder: str
                          ) -> tuple[int, int, bytes] | None:
     table = text_embeddings
     with engine.connect() as conn:
         row = conn.execute(sa.select(table.c.rows, table.c.dim, table.c.data).where(
-            table.c.model == model, table.c.labelset_id == labelset_id,
+            table.c.model_id == model_id, table.c.labelset_id == labelset_id,
             table.c.encoder == encoder)).first()
     return (row.rows, row.dim, bytes(row.data)) if row else None
 
 
 @retried
-def save_text_embeddings(engine: Engine, model: str, labelset_id: str, encoder: str,
+def save_text_embeddings(engine: Engine, model_id: int, labelset_id: str, encoder: str,
                          rows: int, dim: int, data: bytes) -> None:
     with engine.begin() as conn:
         conn.execute(insert(conn, text_embeddings)
-                     .values(model=model, labelset_id=labelset_id, encoder=encoder, rows=rows,
-                             dim=dim, data=data)
-                     .on_conflict_do_nothing(index_elements=["model", "labelset_id", "encoder"]))
+                     .values(model_id=model_id, labelset_id=labelset_id, encoder=encoder,
+                             rows=rows, dim=dim, data=data)
+                     .on_conflict_do_nothing(index_elements=["model_id", "labelset_id",
+                                                             "encoder"]))

@@ -120,12 +120,14 @@ def set_changes(engine: Engine, labelset_id: str, changes: Mapping[str, Any]) ->
                      .values(changes=dict(changes)))
 
 
-def text_vectors(engine: Engine, model: str, labelset_id: str) -> tuple[int, int, bytes] | None:
-    """The text tower's vectors of a zero-shot label set under ``model``, as a worker stored
-    them (the newest, whichever runtime encoded them); None before any worker scored it."""
+def text_vectors(engine: Engine, model_id: int, labelset_id: str
+                 ) -> tuple[int, int, bytes] | None:
+    """The text tower's vectors of a zero-shot label set under the weights ``model_id``, as a
+    worker stored them (the newest, whichever runtime encoded them); None before any worker
+    scored it."""
     table = text_embeddings
     with engine.connect() as conn:
         row = conn.execute(sa.select(table.c.rows, table.c.dim, table.c.data).where(
-            table.c.model == model, table.c.labelset_id == labelset_id)
+            table.c.model_id == model_id, table.c.labelset_id == labelset_id)
             .order_by(table.c.created_at.desc(), table.c.encoder)).first()
     return (row.rows, row.dim, bytes(row.data)) if row else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from worker.core.contract import Item, Span, uri_hash
 from worker.core.redact import stored_uri
-from worker.db import embeddings
+from worker.db import embeddings, images
 from worker.db.schema import (
     batches,
     insert,
@@ -32,29 +32,25 @@ class Due:
     failed_before: int = 0  # a failed result at this version: sent again only when asked
 
 
-def due_items(conn: Connection, items: Sequence[Item], model: str, labelset_id: str,
+def due_items(conn: Connection, items: Sequence[Item], model_id: int | None, labelset_id: str,
               retry_failed: bool = False, use_kept: bool = False) -> Due:
-    """The items without a result for this model and label set at their current version
-    (with ``retry_failed``: or with a failed one).
+    """The items without a result of these weights (``model_id``; None: none known yet) and
+    label set at their current version (with ``retry_failed``: or with a failed one).
 
-    ``use_kept``: a due item whose result under another label set is at the same version and
-    whose content has a kept embedding is sent with that content's hash (``Item.sha256``): the
-    worker scores it from the embedding instead of fetching it.
+    ``use_kept``: a due item whose own latest fetch was of this version, and whose content
+    then has a kept embedding of these weights, is sent with that content's hash
+    (``Item.sha256``): the worker, once it has checked that claim, scores it from the
+    embedding instead of fetching it.
     """
     known: dict[str, tuple[str | None, str, str | None]] = {}
-    contents: dict[tuple[str, str | None], str] = {}  # (uri_hash, version) -> content
     hashes = sorted({uri_hash(i.uri) for i in items})
-    for part in batches(hashes):
-        rows = conn.execute(sa.select(results.c.uri_hash, results.c.labelset_id,
-                                      results.c.source_version, results.c.content_sha256,
+    for part in batches(hashes) if model_id is not None else ():
+        rows = conn.execute(sa.select(results.c.uri_hash, results.c.source_version,
                                       results.c.status, results.c.item_key).where(
-            results.c.model == model, results.c.uri_hash.in_(part),
-            *([] if use_kept else [results.c.labelset_id == labelset_id])))
-        for row in rows:
-            if row.labelset_id == labelset_id:
-                known[row.uri_hash] = (row.source_version, row.status, row.item_key)
-            elif row.status == "done" and row.content_sha256:
-                contents[(row.uri_hash, row.source_version)] = row.content_sha256
+            results.c.model_id == model_id, results.c.labelset_id == labelset_id,
+            results.c.uri_hash.in_(part)))
+        known.update((row.uri_hash, (row.source_version, row.status, row.item_key))
+                     for row in rows)
     due = Due()
     for item in items:
         version, status, key = known.get(uri_hash(item.uri), (None, None, None))
@@ -65,8 +61,8 @@ def due_items(conn: Connection, items: Sequence[Item], model: str, labelset_id: 
             due.failed_before += 1
         elif status == "failed":
             due.items.append(item)
-    if contents:
-        due.items = _with_kept(conn, due.items, model, contents)
+    if use_kept and model_id is not None and due.items:
+        due.items = _with_kept(conn, due.items, model_id)
     return due
 
 
@@ -76,13 +72,15 @@ def _another_row(item: Item, stored_key: str | None) -> bool:
     return item.key is not None and stored_key is not None and item.key != stored_key
 
 
-def _with_kept(conn: Connection, items: list[Item], model: str,
-               contents: Mapping[tuple[str, str | None], str]) -> list[Item]:
+def _with_kept(conn: Connection, items: list[Item], model_id: int) -> list[Item]:
     """Items whose content at their version has a kept embedding, sent with its hash."""
-    found = [contents.get((uri_hash(i.uri), i.version)) for i in items]
-    kept = embeddings.kept_hashes(conn, model, {sha for sha in found if sha})
+    fetched = images.contents(conn, (uri_hash(i.uri) for i in items))
+    found = [fetched.get(uri_hash(i.uri), (None, None)) for i in items]
+    claims = [content if content and version == i.version else None
+              for i, (version, content) in zip(items, found, strict=True)]
+    kept = embeddings.kept_hashes(conn, model_id, {sha for sha in claims if sha})
     return [replace(i, sha256=sha) if sha in kept else i
-            for i, sha in zip(items, found, strict=True)]
+            for i, sha in zip(items, claims, strict=True)]
 
 
 def claim_pending(conn: Connection, items: Sequence[Item], model: str, labelset_id: str,
@@ -236,9 +234,9 @@ def release_ranges(engine: Engine, run_id: str, spans: Sequence[Span] | None = N
             conn.execute(query if part is None else query.where(pending_ranges.c.lo.in_(part)))
 
 
-def failed_labelsets(engine: Engine, model: str, reason: str | None = None) -> list[str]:
-    """Label sets that have failed results for this model (optionally for one reason)."""
-    query = sa.select(results.c.labelset_id).distinct().where(results.c.model == model,
+def failed_labelsets(engine: Engine, model_id: int, reason: str | None = None) -> list[str]:
+    """Label sets that have failed results of these weights (optionally for one reason)."""
+    query = sa.select(results.c.labelset_id).distinct().where(results.c.model_id == model_id,
                                                               results.c.status == "failed")
     if reason is not None:
         query = query.where(results.c.reason == reason)
@@ -246,7 +244,7 @@ def failed_labelsets(engine: Engine, model: str, reason: str | None = None) -> l
         return list(conn.scalars(query))
 
 
-def result_filter(uri_prefix: str | None = None, **where: str | None
+def result_filter(uri_prefix: str | None = None, **where: str | int | bool | None
                   ) -> list[sa.ColumnElement[bool]]:
     """Conditions on results: URIs under a prefix, and columns equal to values (None: any)."""
     found = [results.c.uri.startswith(uri_prefix, autoescape=True)] if uri_prefix else []
@@ -255,7 +253,7 @@ def result_filter(uri_prefix: str | None = None, **where: str | None
 
 
 def iter_results(engine: Engine, *, uri_prefix: str | None = None, batch: int = 1000,
-                 **where: str | bool | None) -> Iterator[sa.RowMapping]:
+                 **where: str | int | bool | None) -> Iterator[sa.RowMapping]:
     """Stream results (server-side cursor on PostgreSQL), oldest first, filtered by columns."""
     query = sa.select(results).where(*result_filter(uri_prefix, **where)).order_by(results.c.id)
     with engine.connect() as conn:
@@ -263,21 +261,21 @@ def iter_results(engine: Engine, *, uri_prefix: str | None = None, batch: int = 
 
 
 @retried
-def forget_signed_failures(engine: Engine, model: str, reason: str | None = None) -> int:
+def forget_signed_failures(engine: Engine, model_id: int, reason: str | None = None) -> int:
     """Delete failed results whose URIs were signed (their signatures are not stored, so they
     cannot be fetched again from here): the next listing of their source sends them again."""
-    query = results.delete().where(results.c.model == model, results.c.status == "failed",
+    query = results.delete().where(results.c.model_id == model_id, results.c.status == "failed",
                                    results.c.signed.is_(True),
                                    *([results.c.reason == reason] if reason else []))
     with engine.begin() as conn:
         return int(conn.execute(query).rowcount)
 
 
-def failed_file_roots(engine: Engine, model: str, labelset_id: str, reason: str | None
+def failed_file_roots(engine: Engine, model_id: int, labelset_id: str, reason: str | None
                       ) -> list[str]:
     """The folders the runs of these failed images could read: their retry may read them too."""
     failed = sa.select(results.c.run_id).where(
-        results.c.model == model, results.c.labelset_id == labelset_id,
+        results.c.model_id == model_id, results.c.labelset_id == labelset_id,
         results.c.status == "failed", *([results.c.reason == reason] if reason else []))
     with engine.connect() as conn:
         lists = conn.scalars(sa.select(runs.c.file_roots).where(runs.c.id.in_(failed)))

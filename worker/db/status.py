@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from worker.db import models
 from worker.db.schema import deliveries, pending, pending_ranges, results, runs
 
 RATE_WINDOW = timedelta(minutes=5)
@@ -21,8 +22,13 @@ def result_counts(engine: Engine, run_id: str | None = None) -> dict[str, Any]:
         # Pending first: an image answered between two reads counts as done, never as neither
         # (`wait` returns at no pending and prints the done count).
         waiting = _pending(conn, [run_id] if run_id else None).get(run_id, 0)
-        by_status = dict(conn.execute(sa.select(results.c.status, sa.func.count())
-                                      .where(*by_run).group_by(results.c.status)).all())
+        by_status: dict[str, int] = {}
+        by_model: dict[int, int] = {}
+        for status, model_id, count in conn.execute(
+                sa.select(results.c.status, results.c.model_id, sa.func.count()).where(*by_run)
+                .group_by(results.c.status, results.c.model_id)):
+            by_status[status] = by_status.get(status, 0) + count
+            by_model[model_id] = by_model.get(model_id, 0) + count
         reasons = dict(conn.execute(sa.select(results.c.reason, sa.func.count())
                                     .where(results.c.status == "failed", *by_run)
                                     .group_by(results.c.reason)).all())
@@ -36,7 +42,8 @@ def result_counts(engine: Engine, run_id: str | None = None) -> dict[str, Any]:
     rate = recent / _seconds_since(first, current) if recent else 0.0
     return {"done": int(by_status.get("done", 0)), "failed": int(by_status.get("failed", 0)),
             "failed_by_reason": {str(k): int(v) for k, v in reasons.items()},
-            "pending": int(waiting or 0), "in_flight": min(int(in_flight or 0), int(waiting or 0)),
+            "weights": by_weights(engine, by_model), "pending": int(waiting or 0),
+            "in_flight": min(int(in_flight or 0), int(waiting or 0)),
             "images_per_second": round(rate, 2),
             "eta_seconds": round(waiting / rate) if rate and waiting else None}
 
@@ -58,17 +65,21 @@ def find_runs(engine: Engine, run_id: str | None = None, limit: int = 1) -> list
         ids = [r["id"] for r in found]
         waiting = _pending(conn, ids)  # first, as in result_counts
         outcomes = conn.execute(sa.select(results.c.run_id, results.c.status, results.c.reason,
-                                          sa.func.count())
+                                          results.c.model_id, sa.func.count())
                                 .where(results.c.run_id.in_(ids))
-                                .group_by(results.c.run_id, results.c.status, results.c.reason))
-        counted: dict[str, dict[str, Any]] = {i: {"done": 0, "failed": 0,
-                                                   "failed_by_reason": {}} for i in ids}
-        for run, status, reason, count in outcomes:
+                                .group_by(results.c.run_id, results.c.status, results.c.reason,
+                                          results.c.model_id))
+        counted: dict[str, dict[str, Any]] = {i: {"done": 0, "failed": 0, "failed_by_reason": {},
+                                                   "weights": {}} for i in ids}
+        for run, status, reason, model_id, count in outcomes:
             counted[run][status] += count
             if status == "failed":
-                counted[run]["failed_by_reason"][reason] = count
+                reasons = counted[run]["failed_by_reason"]
+                reasons[reason] = reasons.get(reason, 0) + count
+            counted[run]["weights"][model_id] = counted[run]["weights"].get(model_id, 0) + count
     for run in found:
         run.update(counted[run["id"]], pending=int(waiting.get(run["id"], 0)))
+        run["weights"] = by_weights(engine, run["weights"])
         run["skipped_by_reason"] = run.get("skipped_by_reason") or {}
         run["state"] = run_state(run)
     return found
@@ -84,6 +95,16 @@ def pending_by_model(engine: Engine) -> dict[str, int]:
     """
     with engine.connect() as conn:
         return {str(model): count for model, count in _pending(conn, None, by_model=True).items()}
+
+
+def by_weights(engine: Engine, counts: Mapping[int, int]) -> dict[str, int]:
+    """Result counts by model id -> by the short digest of the weights that computed them."""
+    known = models.by_id(engine) if counts else {}
+    shown: dict[str, int] = {}
+    for model_id, count in sorted(counts.items(), key=lambda kv: -kv[1]):
+        name = known[model_id].short if model_id in known else "unknown"
+        shown[name] = shown.get(name, 0) + count
+    return shown
 
 
 def _pending(conn: Connection, run_ids: Sequence[str] | None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from worker.core.contract import Item, Result, uri_hash
-from worker.db import bulk, embeddings
+from worker.core.embedding import key_of
+from worker.db import bulk, embeddings, images, models, schema
 from worker.db.schema import (
     batches,
     deliveries,
@@ -99,17 +100,22 @@ def grant_retry(engine: Engine, task_id: str, limit: int) -> int | None:
 
 
 @retried
-def done_by_content(engine: Engine, model: str, labelset_id: str, hashes: Iterable[str]
+def done_by_content(engine: Engine, model_id: int, labelset_id: str, hashes: Iterable[str]
                     ) -> dict[str, list[dict[str, Any]]]:
-    """Labels already computed for these content hashes (identical bytes under other URIs)."""
-    wanted = sorted(set(hashes))
+    """Labels these weights computed for these content hashes (identical bytes, other URIs):
+    found through the images whose latest fetch was of that content."""
+    wanted = {bytes.fromhex(sha) for sha in hashes}
     found: dict[str, list[dict[str, Any]]] = {}
+    i, r = schema.images, results
     with engine.connect() as conn:
-        for part in batches(wanted):
-            rows = conn.execute(sa.select(results.c.content_sha256, results.c.labels).where(
-                results.c.model == model, results.c.labelset_id == labelset_id,
-                results.c.status == "done", results.c.content_sha256.in_(part)))
-            found.update((row.content_sha256, row.labels) for row in rows)
+        for part in batches(sorted({key_of(raw) for raw in wanted})):
+            rows = conn.execute(sa.select(i.c.content, r.c.labels, r.c.content_sha256).join_from(
+                i, r, sa.and_(r.c.uri_hash == i.c.uri_hash, r.c.model_id == model_id,
+                              r.c.labelset_id == labelset_id, r.c.status == "done"))
+                .where(i.c.content_key.in_(part)))
+            found.update((bytes(row.content).hex(), row.labels) for row in rows
+                         if bytes(row.content) in wanted
+                         and row.content_sha256 == bytes(row.content).hex())
     return found
 
 
@@ -120,30 +126,58 @@ def write_results(engine: Engine, outcomes: Sequence[Result], task_id: str | Non
     with ``keep_embeddings``, the image embeddings computed for them are kept in it too.
 
     A done result replaces anything; a failure never replaces a done result, so a re-delivered
-    chunk that meets a passing fault cannot erase good labels.
+    chunk that meets a passing fault cannot erase good labels. What each image's fetch found
+    is noted in ``images`` in the same transaction.
     """
-    rows = list({(r["uri_hash"], r["model"], r["labelset_id"]): r
-                 for r in (o.row() for o in outcomes)}.values())
     kept: dict[str, dict[str, np.ndarray]] = {}
     for outcome in outcomes if keep_embeddings else ():
         if outcome.embedding is not None and outcome.content_sha256:
-            kept.setdefault(outcome.model, {})[outcome.content_sha256] = outcome.embedding
-    models = {model: embeddings.model_id(engine, model, dim=len(next(iter(vectors.values()))))
-              for model, vectors in kept.items()}
+            kept.setdefault(outcome.identity, {})[outcome.content_sha256] = outcome.embedding
+    names = {o.identity: o.model for o in outcomes}
+    served = {identity: models.identify(engine, identity, name, dim=_width(kept.get(identity)))
+              for identity, name in names.items()}
+    rows = list({(r["uri_hash"], r["model_id"], r["labelset_id"]): r for r in (
+        {**o.row(), "model_id": served[o.identity].id} for o in outcomes)}.values())
     with engine.begin() as conn:
         _write(conn, rows, task_id)
-        for model, vectors in kept.items():
-            embeddings.keep(conn, models[model], vectors)
+        images.write(conn, images.rows_of(outcomes))
+        for identity, vectors in kept.items():
+            embeddings.keep(conn, served[identity], vectors)
+
+
+def _width(vectors: Mapping[str, np.ndarray] | None) -> int | None:
+    return len(next(iter(vectors.values()))) if vectors else None
+
+
+# The columns of a relabel's rows that differ between images (the rest is the same for a range).
+SCORED = ("uri", "uri_hash", "signed", "item_key", "source_version", "content_sha256", "labels",
+          "top_label", "top_score")
 
 
 @retried
-def write_rows(engine: Engine, rows: list[dict[str, Any]]) -> None:
-    """Result rows, unique by image, model and label set, with their labels as JSON text (a
-    relabel's batch: COPY takes the text as it is), in one transaction."""
+def write_scored(engine: Engine, lines: bulk.Lines, shared: Mapping[str, Any],
+                 rows: Sequence[Sequence[Any]]) -> None:
+    """A relabel's batch in one transaction: result rows unique by image, model and label set,
+    ``shared`` the columns all of them have (``lines`` renders them as COPY text), ``rows`` the
+    SCORED columns of each, their labels as JSON text."""
     with engine.begin() as conn:
-        if not bulk.uses_copy(conn):  # statements bind labels as a value, not as JSON text
-            rows = [{**row, "labels": json.loads(row["labels"])} for row in rows]
-        _write(conn, rows, None)
+        if bulk.uses_copy(conn):
+            bulk.write_lines(conn, lines.text(rows))
+            return
+        write_by_statements(conn, [{**shared, **dict(zip(SCORED, row, strict=True)),
+                                    "labels": json.loads(row[6])} for row in rows], None)
+
+
+@retried
+def write_failed(engine: Engine, shared: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
+                 ) -> None:
+    """Failed rows of a relabel's batch (``rows``: the first six SCORED columns, ``reason``
+    and ``error``), ``shared`` the range's columns, in one transaction."""
+    with engine.begin() as conn:
+        labels: Any = "[]" if bulk.uses_copy(conn) else []  # COPY takes JSON text as it is
+        _write(conn, [{**shared, **row, "status": "failed", "labels": labels,
+                       "top_label": None, "top_score": None, "runtime": None}
+                      for row in rows], None)
 
 
 def _write(conn: Connection, rows: list[dict[str, Any]], task_id: str | None) -> None:
@@ -187,7 +221,7 @@ def write_by_statements(conn: Connection, rows: list[dict[str, Any]], task_id: s
         stmt = insert(conn, results)
         updatable = [c.name for c in results.columns if c.name not in {"id", "created_at"}]
         stmt = stmt.on_conflict_do_update(
-            index_elements=["uri_hash", "model", "labelset_id"],
+            index_elements=["uri_hash", "model_id", "labelset_id"],
             set_={**{name: stmt.excluded[name] for name in updatable}, "updated_at": now},
             where=sa.or_(results.c.status != "done", stmt.excluded.status == "done"),
         )

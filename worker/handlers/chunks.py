@@ -13,6 +13,7 @@ from worker.core import metrics
 from worker.core.contract import KEPT_RUNTIME, Chunk, Item, Result
 from worker.core.errors import ItemError, Reason, TransientError
 from worker.core.redact import redact
+from worker.db import models
 from worker.db import writes as db
 from worker.loop.assemble import Parts
 from worker.loop.pipeline import Work
@@ -42,10 +43,10 @@ class RetryItems(TransientError):
         self.items = tuple(items)
 
 
-def results_of(works: Sequence[Work], chunk: Chunk, runtime: str, attempts: int
-               ) -> list[Result]:
-    """The rows of the answered works; a work with neither labels nor an error (a bug) is
-    failed, never stored done without labels."""
+def results_of(works: Sequence[Work], chunk: Chunk, runtime: str, attempts: int,
+               weights: str | None = None) -> list[Result]:
+    """The rows of the answered works, under the weights that computed them; a work with
+    neither labels nor an error (a bug) is failed, never stored done without labels."""
     out = []
     for w in works:
         error = w.error
@@ -56,7 +57,7 @@ def results_of(works: Sequence[Work], chunk: Chunk, runtime: str, attempts: int
                           content_sha256=w.sha256, reason=error.reason if error else None,
                           error=redact(str(error)) if error else None, attempts=attempts,
                           runtime=None if error else KEPT_RUNTIME if w.kept else runtime,
-                          embedding=None if error else w.embedding))
+                          weights=weights, embedding=None if error else w.embedding))
     return out
 
 
@@ -65,8 +66,18 @@ def park(parts: Parts, chunk: Chunk, reason: Reason, message: str, *, task_id: s
     """Record every item of a chunk as failed with one reason, instead of tagging it."""
     error = ItemError(reason, message)
     works = [Work(item, error=error) for item in chunk.items]
-    write(parts, results_of(works, chunk, "", attempts), task_id)
+    write(parts, results_of(works, chunk, "", attempts, weights_of(parts, chunk.model)), task_id)
     return ChunkReport(failed=len(works), parked=reason.value)
+
+
+def weights_of(parts: Parts, model: str) -> str | None:
+    """The weights a chunk's failures are stored under: this worker's for its own model; for
+    another model's (sent to the wrong queue), the weights its workers registered last, where
+    its producer's `retry-failed` looks (none known: its name)."""
+    if model == parts.model:
+        return parts.served.weights
+    other = models.latest(parts.engine, model)
+    return other.weights if other else None
 
 
 def write(parts: Parts, outcomes: Sequence[Result], task_id: str | None) -> float:
@@ -113,7 +124,8 @@ def run_chunk(parts: Parts, chunk: Chunk, *, task_id: str, chunk_retries: int) -
                                 final=delivery.retries >= chunk_retries)
     again = [w for w in works if w.transient is not None]
     answered = [w for w in works if w.transient is None]
-    outcomes = results_of(answered, chunk, tagger.backend.description, delivery.starts)
+    outcomes = results_of(answered, chunk, tagger.backend.description, delivery.starts,
+                          parts.served.weights)
     timings["write"] = write(parts, outcomes, task_id)
     metrics.observe_timings(timings)
     if again:  # after the write: the answered images are not fetched again

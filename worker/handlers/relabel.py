@@ -20,8 +20,8 @@ import sqlalchemy as sa
 
 from worker.core.contract import KEPT_RUNTIME, Span
 from worker.core.embedding import damaged
-from worker.core.errors import ItemError
-from worker.db import embeddings, writes
+from worker.core.errors import ConfigError
+from worker.db import bulk, embeddings, writes
 from worker.loop.assemble import Parts
 from worker.loop.labelstore import Scoring
 from worker.loop.scores import LabelsText, top_k
@@ -37,20 +37,27 @@ def relabel(parts: Parts, span: Span, task_id: str) -> dict[str, Any]:
     if not isinstance(scoring, Scoring):
         return scoring
     rendered, clock, images = LabelsText(scoring.labelset), Clock(), 0
-    batches = embeddings.read_images(parts.engine, embeddings.Scope(span.model, span.scope_run),
-                                     span.lo, span.hi, BATCH)
+    shared = shared_columns(span, parts.served.id)
+    lines = bulk.Lines(shared, writes.SCORED)
+    batches = embeddings.read_images(parts.engine, embeddings.Scope(parts.served, span.scope_run),
+                                     span.lo, span.hi, BATCH, parts.read_timeout)
     while True:
         with clock.stage("read"):
-            batch = next(batches, None)
+            try:
+                batch = next(batches, None)
+            except ConfigError as exc:  # the read ran over TAGGER_READ_TIMEOUT: said, not retried
+                return give_up(parts, span, task_id, str(exc))
         if batch is None:
             break
         with clock.stage("score"):
-            rows = scored(parts, span, scoring, rendered, *batch)
+            rows = scored(parts, scoring, rendered, *batch)
         with clock.stage("write"):
-            writes.write_rows(parts.engine, rows)
-            embeddings.forget(parts.engine, span.model,
-                              [batch[0][i].content_sha256 for i in batch[2]])
-        images += len(rows)
+            writes.write_scored(parts.engine, lines, shared, rows)
+            if batch[2]:  # rare: each damaged embedding's image fails alone, and it goes
+                writes.write_failed(parts.engine, shared, _failures(batch[0], batch[2]))
+                embeddings.forget(parts.engine, parts.served,
+                                  [batch[0][i].content_sha256 for i in batch[2]])
+        images += len(batch[0])
         if writes.cancelled(parts.engine, span.run_id):  # `producer cancel`: stop here
             break
     writes.finish_range(parts.engine, span.run_id, span.lo, task_id)
@@ -78,14 +85,23 @@ def _ready(parts: Parts, span: Span, task_id: str) -> Scoring | dict[str, Any]:
     return scoring
 
 
-def scored(parts: Parts, span: Span, scoring: Scoring, rendered: LabelsText,
-           found: list[sa.Row], vectors: np.ndarray, corrupt: dict[int, str]
-           ) -> list[dict[str, Any]]:
-    """One batch's result rows; an image whose kept embedding is corrupt fails alone."""
+def scored(parts: Parts, scoring: Scoring, rendered: LabelsText, found: list[sa.Row],
+           vectors: np.ndarray, corrupt: dict[int, str]) -> list[tuple[Any, ...]]:
+    """One batch's scored rows (an image's own columns as stored, the first six the read
+    returns, then its labels); images whose kept embedding is corrupt are left out."""
     best = top_k(vectors, scoring.texts, parts.tagger.backend.logit_scale, parts.tagger.top_k)
-    return [failed_row(span, row, damaged(row.content_sha256, corrupt[i])) if i in corrupt
-            else result_row(span, row, *rendered.render(*top))
-            for i, (row, top) in enumerate(zip(found, zip(*best, strict=True), strict=True))]
+    return [(*row[:6], *rendered.render(*top))
+            for i, (row, top) in enumerate(zip(found, zip(*best, strict=True), strict=True))
+            if i not in corrupt]
+
+
+def _failures(found: list[sa.Row], corrupt: dict[int, str]) -> list[dict[str, Any]]:
+    """The failed rows of images whose kept embedding is damaged (a failure never replaces a
+    done result of the same label set)."""
+    return [{**dict(zip(writes.SCORED[:6], found[i][:6], strict=True)),
+             "error": str(error), "reason": error.reason.value}
+            for i, error in ((i, damaged(found[i].content_sha256, problem))
+                             for i, problem in corrupt.items())]
 
 
 class Clock:
@@ -109,25 +125,11 @@ class Clock:
                 "cpu": {k: round(v, 4) for k, v in self.cpu.items()}}
 
 
-def result_row(span: Span, found: sa.Row, labels: str, top_label: str, top_score: float
-               ) -> dict[str, Any]:
-    """The results row of one image scored from its kept embedding, under its stored identity
-    (its URI and hash as stored, not computed again); ``labels`` as JSON text."""
-    return {"uri": found.uri, "uri_hash": found.uri_hash, "signed": found.signed,
-            "model": span.model,
-            "labelset_id": span.labelset_id, "item_key": found.item_key,
-            "source_version": found.source_version, "content_sha256": found.content_sha256,
-            "status": "done", "reason": None, "error": None, "labels": labels,
-            "top_label": top_label, "top_score": top_score, "attempts": 1,
+def shared_columns(span: Span, model_id: int) -> dict[str, Any]:
+    """The columns every result of a range has: scored from a kept embedding, for its run."""
+    return {"model": span.model, "model_id": model_id, "labelset_id": span.labelset_id,
+            "status": "done", "reason": None, "error": None, "attempts": 1,
             "run_id": span.run_id, "runtime": KEPT_RUNTIME}
-
-
-def failed_row(span: Span, found: sa.Row, error: ItemError) -> dict[str, Any]:
-    """The results row of an image that could not be scored (a failure never replaces a
-    done result of the same label set)."""
-    return {**result_row(span, found, "[]", "", 0.0), "status": "failed",
-            "reason": error.reason.value, "error": str(error), "top_label": None,
-            "top_score": None, "runtime": None}
 
 
 def give_up(parts: Parts, span: Span, task_id: str, error: str) -> dict[str, Any]:

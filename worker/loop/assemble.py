@@ -8,13 +8,17 @@ runner (``chunks``), which never read settings themselves.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
 from worker.backends import Backend
 from worker.backends.choose import load_backend
+from worker.backends.weights import Weights, checkpoint_digest
 from worker.core.settings import Settings
+from worker.db import models
+from worker.db.models import Model
 from worker.db.schema import engine_for
 from worker.decoders import DECODERS, decoder_name
 from worker.loop.batcher import Batcher
@@ -32,8 +36,10 @@ LINGER_ON_GPU = 0.005  # seconds a partial batch waits for other chunks' images
 class Parts:
     """What one worker process holds while it tags chunks."""
 
-    model: str
+    model: str  # the name it serves (TAGGER_MODEL): which chunks and ranges are its own
+    served: Model  # the weights it runs: what its results and embeddings are keyed by
     max_deliveries: int
+    read_timeout: float
     engine: Engine
     sinks: list[Sink]
     labels: LabelStore
@@ -46,11 +52,16 @@ class Parts:
 
 
 def assemble(settings: Settings, folder: Path, backend: Backend | None = None,
-             model_processes: int = 1) -> Parts:
-    """Every part, from ``settings``; ``backend``: one already loaded (tests, benchmarks);
-    ``model_processes``: this process's siblings and itself (prefork -c K), who share the
-    host's cores for decoding."""
+             weights: Weights | None = None, model_processes: int = 1) -> Parts:
+    """Every part, from ``settings``; ``weights``: the checkpoint's digest, if computed already;
+    ``backend``: one already loaded (tests, benchmarks: identified by the model's name unless
+    ``weights`` are given); ``model_processes``: this process's siblings and itself (prefork
+    -c K), who share the host's cores for decoding."""
     engine = engine_for(settings.database_url)
+    if weights is None:
+        weights = (checkpoint_digest(folder, settings.cache_dir) if backend is None
+                   else Weights(settings.model, datetime.fromtimestamp(0, UTC)))
+    served = models.register(engine, weights, settings.model)
     backend = backend or load_backend(settings, folder)
     on_cpu = backend.device == "cpu"
     overlap = settings.decode_overlap
@@ -60,8 +71,9 @@ def assemble(settings: Settings, folder: Path, backend: Backend | None = None,
                      model_processes=model_processes)
     batcher = Batcher(backend, prep.turns, linger=0.0 if on_cpu else LINGER_ON_GPU)
     tagger = Tagger(backend, DECODERS.get(name)(settings, backend.device), prep, batcher,
-                    KnownContent(engine, settings.model), settings.top_k,
+                    KnownContent(engine, served), settings.top_k,
                     settings.group_size(backend.batch_size))
-    return Parts(model=settings.model, max_deliveries=settings.max_deliveries, engine=engine,
-                 sinks=make_sinks(settings), labels=LabelStore(engine, settings.model, backend),
+    return Parts(model=settings.model, served=served, max_deliveries=settings.max_deliveries,
+                 read_timeout=settings.read_timeout, engine=engine, sinks=make_sinks(settings),
+                 labels=LabelStore(engine, served.id, backend),
                  roots=FileRoots(engine, settings.file_roots), tagger=tagger)

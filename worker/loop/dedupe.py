@@ -1,4 +1,5 @@
-"""Content seen before, by any worker: labels computed for identical bytes, kept embeddings."""
+"""Content seen before, by any worker: labels computed for identical bytes, kept embeddings, and
+what each image's own fetch found (the only thing that says which content a URI has)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from worker.core.contract import Item, uri_hash
 from worker.db import embeddings as kept
+from worker.db import images
 from worker.db import writes as db
+from worker.db.models import Model
 
 log = logging.getLogger(__name__)
 Labels = list[dict[str, Any]]
@@ -20,9 +24,9 @@ Labels = list[dict[str, Any]]
 class KnownContent:
     """Labels by (label set, content SHA-256): this process's recent ones, then the database's."""
 
-    def __init__(self, engine: Engine, model: str, capacity: int = 20_000) -> None:
+    def __init__(self, engine: Engine, model: Model, capacity: int = 20_000) -> None:
         self.engine = engine
-        self.model = model
+        self.model = model  # the weights: labels and embeddings of other weights never serve
         self.capacity = capacity
         self._recent: OrderedDict[tuple[str, str], Labels] = OrderedDict()
         self._lock = threading.Lock()
@@ -35,7 +39,7 @@ class KnownContent:
                      if (labelset_id, h) in self._recent}
         missing = wanted - found.keys()
         if missing:
-            stored = db.done_by_content(self.engine, self.model, labelset_id, missing)
+            stored = db.done_by_content(self.engine, self.model.id, labelset_id, missing)
             for sha, labels in stored.items():
                 self.remember(labelset_id, sha, labels)
             found.update(stored)
@@ -58,3 +62,11 @@ class KnownContent:
                                                       for sha, problem in found.corrupt.items()))
             kept.forget(self.engine, self.model, found.corrupt)
         return found
+
+    def fetched(self, items: Iterable[Item]) -> dict[str, str]:
+        """The content each item's own latest fetch found, by URI, where that fetch was of the
+        item's version: what a message's claim about an item's content is checked against."""
+        wanted = {uri_hash(item.uri): item for item in items}
+        found = images.read(self.engine, wanted)
+        return {wanted[key].uri: content for key, (version, content) in found.items()
+                if version == wanted[key].version}

@@ -29,9 +29,9 @@ class Scoring:
 class LabelStore:
     """Label sets by id, each encoded once per process; the fleet shares the encodings."""
 
-    def __init__(self, engine: Engine, model: str, backend: Backend) -> None:
+    def __init__(self, engine: Engine, model_id: int, backend: Backend) -> None:
         self.engine = engine
-        self.model = model
+        self.model_id = model_id  # the weights: text embeddings of other weights never serve
         self.backend = backend
         self._known: dict[str, Scoring] = {}
         self._lock = threading.Lock()  # held while a label set is encoded
@@ -59,7 +59,7 @@ class LabelStore:
         learned version's own vectors instead (no text tower)."""
         if labelset.learned:
             return self._learned(labelset)
-        key = (self.model, labelset.id, self.backend.text_encoder)
+        key = (self.model_id, labelset.id, self.backend.text_encoder)
         cached = db.load_text_embeddings(self.engine, *key)
         if cached:
             rows, dim, data = cached

@@ -29,7 +29,7 @@ from worker.loop.batcher import Batcher
 from worker.loop.dedupe import KnownContent, Labels
 from worker.loop.labelstore import Scoring
 from worker.loop.scores import top_labels
-from worker.prep import Prepared
+from worker.prep import Check, Checked, Prepared
 from worker.prep.pool import PrepPool
 from worker.sources import check_uri
 
@@ -47,7 +47,7 @@ class Work:
     error: ItemError | None = None
     transient: TransientError | None = None  # to be tried again in a later delivery
     embedding: np.ndarray | None = None  # computed here by the image tower: kept (float32, (D,))
-    kept: bool = False  # scored from a kept embedding, nothing fetched
+    kept: bool = False  # scored from a kept embedding: checked as for a fetch, not fetched
 
 
 @dataclass
@@ -80,11 +80,13 @@ class Tagger:
         ``final``: the last try, where a transient error becomes the item's failure."""
         started, forward = time.perf_counter(), self.batcher.forward_seconds
         works = [Work(item) for item in items]
-        self._score_kept(works, scoring)
-        batches, ready = [], []
-        for prepared in self.prep.prepare(self._fetchable(works), roots):
+        kept = self._kept(works)
+        batches, ready, checked = [], [], []
+        for prepared in self.prep.prepare(self._requests(works, kept), roots):
             work = works[prepared.index]
-            if self._received(work, prepared, final):
+            if isinstance(prepared.outcome, Checked):
+                checked.append(prepared.index)
+            elif self._received(work, prepared, final):
                 ready.append(work)
             if len(ready) >= self.group:
                 batches.append(self._start(ready, scoring))
@@ -92,6 +94,7 @@ class Tagger:
         if ready:
             batches.append(self._start(ready, scoring))
         prepared_at = time.perf_counter()
+        self._score_kept(works, {i: kept[i] for i in checked}, scoring)
         for batch in batches:
             self._score(batch, scoring)
         _same_outcome_for_same_content(works)
@@ -103,31 +106,46 @@ class Tagger:
                        "forward": self.batcher.forward_seconds - forward,
                        "total": ended - started}
 
-    def _score_kept(self, works: list[Work], scoring: Scoring) -> None:
-        """Items sent with a content hash whose embedding is kept are scored from it, before
-        anything is fetched; the rest (an embedding gone since) are left to fetch."""
-        kept = self.known.embeddings(w.item.sha256 for w in works if w.item.sha256)
-        for work in works:
-            if work.item.sha256 in kept.corrupt:  # this image alone fails
-                work.sha256 = work.item.sha256
-                work.error = damaged(work.item.sha256, kept.corrupt[work.item.sha256])
-        scorable = [w for w in works if w.item.sha256 in kept]
-        if scorable:
-            vectors = np.stack([kept[w.item.sha256 or ""] for w in scorable])
-            for work, labels in zip(scorable, top_labels(
-                    vectors, scoring.labelset, scoring.texts, self.backend.logit_scale,
-                    self.top_k), strict=True):
-                work.sha256, work.labels, work.kept = work.item.sha256, labels, True
+    def _kept(self, works: list[Work]) -> dict[int, tuple[str, np.ndarray]]:
+        """The items sent with a content hash (the producer found it kept) that can be scored
+        from a kept embedding: index -> (content, embedding). A message is never believed: the
+        item's own latest fetch, of its version, must have found that content."""
+        claimed = [w for w in works if w.item.sha256]
+        if not claimed:
+            return {}
+        fetched = self.known.fetched(w.item for w in claimed)
+        confirmed = {i: w.item.sha256 for i, w in enumerate(works)
+                     if w.item.sha256 and fetched.get(w.item.uri) == w.item.sha256}
+        vectors = self.known.embeddings(set(confirmed.values()))
+        for index, sha in confirmed.items():
+            if sha in vectors.corrupt:  # this image alone fails
+                works[index].sha256 = sha
+                works[index].error = damaged(sha, vectors.corrupt[sha])
+        return {i: (sha, vectors[sha]) for i, sha in confirmed.items() if sha in vectors}
+
+    def _score_kept(self, works: list[Work], kept: dict[int, tuple[str, np.ndarray]],
+                    scoring: Scoring) -> None:
+        """Items whose URIs passed the checks of a fetch are scored from their kept embedding."""
+        if not kept:
+            return
+        for index, labels in zip(kept, top_labels(
+                np.stack([vector for _, vector in kept.values()]), scoring.labelset,
+                scoring.texts, self.backend.logit_scale, self.top_k), strict=True):
+            work = works[index]
+            work.sha256, work.labels, work.kept = kept[index][0], labels, True
 
     @staticmethod
-    def _fetchable(works: list[Work]) -> list[tuple[int, str | bytes]]:
-        todo: list[tuple[int, str | bytes]] = []
+    def _requests(works: list[Work], kept: dict[int, tuple[str, np.ndarray]]
+                  ) -> list[tuple[int, str | bytes | Check]]:
+        """What the decode processes are asked: to fetch each item, or, for one a kept
+        embedding scores, to make the same checks without fetching it."""
+        todo: list[tuple[int, str | bytes | Check]] = []
         for index, work in enumerate(works):
-            if work.kept or work.error is not None:
+            if work.error is not None:  # its kept embedding is damaged
                 continue
             try:
                 check_uri(work.item.uri)
-                todo.append((index, work.item.uri))
+                todo.append((index, Check(work.item.uri) if index in kept else work.item.uri))
             except ItemError as exc:
                 work.error = exc
         return todo

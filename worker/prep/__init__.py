@@ -12,7 +12,7 @@ from worker.core.pixels import Preprocess
 from worker.core.settings import Settings
 from worker.decoders import Limits
 
-Outcome = Any  # what the decoder's ``prepare`` made, or an ItemError, or a TransientError
+Outcome = Any  # what the decoder's ``prepare`` made, Checked, an ItemError or a TransientError
 
 
 @dataclass(frozen=True)
@@ -28,12 +28,26 @@ class Setup:
     take_turns: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Check:
+    """A URI whose content is known already (its kept embedding scores it): it goes through
+    every check a fetch of it would (scheme, file roots, addresses), and is not fetched."""
+
+    uri: str
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A Check's answer when the URI passed: it may be read from here."""
+
+
 @dataclass(frozen=True)
 class Group:
-    """A few items for one decode process: (index, URI to fetch, or bytes to decode)."""
+    """A few items for one decode process: (index, URI to fetch, URI to check, or bytes to
+    decode)."""
 
     job: int
-    items: list[tuple[int, str | bytes]]
+    items: list[tuple[int, str | bytes | Check]]
     roots: tuple[Path, ...] = ()
     # Outcomes already known by content (a copy killed its process): answered, not decoded.
     known: dict[str, ItemError] = field(default_factory=dict)

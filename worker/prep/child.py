@@ -23,13 +23,16 @@ import warnings
 from collections import deque
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.core.errors import ItemError, Reason, TransientError
 from worker.core.redact import redact
-from worker.prep import Group, Outcome, Setup
+from worker.prep import Check, Checked, Group, Outcome, Setup
 from worker.prep.record import Record
 from worker.prep.turns import Turn
+
+if TYPE_CHECKING:
+    from worker.sources import Budget, Source
 
 PR_SET_PDEATHSIG = 1
 MAX_ITEMS = 5_000  # then a fresh process: fragmentation and leaks cannot build up
@@ -90,9 +93,15 @@ class Child:
         self.decoders: dict[str, Any] = {}
         self.recent: dict[tuple[str, str], Outcome] = {}  # by (decoder, content hash)
 
-    def obtain(self, group: Group, what: str | bytes) -> bytes | ItemError | TransientError:
-        """The item's bytes (fetched from its source), or why there are none."""
+    def obtain(self, group: Group, what: str | bytes | Check
+               ) -> bytes | Checked | ItemError | TransientError:
+        """The item's bytes (fetched from its source), or why there are none; for a Check,
+        whether its URI passes what a fetch would check first."""
         try:
+            if isinstance(what, Check):
+                source, budget = self.source(what.uri, group)
+                source.check(what.uri, budget)
+                return Checked()
             return what if isinstance(what, bytes) else self.fetch(what, group)
         except (ItemError, TransientError) as exc:
             return exc
@@ -103,7 +112,7 @@ class Child:
     def prepare(self, group: Group, index: int, data: bytes | ItemError | TransientError
                 ) -> tuple[str | None, Outcome]:
         """The answer for an obtained item: its content hash and what its decoder made."""
-        if not isinstance(data, bytes):
+        if not isinstance(data, bytes):  # an error, or a Check's answer
             return None, data
         sha = hashlib.sha256(data).hexdigest()
         if sha in group.known:
@@ -116,12 +125,18 @@ class Child:
         return sha, self.recent[key]
 
     def fetch(self, uri: str, group: Group) -> bytes:
+        source, budget = self.source(uri, group)
+        return source.fetch(uri, budget)
+
+    def source(self, uri: str, group: Group) -> tuple[Source, Budget]:
+        """The URI's source and budget (its scheme checked): its ``fetch`` makes the source's
+        own checks first, and its ``check`` makes only those."""
         from worker.sources import Budget, check_uri, source_for
 
         settings = self.setup.settings
         check_uri(uri)
-        budget = Budget(time.monotonic() + settings.item_timeout, group.roots)
-        return source_for(uri, settings).fetch(uri, budget)
+        return source_for(uri, settings), Budget(time.monotonic() + settings.item_timeout,
+                                                 group.roots)
 
     def decode(self, job: int, index: int, sha: str, data: bytes, decoder: str) -> Outcome:
         limits = self.setup.limits

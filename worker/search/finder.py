@@ -39,9 +39,8 @@ class Finder:
     def __init__(self, settings: Settings, note: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.note = note or log.info
-        self.store = Store(engine_for(settings.database_url), settings.model)
+        self.store = Store(engine_for(settings.database_url), settings)
         self.folder = settings.index_dir
-        self.name = keeper.index_name(settings.database_url, settings.model)
         self.templates = load_labelset(settings.labels_path, settings.templates_path).templates
         self._index: Index | None = None
         self._checked = -np.inf
@@ -49,6 +48,11 @@ class Finder:
         self._loading = threading.Lock()
         self._text: TextEncoder | None = None
         self._image: ImageEncoder | None = None
+
+    @property
+    def name(self) -> str:
+        """The index's name: this database and the weights searched."""
+        return keeper.index_name(self.settings.database_url, self.store.identity())
 
     def index(self) -> Index:
         """The current snapshot: checked against the table every CHECK_SECONDS; while one

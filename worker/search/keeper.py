@@ -30,7 +30,8 @@ class NothingKept(ConfigError):
 
 
 def index_name(database_url: str, model: str) -> str:
-    """One index per database and model, named without the database's credentials."""
+    """One index per database and weights (``model``: their digest), named without the
+    database's credentials."""
     return hashlib.sha256(f"{stored_uri(database_url)}\0{model}".encode()).hexdigest()[:16]
 
 

@@ -9,6 +9,7 @@ contents of a run or a top label).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -18,8 +19,10 @@ from sqlalchemy.engine import Engine
 
 from worker.core.contract import uri_hash
 from worker.core.embedding import key_of, unpack
-from worker.db.embeddings import model_id
-from worker.db.schema import batches, embeddings, results, retried, runs
+from worker.core.settings import Settings
+from worker.db import models
+from worker.db.models import Model
+from worker.db.schema import batches, embeddings, images, results, retried, runs
 
 if TYPE_CHECKING:
     import numpy as np
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCAN_BATCH = 20_000
+RESOLVE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -40,14 +44,32 @@ class Image:
 
 
 class Store:
-    """The kept embeddings of one model in one database, and the images they belong to."""
+    """The kept embeddings of the weights TAGGER_MODEL names in one database, and the images
+    they belong to."""
 
-    def __init__(self, engine: Engine, model: str) -> None:
-        self.engine, self.model = engine, model
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.engine, self.settings = engine, settings
+        self._model: tuple[float, Model | None] = (-1.0, None)
+
+    def model(self) -> Model | None:
+        """The weights searched (worker/db/models.py: ``served``), looked up again at most
+        every RESOLVE_SECONDS: a long-lived searcher follows newly registered weights."""
+        at, found = self._model
+        if found is None or time.monotonic() - at > RESOLVE_SECONDS:
+            found = models.served(self.settings, record=False)
+            found = models.with_width(self.engine, found) if found else None
+            self._model = (time.monotonic(), found)
+        return found
+
+    def identity(self) -> str:
+        """What names this store's index: the weights' digest (TAGGER_MODEL before any)."""
+        found = self.model()
+        return (found.weights or found.name) if found is not None else self.settings.model
 
     def model_id(self) -> tuple[int, int] | None:
-        """(id, width) of the model's kept embeddings; None if it has none yet."""
-        return model_id(self.engine, self.model)
+        """(id, width) of the weights' kept embeddings; None if none are kept yet."""
+        found = self.model()
+        return (found.id, found.dim) if found is not None and found.dim else None
 
     @retried
     def count(self) -> int:
@@ -102,25 +124,30 @@ class Store:
 
     @retried
     def images(self, keys: Iterable[int]) -> dict[int, list[Image]]:
-        """The images (newest done result per URI) whose content has each of these keys."""
+        """The images whose content (as their own latest fetch found it) has each of these
+        keys, each as its newest done result of these weights has it."""
         found, wanted = self.model_id(), sorted({int(k) for k in keys})
         if found is None or not wanted:
             return {}
+        newest: dict[str, sa.Row] = {}
         with self.engine.connect() as conn:
-            hashes: dict[str, int] = {}
+            contents: dict[str, int] = {}  # uri_hash -> key of its content
             for part in batches(wanted):
-                for row in conn.execute(sa.select(embeddings.c.key, embeddings.c.sha256).where(
-                        embeddings.c.model_id == found[0], embeddings.c.key.in_(part))):
-                    hashes[bytes(row.sha256).hex()] = row.key
-            newest: dict[str, sa.Row] = {}
-            for part in batches(sorted(hashes)):
-                for row in conn.execute(of_contents(part)):
+                for row in conn.execute(sa.select(images.c.uri_hash, images.c.content_key)
+                                        .join_from(images, embeddings, sa.and_(
+                                            embeddings.c.key == images.c.content_key,
+                                            embeddings.c.sha256 == images.c.content))
+                                        .where(embeddings.c.model_id == found[0],
+                                               images.c.content_key.in_(part))):
+                    contents[row.uri_hash] = row.content_key
+            for part in batches(sorted(contents)):
+                for row in conn.execute(of_uris(found[0], part)):
                     kept = newest.get(row.uri_hash)
                     if kept is None or (row.updated_at, row.id) > (kept.updated_at, kept.id):
                         newest[row.uri_hash] = row
         found_images: dict[int, list[Image]] = {}
         for row in sorted(newest.values(), key=lambda r: r.uri):
-            found_images.setdefault(hashes[row.content_sha256], []).append(
+            found_images.setdefault(contents[row.uri_hash], []).append(
                 Image(row.uri, row.content_sha256, row.top_label, row.run_id))
         return found_images
 
@@ -136,8 +163,9 @@ class Store:
         """The keys of the contents of a run's done images, or of images with a top label."""
         import numpy as np
 
+        found = self.model()
         query = sa.select(results.c.content_sha256).distinct().where(
-            results.c.model == self.model, results.c.status == "done",
+            results.c.model_id == (found.id if found else -1), results.c.status == "done",
             results.c.content_sha256.is_not(None))
         if run is not None:
             query = query.where(results.c.run_id == run)
@@ -150,8 +178,9 @@ class Store:
     @retried
     def copies(self) -> list[int]:
         """The keys of contents that several catalogued images have (identical bytes)."""
+        found = self.model()
         query = (sa.select(results.c.content_sha256).where(
-            results.c.model == self.model, results.c.status == "done",
+            results.c.model_id == (found.id if found else -1), results.c.status == "done",
             results.c.content_sha256.is_not(None)).group_by(results.c.content_sha256)
             .having(sa.func.count(sa.distinct(results.c.uri_hash)) > 1))
         with self.engine.connect() as conn:
@@ -169,9 +198,9 @@ def latest(uri: str) -> sa.Select:
             .order_by(results.c.updated_at.desc(), results.c.id.desc()).limit(1))
 
 
-def of_contents(hashes: Iterable[str]) -> sa.Select:
-    """The done results of these contents (hex)."""
-    return _done().where(results.c.content_sha256.in_(list(hashes)))
+def of_uris(model_id: int, hashes: Iterable[str]) -> sa.Select:
+    """The done results of these weights for these URIs (by hash), of every label set."""
+    return _done().where(results.c.model_id == model_id, results.c.uri_hash.in_(list(hashes)))
 
 
 def _done() -> sa.Select:

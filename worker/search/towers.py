@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.backends.folder import checkpoint_digest, resolve
+from worker.backends.folder import resolve
+from worker.backends.weights import checkpoint_digest
 from worker.core.errors import ConfigError
 from worker.core.pixels import Preprocess
 from worker.core.settings import Settings
@@ -53,7 +54,8 @@ def _read(folder: Path) -> Towers | None:
 
 def towers(settings: Settings, note: Callable[[str], None]) -> Towers:
     """This checkpoint's towers, exported first (in a process of its own) where missing."""
-    folder = settings.cache_dir / "onnx" / checkpoint_digest(resolve(settings.model))
+    weights = checkpoint_digest(resolve(settings.model), settings.cache_dir).digest
+    folder = settings.cache_dir / "onnx" / weights[:16]  # as ModelCache names it
     found = _read(folder)
     if found is not None:
         return found

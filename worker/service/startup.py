@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from worker.backends.weights import Weights, checkpoint_digest
 from worker.core import metrics
 from worker.core.celeryconf import tagging_queue
 from worker.core.errors import ConfigError
@@ -30,11 +32,13 @@ GPU_MODEL_THREADS = 2  # torch's CPU threads in a process whose model runs on a 
 
 @dataclass(frozen=True)
 class Checked:
-    """What the parent found at start: the default label set, the checkpoint's folder, and
-    how many model processes the worker runs (prefork -c K; threads and solo: one)."""
+    """What the parent found at start: the default label set, the checkpoint's folder, the
+    digest of its files (its identity: computed once, before any fork), and how many model
+    processes the worker runs (prefork -c K; threads and solo: one)."""
 
     labelset: LabelSet
     folder: Path
+    weights: Weights
     model_processes: int = 1
 
 
@@ -49,13 +53,16 @@ def check(settings: Settings, model_processes: int = 1) -> Checked:
     global _checked
     labelset = load_labelset(settings.labels_path, settings.templates_path)
     folder = resolve(settings.model)
+    started = time.perf_counter()
+    weights = checkpoint_digest(folder, settings.cache_dir)
     migrate.ensure_current(settings.database_url, settings.default_database)
     visibility.agree(settings)
-    log.info("broker %s, database %s, model %s (%s), label set %s (%s: %d labels x %d "
-             "templates)", redact(settings.broker_url), redact(settings.database_url),
-             settings.model, folder, settings.labels_path, labelset.id, len(labelset.labels),
-             len(labelset.templates))
-    _checked = Checked(labelset, folder, model_processes)
+    log.info("broker %s, database %s, model %s (%s, weights %s: digest in %.2f s), label set %s "
+             "(%s: %d labels x %d templates)", redact(settings.broker_url),
+             redact(settings.database_url), settings.model, folder, weights.short,
+             time.perf_counter() - started, settings.labels_path, labelset.id,
+             len(labelset.labels), len(labelset.templates))
+    _checked = Checked(labelset, folder, weights, model_processes)
     return _checked
 
 
@@ -82,7 +89,8 @@ def warm_up(settings: Settings) -> Parts:
     """Load the model once, encode the default label set, run one dry batch; log the choice."""
     global _parts
     checked = _checked or check(settings)
-    parts = assemble(settings, checked.folder, model_processes=checked.model_processes)
+    parts = assemble(settings, checked.folder, weights=checked.weights,
+                     model_processes=checked.model_processes)
     try:
         _try_parts(parts, settings, checked)
     except BaseException:
@@ -93,9 +101,10 @@ def warm_up(settings: Settings) -> Parts:
         metrics.serve(settings.metrics_port + _child_index())
     metrics.observe_backend({"backend": backend.name, "runtime": backend.description,
                              "decoder": decoder.name}, getattr(backend, "candidates", ()))
-    log.info("model %s: %s, batch size %d, %s decoder, %d decode processes; label set %s ready",
-             settings.model, backend.description, backend.batch_size, decoder.name,
-             settings.decode_processes_per(checked.model_processes), checked.labelset.id)
+    log.info("model %s (weights %s): %s, batch size %d, %s decoder, %d decode processes; "
+             "label set %s ready", settings.model, parts.served.short, backend.description,
+             backend.batch_size, decoder.name, settings.decode_processes_per(
+                 checked.model_processes), checked.labelset.id)
     _parts = parts
     return parts
 

@@ -79,8 +79,17 @@ class Source:
         """What a run of this listing records as its source."""
         return redact(location)
 
+    def check(self, uri: str, budget: Budget) -> None:
+        """ItemError unless ``uri`` may be read from here (file roots, addresses, names): what
+        ``fetch`` checks before it reads, made alone for an image whose content is known. A
+        source that fetches and checks nothing first lets every URI pass."""
+        if type(self).fetch is Source.fetch:
+            raise ItemError(Reason.BAD_URI, f"{scheme(uri)}:// URIs cannot be fetched")
+
     def fetch(self, uri: str, budget: Budget) -> bytes:
-        """The bytes at ``uri``; ItemError when they will never come, TransientError if later."""
+        """The bytes at ``uri`` (``check`` first); ItemError when they will never come,
+        TransientError if later."""
+        self.check(uri, budget)
         raise ItemError(Reason.BAD_URI, f"{scheme(uri)}:// URIs cannot be fetched")
 
 

@@ -6,7 +6,7 @@ import ipaddress
 import socket
 from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import urllib3
 
@@ -100,15 +100,24 @@ class HttpSource(Source):
         raise SourceError(f"cannot list {redact(location)}: list a bucket (s3://), a folder "
                           "or a catalogue database whose rows hold http(s):// URLs")
 
+    def check(self, uri: str, budget: Budget) -> None:
+        self._hop(uri)
+
+    def _hop(self, uri: str) -> tuple[SplitResult, str, int, str]:
+        """The URL's parts, host, port and the address it may be fetched from: refused when
+        it is not http(s) or resolves to a non-public address (checked on every redirect)."""
+        parts = urlsplit(uri)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ItemError(Reason.BAD_URI, f"refusing to fetch {redact(uri)!r}")
+        port = parts.port or DEFAULT_PORTS[parts.scheme]
+        host = ascii_host(parts.hostname)
+        return parts, host, port, check_address(host, port, self.allow_private,
+                                                self.allow_networks)
+
     def fetch(self, uri: str, budget: Budget) -> bytes:
         """GET with the address check repeated on every redirect, timeouts and a byte cap."""
         for _ in range(MAX_REDIRECTS + 1):
-            parts = urlsplit(uri)
-            if parts.scheme not in {"http", "https"} or not parts.hostname:
-                raise ItemError(Reason.BAD_URI, f"refusing to fetch {redact(uri)!r}")
-            port = parts.port or DEFAULT_PORTS[parts.scheme]
-            host = ascii_host(parts.hostname)
-            address = check_address(host, port, self.allow_private, self.allow_networks)
+            parts, host, port, address = self._hop(uri)
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             timeout = min(self.timeout, budget.left(uri))
             response = _request(parts.scheme, host, address, port, target, timeout)

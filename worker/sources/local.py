@@ -93,13 +93,22 @@ class LocalSource(Source):
             return Skipped(Skip.UNREADABLE, f"{shown(path)} -> {shown(target)}: not UTF-8")
         return Linked(uri=path.as_uri(), version=version, target=str(target))
 
-    def fetch(self, uri: str, budget: Budget) -> bytes:
+    def check(self, uri: str, budget: Budget) -> None:
+        self._allowed(uri, budget)
+
+    @staticmethod
+    def _allowed(uri: str, budget: Budget) -> Path:
+        """The file's real path, if it is under a folder files may be read from."""
         path = Path(os.path.realpath(path_of(uri)))
         # Checked before the file is touched, so the answer says nothing about what exists.
         if not any(path.is_relative_to(root) for root in budget.file_roots):
             raise ItemError(Reason.OUTSIDE_ROOTS,
                             f"{uri} is outside the folders files may be read from "
                             "(the run's own folder and TAGGER_FILE_ROOTS)")
+        return path
+
+    def fetch(self, uri: str, budget: Budget) -> bytes:
+        path = self._allowed(uri, budget)
         try:
             # O_NONBLOCK: a FIFO would block open() for ever; it is refused below instead.
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)

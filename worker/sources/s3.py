@@ -102,14 +102,22 @@ class S3Source(Source):
         except botocore.exceptions.BotoCoreError as exc:
             raise SourceError(f"cannot list s3://{bucket}/{prefix}: {exc}") from exc
 
-    def fetch(self, uri: str, budget: Budget) -> bytes:
-        """The object's bytes through obstore (its GETs run outside the interpreter, ~1 ms of
-        CPU against boto3's ~4); keys obstore cannot spell go through boto3."""
+    def check(self, uri: str, budget: Budget) -> None:
+        self._object(uri)
+
+    @staticmethod
+    def _object(uri: str) -> tuple[str, str]:
         bucket, key = split(uri)
         if not bucket or not key:
             raise ItemError(Reason.BAD_URI, f"not an s3://bucket/key URI: {uri}")
         if not BUCKET_NAME.fullmatch(bucket):
             raise ItemError(Reason.BAD_URI, f"{bucket!r} is not a valid S3 bucket name")
+        return bucket, key
+
+    def fetch(self, uri: str, budget: Budget) -> bytes:
+        """The object's bytes through obstore (its GETs run outside the interpreter, ~1 ms of
+        CPU against boto3's ~4); keys obstore cannot spell go through boto3."""
+        bucket, key = self._object(uri)
         budget.left(uri)
         import obstore
 

@@ -76,7 +76,7 @@ class SqlSource(Source):
     def describe(self, location: str, query: str | sa.Select | None = None, **_: Any) -> str:
         return redact(f"sql: {describe(query)}" if query is not None else location)
 
-    def fetch(self, uri: str, budget: Budget) -> bytes:
+    def check(self, uri: str, budget: Budget) -> None:
         raise ItemError(Reason.BAD_URI, "a database URL is a catalogue to list, not an image")
 
 
