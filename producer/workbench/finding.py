@@ -61,10 +61,26 @@ class Finding:
             made = finder(self.settings, log.info)
             made.index()  # built (or read) once here, then kept warm for every request
         except Exception as exc:
-            log.warning("search is unavailable: %s", str(exc).splitlines()[0] if str(exc)
-                        else type(exc).__name__)
+            log.warning("search is unavailable: %s", _line(exc))
             raise
+        self._pool.submit(self._warm_text, made)
         return made
+
+    def _warm_text(self, made: Finder) -> None:
+        """Load the text tower (exported to ONNX first, once per checkpoint) before the first
+        query asks for it, where the checkpoint is on this machine: never downloaded here."""
+        from worker.backends.folder import find_local
+
+        if find_local(self.settings.model) is None:
+            return
+        try:
+            made.text("预热", top=1)
+        except Exception as exc:  # the first query says why, in its own words
+            log.warning("the text tower could not be loaded: %s", _line(exc))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
