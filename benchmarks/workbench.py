@@ -15,6 +15,13 @@ page and a page deep in it (a random keyset position), a page of failures, an im
 target is p95 <= 300 ms. The counts of a run's images (its figures, labels, failures) are made
 off the request path and kept 30 s (producer/workbench/counted.py): their own time is printed
 first, and pages are measured once they are made.
+
+Search: each done image also has a kept embedding (benchmarks/workbench_kept.py) of a full-size
+checkpoint of random weights. The server's Finder builds its index and loads the text tower
+when the application starts (the time until a search answers is printed), then a text search
+(a new text each time), its second page and "more like this" are timed like the pages (target:
+p95 <= 100 ms), and the image page includes its near-duplicates; last, Finder.text and a
+query's encoding alone.
 """
 
 from __future__ import annotations
