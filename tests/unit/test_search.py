@@ -66,6 +66,11 @@ def test_a_flat_index_is_exact_and_filters_exactly():
     within = keys[1::7]
     _, found = flat.search(queries, 5, within)
     assert np.isin(found, within).all()
+    cos = vectors[:50].astype(np.float32) @ vectors.astype(np.float32).T
+    want = {tuple(sorted((int(keys[a]), int(keys[b])))) for a, b in zip(*np.nonzero(cos >= 0.7),
+                                                                      strict=True) if a != b}
+    got = {(a, b) for a, b, _ in flat.pairs(queries, keys[:50], 0.7)}
+    assert got == want and want  # a flat index's pairs are every pair above the threshold
 
 
 def test_the_graph_agrees_with_exact_search_on_the_top_ten(monkeypatch, tmp_path):

@@ -195,7 +195,7 @@ class Index:
             with threads(CORES):
                 lims, scores, found = self.main.range_search(
                     queries, float(np.nextafter(threshold, -1)))
-            rows = np.repeat(np.arange(len(queries)), np.diff(lims))
+            rows = np.repeat(np.arange(len(queries)), np.diff(lims).astype(np.int64))
         else:
             wide_scores, wide = self._nearest(queries, PAIR_NEIGHBOURS + 1)
             rows, cols = np.nonzero(wide_scores >= threshold)
