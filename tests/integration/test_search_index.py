@@ -171,7 +171,8 @@ def test_searches_go_on_while_another_process_adds_and_folds(database, tmp_path,
     import subprocess
     import sys
 
-    from worker.search import delta, finder as finding
+    from worker.search import delta
+    from worker.search import finder as finding
 
     monkeypatch.setattr(delta, "FOLD_AT", 150)
     keep(database, clustered(400, DIM, seed=11), 0)
@@ -183,7 +184,7 @@ def test_searches_go_on_while_another_process_adds_and_folds(database, tmp_path,
     more = clustered(200, DIM, seed=12)
     for step, (first, expected) in enumerate(((0, 100), (100, 200))):
         new_keys = keep(database, more[first:first + 100], 5000 + first)
-        script = ADD.replace("import sys", f"import sys\nfrom worker.search import delta\n"
+        script = ADD.replace("import sys", "import sys\nfrom worker.search import delta\n"
                              "delta.FOLD_AT = 150")
         done = subprocess.run([sys.executable, "-c", script, database, str(tmp_path)],
                               capture_output=True, text=True, timeout=300, check=False)
