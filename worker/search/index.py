@@ -85,7 +85,9 @@ class Index:
 
     @property
     def count(self) -> int:
-        return len(self.keys)
+        """Keys a search can answer with: the delta's are never the main index's, and the keys
+        gone are all the main index's (Delta.changed)."""
+        return int(self.main.ntotal) - len(self.delta.gone) + len(self.delta)
 
     def main_keys(self) -> np.ndarray:
         if self._order is None:
@@ -110,10 +112,13 @@ class Index:
         self._order = self._keys = None
 
     def writable(self) -> None:
-        """The main index read whole from its file, to be added to (a mapped one cannot be)."""
+        """A main index of this snapshot's own, to be added to: read whole from its file (a
+        mapped one cannot be) or copied (other threads may be searching the one it shares)."""
         if self.source is not None:
             self.main = faiss.read_index(str(self.source))
-            self.source = None
+        else:
+            self.main = faiss.clone_index(self.main)
+        self.source = None
 
     def change(self, keys: np.ndarray, vectors: np.ndarray, gone: np.ndarray) -> None:
         """New vectors (replacing any under the same keys) and keys gone, into the delta;
@@ -121,13 +126,15 @@ class Index:
         self.delta = self.delta.changed(keys, vectors, gone, self.main_keys())
         self._keys = None
         if len(self.delta) > deltas.FOLD_AT:
+            if np.isin(self.delta.keys, self.delta.gone).any():  # a removed key kept again
+                self.meta["clash"] = True  # the main index would hold it twice: rebuilt
             self.add(self.delta.keys, self.delta.vectors)
             self.delta = Delta(self.delta.keys[:0], self.delta.vectors[:0], self.delta.gone)
             self.meta["folded"] = True
 
     def outgrown(self) -> bool:
         """Past what its kind was chosen for, or hiding many removed keys: rebuilt instead."""
-        if len(self.delta.gone) > max(1000, self.count // 10):
+        if self.meta.get("clash") or len(self.delta.gone) > max(1000, self.count // 10):
             return True
         if self.kind == "flat":
             return self.count >= 2 * EXACT_BELOW
@@ -147,14 +154,15 @@ class Index:
         return np.minimum(found[0], 1.0), found[1]
 
     def _nearest(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        wide = k + len(self.delta.gone)  # room for the keys left out below
-        params = (faiss.SearchParametersHNSW(efSearch=max(EF_SEARCH, wide))
-                  if self.kind == "hnsw" else None)
+        gone = faiss.IDSelectorBatch(self.delta.gone) if len(self.delta.gone) else None
+        skip = faiss.IDSelectorNot(gone) if gone is not None else None  # held: faiss borrows
+        if self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(EF_SEARCH, k), sel=skip)
+        else:
+            params = faiss.SearchParameters(sel=skip) if skip is not None else None
         with threads(1 if len(queries) == 1 else CORES):
-            scores, keys = self.main.search(queries, wide, params=params)
-        if len(self.delta.gone):
-            keys = np.where(np.isin(keys, self.delta.gone), -1, keys)
-        return scores, keys
+            return self.main.search(queries, min(k, max(int(self.main.ntotal), 1)),
+                                    params=params)
 
     def _exact(self, queries: np.ndarray, k: int, within: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
