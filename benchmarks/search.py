@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from testkit.vectors import clustered, near_copies
+from worker.backends.weights import checkpoint_digest
 from worker.checkpoint import build as build_checkpoint
 from worker.core.contract import Item, Result
 from worker.core.embedding import key_of, sha256_of
@@ -67,8 +68,10 @@ def vectors(count: int, seed: int) -> np.ndarray:
 
 
 def results(first: int, rows: np.ndarray, model: str) -> Iterator[list[Result]]:
+    # Under the checkpoint's digest, as a worker registers them: the weights search looks for.
+    weights = checkpoint_digest(Path(model), Path(os.environ["TAGGER_CACHE_DIR"])).digest
     for start in range(0, len(rows), BATCH):
-        yield [Result(item=Item(uri(first + start + i)), model=model,
+        yield [Result(item=Item(uri(first + start + i)), model=model, weights=weights,
                       labelset_id="0123456789abcdef", run_id="bench",
                       content_sha256=content(first + start + i),
                       runtime="torch float32 cpu", embedding=vector,
