@@ -119,11 +119,13 @@ def build_index(finder: Finder) -> dict[str, Any]:
 def loaded_rss_mb(finder: Finder) -> float:
     """Peak RSS of a new process that loads the index and searches it once (the index's
     memory, with Python's and faiss's own ~100 MB)."""
-    script = ("import resource, sys; from pathlib import Path; import numpy as np; "
+    # VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork and exec.
+    script = ("import sys; from pathlib import Path; import numpy as np; "
               "from worker.search.index import Index; "
               "i = Index.load(Path(sys.argv[1]), sys.argv[2]); "
               "i.search(np.ones((1, i.meta['dim']), np.float32), 50); "
-              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+              "print([l.split()[1] for l in open('/proc/self/status') if "
+              "l.startswith('VmHWM')][0])")
     done = subprocess.run([sys.executable, "-c", script, str(finder.folder), finder.name],
                           capture_output=True, text=True, check=True)
     return round(int(done.stdout.split()[-1]) / 1024, 1)
