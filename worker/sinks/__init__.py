@@ -13,12 +13,12 @@ from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from worker.core.contract import Result
-from worker.core.registry import Registry
+from worker.core.registry import PRIMARY_SINK, Registry
 
 if TYPE_CHECKING:
     from worker.core.settings import Settings
 
-PRIMARY = "database"
+PRIMARY = PRIMARY_SINK
 # A chunk's results (a list), or a relabel's batch (worker.core.scored.Scored): both are sized
 # collections of `Result`; a sink that only iterates needs to tell them apart for nothing.
 Results = Collection[Result]
