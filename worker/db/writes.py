@@ -154,14 +154,17 @@ def write_scored(engine: Engine, scored: Scored) -> None:
     """A relabel's batch in one transaction: result rows unique by image, model and label set,
     its images whose kept embedding is damaged failed (a failure never replaces a done result
     of the same label set)."""
+    copy = engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg2"
+    # Rendered before the transaction opens: its connection is held for the writes alone.
+    text = bulk.Lines(scored.range.shared(), SCORED).text(scored.lines()) if copy else ""
+    failed = scored.failed_rows()
     with engine.begin() as conn:
-        if bulk.uses_copy(conn):
-            lines = bulk.Lines(scored.range.shared(), SCORED)  # microseconds: once a batch
-            bulk.write_lines(conn, lines.text(scored.lines()))
+        if copy:
+            bulk.write_lines(conn, text)
         else:
             write_by_statements(conn, scored.done_rows(), None)
-        if scored.failed:
-            _write(conn, scored.failed_rows(), None)
+        if failed:
+            _write(conn, failed, None)
 
 
 def _write(conn: Connection, rows: list[dict[str, Any]], task_id: str | None) -> None:
