@@ -1,4 +1,4 @@
-"""What the ``producer`` commands share: the database made ready, label set options."""
+"""What the ``producer`` commands share: the database made ready, label set and chunk options."""
 
 from __future__ import annotations
 
@@ -28,3 +28,5 @@ labels_option = click.option("--labels", type=click.Path(path_type=Path, dir_oka
 templates_option = click.option("--templates", type=click.Path(path_type=Path, dir_okay=False),
                                 help="Prompt templates, one per line with {} "
                                      "(default: TAGGER_TEMPLATES).")
+chunk_option = click.option("--chunk-size", type=click.IntRange(1),
+                            help="Images per message [default: TAGGER_CHUNK_SIZE or 64].")
