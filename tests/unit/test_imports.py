@@ -1,5 +1,5 @@
-"""Import boundaries: the producer stays light, the core stands alone, the producer's commands
-stand apart (import-linter)."""
+"""Import boundaries (import-linter): the producer stays light, the worker in layers, no
+circles, the producer's commands stand apart."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator, Mapping
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from worker.core.errors import ConfigError
 
@@ -64,3 +64,16 @@ class Registry(Generic[T]):
         choices = ", ".join([*also, *(n for n in self._entries if n)])
         raise ConfigError(f"{variable} must be one of {choices}, got {raw!r}")
 
+
+
+# Where each seam keeps its registry. Settings check names against them; the core sits below
+# the seam packages (which hand `Settings` to their parts), so it finds them by name, on first use.
+SEAMS = {"backend": "worker.backends:BACKENDS", "decoder": "worker.decoders:DECODERS",
+         "sink": "worker.sinks:SINKS", "source": "worker.sources:SOURCES"}
+PRIMARY_SINK = "database"  # the sink every worker writes first: what is done, pending, in flight
+
+
+def seam(name: str) -> Registry[Any]:
+    """The registry of the seam ``name`` (a key of SEAMS)."""
+    module, _, attribute = SEAMS[name].partition(":")
+    return getattr(importlib.import_module(module), attribute)  # type: ignore[no-any-return]

@@ -12,11 +12,9 @@ from typing import Any
 
 import platformdirs
 
-from worker.backends import BACKENDS
 from worker.core.errors import ConfigError
-from worker.core.registry import Registry
-from worker.decoders import DECODERS
-from worker.sinks import PRIMARY, SINKS
+from worker.core.registry import PRIMARY_SINK as PRIMARY
+from worker.core.registry import seam
 
 APP_NAME = "catalog-tagger"
 DEFAULT_MODEL = "OFA-Sys/chinese-clip-vit-base-patch16"
@@ -142,15 +140,15 @@ def _choice(*choices: str) -> Callable[[str, str], str]:
     return parse
 
 
-def _registered(registry: Registry[Any]) -> Callable[[str, str], str]:
+def _registered(kind: str) -> Callable[[str, str], str]:
     """A name from a seam's registry (the one list of its names), or ``auto``."""
     def parse(name: str, raw: str) -> str:
-        return registry.check(name, raw, also=("auto",))
+        return seam(kind).check(name, raw, also=("auto",))
     return parse
 
 
 def _sinks(name: str, raw: str) -> tuple[str, ...]:
-    names = tuple(SINKS.check(name, part) for part in raw.split(",") if part.strip())
+    names = tuple(seam("sink").check(name, part) for part in raw.split(",") if part.strip())
     if PRIMARY not in names:
         raise ConfigError(f"{name} must include {PRIMARY} (it records what is done, pending and "
                           f"in flight), got {raw!r}")
@@ -218,11 +216,11 @@ def _broker_url(name: str, raw: str) -> str:
 _FIELDS: tuple[tuple[str, str, Callable[[str, str], Any], Any], ...] = (
     ("TAGGER_QUEUE", "queue", _queue, "tagger"),
     ("TAGGER_MODEL", "model", _model, DEFAULT_MODEL),
-    ("TAGGER_BACKEND", "backend", _registered(BACKENDS), "auto"),
+    ("TAGGER_BACKEND", "backend", _registered("backend"), "auto"),
     ("TAGGER_PRECISION", "precision",
      _choice("auto", "float32", "float16", "bfloat16", "int8"), "auto"),
     ("TAGGER_DEVICE", "device", _choice("auto", "cpu", "cuda"), "auto"),
-    ("TAGGER_DECODER", "decoder", _registered(DECODERS), "auto"),
+    ("TAGGER_DECODER", "decoder", _registered("decoder"), "auto"),
     ("TAGGER_SINKS", "sinks", _sinks, (PRIMARY,)),
     ("TAGGER_TOP_K", "top_k", _int(1), 5),
     ("TAGGER_BATCH_SIZE", "batch_size", _int(0), 0),
