@@ -15,7 +15,14 @@ from producer import enqueue as enqueuing
 from producer import render
 from producer import status as reporting
 from producer.cli_cancel import cancel
-from producer.cli_common import labels_option, labelset_of, ready, templates_option
+from producer.cli_common import (
+    labels_option,
+    labelset_of,
+    listing_options,
+    listing_values,
+    ready,
+    templates_option,
+)
 from producer.cli_db import database
 from producer.cli_exporter import export_backlog
 from producer.cli_labels import corrections, relabel
@@ -34,7 +41,6 @@ from worker.db import embeddings as kept
 from worker.db import runs as db
 from worker.db import status as db_status
 from worker.db.models import served
-from worker.sources.sql import table_query
 
 
 class Main(click.Group):
@@ -75,9 +81,10 @@ chunk_option = click.option("--chunk-size", type=click.IntRange(1),
               help="Try again images that failed in an earlier run (skipped otherwise).")
 @click.option("--timeout", type=float, default=24 * 3600, show_default=True, help="Seconds.")
 @click.option("--no-worker", is_flag=True, help="Use running workers instead of starting one.")
+@listing_options
 def tag(location: str, labels: Path | None, templates: Path | None, output: Path | None,
         chunk_size: int | None, force: bool, retry_failed: bool, timeout: float,
-        no_worker: bool) -> None:
+        no_worker: bool, **listing: Any) -> None:
     """Tag every image of a folder (or s3://bucket/prefix) and write their labels to a file.
 
     Exit code 0 once every image has a result, 3 if there is no image (nothing is started)."""
@@ -85,7 +92,8 @@ def tag(location: str, labels: Path | None, templates: Path | None, output: Path
     result = tag_location(settings, location, labelset=labelset_of(settings, labels, templates),
                           output=output, chunk_size=chunk_size or settings.chunk_size,
                           timeout=timeout, force=force, retry_failed=retry_failed,
-                          own_worker=not no_worker, echo=lambda line: click.echo(line, err=True))
+                          own_worker=not no_worker, echo=lambda line: click.echo(line, err=True),
+                          options=listing_values(listing))
     click.echo(render.tagged(result, location))
 
 
@@ -97,20 +105,15 @@ def tag(location: str, labels: Path | None, templates: Path | None, output: Path
               help="Shorthand for a local folder (recursive).")
 @click.option("--database-url", envvar="CATALOG_DATABASE_URL",
               help="Shorthand for a catalogue database to read image URLs from.")
-@click.option("--query", help="One SELECT returning (key, image_url[, version]) rows.")
-@click.option("--table", help="Catalogue table (instead of --query).")
-@click.option("--key-column", default="id", show_default=True)
-@click.option("--url-column", default="image_url", show_default=True)
-@click.option("--version-column", help="Column that changes when the image changes.")
+@listing_options
 @labels_option
 @templates_option
 @chunk_option
 @click.option("--force", is_flag=True, help="Re-tag images that already have a result.")
 @click.option("--dry-run", is_flag=True, help="Print what would be enqueued; send nothing.")
 def enqueue(locations: tuple[str, ...], bucket: str | None, prefix: str, folder: Path | None,
-            database_url: str | None, query: str | None, table: str | None, key_column: str,
-            url_column: str, version_column: str | None, labels: Path | None,
-            templates: Path | None, chunk_size: int | None, force: bool, dry_run: bool) -> None:
+            database_url: str | None, labels: Path | None, templates: Path | None,
+            chunk_size: int | None, force: bool, dry_run: bool, **listing: Any) -> None:
     """List each URI (s3://bucket/prefix, a folder, file:///dir, a catalogue database, or any
     other registered scheme) and enqueue its images: new or changed ones only, unless --force."""
     settings = _settings()
@@ -118,10 +121,7 @@ def enqueue(locations: tuple[str, ...], bucket: str | None, prefix: str, folder:
     if not locations:
         raise click.UsageError("give what to list: a URI (s3://bucket/prefix, a folder, ...), "
                                "--bucket, --dir or --database-url")
-    options: dict[str, Any] = {}
-    if query or table:
-        options["query"] = query or table_query(table or "", key_column, url_column,
-                                                version_column)
+    options = listing_values(listing)
     listings = [enqueuing.locate(location, settings, **options) for location in locations]
     labelset = labelset_of(settings, labels, templates)
     ready(settings)

@@ -1,37 +1,108 @@
-"""Named implementations of one seam (sources, backends, decoders, sinks), imported on first use.
+"""Named parts of one seam (sources, backends, decoders, sinks), imported on first use, and what
+each declares without being imported: its own settings, listing options, formats, precisions.
 
-Each seam's registry is the one list of its names: settings check against it, the worker builds
-from it, and a new implementation is one module plus one ``register`` line (or one entry where
-the registry is made).
+Each seam's registry is the one list of its names: settings check against it and read the
+settings its parts declare, the worker builds from it, and a new part is one module plus one
+``register`` line (or one entry where the registry is made). Built-in parts register exactly as
+plugins do (worker/core/plugins.py).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator, Mapping
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from worker.core.errors import ConfigError
 
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class Setting:
+    """A setting a part declares: ``TAGGER_<PREFIX>_<NAME>``, read and checked when settings
+    load (``parse`` raises the one-line ConfigError), then ``settings.part(prefix).<name>``."""
+
+    name: str
+    parse: Callable[[str, str], Any]
+    default: Any
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A listing option a source offers ``producer enqueue`` and ``producer tag``:
+    ``--key-column`` for ``key_column``, handed to its ``listing`` and ``describe``."""
+
+    name: str
+    help: str
+    default: str | None = None
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One registration: the class (``"module:Class"``, imported when first asked for) and
+    what it declares that others need before importing it. Seams add their own declarations
+    (``SourcePart``, ``DecoderPart``, ``BackendPart``)."""
+
+    target: Any  # "module:Class", or the class itself
+    prefix: str = ""  # of its settings' variables (TAGGER_<PREFIX>_*); default: its name
+    settings: tuple[Setting, ...] = ()
+
+    def variable(self, name: str, setting: Setting) -> str:
+        return f"TAGGER_{(self.prefix or name).upper()}_{setting.name.upper()}"
+
+
+SEAMS: dict[str, Registry[Any]] = {}  # every registry made, by seam: what settings read
+
+
 class Registry(Generic[T]):
-    """``name -> class``; an entry may be ``"module:Class"``, imported when first asked for."""
+    """``name -> Part``; a bare ``"module:Class"`` or class is a part declaring nothing."""
 
-    def __init__(self, seam: str, entries: Mapping[str, str | T] | None = None) -> None:
+    def __init__(self, seam: str, entries: Mapping[str, Any] | None = None,
+                 kind: type[Part] = Part) -> None:
         self.seam = seam
-        self._entries: dict[str, str | T] = dict(entries or {})
+        self.kind = kind
+        self._entries: dict[str, Part] = {}
+        self._loaded: dict[str, T] = {}
+        self.version = 0  # changes with every registration: what caches of declarations key on
+        for name, target in (entries or {}).items():
+            self.register(name, target)
+        SEAMS[seam] = self
 
-    def register(self, name: str, target: str | T) -> None:
-        self._entries[name.lower()] = target
+    def register(self, name: str, target: Any) -> None:
+        """``target``: a Part of this seam's kind, a ``"module:Class"``, or a class."""
+        part = target if isinstance(target, Part) else self.kind(target)
+        self._entries[name.lower()] = part
+        self._loaded.pop(name.lower(), None)
+        self.version += 1
 
-    def entries(self) -> dict[str, str | T]:
+    def entries(self) -> dict[str, Part]:
         """Every entry as registered (for another process to register the same)."""
         return dict(self._entries)
 
-    def update(self, entries: dict[str, str | T]) -> None:
-        self._entries.update(entries)
+    def update(self, entries: Mapping[str, Part]) -> None:
+        for name, part in entries.items():
+            self.register(name, part)
+
+    def unregister(self, name: str) -> None:
+        self._entries.pop(name, None)
+        self._loaded.pop(name, None)
+        self.version += 1
+
+    def part(self, name: str) -> Part:
+        """What ``name`` declares, without importing it."""
+        if name not in self._entries:
+            raise ConfigError(f"no {self.seam} named {name!r} (known: {self.known()})")
+        return self._entries[name]
+
+    def parts(self) -> dict[str, Part]:
+        return dict(self._entries)
 
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)
@@ -44,14 +115,13 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """The implementation registered as ``name``; ConfigError naming the known ones."""
-        if name not in self._entries:
-            raise ConfigError(f"no {self.seam} named {name!r} (known: {self.known()})")
-        target = self._entries[name]
-        if isinstance(target, str):
-            module, _, attribute = target.partition(":")
-            target = getattr(importlib.import_module(module), attribute)
-            self._entries[name] = target
-        return target  # type: ignore[return-value]
+        if name not in self._loaded:
+            target = self.part(name).target
+            if isinstance(target, str):
+                module, _, attribute = target.partition(":")
+                target = getattr(importlib.import_module(module), attribute)
+            self._loaded[name] = target
+        return self._loaded[name]
 
     def known(self) -> str:
         return ", ".join(n for n in self._entries if n) or "none"
@@ -63,4 +133,3 @@ class Registry(Generic[T]):
             return value
         choices = ", ".join([*also, *(n for n in self._entries if n)])
         raise ConfigError(f"{variable} must be one of {choices}, got {raw!r}")
-

@@ -24,7 +24,7 @@ from worker.backends import Backend
 from worker.core.contract import Item
 from worker.core.embedding import damaged
 from worker.core.errors import ItemError, Reason, TransientError
-from worker.decoders import Decoder, OnCpu
+from worker.decoders import Decoder, OnCpu, fallback_of
 from worker.loop.batcher import Batcher
 from worker.loop.dedupe import KnownContent, Labels
 from worker.loop.labelstore import Scoring
@@ -195,12 +195,14 @@ class Tagger:
         return batch
 
     def _finish(self, prepared: list[Any]) -> list[Any]:
-        """The decoder's last step; images it hands back go to a decode process for Pillow."""
+        """The decoder's last step; images it hands back go to a decode process for its
+        fallback decoder."""
         spec = self.backend.preprocess
         out = self.decoder.finish(prepared, spec)
         back = [(i, p.data) for i, p in enumerate(out) if isinstance(p, OnCpu)]
         if back:
-            answers = {a.index: a.outcome for a in self.prep.prepare(back, decoder="pillow")}
+            fallback = fallback_of(self.decoder.name)  # as its registration declares
+            answers = {a.index: a.outcome for a in self.prep.prepare(back, decoder=fallback)}
             again = self.decoder.finish([answers[i] for i, _ in back], spec)
             for (i, _), pixels in zip(back, again, strict=True):
                 out[i] = pixels
