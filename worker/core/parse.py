@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from worker.core.errors import ConfigError
@@ -17,16 +18,21 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Parser = Callable[[str, str], object]
 
 
-def integer(minimum: int = 0) -> Callable[[str, str], int]:
-    def parse(name: str, raw: str) -> int:
+@dataclass(frozen=True)
+class Integer:
+    """An integer of at least ``minimum`` (a class, not a closure: parts' declarations travel
+    to decode processes pickled)."""
+
+    minimum: int = 0
+
+    def __call__(self, name: str, raw: str) -> int:
         try:
             value = int(raw)
         except ValueError:
             raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-        if value < minimum:
-            raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+        if value < self.minimum:
+            raise ConfigError(f"{name} must be >= {self.minimum}, got {value}")
         return value
-    return parse
 
 
 def boolean(name: str, raw: str) -> bool:
@@ -37,28 +43,36 @@ def boolean(name: str, raw: str) -> bool:
     raise ConfigError(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
 
 
-def choice(*choices: str) -> Callable[[str, str], str]:
-    def parse(name: str, raw: str) -> str:
+class Choice:
+    """One of ``choices`` (any case); TAGGER_DEVICE also takes cuda:N."""
+
+    def __init__(self, *choices: str) -> None:
+        self.choices = choices
+
+    def __call__(self, name: str, raw: str) -> str:
         value = raw.lower()
-        if value not in choices and not (name == "TAGGER_DEVICE" and value.startswith("cuda:")):
-            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+        if value not in self.choices and not (name == "TAGGER_DEVICE"
+                                              and value.startswith("cuda:")):
+            raise ConfigError(f"{name} must be one of {', '.join(self.choices)}, got {raw!r}")
         return value
-    return parse
 
 
 def text(name: str, raw: str) -> str:
     return raw
 
 
-def url(*schemes: str) -> Callable[[str, str], str]:
+class Url:
     """A URL of one of ``schemes``; only its scheme is ever shown (never a password)."""
-    def parse(name: str, raw: str) -> str:
+
+    def __init__(self, *schemes: str) -> None:
+        self.schemes = schemes
+
+    def __call__(self, name: str, raw: str) -> str:
         head, sep, _ = raw.partition("://")
-        if not sep or head.lower() not in schemes:
-            shown = " or ".join(f"{s}://" for s in schemes)
+        if not sep or head.lower() not in self.schemes:
+            shown = " or ".join(f"{s}://" for s in self.schemes)
             raise ConfigError(f"{name} must be a {shown} URL, got {head if sep else raw[:20]!r}")
         return raw
-    return parse
 
 
 def networks(name: str, raw: str) -> tuple[Network, ...]:

@@ -14,7 +14,7 @@ import platformdirs
 from worker.core import plugins
 from worker.core.errors import ConfigError
 from worker.core.options import Options, read_options
-from worker.core.parse import Network, boolean, choice, integer, networks, paths
+from worker.core.parse import Choice, Integer, Network, boolean, networks, paths
 from worker.core.registry import SEAMS
 
 APP_NAME = "catalog-tagger"
@@ -127,7 +127,7 @@ def _registered(seam: str) -> Callable[[str, str], str]:
 def _precision(name: str, raw: str) -> str:
     """``auto`` or a precision some registered backend declares."""
     declared = (getattr(part, "precisions", ()) for part in SEAMS["backend"].parts().values())
-    return choice("auto", *dict.fromkeys(p for group in declared for p in group))(name, raw)
+    return Choice("auto", *dict.fromkeys(p for group in declared for p in group))(name, raw)
 
 
 def _sinks(name: str, raw: str) -> tuple[str, ...]:
@@ -184,35 +184,35 @@ _FIELDS: tuple[tuple[str, str, Callable[[str, str], Any], Any], ...] = (
     ("TAGGER_MODEL", "model", _model, DEFAULT_MODEL),
     ("TAGGER_BACKEND", "backend", _registered("backend"), "auto"),
     ("TAGGER_PRECISION", "precision", _precision, "auto"),
-    ("TAGGER_DEVICE", "device", choice("auto", "cpu", "cuda"), "auto"),
+    ("TAGGER_DEVICE", "device", Choice("auto", "cpu", "cuda"), "auto"),
     ("TAGGER_DECODER", "decoder", _registered("decoder"), "auto"),
     ("TAGGER_SINKS", "sinks", _sinks, (PRIMARY_SINK,)),
-    ("TAGGER_TOP_K", "top_k", integer(1), 5),
-    ("TAGGER_BATCH_SIZE", "batch_size", integer(0), 0),
-    ("TAGGER_CHUNK_SIZE", "chunk_size", integer(1), 64),
+    ("TAGGER_TOP_K", "top_k", Integer(1), 5),
+    ("TAGGER_BATCH_SIZE", "batch_size", Integer(0), 0),
+    ("TAGGER_CHUNK_SIZE", "chunk_size", Integer(1), 64),
     # Per model process; 0: twice the host's cores shared by its model processes
     # (Settings.decode_processes_per).
-    ("TAGGER_DECODE_PROCESSES", "decode_processes", integer(1), 0),
-    ("TAGGER_VISIBILITY_TIMEOUT", "visibility_timeout", integer(5), 900),
-    ("TAGGER_CHUNK_RETRIES", "chunk_retries", integer(0), 8),
-    ("TAGGER_MAX_DELIVERIES", "max_deliveries", integer(1), 3),
-    ("TAGGER_MAX_IMAGE_BYTES", "max_image_bytes", integer(1), 50 * 2**20),
-    ("TAGGER_MAX_IMAGE_PIXELS", "max_image_pixels", integer(1), 89_478_485),
-    ("TAGGER_MAX_IMAGE_MEMORY", "max_image_memory", integer(16 * 2**20), 2**30),
-    ("TAGGER_ITEM_TIMEOUT", "item_timeout", integer(1), 30),
-    ("TAGGER_FETCH_TIMEOUT", "fetch_timeout", integer(1), 30),
+    ("TAGGER_DECODE_PROCESSES", "decode_processes", Integer(1), 0),
+    ("TAGGER_VISIBILITY_TIMEOUT", "visibility_timeout", Integer(5), 900),
+    ("TAGGER_CHUNK_RETRIES", "chunk_retries", Integer(0), 8),
+    ("TAGGER_MAX_DELIVERIES", "max_deliveries", Integer(1), 3),
+    ("TAGGER_MAX_IMAGE_BYTES", "max_image_bytes", Integer(1), 50 * 2**20),
+    ("TAGGER_MAX_IMAGE_PIXELS", "max_image_pixels", Integer(1), 89_478_485),
+    ("TAGGER_MAX_IMAGE_MEMORY", "max_image_memory", Integer(16 * 2**20), 2**30),
+    ("TAGGER_ITEM_TIMEOUT", "item_timeout", Integer(1), 30),
+    ("TAGGER_FETCH_TIMEOUT", "fetch_timeout", Integer(1), 30),
     ("TAGGER_ALLOW_PRIVATE_URLS", "allow_private_urls", boolean, False),
     ("TAGGER_URL_ALLOW_NETWORKS", "url_allow_networks", networks, ()),
     ("TAGGER_FILE_ROOTS", "file_roots", paths, ()),
-    ("TAGGER_PENDING_TTL", "pending_ttl", integer(1), 24 * 3600),
+    ("TAGGER_PENDING_TTL", "pending_ttl", Integer(1), 24 * 3600),
     # Seconds one read of kept embeddings may run (a batch of a relabel range, of an export).
-    ("TAGGER_READ_TIMEOUT", "read_timeout", integer(1), 60),
-    ("TAGGER_METRICS_PORT", "metrics_port", integer(0), 0),
+    ("TAGGER_READ_TIMEOUT", "read_timeout", Integer(1), 60),
+    ("TAGGER_METRICS_PORT", "metrics_port", Integer(0), 0),
     ("TAGGER_JPEG_DRAFT", "jpeg_draft", boolean, True),
-    ("TAGGER_DECODE_OVERLAP", "decode_overlap", choice("auto", "on", "off"), "auto"),
+    ("TAGGER_DECODE_OVERLAP", "decode_overlap", Choice("auto", "on", "off"), "auto"),
     ("TAGGER_KEEP_EMBEDDINGS", "keep_embeddings", boolean, True),
     # Set by `producer tag` on the worker it starts: the worker stops when that process is gone.
-    ("TAGGER_OWNER_PID", "owner_pid", integer(0), 0),
+    ("TAGGER_OWNER_PID", "owner_pid", Integer(0), 0),
     ("TAGGER_SERVE_TOKEN", "serve_token", lambda name, raw: raw, ""),
 )
 

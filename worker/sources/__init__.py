@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from worker.core.contract import MAX_URI_CHARS, Item
 from worker.core.errors import ConfigError, ItemError, Reason, Skip, SourceError, TransientError
-from worker.core.parse import integer
+from worker.core.parse import Integer
 from worker.core.redact import redact
 from worker.core.registry import Flag, Part, Registry, Setting
 from worker.core.settings import Settings
@@ -104,7 +104,7 @@ class Source:
 
 _CATALOGUE = SourcePart(
     "worker.sources.sql:SqlSource", prefix="catalogue",
-    settings=(Setting("timeout", integer(1), 600, "Seconds each step of a listing may run."),),
+    settings=(Setting("timeout", Integer(1), 600, "Seconds each step of a listing may run."),),
     listing=(Flag("query", "One SELECT returning (key, image_url[, version]) rows."),
              Flag("table", "Catalogue table (instead of --query)."),
              Flag("key_column", "Its key column (with --table).", "id"),
