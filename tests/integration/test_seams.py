@@ -46,6 +46,7 @@ def env(pg_url: str, tiny_model: Path, tmp_path: Path) -> Iterator[dict[str, str
         TAGGER_LABELS=str(labels), TAGGER_HOME=str(tmp_path / "home"), TAGGER_PLUGINS=PLUGIN,
         TAGGER_BACKEND="colour", TAGGER_DECODER="solid", TAGGER_SINKS="database,list",
         TAGGER_TOP_K="2", TAGGER_CHUNK_SIZE="3", TAGGER_DECODE_PROCESSES="2",
+        TAGGER_VISIBILITY_TIMEOUT="30", TAGGER_CACHE_DIR=str(tmp_path / "cache"),
         TAGGER_KV_URL=REDIS_URL, TAGGER_LIST_KEY=f"{SHELF}:sunk")
     yield values
     store = redis.Redis.from_url(REDIS_URL)
