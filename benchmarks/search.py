@@ -25,6 +25,7 @@ import dataclasses
 import json
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from testkit.vectors import clustered, near_copies
+from worker.backends.weights import checkpoint_digest
 from worker.checkpoint import build as build_checkpoint
 from worker.core.contract import Item, Result
 from worker.core.embedding import key_of, sha256_of
@@ -42,6 +44,7 @@ from worker.core.settings import LABELSETS, load_settings
 from worker.db import migrate, writes
 from worker.db.schema import engine_for
 from worker.search import Finder, Group, exact, index, keeper
+from worker.search import index as index_module
 from worker.search.text import TextEncoder
 from worker.search.towers import towers
 
@@ -65,8 +68,10 @@ def vectors(count: int, seed: int) -> np.ndarray:
 
 
 def results(first: int, rows: np.ndarray, model: str) -> Iterator[list[Result]]:
+    # Under the checkpoint's digest, as a worker registers them: the weights search looks for.
+    weights = checkpoint_digest(Path(model), Path(os.environ["TAGGER_CACHE_DIR"])).digest
     for start in range(0, len(rows), BATCH):
-        yield [Result(item=Item(uri(first + start + i)), model=model,
+        yield [Result(item=Item(uri(first + start + i)), model=model, weights=weights,
                       labelset_id="0123456789abcdef", run_id="bench",
                       content_sha256=content(first + start + i),
                       runtime="torch float32 cpu", embedding=vector,
@@ -103,53 +108,77 @@ def peak_rss_mb() -> float:
 def build_index(finder: Finder) -> dict[str, Any]:
     rss, started = peak_rss_mb(), time.perf_counter()
     index = finder.index()
-    files = [finder.folder / index.meta[k] for k in ("index", "keys")]
-    return {"kind": index.kind, "lists": index.meta.get("lists"), "seconds":
+    files = [finder.folder / index.meta[k] for k in ("index", "delta")]
+    return {"kind": index.kind, "links": index_module.LINKS, "seconds":
             round(time.perf_counter() - started, 1), "peak_rss_mb_before": rss,
             "peak_rss_mb_after": peak_rss_mb(),
-            "bytes_on_disk_mb": round(sum(f.stat().st_size for f in files) / 2**20, 1)}
+            "bytes_on_disk_mb": round(sum(f.stat().st_size for f in files) / 2**20, 1),
+            "loaded_rss_mb": loaded_rss_mb(finder)}
+
+
+def loaded_rss_mb(finder: Finder) -> float:
+    """Peak RSS of a new process that loads the index and searches it once (the index's
+    memory, with Python's and faiss's own ~100 MB)."""
+    # VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork and exec.
+    script = ("import sys; from pathlib import Path; import numpy as np; "
+              "from worker.search.index import Index; "
+              "i = Index.load(Path(sys.argv[1]), sys.argv[2]); "
+              "i.search(np.ones((1, i.meta['dim']), np.float32), 50); "
+              "print([l.split()[1] for l in open('/proc/self/status') if "
+              "l.startswith('VmHWM')][0])")
+    done = subprocess.run([sys.executable, "-c", script, str(finder.folder), finder.name],
+                          capture_output=True, text=True, check=True)
+    return round(int(done.stdout.split()[-1]) / 1024, 1)
 
 
 def recall(finder: Finder, data: np.ndarray, keys: np.ndarray) -> dict[str, Any]:
     """The index's top 10 against exact search, for queries near stored vectors (cosine 0.9)."""
     rng = np.random.default_rng(9)
     queries = near_copies(data[rng.integers(0, len(data), QUERIES)], seed=3, cosine=0.9)
-    index = finder.index()
-    found = index.search(queries, 10)[1]
+    graph = finder.index()
     truth = exact.top(queries, data, keys, 10)[1]
-    hit = [len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)]
-    return {"recall_at_10": round(float(np.mean(hit)), 4),
-            "index_search_top50": timed(lambda n: index.search(queries[n], 50), QUERIES)}
+    figures: dict[str, Any] = {}
+    default = index.EF_SEARCH
+    try:
+        for ef in (32, 64, 128):  # the candidates a graph search keeps: recall against time
+            index.EF_SEARCH = ef
+            figures[f"ef_search {ef}"] = {
+                "recall_at_10": overlap(graph.search(queries, 10)[1], truth),
+                "index_search_top50": timed(lambda n: graph.search(queries[n], 50), QUERIES)}
+    finally:
+        index.EF_SEARCH = default
+    return {**figures, "recall_at_10": figures[f"ef_search {default}"]["recall_at_10"]}
 
 
 def crossover(data: np.ndarray) -> dict[str, Any]:
-    """Exact (flat) against IVF search at EXACT_BELOW vectors: where exact is about as fast."""
+    """Exact (flat) against graph search at EXACT_BELOW vectors: where exact is about as fast."""
     size = index.EXACT_BELOW
     flat = index.Index.empty(DIM, 0)
     flat.add(np.arange(size, dtype=np.int64), data[:size])
-    ivf = index.Index.empty(DIM, size, data[:index.sample_size(size)])
-    ivf.add(np.arange(size, dtype=np.int64), data[:size])
+    graph = index.Index.empty(DIM, size)
+    graph.add(np.arange(size, dtype=np.int64), data[:size])
     queries = data[:QUERIES].astype(np.float32)
-    return {"vectors": size, "exact_top50": timed(lambda n: flat.search(queries[n], 50), QUERIES),
-            "ivf_top50": timed(lambda n: ivf.search(queries[n], 50), QUERIES)}
+    return {"vectors": size,
+            "exact_top50": timed(lambda n: flat.search(queries[n], 50), QUERIES),
+            "graph_top50": timed(lambda n: graph.search(queries[n], 50), QUERIES)}
 
 
 def libraries(count: int, added: int) -> dict[str, Any]:
-    """faiss's IVF (as the index builds it) against usearch's HNSW on the same vectors."""
+    """faiss's HNSW (as the index builds it) against usearch's on the same vectors."""
     data, keys = vectors(count, seed=1), np.arange(count, dtype=np.int64)
     started = time.perf_counter()
-    ivf = index.Index.empty(DIM, count, data[:index.sample_size(count)])
-    ivf.add(keys[:-added], data[:-added])
-    figures = {"faiss_ivf_build_seconds": round(time.perf_counter() - started, 1)}
+    graph = index.Index.empty(DIM, count)
+    graph.add(keys[:-added], data[:-added])
+    figures = {"faiss_hnsw_build_seconds": round(time.perf_counter() - started, 1)}
     started = time.perf_counter()
-    ivf.add(keys[-added:], data[-added:])
-    figures[f"faiss_ivf_add_{added}_seconds"] = round(time.perf_counter() - started, 2)
+    graph.add(keys[-added:], data[-added:])
+    figures[f"faiss_hnsw_add_{added}_seconds"] = round(time.perf_counter() - started, 2)
     queries = near_copies(data[np.random.default_rng(9).integers(0, count, QUERIES)], seed=3,
                           cosine=0.9)
     truth = exact.top(queries, data, keys, 10)[1]
-    found = ivf.search(queries, 10)[1]
-    figures["faiss_ivf_recall_at_10"] = overlap(found, truth)
-    figures["faiss_ivf_top50"] = timed(lambda n: ivf.search(queries[n], 50), QUERIES)
+    found = graph.search(queries, 10)[1]
+    figures["faiss_hnsw_recall_at_10"] = overlap(found, truth)
+    figures["faiss_hnsw_top50"] = timed(lambda n: graph.search(queries[n], 50), QUERIES)
     return {**figures, **compare(data, keys, added, queries, truth)}
 
 
@@ -160,11 +189,11 @@ def overlap(found: Any, truth: np.ndarray) -> float:
 
 def compare(data: np.ndarray, keys: np.ndarray, added: int, queries: np.ndarray,
             truth: np.ndarray) -> dict[str, Any]:
-    """usearch's HNSW (float16, connectivity 16, expansion 128/64) on the same vectors: build,
-    adding, recall@10 and top-50 latency, beside faiss's IVF above."""
+    """usearch's HNSW (float16, connectivity 16, expansion 40/64: faiss's settings) on the same
+    vectors: build, adding, recall@10 and top-50 latency, beside faiss's above."""
     from usearch.index import Index as Hnsw
 
-    hnsw = Hnsw(ndim=DIM, metric="ip", dtype="f16", connectivity=16, expansion_add=128,
+    hnsw = Hnsw(ndim=DIM, metric="ip", dtype="f16", connectivity=16, expansion_add=40,
                 expansion_search=64)
     started = time.perf_counter()
     hnsw.add(keys[:-added], data[:-added], threads=os.cpu_count() or 1)
@@ -210,7 +239,22 @@ def text_costs(settings: Any) -> dict[str, float]:
                 runs = 1 if count == 80 else 15
                 costs[f"{precision} {count} templates {len(text)} chars"] = timed(
                     once, runs)["p50_ms"]
+    costs["int8 1 template 5 chars, threads spinning"] = spinning(encoder, templates[:1])
     return costs
+
+
+def spinning(encoder: TextEncoder, templates: list[str]) -> float:
+    """p50 ms of a short query with ONNX Runtime's default of threads that spin while they
+    wait for work (what search ran with before)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    options.log_severity_level = 3
+    path = encoder.session._model_path  # the same file, other options
+    encoder.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    encoder.encode("红色连衣裙", templates)
+    return timed(lambda _: encoder.encode("红色连衣裙", templates), 30)["p50_ms"]
 
 
 def main() -> None:
@@ -241,7 +285,8 @@ def run(folder: Path, count: int, added: int) -> dict[str, Any]:
     settings = load_settings()
     data = vectors(count, seed=1)
     figures = Figures(count=count, cpus=os.cpu_count())
-    figures["fill_seconds"] = round(fill(url, str(model), 0, data), 1)
+    if Finder(settings, print).store.count() != count:  # a --folder filled before is reused
+        figures["fill_seconds"] = round(fill(url, str(model), 0, data), 1)
     finder = Finder(settings, print)
     figures["build"] = build_index(finder)
     keys = np.array([key_of(bytes.fromhex(content(n))) for n in range(count)], np.int64)
@@ -255,10 +300,19 @@ def run(folder: Path, count: int, added: int) -> dict[str, Any]:
         lambda n: finder.text(f"{words[n % len(words)]} {n}", top=50), 100)
     figures["text_encoding_p50_ms"] = text_costs(settings)
     figures["crossover"] = crossover(data)
-    fill(url, str(model), count, vectors(added, seed=2))
+    more = vectors(added + index.deltas.FOLD_AT, seed=2)
+    fill(url, str(model), count, more[:added])
     started = time.perf_counter()
     keeper.current(finder.store, finder.folder, finder.name, print)
-    figures["add_seconds"] = round(time.perf_counter() - started, 2)
+    figures["add_seconds"] = round(time.perf_counter() - started, 2)  # into the delta
+    fill(url, str(model), count + added, more[added:])
+    started = time.perf_counter()
+    folded = keeper.current(finder.store, finder.folder, finder.name, print)
+    figures[f"add_{index.deltas.FOLD_AT}_and_fold_seconds"] = round(
+        time.perf_counter() - started, 2)
+    figures["after_fold"] = {"kind": folded.kind, "delta": len(folded.delta),
+                             "bytes_on_disk_mb": round((finder.folder / folded.meta["index"])
+                                                       .stat().st_size / 2**20, 1)}
     started = time.perf_counter()
     groups = finder.duplicates(threshold=0.98)
     figures["duplicates"] = {"seconds": round(time.perf_counter() - started, 1),

@@ -10,14 +10,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from producer import render, sending
-from producer.enqueue import Summary
 from producer.local_worker import LocalWorker
+from producer.outcomes import Relabelling
 from producer.status import find_run
-from producer.tag import _wait, withdrawn_if_stopped
+from producer.watching import watch, withdrawn_if_stopped
 from worker.core.contract import Span
 from worker.core.embedding import spans
 from worker.core.errors import ConfigError
@@ -30,17 +29,6 @@ from worker.db.models import served
 from worker.db.schema import engine_for
 
 RANGE_IMAGES = 20_000  # images per message: a few seconds of a worker, thousands of them a night
-
-
-@dataclass(frozen=True)
-class Relabelling:
-    """What `producer relabel` sent: its run, about how many images, in how many ranges."""
-
-    run_id: str
-    images: int  # kept embeddings (one per content), or with ``scope_run`` that run's images
-    ranges: int
-    taken_over: dict[str, int] = field(default_factory=dict)  # earlier runs' lost ranges
-    scope_run: str | None = None
 
 
 def relabel(settings: Settings, labelset: LabelSet, *, scope_run: str | None = None,
@@ -107,7 +95,6 @@ def relabel_here(settings: Settings, labelset: LabelSet, *, scope_run: str | Non
         if sent.taken_over:
             echo(render.taken_over(sent.taken_over))
         with withdrawn_if_stopped(settings, sent.run_id):
-            _wait(settings, Summary(run_id=sent.run_id, enqueued=sent.images), worker, timeout,
-                  doing="relabelling")
+            watch(settings, sent.run_id, sent.images, worker, timeout, doing="relabelling")
     return {"run": sent.run_id, **db_status.result_counts(engine_for(settings.database_url),
                                                      sent.run_id)}

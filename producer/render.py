@@ -10,9 +10,8 @@ from typing import TYPE_CHECKING, Any
 from worker.core.errors import Skip
 from worker.core.invocation import command
 
-if TYPE_CHECKING:  # producer.tag writes a report, whose page uses counts() from here
-    from producer.relabel import Relabelling
-    from producer.tag import Tagged
+if TYPE_CHECKING:
+    from producer.outcomes import Relabelling, Tagged
 
 
 def plural(count: int, noun: str) -> str:

@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from producer.cancel import answered, withdraw
 from producer.enqueue import Listing, Summary, enqueue, locate, new_run_id
 from producer.export import export, format_of, written
 from producer.judged import judged_rows
 from producer.local_worker import LocalWorker
+from producer.outcomes import Tagged
 from producer.progress import Progress
 from producer.render import plural
 from producer.report import write_report
-from producer.status import wait
+from producer.watching import watch, withdrawn_if_stopped
 from worker.core.contract import Item
 from worker.core.errors import TaggerError
 from worker.core.labels import LabelSet
@@ -34,7 +32,6 @@ from worker.db.models import served
 from worker.db.schema import engine_for
 from worker.sources import scheme
 
-log = logging.getLogger(__name__)
 PEEK = 10_000  # entries read, at most, to find out whether a location holds any image
 
 
@@ -42,20 +39,6 @@ class NothingToTag(TaggerError):
     """The location lists no image at all: nothing was started or recorded."""
 
     exit_code = 3  # documented in the README: a script can tell it from an error (1)
-
-
-@dataclass
-class Tagged:
-    """What ``producer tag`` did, for its closing summary."""
-
-    summary: Summary
-    output: Path
-    exported: int = 0
-    by_status: Counter[str] = field(default_factory=Counter)
-    failed_by_reason: Counter[str] = field(default_factory=Counter)
-    top_labels: Counter[str] = field(default_factory=Counter)
-    seconds: float = 0.0
-    report: Path | None = None
 
 
 def tag(settings: Settings, location: str, *, labelset: LabelSet, output: Path | None,
@@ -87,7 +70,7 @@ def tag(settings: Settings, location: str, *, labelset: LabelSet, output: Path |
             if outside := summary.describe_outside():
                 echo(outside)
             if summary.enqueued:
-                _wait(settings, summary, worker, timeout)
+                watch(settings, summary.run_id, summary.enqueued, worker, timeout)
         _follow(settings, summary.in_flight_runs, worker, timeout, echo)
     output = output or settings.home / "results" / f"{summary.run_id}.jsonl"
     selection = _selection(settings, listing.location, labelset)
@@ -135,22 +118,6 @@ def _enqueue(settings: Settings, listing: Listing, labelset: LabelSet, chunk_siz
                        progress=lambda n: bar.update(bar.done + n), run_id=run_id)
 
 
-def _wait(settings: Settings, summary: Summary, worker: LocalWorker | None,
-          timeout: float, doing: str = "tagging") -> None:
-    """Progress until every image of the run is answered; Ctrl-C or a dead worker ends it."""
-    def show(counts: Mapping[str, Any]) -> None:
-        answered = counts["done"] + counts["failed"]
-        note = ("worker starting" if worker and not worker.ready() and not answered
-                else f"{counts['failed']} failed" if counts["failed"] else "")
-        # What was sent may be an estimate (relabel's) or a share (a run followed): the bar's
-        # end is what is answered plus what is still pending, once that is more.
-        bar.update(answered, max(summary.enqueued, answered + counts["pending"]), note)
-
-    with Progress(doing, total=summary.enqueued, watching=True) as bar:
-        wait(settings, summary.run_id, timeout, on_progress=show,
-             stop=worker.failure if worker else None)
-
-
 def _follow(settings: Settings, others: Mapping[str, int], worker: LocalWorker | None,
             timeout: float, echo: Callable[[str], None]) -> None:
     """Images another run is tagging (the same folder tagged twice at once): wait for that run
@@ -161,52 +128,11 @@ def _follow(settings: Settings, others: Mapping[str, int], worker: LocalWorker |
             continue
         echo(f"{plural(images, 'image')} {'is' if images == 1 else 'are'} being tagged by "
              f"run {other} (started {found[0]['started_at']}): following it")
-        _wait(settings, Summary(run_id=other, enqueued=images), worker, timeout,
-              doing=f"run {other}")
+        watch(settings, other, images, worker, timeout, doing=f"run {other}")
         ended = db_status.find_runs(engine_for(settings.database_url), other)[0]
         if ended["state"] == "stopped":  # withdrawn: what it left is not in our results file
             echo(f"run {other} stopped early ({ended['error']}): the same command again tags "
                  "what it left")
-
-
-@contextlib.contextmanager
-def withdrawn_if_stopped(settings: Settings, run_id: str,
-                         echo: Callable[[str], None] | None = None,
-                         stop_worker: Callable[[], None] | None = None) -> Iterator[None]:
-    """A run that fails or is interrupted within the block is withdrawn (its unstarted chunks
-    or ranges leave the queue; workers drop those they meet).
-
-    ``stop_worker``: our own worker, stopped first, so that no chunk of the run is answered
-    after the counts recorded and shown (``echo``) were taken.
-    """
-    try:
-        yield
-    except BaseException as exc:
-        try:
-            if stop_worker:
-                stop_worker()
-        finally:  # a second Ctrl-C while the worker stops still withdraws the run
-            _withdraw(settings, run_id, exc, echo)
-        raise
-
-
-def _withdraw(settings: Settings, run_id: str, cause: BaseException,
-              echo: Callable[[str], None] | None = None) -> None:
-    """Nothing of ours will answer what is left: take it off the queue, and record what really
-    happened (a run whose every image was answered stays complete)."""
-    engine = engine_for(settings.database_url)
-    try:
-        counts = db_status.result_counts(engine, run_id)
-        if not counts["pending"]:  # every image sent was answered: no chunk of it is left
-            return
-        interrupted = isinstance(cause, KeyboardInterrupt | SystemExit)
-        why = "interrupted" if interrupted else redact(str(cause) or type(cause).__name__)[:300]
-        withdraw(settings, run_id, counts, why)
-        if echo and interrupted:  # an error says what to do in its own line
-            echo(f"run {run_id}: {answered(counts)}; the same command tags the rest")
-    except Exception as exc:  # the database or broker may be why we stopped: its error is shown
-        log.warning("could not withdraw run %s (its unanswered images stay pending for "
-                    "TAGGER_PENDING_TTL): %s", run_id, redact(str(exc)))
 
 
 def _selection(settings: Settings, location: str, labelset: LabelSet) -> dict[str, Any]:

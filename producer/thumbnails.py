@@ -1,5 +1,8 @@
 """Previews for the report: ~256 px JPEGs made as the workers make pixels, in decode processes
-(worker/prep): the same sources, header guards, deadline and memory cap; all under one budget."""
+(worker/prep): the same sources, header guards, deadline and memory cap; all under one budget.
+
+Its imports are at the top: a decode process imports this module before its first deadline
+starts (report.py and the workbench import it only when they make pictures)."""
 
 from __future__ import annotations
 
@@ -9,11 +12,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from PIL import ImageOps
+
 from worker.core.errors import ItemError, Reason, TaggerError
 from worker.core.pixels import Preprocess
 from worker.core.redact import redact
 from worker.core.settings import Settings
 from worker.decoders import Limits
+from worker.decoders.guards import open_checked
+from worker.decoders.modes import RESIZE_FIRST, to_rgb
 from worker.prep.pool import PrepPool, prep_pool
 
 SIZE = 256  # longest side, pixels: sharp in a ~200 px tile, and opened larger
@@ -44,11 +51,6 @@ def picture(data: bytes, spec: Preprocess, limits: Limits) -> bytes:
 
 
 def _shrunk(data: bytes, limits: Limits, side: int) -> bytes:
-    from PIL import ImageOps
-
-    from worker.decoders.guards import open_checked
-    from worker.decoders.modes import RESIZE_FIRST, to_rgb
-
     image = open_checked(data, limits, (side, side))  # JPEG: decoded at 1/2..1/8 size
     with image:
         try:

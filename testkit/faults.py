@@ -142,6 +142,8 @@ class _ProxyHandler(_Quiet):
             server.seen[self.command] += 1
             fault = server.faults.pop(0) if self.command == "GET" and server.faults else None
         if fault is not None:
+            if fault.gate is not None:
+                fault.gate.wait(120)
             if fault.delay:
                 time.sleep(fault.delay)
             self._answer(fault.status, fault.body)
@@ -179,6 +181,7 @@ class Fault:
     status: int
     code: str
     delay: float = 0.0
+    gate: threading.Event | None = None  # held until the test sets it (an answer never sent)
 
     @property
     def body(self) -> bytes:
@@ -209,9 +212,9 @@ class FaultProxy(_Serving):
         self.endpoint = f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
     def inject(self, count: int, status: int = 503, code: str = "SlowDown",
-               delay: float = 0.0) -> None:
+               delay: float = 0.0, gate: threading.Event | None = None) -> None:
         with self.httpd.lock:
-            self.httpd.faults.extend(Fault(status, code, delay) for _ in range(count))
+            self.httpd.faults.extend(Fault(status, code, delay, gate) for _ in range(count))
 
     @property
     def gets(self) -> int:

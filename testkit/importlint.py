@@ -16,12 +16,12 @@ ROOTS = ("worker.", "producer.")  # the packages import-linter's graph holds
 def registered_modules(seams: set[str]) -> list[str]:
     """The modules of the parts registered in ``seams``, and their declared runtimes."""
     from worker.core import plugins
-    from worker.core.registry import SEAMS
+    from worker.core.registry import seam
 
     plugins.load("TAGGER_PLUGINS", "")  # the built-in seams and installed plugins
     found: list[str] = []
-    for seam in sorted(seams):
-        for part in SEAMS[seam].parts().values():
+    for name in sorted(seams):
+        for part in seam(name).parts().values():
             module = part.target.partition(":")[0] if isinstance(part.target, str) else ""
             found += [module] if module.startswith(ROOTS) else []
             found += [m.partition(".")[0] for m in getattr(part, "runtime", ())]

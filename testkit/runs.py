@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
+from worker.backends.weights import checkpoint_digest
 from worker.core.contract import Item, Result
 from worker.core.embedding import sha256_of
 from worker.core.errors import Reason
@@ -33,7 +35,11 @@ def content_of(uri: str) -> str:
 
 
 def weights_of(model: str) -> str:
-    """The digest a seeded run's weights have (a made-up one: no checkpoint is read)."""
+    """The digest of ``model``'s weights as its workers register them: its checkpoint's where
+    ``model`` is a folder here, else a made-up one (no checkpoint to read)."""
+    folder = Path(model)
+    if folder.is_dir():
+        return checkpoint_digest(folder, folder.parent / "digests").digest
     return hashlib.sha256(model.encode()).hexdigest()
 
 
@@ -77,12 +83,14 @@ def seed_kept(url: str, model: str, items: Sequence[Item], *, dim: int = 16,
     rng = np.random.default_rng(seed)
     contents = list(contents or (sha256_of(f"{seed}-{i}".encode()) for i in range(len(items))))
     engine = engine_for(url)
+    weights = weights_of(model)
     for start in range(0, len(items), 1000):
         vectors = rng.standard_normal((len(items[start:start + 1000]), dim), dtype=np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         write_results(engine, [
             Result(item, model, "seeded", run_id=run_id, content_sha256=sha, embedding=vector,
-                   labels=[{"label": "猫", "score": 0.9}], runtime="torch float32 cpu")
+                   labels=[{"label": "猫", "score": 0.9}], runtime="torch float32 cpu",
+                   weights=weights)
             for item, sha, vector in zip(items[start:start + 1000], contents[start:start + 1000],
                                          vectors, strict=True)], keep_embeddings=True)
     return contents

@@ -1,6 +1,7 @@
 """Fixtures: real PostgreSQL, Redis and S3 (moto's server), the tiny model, worker processes.
 
-Tests are marked by folder: tests/unit (no services, fast: `pytest -m unit`), tests/integration
+Tests are marked by folder: tests/unit (no services, fast: `pytest -m unit`; its folders mirror
+the package tree, so a module's tests are found by path), tests/integration
 (real services), tests/e2e (whole processes).
 """
 
@@ -23,9 +24,11 @@ if TYPE_CHECKING:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # tests/unit mirrors the package tree, so the kind is the folder right under tests/
+    kinds = {"unit", "integration", "e2e"}
     for item in items:
-        kind = Path(str(item.fspath)).parent.name
-        if kind in {"unit", "integration", "e2e"}:
+        kind = Path(str(item.fspath)).relative_to(Path(__file__).parent).parts[0]
+        if kind in kinds:
             item.add_marker(getattr(pytest.mark, kind))
 
 

@@ -15,26 +15,30 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from producer.workbench.access import Access, guard
+from producer.workbench.finding import Finding
 from producer.workbench.pages import HERE, Bench, error_page
 from producer.workbench.pictures import Pictures
-from producer.workbench.routes import galleries, images, labelsets, runs
+from producer.workbench.routes import galleries, images, labelsets, runs, search
 from worker.core.settings import Settings
 from worker.db.schema import engine_for
 
 # One module per page family, each with its `routes`; a new page family is one more module.
-ROUTES = (runs, galleries, images, labelsets)
+ROUTES = (runs, galleries, images, labelsets, search)
 
 
 def create_app(settings: Settings, access: Access, host: str = "127.0.0.1") -> Any:
     """The application over ``settings``' results database, for reviewers ``access`` admits."""
-    bench = Bench(settings, engine_for(settings.database_url), access, Pictures(settings))
+    bench = Bench(settings, engine_for(settings.database_url), access, Pictures(settings),
+                  Finding(settings))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        bench.finding.start()  # the search index loads while the first pages are served
         try:
             yield
         finally:
             bench.pictures.close()
+            bench.finding.close()
             bench.counted.close()
 
     app = Starlette(

@@ -21,6 +21,7 @@ from starlette.templating import Jinja2Templates
 from producer.page import name, place
 from producer.workbench.access import Access
 from producer.workbench.counted import Counted
+from producer.workbench.finding import Finding
 from producer.workbench.jobs import Jobs
 from producer.workbench.pictures import Pictures
 from worker.core.redact import redact
@@ -42,6 +43,7 @@ class Bench:
     engine: Engine
     access: Access
     pictures: Pictures
+    finding: Finding
     jobs: Jobs = field(default_factory=Jobs)
     counted: Counted = field(default_factory=Counted)
 

@@ -54,7 +54,7 @@ def test_an_export_that_fails_leaves_the_file_that_was_there(tagger_env, tmp_pat
         assert done.stderr.strip() == ("Error: Parquet export needs pyarrow: pip install "
                                        "'catalog-tagger[parquet]'")
         assert output.read_bytes() == b"last night's export"
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.parquet", "without"]
+        assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ["labels.parquet"]
     assert run_producer("export", "--output", str(output), env=os.environ).returncode == 0
     assert pq.read_table(output).num_rows == 3
 

@@ -11,6 +11,7 @@ import json
 import signal
 import time
 from collections.abc import Iterator
+from datetime import datetime
 
 import boto3
 import pytest
@@ -80,18 +81,17 @@ def the_child(worker: Worker) -> int:
 
 
 def test_sigkill_of_pool_child_requeues_at_once(env, origin, start_worker, monkeypatch):
-    # A long visibility timeout: recovery well before it proves the parent requeued at once.
-    monkeypatch.setenv("TAGGER_VISIBILITY_TIMEOUT", "60")
-    env = {**env, "TAGGER_VISIBILITY_TIMEOUT": "60"}
+    # A visibility timeout longer than the wait for the results: results at all prove that
+    # the parent requeued the chunk at once (no sweep could restore it in time).
+    monkeypatch.setenv("TAGGER_VISIBILITY_TIMEOUT", "900")
+    env = {**env, "TAGGER_VISIBILITY_TIMEOUT": "900"}
     uris = serve(origin, 4, delay=0.6)
     worker = start_worker(env)
     send(uris)
     assert origin.started.wait(30), "the chunk never started"
-    killed_at = time.monotonic()
     kill(the_child(worker))  # mid-chunk: its first download is still being answered
 
-    by_uri = wait_for_results(env["DATABASE_URL"], uris, 50)
-    assert time.monotonic() - killed_at < 50
+    by_uri = wait_for_results(env["DATABASE_URL"], uris, 120)
     assert all(r.status == "done" and r.attempts >= 2 for r in by_uri.values())
     assert sum(origin.hits.values()) >= 5  # at least one image was fetched twice
     assert "SIGKILL" in worker.log()
@@ -108,20 +108,27 @@ def test_sigkill_of_whole_worker_is_restored_after_visibility_timeout(env, origi
         send(uris)
         assert origin.started.wait(30)
         # The parent and its child of the worker that holds the chunk: nobody can requeue it.
-        holder = wait_until(lambda: next((w for w in workers if any(
-            str(r["message"]).endswith("received") for r in w.records())), None), 10)
+        received = wait_until(lambda: next(((w, r) for w in workers for r in w.records()
+                                            if str(r["message"]).endswith("received")), None),
+                              60)
+        holder, delivered = received[0], logged_at(received[1])
         sweep_lock_left_by_a_death_mid_sweep(env)
         holder.signal(signal.SIGKILL)
-        killed_at = time.monotonic()
         holder.proc.wait(10)
-        # The other one restores the unacked chunk once it is 10 s old (and the lock expired).
-        by_uri = wait_for_results(env["DATABASE_URL"], uris, 60)
-        recovered = time.monotonic() - killed_at
+        # The other one restores the unacked chunk once it is 10 s old (and the lock expired);
+        # the deadline only catches a restore that never comes.
+        by_uri = wait_for_results(env["DATABASE_URL"], uris, 120)
+        recovered = (datetime.now() - delivered).total_seconds()
     finally:
         other.stop()
+    # Counted from the delivery, so a busy machine only makes it longer.
     assert recovered >= 9, "re-delivered before the visibility timeout: would duplicate work"
-    assert recovered < 40, f"took {recovered:.0f}s: expired reservations are swept too rarely"
     assert all(r.status == "done" and r.attempts >= 2 for r in by_uri.values())
+
+
+def logged_at(record: dict) -> datetime:
+    """When a worker's JSON log record was written (logging's local asctime)."""
+    return datetime.strptime(str(record["time"]), "%Y-%m-%d %H:%M:%S,%f")
 
 
 def sweep_lock_left_by_a_death_mid_sweep(env: dict[str, str]) -> None:
@@ -186,14 +193,14 @@ def test_redis_restart_keeps_backlog_and_worker_resumes(env, origin, own_redis, 
     send(uris, chunk_size=2)  # six chunks: a backlog behind the running one
     assert origin.started.wait(30)
     own_redis.stop()  # SIGTERM: the append-only file holds the backlog
-    time.sleep(1)
+    worker.wait_for(lambda: "Connection to broker lost" in worker.log()
+                    or "Cannot connect" in worker.log(), 60,
+                    "the worker did not notice the broker was gone")
     own_redis.start()
 
     by_uri = wait_for_results(env["DATABASE_URL"], uris, 90)
     assert all(r.status == "done" for r in by_uri.values())
     assert worker.exited() is None
-    log = worker.log()
-    assert "Connection to broker lost" in log or "Cannot connect" in log, log[-3000:]
 
 
 def _blocked_writer(admin: sa.Connection) -> int | None:
@@ -263,7 +270,7 @@ def test_poison_chunk_is_parked_after_max_deliveries(retries_header, env, origin
             killed = deliveries_so_far
         time.sleep(0.1)
 
-    by_uri = wait_for_results(url, uris, 10)
+    by_uri = wait_for_results(url, uris, 60)
     assert killed == 2
     for row in by_uri.values():  # parked on the third start, after two deaths
         assert (row.status, row.reason, row.attempts) == ("failed", "parked", 3)
@@ -280,14 +287,14 @@ def test_duplicate_enqueues_and_racing_workers(env, origin, start_worker, tmp_pa
     url = env["DATABASE_URL"]
     second = Worker(env, tmp_path / "second-worker.log").launch()  # both load at once
     try:
-        start_worker(env)
+        first = start_worker(env)
         second.wait_ready(120)
-        race(uris, origin, url)
+        race(uris, origin, url, [first, second])
     finally:
         second.stop()
 
 
-def race(uris: list[str], origin: ImageServer, url: str) -> None:
+def race(uris: list[str], origin: ImageServer, url: str, workers: list[Worker]) -> None:
     assert send(uris).enqueued == 4
     assert send(uris).enqueued == 0  # already in flight: not sent again
     assert send(uris, force=True).enqueued == 4  # forced: the same chunk twice, both run
@@ -295,7 +302,9 @@ def race(uris: list[str], origin: ImageServer, url: str) -> None:
     wait_until(lambda: sorted(delivery_counts(url)) == [1, 1], 30)
     wait_until(lambda: all(origin.hits[f"/img{i}.png"] == 2 for i in range(4)), 30,
                message="the two chunks did not both run")
-    time.sleep(1)
+    wait_until(lambda: sum(r["message"] == "chunk tagged" for w in workers
+                           for r in w.records()) == 2, 60,
+               message="the two chunks were not both written")
     assert all(r.status == "done" for r in by_uri.values())
     assert count(url) == 4
     assert count(url, "pending") == 0

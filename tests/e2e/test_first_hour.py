@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -69,10 +68,8 @@ def test_a_missing_model_then_the_printed_command_then_a_clean_run(tmp_path, env
     the model that command built, shows no failure that never happened (before: 92 failed)."""
     write_images(tmp_path / "images", 3)
     env |= {"TAGGER_MODEL": "./model", "TAGGER_CHUNK_SIZE": "1"}
-    started = time.monotonic()
     with Command([PRODUCER, "tag", "images"], env, cwd=tmp_path) as command:
-        assert command.wait(60) == 1
-        assert time.monotonic() - started < 60
+        assert command.wait(60) == 1  # at once: no worker waited for (a hang times out here)
         last = command.stderr.strip().splitlines()[-1]
         assert last.startswith("Error: ") and f"TAGGER_MODEL={tmp_path / 'model'}" in last
         assert "Traceback" not in command.stderr
@@ -117,14 +114,12 @@ def test_worker_with_a_wrong_model_exits_with_one_message(case, tmp_path, env, t
             env["TAGGER_MODEL"], code = "OFA-Sys/not-in-the-cache", 1
             env["HF_HUB_OFFLINE"] = "1" if case == "hub-offline" else "0"
             env["HF_ENDPOINT"] = hub.url("")  # a hub that answers 503: worth no retry either
-        started = time.monotonic()
         worker = Worker(env, tmp_path / "worker.log").launch()
         try:
-            worker.proc.wait(60)
+            worker.proc.wait(60)  # it exits by itself (a hang or a retry storm times out here)
         finally:
             worker.stop()
         hub_calls = sum(n for path, n in hub.hits.items() if "not-in-the-cache" in path)
-    assert time.monotonic() - started < 60
     assert worker.exited() == code, worker.log()[-3000:]
     said = [str(r["message"]) for r in worker.records() if "TAGGER_MODEL" in str(r["message"])]
     assert len(said) == 1 and "refusing to start" in said[0], said
@@ -144,8 +139,8 @@ def test_tag_stopped_while_waiting(sig, tmp_path, env):
     env |= {"TAGGER_DECODE_PROCESSES": "1", "TAGGER_ITEM_TIMEOUT": "120",
             "TAGGER_CHUNK_SIZE": "1"}
     with Command([PRODUCER, "tag", "images"], env, cwd=tmp_path) as command:
+        # The line is printed inside the block that withdraws the run when a signal comes.
         command.wait_for_stderr("enqueued 3", 60)
-        time.sleep(0.5)  # in the wait loop now
         command.proc.send_signal(getattr(signal, sig))  # SIGINT: what Ctrl-C sends
         code = command.wait(60)
         if sig == "SIGKILL":

@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 import sys
+import threading
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -154,23 +155,28 @@ def test_deployed_worker_serves_metrics_and_logs_json_without_secrets(
 
 def test_status_counts_reserved_chunks(tagger_env, start_worker, tmp_path):
     catalogue = f"sqlite:///{tmp_path / 'catalogue.db'}"
+    held = threading.Event()  # the image is answered once the test has looked
     with ImageServer() as origin:
-        origin.routes["/p1.png"] = Reply(image_bytes(7), delay=3)  # a chunk that takes its time
+        origin.routes["/p1.png"] = Reply(image_bytes(7), gate=held)
         with engine_for(catalogue).begin() as conn:
             conn.execute(sa.text("CREATE TABLE products (id TEXT, image_url TEXT)"))
             conn.execute(sa.text("INSERT INTO products VALUES ('p1', :url)"),
                          {"url": origin.url("/p1.png")})
-        start_worker({**tagger_env, "TAGGER_ALLOW_PRIVATE_URLS": "1"})
+        start_worker({**tagger_env, "TAGGER_ALLOW_PRIVATE_URLS": "1",
+                      "TAGGER_FETCH_TIMEOUT": "120", "TAGGER_ITEM_TIMEOUT": "120"})
         producer("enqueue", "--database-url", catalogue, "--table", "products")
 
         def status() -> dict:
             return json.loads(producer("status", "--json"))
 
         assert origin.started.wait(30), "the worker never fetched the image"
-        held = status()  # the origin answers after 3 s: the chunk is still in the worker's hands
-        assert held["reserved"] == 1 and held["queue_depth"] == 0, held
-        assert held["pending"] == 1 and held["in_flight"] == 1, held
+        try:
+            holding = status()  # the origin has not answered: the chunk is in the worker's hands
+        finally:
+            held.set()
+        assert holding["reserved"] == 1 and holding["queue_depth"] == 0, holding
+        assert holding["pending"] == 1 and holding["in_flight"] == 1, holding
         wait_until(lambda: count(tagger_env["DATABASE_URL"]) == 1, 30)
-        wait_until(lambda: status()["reserved"] == 0, 10,
+        wait_until(lambda: status()["reserved"] == 0, 60,
                    message="the chunk was never acknowledged")
     assert status()["pending"] == 0

@@ -24,7 +24,7 @@ from testkit.images import save
 from worker.backends.probe import probe_images
 from worker.core.pixels import Preprocess
 from worker.core.settings import load_settings
-from worker.db import labelsets, schema
+from worker.db import labelsets, models, schema
 from worker.db.schema import engine_for
 from worker.search import Finder
 from worker.search.store import Store
@@ -132,8 +132,9 @@ def test_a_fleet_database(tagger_env, bucket, start_worker, tmp_path):
     engine = engine_for(tagger_env["DATABASE_URL"])
     with engine.connect() as conn:
         labelset = conn.execute(sa.select(schema.labelsets.c.id)).scalar_one()
-    rows, dim, data = labelsets.load_text_embeddings(engine, tagger_env["TAGGER_MODEL"],
-                                                     labelset, "torch float32")
+    served = models.latest(engine, tagger_env["TAGGER_MODEL"])
+    rows, dim, data = labelsets.load_text_embeddings(engine, served.id, labelset,
+                                                     "torch float32")
     stored = np.frombuffer(data, np.float32).reshape(rows, dim)
     labels = labelsets.load_labelset(engine, labelset).labels
     for n in (0, rows - 1):

@@ -301,11 +301,15 @@ def test_auto_measures_once_per_machine_weights_runtimes_and_batch(
     again, log = choose_in_a_process(tiny_model, unmeasured)
     assert again == first and "as measured on this machine at" in log, log
     assert MEASURED not in log and "backend candidate" not in log, log
-    # Other weights (the digest the ONNX cache uses): measured again, remembered apart.
+    # Other weights (the digest of the files' bytes): measured again, remembered apart.
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
     (weights,) = model.glob("model.safetensors")
-    os.utime(weights, ns=(1, 1))  # what the weights digest sees today: their size and time
+    with weights.open("r+b") as tensors:  # the last byte is a weight's: still a checkpoint
+        tensors.seek(-1, os.SEEK_END)
+        last = tensors.read(1)
+        tensors.seek(-1, os.SEEK_END)
+        tensors.write(bytes([last[0] ^ 1]))
     _, log = choose_in_a_process(model, unmeasured)
     assert MEASURED in log, log
     assert len(list((unmeasured / "backends").glob("*.json"))) == 2

@@ -12,9 +12,9 @@ import pytest
 
 from testkit.commands import invoke, producer
 from testkit.models import TEST_LABELS
-from testkit.runs import content_of, seed_run
+from testkit.runs import content_of, seed_run, weights_of
 from worker.core.labels import LabelSet
-from worker.db import corrections, learned, thresholds
+from worker.db import corrections, learned, models, thresholds
 from worker.db.labelsets import save_text_embeddings
 from worker.db.schema import engine_for
 
@@ -117,7 +117,8 @@ def test_a_learned_version_keeps_every_verdict_when_a_worker_scores_it(
     seed_run(url, uris, LABELS, model=model, vectors=vectors, labels={
         u: top(TEST_LABELS[zero[u]], 0.5) for u in uris})
     engine = engine_for(url)
-    save_text_embeddings(engine, model, LABELS.id, "test", *texts.shape, texts.tobytes())
+    model_id = models.find(engine, weights_of(model)).id
+    save_text_embeddings(engine, model_id, LABELS.id, "test", *texts.shape, texts.tobytes())
     picked = {u: TEST_LABELS[(zero[u] + 1) % len(TEST_LABELS)] for u in uris[:8]}
     corrections.add(engine, LABELS.id, "ann", [
         corrections.Correction(content_of(u), u, label, "right") for u, label in picked.items()])

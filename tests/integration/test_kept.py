@@ -3,7 +3,7 @@ scored from without a fetch, and relabelled in ranges."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -283,3 +283,31 @@ def test_a_relabel_writes_every_character_as_it_came(url, tmp_path, made):
     assert {(e["label"], e.get("parent")) for e in row.labels} == {("猫\\{0}", "家\\居"),
                                                                   ("狗\t{}", None)}
     assert row.top_label in {"猫\\{0}", "狗\t{}"}
+
+
+class SeenSink:
+    """A second sink (a topic, an index): what it is given, and what the database held then."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self.seen: list[Result] = []
+        self.stored_before: list[int] = []
+
+    def write(self, results: Collection[Result], task_id: str | None = None) -> None:
+        self.stored_before.append(len(stored(self.engine, SECOND)))
+        self.seen.extend(results)
+
+
+def test_a_relabel_hands_every_result_to_every_sink_after_the_database(url, tmp_path, made):
+    parts = worker_parts(made, make_settings(url, tmp_path), tmp_path)
+    seed(parts.engine, 12)
+    sink = SeenSink(parts.engine)
+    parts.sinks.append(sink)
+    spans_ = relabel_run(parts, "rl-sinks", parts_count=2)
+    assert sum(relabel(parts, span, f"t{i}")["images"] for i, span in enumerate(spans_)) == 12
+    rows = stored(parts.engine, SECOND)
+    assert {r.item.uri: (r.labels, r.status, r.runtime, r.run_id, r.labelset_id, r.identity)
+            for r in sink.seen} == {
+        uri: (row.labels, "done", KEPT_RUNTIME, "rl-sinks", SECOND.id, "m")
+        for uri, row in rows.items()}
+    assert len(sink.seen) == 12 and sink.stored_before[-1] == 12  # the database committed first

@@ -27,7 +27,7 @@ from testkit.services import REDIS_URL, wait_until
 from worker.core import plugins
 from worker.core.celeryconf import tagging_queue
 from worker.core.errors import ConfigError
-from worker.core.registry import SEAMS, Registry
+from worker.core.registry import Registry, registries
 from worker.core.settings import load_settings
 
 PLUGIN = "tests.integration.seam_parts"
@@ -60,12 +60,12 @@ def plugged() -> Iterator[None]:
     """The plugin registered in this process too (for checks made here), undone afterwards
     so that other tests see the built-in parts only."""
     plugins.load("TAGGER_PLUGINS", "")  # the built-in parts, to keep
-    before = {seam: set(registry.names()) for seam, registry in SEAMS.items()}
+    before = {seam: set(registry.names()) for seam, registry in registries().items()}
     sys.modules.pop(PLUGIN, None)  # imported again: it registers again
     try:
         yield
     finally:
-        for seam, registry in SEAMS.items():
+        for seam, registry in registries().items():
             for name in set(registry.names()) - before.get(seam, set()):
                 registry.unregister(name)
         sys.modules.pop(PLUGIN, None)
@@ -87,8 +87,8 @@ def sunk(env: dict[str, str]) -> list[dict[str, str]]:
 
 def test_new_parts_carry_a_catalogue_through_a_worker(env: dict[str, str],
                                                       start_worker: Callable[..., Worker]):
-    from tests.integration.seam_parts import solid
-
+    with plugged():  # only to write images in its format; the worker and producer import it
+        from tests.integration.seam_parts import solid
     uris = shelve(red_solid=solid(2, 2, (255, 0, 0)), green_solid=solid(3, 1, (0, 255, 0)),
                   blue_solid=solid(1, 1, (0, 0, 255)), dull_solid=solid(2, 2, (16, 16, 240)),
                   scrap_solid=b"JUNK")
@@ -119,10 +119,11 @@ def test_new_parts_carry_a_catalogue_through_a_worker(env: dict[str, str],
 
 def test_a_report_previews_the_new_format(env: dict[str, str]):
     from producer.thumbnails import previews
-    from tests.integration.seam_parts import solid
 
-    uris = shelve(red_solid=solid(8, 8, (255, 0, 0)), scrap_solid=b"JUNK")
     with plugged():
+        from tests.integration.seam_parts import solid
+
+        uris = shelve(red_solid=solid(8, 8, (255, 0, 0)), scrap_solid=b"JUNK")
         shown = previews(uris, load_settings(env), [], seconds=DEADLINE)
     assert shown[uris[0]].jpeg and shown[uris[0]].jpeg.startswith(b"\xff\xd8")
     assert shown[uris[1]].reason == "undecodable"
@@ -196,4 +197,3 @@ def test_a_registry_imports_an_entry_only_when_asked():
         registry.get("lazy")
     with pytest.raises(ConfigError, match="no thing named 'other' \\(known: lazy\\)"):
         registry.get("other")
-    SEAMS.pop("thing")

@@ -6,7 +6,6 @@ import base64
 import json
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -156,9 +155,12 @@ def test_memory_cap_in_the_decoder_process(decoder_for):
 def test_a_runaway_decode_is_stopped_and_its_process_replaced(decoder_for):
     decoder = decoder_for(TAGGER_ITEM_TIMEOUT="1", TAGGER_DECODE_PROCESSES="2")
     bomb = scan_bomb(8192, 1000)  # ~4 s of libjpeg work
-    started = time.monotonic()
-    assert reasons(decoder, bomb, image_bytes(3)) == ["timeout", "(32, 32, 3)"]
-    assert time.monotonic() - started < 2.5
+    answers = {a.index: a.outcome for a in decoder.prepare([(0, bomb), (1, image_bytes(3))])}
+    assert not isinstance(answers[1], ItemError) and answers[1].shape == (32, 32, 3)
+    stopped = answers[0]
+    assert isinstance(stopped, ItemError) and stopped.reason == "timeout"
+    # Ended by the kernel's timer at the item's deadline, not by the pool's patience later on.
+    assert "TAGGER_ITEM_TIMEOUT" in str(stopped) and "its process was stopped" in str(stopped)
     assert reasons(decoder, image_bytes(4)) == ["(32, 32, 3)"]  # the pool carries on
 
 
@@ -173,7 +175,7 @@ def test_a_decode_process_gives_back_the_memory_of_a_large_image(decoder_for):
     assert reasons(pool, large) == ["(32, 32, 3)"]
     slot = pool.slots[0]
     wait_until(lambda: slot.process is None or slot.process.proc.poll() is not None
-               or psutil.Process(slot.process.proc.pid).memory_info().rss < 150 * 2**20, 10,
+               or psutil.Process(slot.process.proc.pid).memory_info().rss < 150 * 2**20, 60,
                message="the idle decode process kept the large image's memory")
 
 
@@ -191,18 +193,18 @@ def test_decode_processes_die_with_their_parent(tmp_path: Path):
         "import threading\n"
         "answers = pool.prepare([(i, bomb) for i in range(3)], group_size=1)\n"
         "threading.Thread(target=next, args=(answers,), daemon=True).start()\n"
-        "while any(s.process is None for s in pool.slots): time.sleep(0.1)\n"
+        "def decoding(s): return s.process is not None and s.process.record.read() is not None\n"
+        "while not all(decoding(s) for s in pool.slots): time.sleep(0.1)\n"
         "print(' '.join(str(s.process.proc.pid) for s in pool.slots), flush=True)\n"
         "time.sleep(600)\n")
     (tmp_path / "bomb.jpg").write_bytes(scan_bomb(8192, 4000))  # minutes of decoding
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
                               text=True, cwd=Path(__file__).resolve().parents[2])
     pids = [int(p) for p in wait_until(parent.stdout.readline, 60).split()]
-    assert len(pids) == 3 and all(psutil.pid_exists(p) for p in pids)
-    time.sleep(1)  # they are decoding now
+    assert len(pids) == 3 and all(psutil.pid_exists(p) for p in pids)  # each one decoding
     parent.kill()
     parent.wait(10)
-    wait_until(lambda: not any(_alive(p) for p in pids), 10,
+    wait_until(lambda: not any(_alive(p) for p in pids), 60,
                message="decode processes outlived their parent")
 
 

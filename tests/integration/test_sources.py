@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -72,10 +73,10 @@ def test_loopback_is_refused_unless_allowed(server):
     "[::ffff:0:a9fe:a9fe]", "[64:ff9b::10.1.2.3]", "[2002:a01:203::1]",
     "[2001:0:4136:e378:8000:63bf:80ff:fffe]", "[64:ff9b:1::8.8.8.8]", "[::]"])
 def test_internal_addresses_are_refused_before_connecting(host):
-    started = time.monotonic()
+    # Refused before connecting: a connection tried would end as a TransientError (refused,
+    # timed out), never as an ItemError naming the address.
     error = item_error(f"http://{host}:9/latest/meta-data/", timeout=1)
-    assert error.reason == "blocked-address"
-    assert time.monotonic() - started < 0.5  # refused, not tried and timed out
+    assert error.reason == "blocked-address" and "non-public address" in str(error)
 
 
 def test_ipv6_forms_are_judged_by_the_ipv4_address_inside():
@@ -152,20 +153,23 @@ def test_unknown_scheme_has_no_source():
 # --- timeouts and the byte cap -------------------------------------------------------------
 
 def test_slow_server_times_out(server):
-    server.routes["/slow"] = Reply(image_bytes(2), delay=3)
-    started = time.monotonic()
-    with pytest.raises(TransientError):
-        get(server.url("/slow"), allow_private=True, timeout=1)
-    assert time.monotonic() - started < 2.5
+    # The server holds its answer until the fetch has given up: only the timeout can end it.
+    held = threading.Event()
+    server.routes["/slow"] = Reply(image_bytes(2), gate=held)
+    try:
+        with pytest.raises(TransientError, match="timed out"):
+            get(server.url("/slow"), allow_private=True, timeout=1)
+        assert server.hits["/slow"] == 1  # one request, not retried in place
+    finally:
+        held.set()
 
 
 def test_dripping_server_hits_the_download_deadline(server):
     # One byte every 0.1 s never trips a per-read timeout; the whole download has a limit.
-    server.routes["/drip"] = Reply(b"x" * 100, drip=0.1)
-    started = time.monotonic()
+    # The body would take 1000 s: only the download's deadline (2 s) can end the fetch.
+    server.routes["/drip"] = Reply(b"x" * 10_000, drip=0.1)
     with pytest.raises(TransientError, match="time limit"):
         get(server.url("/drip"), allow_private=True, timeout=1, seconds=2)
-    assert time.monotonic() - started < 4
 
 
 @pytest.mark.parametrize("declared", [True, False])
@@ -248,10 +252,8 @@ def test_a_link_out_of_the_root_is_refused(root: Path, tmp_path: Path):
 
 @pytest.mark.timeout(20)
 def test_a_fifo_named_like_an_image_does_not_block(root: Path):
-    os.mkfifo(root / "a.jpg")
-    started = time.monotonic()
-    assert item_error(str(root / "a.jpg"), roots=[root]).reason == "not-a-file"
-    assert time.monotonic() - started < 2
+    os.mkfifo(root / "a.jpg")  # opened for reading, it blocks until a writer comes: the mark's
+    assert item_error(str(root / "a.jpg"), roots=[root]).reason == "not-a-file"  # 20 s catch it
 
 
 def test_a_folder_or_a_path_through_a_file_is_an_item_error(root: Path):
@@ -293,10 +295,13 @@ def test_s3_5xx_that_persists_is_transient(proxy, cat):
 
 
 def test_s3_timeout_is_retried(proxy, cat):
-    proxy.inject(1, 503, "SlowDown", delay=6)  # answers long after the 1 s timeout
-    started = time.monotonic()
-    assert get(cat, timeout=1) == image_bytes(7)
-    assert proxy.gets == 2 and time.monotonic() - started < 5  # did not wait for the answer
+    held = threading.Event()
+    proxy.inject(1, 503, "SlowDown", gate=held)  # answered only after the test is over
+    try:
+        assert get(cat, timeout=1) == image_bytes(7)
+        assert proxy.gets == 2  # the first answer is still held: retried without waiting for it
+    finally:
+        held.set()
 
 
 def test_s3_missing_key_fails_at_once(proxy, bucket):

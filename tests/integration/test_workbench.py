@@ -28,6 +28,10 @@ HOSTILE = LabelSet(labels=(SCRIPT, "台灯", "家具"), parents=(None, "<i>家�
 TOKEN = "ann=s3cret-token-0123456789"
 
 
+def unit(vector: np.ndarray) -> np.ndarray:
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
 def scores(first: str, score: float) -> list[dict[str, object]]:
     rest = [label for label in HOSTILE.labels if label != first]
     return [{"label": first, "score": score, "parent": None},
@@ -42,16 +46,18 @@ def seeded(tmp_path: Path, pg_url: str) -> dict[str, object]:
     outside = write_images(tmp_path / "elsewhere", 1, name="outside {}.jpg")[0]
     uris = [p.as_uri() for p in [*photos, outside]]
     rng = np.random.default_rng(0)
-    vectors = {uri: rng.standard_normal(8).astype(np.float32) for uri in uris}
+    vectors = {uri: unit(rng.standard_normal(8)) for uri in uris}
     run = seed_run(pg_url, uris, HOSTILE, file_roots=[str(folder)], vectors=vectors,
                    labels={u: scores(label, 0.5 + i / 10) for i, (u, label) in enumerate(
                        zip(uris, [SCRIPT, "台灯", "台灯", "家具"], strict=True))})
     return {"url": pg_url, "run": run, "uris": uris, "outside": outside.as_uri()}
 
 
-def client(url: str, home: Path, token: str = "") -> Iterator[TestClient]:
+def client(url: str, home: Path, token: str = "", model: str | None = None
+           ) -> Iterator[TestClient]:
     settings = load_settings({"DATABASE_URL": url, "TAGGER_HOME": str(home),
-                              "TAGGER_DECODE_PROCESSES": "1"})
+                              "TAGGER_DECODE_PROCESSES": "1",
+                              **({"TAGGER_MODEL": model} if model else {})})
     access = Access.parse(token) if token else Access(local_reviewer="local-me")
     with TestClient(create_app(settings, access), base_url="http://127.0.0.1") as c:
         yield c
@@ -185,3 +191,41 @@ def test_thresholds_set_by_hand_or_proposed_mark_labels_unsure(web, seeded):
     web.post(f"{page}/thresholds", data={"action": "propose", "precision": "0.5", "csrf": csrf})
     proposed = web.get(page).text
     assert "0.600" in proposed and "proposed for precision 0.5" in proposed
+
+
+def test_an_images_page_shows_its_near_duplicates_and_similar_images(seeded, tmp_path):
+    uris = seeded["uris"]
+    rng = np.random.default_rng(1)
+    base = unit(rng.standard_normal(8))
+    near = unit(base + 0.05 * rng.standard_normal(8))  # cosine ~0.99
+    far = unit(rng.standard_normal(8))
+    folder = Path(seeded["uris"][0][len("file://"):]).parent
+    copies = [p.as_uri() for p in write_images(folder, 3, name="copy {}.jpg", seed=50)]
+    seed_run(str(seeded["url"]), copies, HOSTILE, file_roots=[str(folder)], vectors=dict(
+        zip(copies, [base, near, far], strict=True)))
+    for web in client(str(seeded["url"]), tmp_path / "home", model="test-model"):
+        page = web.get(f"/images/{uri_hash(copies[0])}").text
+        duplicates = page.partition('class="grid duplicates"')[2].partition('class="grid similar"')
+        assert f'data-key="{uri_hash(copies[1])}"' in duplicates[0]  # its near copy
+        assert f'data-key="{uri_hash(copies[2])}"' not in duplicates[0]
+        assert f'data-key="{uri_hash(copies[0])}"' not in page.partition("nearby")[2]
+        assert all(f'data-key="{uri_hash(u)}"' in duplicates[2] for u in [*uris, copies[2]])
+        shown = [float(s) for s in re.findall(r'title="cosine">([0-9.-]+)<', page)]
+        assert shown[0] > 0.95 and shown[1:] == sorted(shown[1:], reverse=True), shown
+        more = web.get(f"/images/{uri_hash(copies[0])}/similar").text
+        assert more.count('class="photo hit"') == len(uris) + len(copies)  # itself first
+        assert more.index(uri_hash(copies[0])) < more.index(uri_hash(copies[1]))
+        assert "&lt;img src=x onerror=alert(1)&gt; 0.jpg" in more  # file names as text
+        assert web.get(f"/images/{uri_hash(copies[0])}/similar?page=11").status_code == 400
+
+
+def test_empty_and_overlong_searches_are_told_not_failed(web):
+    for query, said in (("", "the query is empty"), ("   ", "the query is empty"),
+                        ("red dress " * 1000, "the query has 9999 characters"),
+                        ("连衣裙" * 700, "the query has 2100 characters"),
+                        (SCRIPT * 400, "characters")):
+        page = web.get("/search", params={"q": query})
+        assert page.status_code == 400 and said in page.text, page.text[:500]
+        assert "<script>alert" not in page.text
+        assert 'form class="search"' in page.text  # the box, to search again
+    assert web.get("/search", params={"q": "台灯", "page": "0"}).status_code == 400

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.core.errors import ConfigError
-from worker.core.registry import SEAMS
+from worker.core.registry import registries
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def read_options(env: Mapping[str, str]) -> tuple[Options, ...]:
     a one-line ConfigError for a bad value, or for two parts claiming one variable."""
     found: dict[str, Options] = {}
     claimed: dict[str, str] = {}
-    for seam, registry in SEAMS.items():
+    for seam, registry in registries().items():
         for name, part in registry.parts().items():
             key = part.prefix or name
             if not part.settings or key in found:

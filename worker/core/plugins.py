@@ -20,8 +20,9 @@ import importlib
 from importlib.metadata import entry_points
 
 from worker.core.errors import ConfigError
+from worker.core.registry import SEAMS
 
-BUILTIN = ("worker.sources", "worker.backends", "worker.decoders", "worker.sinks")
+BUILTIN = tuple(where.partition(":")[0] for where in SEAMS.values())
 GROUP = "catalog_tagger.parts"
 
 

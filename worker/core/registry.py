@@ -58,9 +58,6 @@ class Part:
         return f"TAGGER_{(self.prefix or name).upper()}_{setting.name.upper()}"
 
 
-SEAMS: dict[str, Registry[Any]] = {}  # every registry made, by seam: what settings read
-
-
 class Registry(Generic[T]):
     """``name -> Part``; a bare ``"module:Class"`` or class is a part declaring nothing."""
 
@@ -71,9 +68,9 @@ class Registry(Generic[T]):
         self._entries: dict[str, Part] = {}
         self._loaded: dict[str, T] = {}
         self.version = 0  # changes with every registration: what caches of declarations key on
+        self._declared: dict[tuple[int, str], tuple[str, ...]] = {}
         for name, target in (entries or {}).items():
             self.register(name, target)
-        SEAMS[seam] = self
 
     def register(self, name: str, target: Any) -> None:
         """``target``: a Part of this seam's kind, a ``"module:Class"``, or a class."""
@@ -123,6 +120,20 @@ class Registry(Generic[T]):
             self._loaded[name] = target
         return self._loaded[name]
 
+    def declared(self, what: str) -> tuple[str, ...]:
+        """What the parts declare under ``what`` (``suffixes``, ``formats``...), all together,
+        in registration order; kept until the next registration (listings ask per name)."""
+        key = (self.version, what)
+        if key not in self._declared:
+            found = (getattr(part, what, ()) for part in self._entries.values())
+            self._declared = {**{k: v for k, v in self._declared.items()
+                                 if k[0] == self.version},
+                              key: tuple(dict.fromkeys(
+                                  v for group in found
+                                  for v in ((group,) if isinstance(group, str) else group)
+                                  if v))}
+        return self._declared[key]
+
     def known(self) -> str:
         return ", ".join(n for n in self._entries if n) or "none"
 
@@ -133,3 +144,21 @@ class Registry(Generic[T]):
             return value
         choices = ", ".join([*also, *(n for n in self._entries if n)])
         raise ConfigError(f"{variable} must be one of {choices}, got {raw!r}")
+
+
+# Where each seam keeps its registry. Settings check names against them; the core sits below
+# the seam packages (which hand `Settings` to their parts), so it finds them by name, on first use.
+SEAMS = {"backend": "worker.backends:BACKENDS", "decoder": "worker.decoders:DECODERS",
+         "sink": "worker.sinks:SINKS", "source": "worker.sources:SOURCES"}
+PRIMARY_SINK = "database"  # the sink every worker writes first: what is done, pending, in flight
+
+
+def seam(name: str) -> Registry[Any]:
+    """The registry of the seam ``name`` (a key of SEAMS)."""
+    module, _, attribute = SEAMS[name].partition(":")
+    return getattr(importlib.import_module(module), attribute)  # type: ignore[no-any-return]
+
+
+def registries() -> dict[str, Registry[Any]]:
+    """Every seam's registry, by seam."""
+    return {name: seam(name) for name in SEAMS}

@@ -15,7 +15,7 @@ from worker.core import plugins
 from worker.core.errors import ConfigError
 from worker.core.options import Options, read_options
 from worker.core.parse import Choice, Integer, Network, boolean, networks, paths
-from worker.core.registry import SEAMS
+from worker.core.registry import PRIMARY_SINK, seam
 
 APP_NAME = "catalog-tagger"
 DEFAULT_MODEL = "OFA-Sys/chinese-clip-vit-base-patch16"
@@ -25,7 +25,6 @@ DATABASES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgr
              "postgresql+psycopg2": "postgresql"}
 BROKERS = ("redis", "rediss", "filesystem")
 MIN_GROUP = 16  # images: Settings.group_size
-PRIMARY_SINK = "database"  # TAGGER_SINKS always has it, first (worker/sinks)
 
 
 @dataclass(frozen=True)
@@ -117,21 +116,21 @@ class Settings:
 
 # --- parsers: (variable name, raw text) -> value, or ConfigError (more in worker/core/parse.py)
 
-def _registered(seam: str) -> Callable[[str, str], str]:
+def _registered(kind: str) -> Callable[[str, str], str]:
     """A name from a seam's registry (the one list of its names), or ``auto``."""
     def parse(name: str, raw: str) -> str:
-        return SEAMS[seam].check(name, raw, also=("auto",))
+        return seam(kind).check(name, raw, also=("auto",))
     return parse
 
 
 def _precision(name: str, raw: str) -> str:
     """``auto`` or a precision some registered backend declares."""
-    declared = (getattr(part, "precisions", ()) for part in SEAMS["backend"].parts().values())
+    declared = (getattr(part, "precisions", ()) for part in seam("backend").parts().values())
     return Choice("auto", *dict.fromkeys(p for group in declared for p in group))(name, raw)
 
 
 def _sinks(name: str, raw: str) -> tuple[str, ...]:
-    names = tuple(SEAMS["sink"].check(name, part) for part in raw.split(",") if part.strip())
+    names = tuple(seam("sink").check(name, part) for part in raw.split(",") if part.strip())
     if PRIMARY_SINK not in names:
         raise ConfigError(f"{name} must include {PRIMARY_SINK} (it records what is done, "
                           f"pending and in flight), got {raw!r}")

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
-from worker.db.schema import results
+from worker.db.tables import results
 
 INCOMING = "incoming_results"
 # (column, type in the session table): the results columns a worker writes, as the table has them.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from worker.db.schema import _BigId, _Json, _Time, metadata, now
+from worker.db.tables import _BigId, _Json, _Time, metadata, now
 
 # A reviewer's verdict on one label of one image (by content: copies share it), under the
 # zero-shot label set its learned versions adapt; one verdict per label, the latest wins.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -12,6 +11,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from worker.core.contract import Item, Result, uri_hash
 from worker.core.embedding import key_of
+from worker.core.scored import SCORED, Scored
 from worker.db import bulk, embeddings, images, models, schema
 from worker.db.schema import (
     batches,
@@ -149,35 +149,22 @@ def _width(vectors: Mapping[str, np.ndarray] | None) -> int | None:
     return len(next(iter(vectors.values()))) if vectors else None
 
 
-# The columns of a relabel's rows that differ between images (the rest is the same for a range).
-SCORED = ("uri", "uri_hash", "signed", "item_key", "source_version", "content_sha256", "labels",
-          "top_label", "top_score")
-
-
 @retried
-def write_scored(engine: Engine, lines: bulk.Lines, shared: Mapping[str, Any],
-                 rows: Sequence[Sequence[Any]]) -> None:
+def write_scored(engine: Engine, scored: Scored) -> None:
     """A relabel's batch in one transaction: result rows unique by image, model and label set,
-    ``shared`` the columns all of them have (``lines`` renders them as COPY text), ``rows`` the
-    SCORED columns of each, their labels as JSON text."""
+    its images whose kept embedding is damaged failed (a failure never replaces a done result
+    of the same label set)."""
+    copy = engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg2"
+    # Rendered before the transaction opens: its connection is held for the writes alone.
+    text = bulk.Lines(scored.range.shared(), SCORED).text(scored.lines()) if copy else ""
+    failed = scored.failed_rows()
     with engine.begin() as conn:
-        if bulk.uses_copy(conn):
-            bulk.write_lines(conn, lines.text(rows))
-            return
-        write_by_statements(conn, [{**shared, **dict(zip(SCORED, row, strict=True)),
-                                    "labels": json.loads(row[6])} for row in rows], None)
-
-
-@retried
-def write_failed(engine: Engine, shared: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
-                 ) -> None:
-    """Failed rows of a relabel's batch (``rows``: the first six SCORED columns, ``reason``
-    and ``error``), ``shared`` the range's columns, in one transaction."""
-    with engine.begin() as conn:
-        labels: Any = "[]" if bulk.uses_copy(conn) else []  # COPY takes JSON text as it is
-        _write(conn, [{**shared, **row, "status": "failed", "labels": labels,
-                       "top_label": None, "top_score": None, "runtime": None}
-                      for row in rows], None)
+        if copy:
+            bulk.write_lines(conn, text)
+        else:
+            write_by_statements(conn, scored.done_rows(), None)
+        if failed:
+            _write(conn, failed, None)
 
 
 def _write(conn: Connection, rows: list[dict[str, Any]], task_id: str | None) -> None:

@@ -10,7 +10,6 @@ too. Pixels are whatever the backends take (``worker.core.pixels``).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -82,14 +81,7 @@ FALLBACK = "pillow"  # runs everywhere: what ``auto`` takes when no other decode
 def declared(what: str) -> tuple[str, ...]:
     """What the registered decoders declare, all together: ``formats``, ``suffixes`` or
     ``opener`` (the modules to import before opening)."""
-    return _declared(DECODERS.version, what)
-
-
-@functools.lru_cache(maxsize=16)
-def _declared(_version: int, what: str) -> tuple[str, ...]:
-    found = (getattr(part, what, ()) for part in DECODERS.parts().values())
-    return tuple(dict.fromkeys(v for group in found
-                               for v in ((group,) if isinstance(group, str) else group) if v))
+    return DECODERS.declared(what)
 
 
 def image_suffixes() -> tuple[str, ...]:

@@ -16,7 +16,8 @@ from worker.core.redact import redact
 from worker.db import models
 from worker.db import writes as db
 from worker.loop.assemble import Parts
-from worker.loop.pipeline import Work
+from worker.loop.work import Work
+from worker.sinks import write_all
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,7 @@ def weights_of(parts: Parts, model: str) -> str | None:
 
 def write(parts: Parts, outcomes: Sequence[Result], task_id: str | None) -> float:
     started = time.perf_counter()
-    for sink in parts.sinks:
-        sink.write(outcomes, task_id)
+    write_all(parts.sinks, outcomes, task_id)
     metrics.observe_results(outcomes)
     return time.perf_counter() - started
 

@@ -1,7 +1,8 @@
 """One relabel message: score a range of kept embeddings with a label set; nothing is fetched.
 
 Read (a server-side cursor, in batches) -> score (float32 matrix products in blocks of labels)
--> write (COPY and one merge per batch, its own transaction). A re-delivered range writes the
+-> write (through the sinks, a `Scored` batch at a time: the database's COPY and one merge per
+batch, its own transaction; other sinks see each result). A re-delivered range writes the
 same rows again (idempotent upserts); the range stops counting as pending only after its last
 batch is written. Its deaths are counted as a chunk's are; an image whose kept embedding is
 corrupt fails alone; a cancelled run's range stops after the batch it is writing.
@@ -18,13 +19,15 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from worker.core.contract import KEPT_RUNTIME, Span
+from worker.core.contract import Span
 from worker.core.embedding import damaged
 from worker.core.errors import ConfigError
-from worker.db import bulk, embeddings, writes
+from worker.core.scored import LabelsText, Range, Scored
+from worker.db import embeddings, writes
 from worker.loop.assemble import Parts
 from worker.loop.labelstore import Scoring
-from worker.loop.scores import LabelsText, top_k
+from worker.loop.scores import top_k
+from worker.sinks import write_all
 
 log = logging.getLogger(__name__)
 BATCH = 5000  # images read, scored and written at a time: ~10 MB of float32 at 512 values
@@ -37,8 +40,8 @@ def relabel(parts: Parts, span: Span, task_id: str) -> dict[str, Any]:
     if not isinstance(scoring, Scoring):
         return scoring
     rendered, clock, images = LabelsText(scoring.labelset), Clock(), 0
-    shared = shared_columns(span, parts.served.id)
-    lines = bulk.Lines(shared, writes.SCORED)
+    shared = Range(span.model, parts.served.id, parts.served.weights, span.labelset_id,
+                   span.run_id)
     batches = embeddings.read_images(parts.engine, embeddings.Scope(parts.served, span.scope_run),
                                      span.lo, span.hi, BATCH, parts.read_timeout)
     while True:
@@ -50,13 +53,12 @@ def relabel(parts: Parts, span: Span, task_id: str) -> dict[str, Any]:
         if batch is None:
             break
         with clock.stage("score"):
-            rows = scored(parts, scoring, rendered, *batch)
+            found = scored(parts, scoring, shared, rendered, *batch)
         with clock.stage("write"):
-            writes.write_scored(parts.engine, lines, shared, rows)
-            if batch[2]:  # rare: each damaged embedding's image fails alone, and it goes
-                writes.write_failed(parts.engine, shared, _failures(batch[0], batch[2]))
+            write_all(parts.sinks, found)
+            if found.failed:  # rare: each damaged embedding's image failed alone, and it goes
                 embeddings.forget(parts.engine, parts.served,
-                                  [batch[0][i].content_sha256 for i in batch[2]])
+                                  [batch[0][i].content_sha256 for i in found.failed])
         images += len(batch[0])
         if writes.cancelled(parts.engine, span.run_id):  # `producer cancel`: stop here
             break
@@ -85,23 +87,13 @@ def _ready(parts: Parts, span: Span, task_id: str) -> Scoring | dict[str, Any]:
     return scoring
 
 
-def scored(parts: Parts, scoring: Scoring, rendered: LabelsText, found: list[sa.Row],
-           vectors: np.ndarray, corrupt: dict[int, str]) -> list[tuple[Any, ...]]:
-    """One batch's scored rows (an image's own columns as stored, the first six the read
-    returns, then its labels); images whose kept embedding is corrupt are left out."""
+def scored(parts: Parts, scoring: Scoring, shared: Range, rendered: LabelsText,
+           found: list[sa.Row], vectors: np.ndarray, corrupt: dict[int, str]) -> Scored:
+    """One batch scored (an image's own columns as stored: the first six the read returns);
+    images whose kept embedding is corrupt fail alone."""
     best = top_k(vectors, scoring.texts, parts.tagger.backend.logit_scale, parts.tagger.top_k)
-    return [(*row[:6], *rendered.render(*top))
-            for i, (row, top) in enumerate(zip(found, zip(*best, strict=True), strict=True))
-            if i not in corrupt]
-
-
-def _failures(found: list[sa.Row], corrupt: dict[int, str]) -> list[dict[str, Any]]:
-    """The failed rows of images whose kept embedding is damaged (a failure never replaces a
-    done result of the same label set)."""
-    return [{**dict(zip(writes.SCORED[:6], found[i][:6], strict=True)),
-             "error": str(error), "reason": error.reason.value}
-            for i, error in ((i, damaged(found[i].content_sha256, problem))
-                             for i, problem in corrupt.items())]
+    failed = {i: damaged(found[i].content_sha256, problem) for i, problem in corrupt.items()}
+    return Scored(shared, rendered, found, best, failed)
 
 
 class Clock:
@@ -123,13 +115,6 @@ class Clock:
     def report(self) -> dict[str, dict[str, float]]:
         return {"wall": {k: round(v, 4) for k, v in self.wall.items()},
                 "cpu": {k: round(v, 4) for k, v in self.cpu.items()}}
-
-
-def shared_columns(span: Span, model_id: int) -> dict[str, Any]:
-    """The columns every result of a range has: scored from a kept embedding, for its run."""
-    return {"model": span.model, "model_id": model_id, "labelset_id": span.labelset_id,
-            "status": "done", "reason": None, "error": None, "attempts": 1,
-            "run_id": span.run_id, "runtime": KEPT_RUNTIME}
 
 
 def give_up(parts: Parts, span: Span, task_id: str, error: str) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
@@ -66,21 +65,3 @@ def top_labels(embeddings: np.ndarray, labelset: LabelSet, texts: np.ndarray,
     return [label_scores(labelset.labels, labelset.parents, indices, scores)
             for indices, scores in zip(*top_k(embeddings, texts, logit_scale, k), strict=True)]
 
-
-class LabelsText:
-    """Top labels as the JSON text of ``label_scores`` (same keys, order and rounding), from
-    parts rendered once per label set: relabelling writes them 20,000 times a second."""
-
-    def __init__(self, labelset: LabelSet) -> None:
-        self.labels = labelset.labels
-        self.heads = [f'{{"label": {json.dumps(label, ensure_ascii=False)}, "score": '
-                      for label in labelset.labels]
-        self.tails = [f', "parent": {json.dumps(parent, ensure_ascii=False)}}}' if parent
-                      else "}" for parent in labelset.parents]
-
-    def render(self, indices: list[int], scores: list[float]) -> tuple[str, str, float]:
-        """(the labels' JSON text, the top label, its score)."""
-        rounded = [round(score, 6) for score in scores]
-        text = ", ".join([self.heads[i] + repr(s) + self.tails[i]
-                          for i, s in zip(indices, rounded, strict=True)])
-        return f"[{text}]", self.labels[indices[0]], rounded[0]

@@ -85,6 +85,7 @@ class Child:
         SOURCES.update(setup.registries["sources"])
         DECODERS.update(setup.registries["decoders"])
         Image.MAX_IMAGE_PIXELS = setup.limits.max_pixels
+        Image.preinit()  # the common formats' plugins, now: not inside the first item's deadline
         # Pillow only warns between its limit and twice that; the guards refuse instead.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         self.setup = setup

@@ -63,9 +63,10 @@ class Finder:
             return self._index  # type: ignore[return-value]
         try:
             kept = self._index
-            if kept is not None and kept.meta.get("index") != Index.pointed(self.folder,
-                                                                           self.name):
-                kept = None  # another process saved a new generation: load that one
+            if kept is not None and kept.generation() != Index.pointed(self.folder, self.name):
+                # another process saved a new generation: load that one (the delta alone
+                # where its main index is the one this process has)
+                kept = Index.load(self.folder, self.name, kept)
             self._index = keeper.current(self.store, self.folder, self.name, self.note, kept)
             self._checked = time.monotonic()
             return self._index
@@ -120,7 +121,7 @@ class Finder:
             yield from exact.pairs(vectors, keys, bar)
             return
         done = 0
-        for keys, vectors in self.store.scan():
+        for keys, vectors in index.blocks():  # the index's own copy: no database read
             if within is not None:
                 mask = np.isin(keys, within)
                 keys, vectors = keys[mask], vectors[mask]

@@ -1,13 +1,15 @@
-"""The nearest-neighbour index over kept embeddings (faiss): exact below EXACT_BELOW, IVF above.
+"""The nearest-neighbour index over kept embeddings (faiss): exact below EXACT_BELOW, HNSW above,
+with a delta of what changed since (delta.py) searched beside it.
 
 Both kinds store the float16 values as they are kept (faiss's fp16 scalar quantiser, exact for
-them) under the embeddings' own int64 keys. Below EXACT_BELOW a flat index scans every vector:
-2 ms a query at 20,000 here, and exact. Above it, an inverted file (IVF) of
-~2 sqrt(N) lists scans an eighth of them per query. Adding keeps the lists trained for N;
-past GROWTH x N, a rebuild retrains them (keeper.py). On disk a snapshot is two files named
-by a generation, and a pointer file (``<name>.json``) replaced atomically names the current one:
-a reader never pairs an old index with new keys. faiss was chosen over usearch by measurement
-(docs/performance.md): adding 10,000 vectors to usearch's HNSW took 51 s here, to the IVF 2.4 s.
+them) under the embeddings' own int64 keys. Below EXACT_BELOW a flat index scans every vector
+(2 ms a query at 20,000 here). Above it, a graph (HNSW, M links per vector): a query visits a
+few thousand vectors, whatever the size. Chosen over an inverted file by measurement
+(docs/performance.md): at 1,000,000 an IVF reached recall@10 0.95 only by scanning 128 MB a
+query (55 ms here), and over usearch's graph for adding (faiss's took a third of the time on
+the same vectors). On disk a snapshot is the main index's file, its keys, and a small delta
+file, named by generations; a pointer file (``<name>.json``) replaced atomically names them:
+a reader never pairs an old index with new keys, and adding writes a new delta, not the index.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import contextlib
 import json
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,16 +26,18 @@ from typing import Any
 import faiss
 import numpy as np
 
-# Kept embeddings: at or above this, an IVF. A flat scan of 20,000 took 2 ms a query (one
-# thread), of 50,000 12 ms; the IVF under 1 ms (docs/performance.md).
-EXACT_BELOW = 20_000
-# Lists scanned per query: an eighth of them, at least 32. On the benchmark's data (1M, 2,000
-# lists) recall@10 was 0.83 at 32, 0.91 at 128, 0.95 at 256 (docs/performance.md).
-NPROBE, PROBED_SHARE = 32, 8
-PAIR_NPROBE = 4  # per image, for duplicates: near-copies share their nearest lists
-TRAIN_PER_LIST = 40  # training vectors per list (faiss warns below 39)
-GROWTH = 4  # an IVF that grew past 4x the vectors it was trained on is rebuilt
+from worker.search import delta as deltas
+from worker.search import exact
+from worker.search.delta import Delta, merge
+
+EXACT_BELOW = 20_000  # kept embeddings at or above which the main index is a graph
+LINKS = 16  # HNSW's M: links per vector (32 on the lowest level)
+EF_BUILD = 40  # candidates kept while linking a new vector
+EF_SEARCH = 64  # candidates kept while searching (at least k)
+PAIR_NEIGHBOURS = 10  # nearest looked at per image for duplicates
 CORES = os.cpu_count() or 1
+BLOCK = 20_000  # vectors reconstructed at a time (filtered searches, duplicates)
+faiss.omp_set_num_threads(CORES)
 
 
 @contextlib.contextmanager
@@ -47,144 +51,200 @@ def threads(count: int) -> Iterator[None]:
         faiss.omp_set_num_threads(CORES)
 
 
-def lists_for(count: int) -> int:
-    """2 sqrt(N): k-means costs grow with the square of the lists (training 2,000 for 1M takes
-    minutes on 2 cores), queries with the vectors per list (500 at 1M)."""
-    return max(1, int(2 * np.sqrt(count)))
-
-
-def sample_size(count: int) -> int:
-    """How many vectors an IVF for ``count`` is trained on (none for a flat index)."""
-    return 0 if count < EXACT_BELOW else min(count, TRAIN_PER_LIST * lists_for(count))
-
-
-faiss.omp_set_num_threads(CORES)
+def _main(dim: int, graph: bool) -> Any:
+    fp16, ip = faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+    if not graph:
+        return faiss.IndexIDMap(faiss.IndexScalarQuantizer(dim, fp16, ip))
+    hnsw = faiss.IndexHNSWSQ(dim, fp16, LINKS, ip)
+    hnsw.hnsw.efConstruction = EF_BUILD
+    return faiss.IndexIDMap(hnsw)
 
 
 @dataclass
 class Index:
-    """One snapshot: the faiss index, its keys (sorted) and what it was built as."""
+    """One snapshot: the main faiss index, the delta beside it and what they were built as."""
 
-    index: Any
-    keys: np.ndarray
+    main: Any
+    delta: Delta
     meta: dict[str, Any] = field(default_factory=dict)
+    source: Path | None = None  # the file the main index was mapped from, if it was
+    _order: tuple[np.ndarray, np.ndarray] | None = None  # main's keys sorted, their positions
+    _keys: np.ndarray | None = None
 
     @property
     def kind(self) -> str:
         return str(self.meta["kind"])
 
     @property
+    def keys(self) -> np.ndarray:
+        """Every key a search can answer with, sorted."""
+        if self._keys is None:
+            live = self.main_keys()[~np.isin(self.main_keys(), self.delta.gone)]
+            self._keys = np.union1d(live, self.delta.keys)
+        return self._keys
+
+    @property
     def count(self) -> int:
-        return len(self.keys)
+        """Keys a search can answer with: the delta's are never the main index's, and the keys
+        gone are all the main index's (Delta.changed)."""
+        return int(self.main.ntotal) - len(self.delta.gone) + len(self.delta)
+
+    def main_keys(self) -> np.ndarray:
+        if self._order is None:
+            ids = faiss.vector_to_array(self.main.id_map).astype(np.int64)
+            at = np.argsort(ids, kind="stable")
+            self._order = (ids[at], at)
+        return self._order[0]
 
     @classmethod
-    def empty(cls, dim: int, count: int, sample: np.ndarray | None = None) -> Index:
-        """A new index for about ``count`` vectors; an IVF's lists are trained on ``sample``
-        (``sample_size(count)`` of them, drawn at random)."""
-        fp16, ip = faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
-        if count < EXACT_BELOW or sample is None:
-            flat = faiss.IndexIDMap2(faiss.IndexScalarQuantizer(dim, fp16, ip))
-            return cls(flat, np.zeros(0, np.int64), {"kind": "flat", "dim": dim})
-        lists = lists_for(count)
-        ivf = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, lists, fp16, ip)
-        ivf.by_residual = False  # codes are the kept float16 values themselves: exact scores
-        ivf.cp.niter = 10  # k-means iterations: recall barely moves past 10 on CLIP-like data
-        ivf.train(np.asarray(sample, np.float32))
-        return cls(ivf, np.zeros(0, np.int64),
-                   {"kind": "ivf", "dim": dim, "lists": lists, "sized_for": count})
+    def empty(cls, dim: int, count: int) -> Index:
+        """A new index for about ``count`` vectors: flat (exact) below EXACT_BELOW."""
+        graph = count >= EXACT_BELOW
+        return cls(_main(dim, graph), Delta.empty(dim),
+                   {"kind": "hnsw" if graph else "flat", "dim": dim, "sized_for": count})
 
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        for start in range(0, len(keys), 65_536):
-            block = np.asarray(vectors[start:start + 65_536], np.float32)
-            self.index.add_with_ids(block, keys[start:start + 65_536])
-        self.keys = np.union1d(self.keys, keys)
+        """Into the main index (building; updates go to the delta: ``change``)."""
+        with threads(CORES):
+            for start in range(0, len(keys), 65_536):
+                block = np.asarray(vectors[start:start + 65_536], np.float32)
+                self.main.add_with_ids(block, np.asarray(keys[start:start + 65_536], np.int64))
+        self._order = self._keys = None
 
-    def remove(self, keys: np.ndarray) -> None:
-        if len(keys):
-            self.index.remove_ids(np.asarray(keys, np.int64))
-            self.keys = np.setdiff1d(self.keys, keys)
+    def writable(self) -> None:
+        """A main index of this snapshot's own, to be added to: read whole from its file (a
+        mapped one cannot be) or copied (other threads may be searching the one it shares)."""
+        if self.source is not None:
+            self.main = faiss.read_index(str(self.source))
+        else:
+            self.main = faiss.clone_index(self.main)
+        self.source = None
+
+    def change(self, keys: np.ndarray, vectors: np.ndarray, gone: np.ndarray) -> None:
+        """New vectors (replacing any under the same keys) and keys gone, into the delta;
+        folded into the main index once the delta holds more than FOLD_AT."""
+        self.delta = self.delta.changed(keys, vectors, gone, self.main_keys())
+        self._keys = None
+        if len(self.delta) > deltas.FOLD_AT:
+            if np.isin(self.delta.keys, self.delta.gone).any():  # a removed key kept again
+                self.meta["clash"] = True  # the main index would hold it twice: rebuilt
+            self.add(self.delta.keys, self.delta.vectors)
+            self.delta = Delta(self.delta.keys[:0], self.delta.vectors[:0], self.delta.gone)
+            self.meta["folded"] = True
 
     def outgrown(self) -> bool:
-        """Past the size its kind or lists were chosen for: rebuilt rather than added to."""
+        """Past what its kind was chosen for, or hiding many removed keys: rebuilt instead."""
+        if self.meta.get("clash") or len(self.delta.gone) > max(1000, self.count // 10):
+            return True
         if self.kind == "flat":
             return self.count >= 2 * EXACT_BELOW
-        return (self.count > GROWTH * int(self.meta["sized_for"])
-                or self.count < EXACT_BELOW // 2)
+        return self.count < EXACT_BELOW // 2
 
-    def search(self, queries: np.ndarray, k: int, within: np.ndarray | None = None,
-               nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, within: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, keys) of the ``k`` nearest, best first (key -1: none). ``within``: only
-        these keys, then searched exhaustively (exact over them, however few they are)."""
+        these keys, then searched exactly over them, however few they are."""
         queries = np.atleast_2d(np.asarray(queries, np.float32))
-        params = self._params(within, nprobe)
+        k = max(1, min(k, self.count))
+        if within is not None:
+            found = self._exact(queries, k, np.asarray(within, np.int64))
+        else:
+            found = self._nearest(queries, k)
+        found = merge(found, self.delta.search(queries, k, within), k)
+        return np.minimum(found[0], 1.0), found[1]
+
+    def _nearest(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        gone = faiss.IDSelectorBatch(self.delta.gone) if len(self.delta.gone) else None
+        skip = faiss.IDSelectorNot(gone) if gone is not None else None  # held: faiss borrows
+        if self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(EF_SEARCH, k), sel=skip)
+        else:
+            params = faiss.SearchParameters(sel=skip) if skip is not None else None
         with threads(1 if len(queries) == 1 else CORES):
-            scores, keys = self.index.search(queries, min(k, max(self.count, 1)),
-                                             params=params)
-        return np.minimum(scores, 1.0), keys
+            return self.main.search(queries, min(k, max(int(self.main.ntotal), 1)),
+                                    params=params)
 
-    def pairs(self, queries: np.ndarray, keys: np.ndarray, threshold: float,
-              nprobe: int = PAIR_NPROBE) -> Iterable[tuple[int, int, float]]:
-        """Pairs (smaller key, larger key, score) at or above ``threshold``; approximate: a pair
-        may come twice (found from both sides) or, rarely, not at all."""
-        lims, scores, found = self.index.range_search(
-            np.asarray(queries, np.float32), float(np.nextafter(threshold, -1)),
-            params=self._params(None, nprobe))
-        for row, key in enumerate(keys):
-            for at in range(lims[row], lims[row + 1]):
-                if key != found[at]:
-                    a, b = sorted((int(key), int(found[at])))
-                    yield a, b, min(float(scores[at]), 1.0)
+    def _exact(self, queries: np.ndarray, k: int, within: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+        wanted = np.intersect1d(within, self.main_keys())
+        wanted = wanted[~np.isin(wanted, self.delta.gone)]
+        best = (np.full((len(queries), 0), -np.inf, np.float32), np.zeros((len(queries), 0),
+                                                                          np.int64))
+        for start in range(0, len(wanted), BLOCK):
+            keys = wanted[start:start + BLOCK]
+            best = merge(best, exact.top(queries, self.vectors(keys), keys, k), k)
+        return best
 
-    def _params(self, within: np.ndarray | None, nprobe: int | None) -> Any:
-        selector = None if within is None else faiss.IDSelectorBatch(
-            np.asarray(within, np.int64))
-        if self.kind == "ivf":
-            nlist = self.index.nlist
-            lists = nlist if within is not None else min(
-                nprobe or max(NPROBE, nlist // PROBED_SHARE), nlist)
-            return faiss.SearchParametersIVF(sel=selector, nprobe=lists)
-        return faiss.SearchParameters(sel=selector) if selector is not None else None
+    def vectors(self, keys: np.ndarray) -> np.ndarray:
+        """The main index's float32 vectors of these keys (which it must hold)."""
+        sorted_keys, at = self.main_keys(), self._order[1]  # type: ignore[index]
+        positions = at[np.searchsorted(sorted_keys, keys)]
+        return self.main.index.reconstruct_batch(positions.astype(np.int64))
 
-    def save(self, folder: Path, name: str) -> None:
-        """Write a new generation, then point ``<name>.json`` at it; older ones are removed."""
-        folder.mkdir(parents=True, exist_ok=True)
-        generation = uuid.uuid4().hex[:12]
-        files = {"index": f"{name}-{generation}.faiss", "keys": f"{name}-{generation}.keys.npy"}
-        faiss.write_index(self.index, str(folder / files["index"]))
-        np.save(folder / files["keys"], self.keys)
-        meta = {**self.meta, **files, "count": self.count}
-        pointer = folder / f"{name}.json"
-        temporary = folder / f".{name}.{generation}.json"
-        temporary.write_text(json.dumps(meta), encoding="utf-8")
-        for path in (folder / files["index"], folder / files["keys"], temporary):
-            with open(path, "rb") as file:
-                os.fsync(file.fileno())
-        os.replace(temporary, pointer)
-        self.meta = meta
-        for old in folder.glob(f"{name}-*"):  # open (mapped) copies stay readable until closed
-            if generation not in old.name:
-                old.unlink(missing_ok=True)
+    def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every (keys, float32 vectors) searched, a block at a time: the main index's in its
+        own order (no database read), then the delta's."""
+        ids = faiss.vector_to_array(self.main.id_map).astype(np.int64)
+        for start in range(0, len(ids), BLOCK):
+            keys = ids[start:start + BLOCK]
+            vectors = self.main.index.reconstruct_n(start, len(keys))
+            live = ~np.isin(keys, self.delta.gone)
+            yield keys[live], vectors[live]
+        if len(self.delta):
+            yield self.delta.keys, self.delta.vectors.astype(np.float32)
+
+    def pairs(self, queries: np.ndarray, keys: np.ndarray, threshold: float
+              ) -> Iterator[tuple[int, int, float]]:
+        """Pairs (smaller key, larger key, score) at or above ``threshold``: every one where
+        the main index is flat (a range search), among each query's PAIR_NEIGHBOURS nearest
+        in a graph; a pair may come twice (found from both sides)."""
+        queries, keys = np.asarray(queries, np.float32), np.asarray(keys, np.int64)
+        if self.kind == "flat":
+            with threads(CORES):
+                lims, scores, found = self.main.range_search(
+                    queries, float(np.nextafter(threshold, -1)))
+            rows = np.repeat(np.arange(len(queries)), np.diff(lims).astype(np.int64))
+        else:
+            wide_scores, wide = self._nearest(queries, PAIR_NEIGHBOURS + 1)
+            rows, cols = np.nonzero(wide_scores >= threshold)
+            scores, found = wide_scores[rows, cols], wide[rows, cols]
+        yield from _pairs(keys[rows], found, scores, self.delta.gone)
+        yield from self.delta.pairs(queries, keys, threshold)
+
+    def save(self, folder: Path, name: str, main: bool = True) -> None:
+        """Write the delta (and, with ``main``, the main index) as new generations, then point
+        ``<name>.json`` at them; older files are removed."""
+        from worker.search.snapshot import save
+
+        self.meta = save(self, folder, name, main)
 
     @classmethod
-    def load(cls, folder: Path, name: str, writable: bool = False) -> Index | None:
-        """The current snapshot (memory-mapped unless ``writable``), or None if there is none."""
-        for _ in range(3):  # a writer may replace the generation between the reads below
-            try:
-                meta = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
-                flags = 0 if writable else faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
-                index = faiss.read_index(str(folder / meta["index"]), flags)
-                keys = np.load(folder / meta["keys"])
-            except FileNotFoundError:
-                continue
-            except (OSError, ValueError, KeyError, RuntimeError):
-                return None  # damaged: rebuilt by the keeper
-            return cls(index, keys, meta)
-        return None
+    def load(cls, folder: Path, name: str, reuse: Index | None = None) -> Index | None:
+        """The current snapshot, or None if there is none (or it is damaged). ``reuse``: a
+        loaded snapshot whose main index is used again if the pointer still names it."""
+        from worker.search.snapshot import load
+
+        return load(cls, folder, name, reuse)
 
     @staticmethod
     def pointed(folder: Path, name: str) -> str | None:
-        """The index file of the current generation (another process may have saved one)."""
+        """What the pointer names now (another process may have saved a new generation)."""
         try:
-            return str(json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))["index"])
+            meta = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
+            return f"{meta['index']} {meta.get('delta')}"
         except (OSError, ValueError, KeyError):
             return None
+
+    def generation(self) -> str:
+        return f"{self.meta.get('index')} {self.meta.get('delta')}"
+
+
+def _pairs(keys: np.ndarray, found: np.ndarray, scores: np.ndarray, gone: np.ndarray
+           ) -> Iterator[tuple[int, int, float]]:
+    keep = (found != -1) & (found != keys) & ~np.isin(found, gone)
+    for a, b, score in zip(keys[keep], found[keep], scores[keep], strict=True):
+        yield int(min(a, b)), int(max(a, b)), min(float(score), 1.0)
+
+
+def new_generation() -> str:
+    return uuid.uuid4().hex[:12]

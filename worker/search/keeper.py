@@ -1,10 +1,12 @@
 """The index kept current with the kept embeddings: built once, then only what is new is added.
 
-Kept embeddings are only ever added (worker/db/embeddings.py never replaces one), so a count
-that matches the index's says it is current. Otherwise the keys differ: the new ones are read
-and added, any gone removed, and the new generation saved under a lock (one writer per index;
-readers keep searching their snapshot meanwhile). An index outgrown, damaged or missing is
-built again from the table.
+Kept embeddings are added, and removed only when found damaged (worker/db/embeddings.py), so
+a row count that matches the one the index was last brought up to says it is current.
+Otherwise, on SQLite, the rows written after the last row it read are read (rowids grow with
+each insert; the row count up to there says whether any went); elsewhere, or when rows went,
+every key is compared. What is new goes into the delta, saved under a lock (one writer per
+index; readers keep searching their snapshot meanwhile); a delta past FOLD_AT is folded into
+the main index. An index outgrown, damaged or missing is built again from the table.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import numpy as np
 
 from worker.core.errors import ConfigError
 from worker.core.redact import stored_uri
-from worker.search.index import Index, sample_size
+from worker.search import delta as deltas
+from worker.search.index import Index
 from worker.search.store import Store
 
 Note = Callable[[str], None]
@@ -48,57 +51,64 @@ def writing(folder: Path, name: str, note: Note) -> Iterator[None]:
 
 
 def build(store: Store, count: int, note: Note) -> Index:
-    """A new index of every kept embedding; an IVF trained on the first rows (in key order,
-    which is content-hash order: a uniform random sample)."""
+    """A new index of every kept embedding, read in key order a batch at a time."""
     found = store.model_id()
     assert found is not None
-    need, sample, keys = sample_size(count), [], []
-    index: Index | None = None if need else Index.empty(found[1], count)
-    for batch_keys, batch in store.scan():
-        if index is None:
-            keys.append(batch_keys)
-            sample.append(batch)
-            if sum(len(s) for s in sample) < need:
-                continue
-            index = Index.empty(found[1], count, np.concatenate(sample)[:need])
-            batch_keys, batch = np.concatenate(keys), np.concatenate(sample)
-        index.add(batch_keys, batch)
-        if index.count % 200_000 < len(batch_keys):
+    rowid, key, rows = store.mark()  # before the read: rows after it are read again later
+    index = Index.empty(found[1], count)
+    for keys, vectors in store.scan():
+        index.add(keys, vectors)
+        if index.count % 200_000 < len(keys):
             note(f"indexed {index.count:,} of {count:,} kept embeddings")
-    if index is None:  # fewer rows than counted (some deleted meanwhile)
-        index = Index.empty(found[1], 0)
-        if keys:
-            index.add(np.concatenate(keys), np.concatenate(sample))
+    index.meta.update(rowid=rowid, key=key, rows=rows if rowid else count)
     return index
 
 
 def current(store: Store, folder: Path, name: str, note: Note,
             loaded: Index | None = None) -> Index:
-    """The index (memory-mapped) holding exactly the table's keys, updated or built first."""
+    """The index holding the table's kept embeddings, updated or built first."""
     count = store.count()
     if count == 0:
         raise NothingKept("no kept embeddings to search: tag images first (`producer tag "
                           "FOLDER`), with TAGGER_KEEP_EMBEDDINGS on (the default)")
     index = loaded or Index.load(folder, name)
-    if index is not None and index.count == count:
+    if index is not None and index.meta.get("rows") == count:
         return index
     with writing(folder, name, note):
-        index = Index.load(folder, name, writable=True)
-        if index is not None and index.count == count and not index.outgrown():
-            return Index.load(folder, name) or index  # saved by another while this one waited
+        index = Index.load(folder, name, index)
+        if index is not None and index.meta.get("rows") == count and not index.outgrown():
+            return index  # saved by another while this one waited
         if index is None or index.outgrown() or abs(count - index.count) > index.count:
             note(f"building the search index over {count:,} kept embeddings "
                  "(once: later runs only add to it)")
             index = build(store, count, note)
-        elif index.count != count:
-            keys = store.keys()
-            new, gone = np.setdiff1d(keys, index.keys), np.setdiff1d(index.keys, keys)
-            note(f"adding {len(new):,} new kept embeddings to the search index"
-                 + (f", removing {len(gone):,}" if len(gone) else ""))
-            index.remove(gone)
-            index.add(*store.vectors(new))
-        index.save(folder, name)
-    return Index.load(folder, name) or index
+            index.save(folder, name)
+            return index
+        update(store, index, count, note)
+        index.save(folder, name, main=bool(index.meta.get("folded")))
+    return index
+
+
+def update(store: Store, index: Index, count: int, note: Note) -> None:
+    """What is new since the index's last update into its delta: the rows written after the
+    last one it read (SQLite), or else the keys it lacks; keys gone are left out."""
+    arrivals = (store.since(int(index.meta["rowid"]), int(index.meta["key"]))
+                if index.meta.get("rowid") else None)
+    if arrivals is not None and arrivals.upto == index.meta["rows"] + arrivals.rows:
+        new = ~np.isin(arrivals.keys, index.keys)
+        keys, vectors, gone = arrivals.keys[new], arrivals.vectors[new], np.zeros(0, np.int64)
+        index.meta.update(rowid=arrivals.rowid, key=arrivals.key, rows=arrivals.upto)
+    else:  # rows went (or no order to read by): compare every key
+        rowid, key, rows = store.mark()
+        table = store.keys()
+        gone = np.setdiff1d(index.keys, table)
+        keys, vectors = store.vectors(np.setdiff1d(table, index.keys))
+        index.meta.update(rowid=rowid, key=key, rows=rows if rowid else len(table))
+    note(f"adding {len(keys):,} new kept embeddings to the search index"
+         + (f", removing {len(gone):,}" if len(gone) else ""))
+    if index.kind == "hnsw" and len(index.delta) + len(keys) > deltas.FOLD_AT:
+        index.writable()  # the main index is folded into: read whole, not mapped
+    index.change(keys, vectors, gone)
 
 
 def after_run(store: Store, folder: Path, name: str, note: Note) -> None:

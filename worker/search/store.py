@@ -43,6 +43,19 @@ class Image:
     run_id: str | None
 
 
+@dataclass(frozen=True)
+class Arrivals:
+    """Kept embeddings written since a row: those sound, how many rows there were in all
+    (damaged ones included), and the newest row and its key (where to look from next)."""
+
+    keys: np.ndarray
+    vectors: np.ndarray
+    rows: int
+    upto: int  # the model's rows up to ``rowid`` now: the rows before plus ``rows`` if none went
+    rowid: int
+    key: int
+
+
 class Store:
     """The kept embeddings of the weights TAGGER_MODEL names in one database, and the images
     they belong to."""
@@ -108,6 +121,46 @@ class Store:
                         got.append(row.key)
                         blobs.append(bytes(row.vector))
         return _sound(got, blobs, found[1] if found else 0)
+
+    @retried
+    def since(self, after: int, key: int) -> Arrivals | None:
+        """The rows written after row ``after`` (which must still hold ``key``): what is new
+        without reading every key. SQLite only, where rowids grow with each insert and a read
+        sees one committed state; None elsewhere or when that row moved (deleted, vacuumed)."""
+        found = self.model_id()
+        if found is None or self.engine.dialect.name != "sqlite":
+            return None
+        rowid = sa.literal_column("rowid")
+        with self.engine.connect() as conn:
+            if after and conn.scalar(sa.select(embeddings.c.key).where(rowid == after)) != key:
+                return None
+            high = conn.scalar(sa.select(sa.func.max(rowid)).select_from(embeddings)) or 0
+            rows = conn.execute(sa.select(rowid.label("row"), embeddings.c.key,
+                                          embeddings.c.vector)
+                                .where(rowid > after, rowid <= high,
+                                       embeddings.c.model_id == found[0])).all()
+            high_key = conn.scalar(sa.select(embeddings.c.key).where(rowid == high))
+            upto = conn.scalar(sa.select(sa.func.count()).select_from(embeddings).where(
+                embeddings.c.model_id == found[0], rowid <= high))
+        keys, vectors = _sound([r.key for r in rows], [bytes(r.vector) for r in rows], found[1])
+        return Arrivals(keys, vectors, len(rows), int(upto or 0), int(high), int(high_key or 0))
+
+    @retried
+    def mark(self) -> tuple[int, int, int]:
+        """(highest rowid, its key, the model's rows up to it) before a full read: where
+        ``since`` looks from next (SQLite; (0, 0, 0) elsewhere)."""
+        found = self.model_id()
+        if found is None or self.engine.dialect.name != "sqlite":
+            return 0, 0, 0
+        rowid = sa.literal_column("rowid")
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(rowid.label("row"), embeddings.c.key)
+                               .order_by(rowid.desc()).limit(1)).first()
+            if row is None:
+                return 0, 0, 0
+            rows = conn.scalar(sa.select(sa.func.count()).select_from(embeddings).where(
+                embeddings.c.model_id == found[0], rowid <= row.row))
+        return int(row.row), int(row.key), int(rows or 0)
 
     def scan(self, batch: int = SCAN_BATCH) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every (keys, float16 vectors) of the model in key order, a batch at a time."""

@@ -74,11 +74,16 @@ def towers(settings: Settings, note: Callable[[str], None]) -> Towers:
 
 
 def session(path: Path) -> Any:
-    """An ONNX Runtime session on the CPU with every core (imported here: only queries pay)."""
+    """An ONNX Runtime session on the CPU with every core, its threads never spinning while
+    they wait (imported here: only queries pay). On this busy 2-core machine spinning threads
+    took a short query on the int8 text tower from ~15 ms to ~250 ms p50: each waits for the
+    other while a third process holds the core (docs/performance.md)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -20,9 +20,8 @@ from worker.core.contract import MAX_URI_CHARS, Item
 from worker.core.errors import ConfigError, ItemError, Reason, Skip, SourceError, TransientError
 from worker.core.parse import Integer
 from worker.core.redact import redact
-from worker.core.registry import Flag, Part, Registry, Setting
+from worker.core.registry import Flag, Part, Registry, Setting, seam
 from worker.core.settings import Settings
-from worker.decoders import image_suffixes
 
 
 @dataclass(frozen=True)
@@ -166,7 +165,7 @@ def check_uri(uri: str) -> None:
 
 def is_image_name(name: str) -> bool:
     """Whether a listed name is an image: a suffix some registered decoder reads."""
-    return name.lower().endswith(image_suffixes())
+    return name.lower().endswith(seam("decoder").declared("suffixes"))
 
 
 def listing_flags() -> dict[str, tuple[Flag, list[str]]]:

@@ -3,6 +3,7 @@ said, and the forms to accept, reject or pick a label."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -28,8 +29,9 @@ from worker.db import browse, corrections, learned
 from worker.db import report as figures
 from worker.db.labelsets import load_labelset
 
-# Panels other page families add under the picture (templates included in this order).
-PANELS: list[str] = []
+# Panels other page families add under the picture, in this order: a template, and what it
+# shows of the image (from the request, the image's key and URI; made in the request's thread).
+PANELS: list[tuple[str, Callable[[Request, str, str], dict[str, Any]]]] = []
 
 
 def _rows(request: Request) -> tuple[str, list[Any]]:
@@ -56,8 +58,9 @@ def image_page(request: Request) -> Response:
         shown.append({"row": row, "labelset": labelsets[row["labelset_id"]], "verdicts": found,
                       "judged": context.judged(row, found) if row["status"] == "done" else None,
                       "thresholds": context.limits.get(row["labelset_id"], {})})
-    return render(request, "image.html", key=key, uri=rows[0]["uri"], results=shown,
-                  panels=PANELS)
+    uri = rows[0]["uri"]
+    return render(request, "image.html", key=key, uri=uri, results=shown,
+                  panels=[(template, made(request, key, uri)) for template, made in PANELS])
 
 
 def picture(request: Request) -> Response:

@@ -18,8 +18,9 @@ from worker.core.contract import Item, Span, label_scores
 from worker.core.embedding import KEY_MAX, KEY_MIN, key_of, pack, spans, unpack
 from worker.core.errors import MessageError
 from worker.core.labels import LabelSet
+from worker.core.scored import LabelsText
 from worker.loop import scores as scoring
-from worker.loop.scores import LabelsText, top_k, top_labels
+from worker.loop.scores import top_k, top_labels
 
 
 def normalised(rows: int, dim: int, seed: int = 0) -> np.ndarray:

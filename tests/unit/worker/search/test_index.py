@@ -10,7 +10,7 @@ import pytest
 from producer import duplicates as writing
 from testkit.vectors import clustered
 from worker.core.errors import ConfigError
-from worker.search import exact, index
+from worker.search import delta, exact, index
 from worker.search.groups import group
 from worker.search.hits import Group, Hit
 from worker.search.text import MAX_QUERY_CHARS, check_query
@@ -66,32 +66,69 @@ def test_a_flat_index_is_exact_and_filters_exactly():
     within = keys[1::7]
     _, found = flat.search(queries, 5, within)
     assert np.isin(found, within).all()
+    cos = vectors[:50].astype(np.float32) @ vectors.astype(np.float32).T
+    want = {tuple(sorted((int(keys[a]), int(keys[b])))) for a, b in zip(*np.nonzero(cos >= 0.7),
+                                                                      strict=True) if a != b}
+    got = {(a, b) for a, b, _ in flat.pairs(queries, keys[:50], 0.7)}
+    assert got == want and want  # a flat index's pairs are every pair above the threshold
 
 
-def test_the_ivf_agrees_with_exact_search_on_the_top_ten(monkeypatch, tmp_path):
+def test_the_graph_agrees_with_exact_search_on_the_top_ten(monkeypatch, tmp_path):
     monkeypatch.setattr(index, "EXACT_BELOW", 1000)
-    vectors = clustered(20_000, 64, seed=5)
-    keys = np.arange(20_000, dtype=np.int64) - 10_000
-    ivf = index.Index.empty(64, 20_000, vectors[:index.sample_size(20_000)])
-    ivf.add(keys, vectors)
-    assert ivf.kind == "ivf"
+    vectors = clustered(5000, 64, seed=5)
+    keys = np.arange(5000, dtype=np.int64) - 2500
+    graph = index.Index.empty(64, 5000)
+    graph.add(keys, vectors)
+    assert graph.kind == "hnsw"
     queries = vectors[::97].astype(np.float32)
-    _, found = ivf.search(queries, 10)
+    _, found = graph.search(queries, 10)
     unfiltered = found
     truth = keys[brute(queries, vectors, 10)]
     recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])
     assert recall >= 0.95, recall
-    # Filtered searches scan every list: exact over the keys they keep (the same scores; ties
-    # within float rounding may swap the tenth).
+    # Filtered searches are exact over the keys they keep (the same scores; ties within float
+    # rounding may swap the tenth).
     within = keys[::13]
-    scores, found = ivf.search(queries, 10, within)
+    scores, found = graph.search(queries, 10, within)
     assert np.isin(found, within).all()
     best = -np.sort(-(queries @ vectors[::13].astype(np.float32).T), axis=1)[:, :10]
     assert np.allclose(scores, np.minimum(best, 1), atol=1e-5)
-    ivf.save(tmp_path, "x")
+    graph.save(tmp_path, "x")
     loaded = index.Index.load(tmp_path, "x")
-    assert loaded is not None and loaded.count == 20_000
+    assert loaded is not None and loaded.count == 5000
     assert (loaded.search(queries, 10)[1] == unfiltered).all()
+
+
+def test_a_delta_answers_beside_the_main_index_until_folded(monkeypatch, tmp_path):
+    monkeypatch.setattr(index, "EXACT_BELOW", 1000)
+    monkeypatch.setattr(delta, "FOLD_AT", 900)
+    vectors = clustered(4000, 32, seed=7)
+    keys = np.arange(4000, dtype=np.int64) * 5
+    graph = index.Index.empty(32, 3000)
+    graph.add(keys[:3000], vectors[:3000])
+    graph.save(tmp_path, "x")
+    main_file = graph.meta["index"]
+    gone = keys[:100]
+    graph.change(keys[3000:3500], vectors[3000:3500], gone)
+    graph.save(tmp_path, "x", main=False)
+    assert graph.meta["index"] == main_file and len(graph.delta) == 500
+    mapped = index.Index.load(tmp_path, "x")
+    assert mapped is not None and mapped.count == 3400
+    live = np.r_[100:3500]
+    queries = vectors[live[::37]].astype(np.float32)
+    truth = keys[live][brute(queries, vectors[live], 10)]
+    _, found = mapped.search(queries, 10)
+    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])
+    assert recall >= 0.95 and not np.isin(found, gone).any(), recall
+    assert (mapped.search(vectors[3000:3010], 1)[1][:, 0] == keys[3000:3010]).all()
+    mapped.writable()
+    mapped.change(keys[3500:], vectors[3500:], np.zeros(0, np.int64))  # 1,000: folded
+    assert mapped.meta["folded"] and len(mapped.delta) == 0 and mapped.count == 3900
+    mapped.save(tmp_path, "x", main=True)
+    again = index.Index.load(tmp_path, "x")
+    assert again is not None and again.meta["index"] != main_file and again.count == 3900
+    assert (again.search(vectors[3990:], 1)[1][:, 0] == keys[3990:]).all()
+    assert not np.isin(again.search(vectors[:100], 5)[1], gone).any()
 
 
 def test_a_damaged_index_loads_as_none(tmp_path):

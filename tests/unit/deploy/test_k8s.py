@@ -195,7 +195,7 @@ def test_pods_run_restricted_with_only_their_volumes_writable():
 
 
 def test_the_gpu_worker():
-    from tests.unit.test_compose import pool_of, services
+    from tests.unit.deploy.test_compose import pool_of, services
 
     spec = pod_specs()["tagger-worker"]
     worker = spec["containers"][0]

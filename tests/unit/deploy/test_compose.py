@@ -16,7 +16,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from testkit.manifests import check_command
 from worker.core.settings import load_settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"

@@ -190,7 +190,13 @@ def test_one_pixel_image():
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"])
 def test_allowed_formats_decode(fmt):
-    pixels(image_bytes(5, size=(50, 30), fmt=fmt))
+    data = image_bytes(5, size=(50, 30), fmt=fmt)
+    with Image.open(io.BytesIO(data)) as stored:  # what Pillow itself makes of these bytes
+        assert stored.format == fmt
+        expected = np.asarray(stored.convert("RGB").resize(
+            (32, 32), resample=Image.Resampling.BICUBIC)).astype(int)
+    got = pixels(data).astype(int)
+    assert np.abs(got - expected).mean() < 1.0 and got.std() > 10  # this image, not a blank
 
 
 def test_damaged_exif_is_decoded_as_stored():

@@ -1,5 +1,5 @@
-"""What the ``producer`` commands share: the database made ready, label set options, the
-sources' own listing options."""
+"""What the ``producer`` commands share: the database made ready, label set and chunk options,
+the sources' own listing options."""
 
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ labels_option = click.option("--labels", type=click.Path(path_type=Path, dir_oka
 templates_option = click.option("--templates", type=click.Path(path_type=Path, dir_okay=False),
                                 help="Prompt templates, one per line with {} "
                                      "(default: TAGGER_TEMPLATES).")
+chunk_option = click.option("--chunk-size", type=click.IntRange(1),
+                            help="Images per message [default: TAGGER_CHUNK_SIZE or 64].")
 
 
 F = TypeVar("F", bound=Callable[..., Any])
