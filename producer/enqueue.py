@@ -25,7 +25,7 @@ from worker.db import labelsets
 from worker.db import runs as db
 from worker.db.models import served
 from worker.db.schema import engine_for
-from worker.sources import Linked, Listed, Skipped, scheme, source_for, uri_problem
+from worker.sources import Linked, Listed, Skipped, check_options, scheme, source_for, uri_problem
 from worker.sources.local import path_of, shown
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ def locate(location: str, settings: Settings, **options: Any) -> Listing:
     """The listing of ``location`` by the source its scheme names, started at once, so that a
     missing folder or bucket fails before anything is enqueued or started."""
     source = source_for(location, settings)
+    check_options(location, options)
     location, roots = source.locate(location)
     entries = source.listing(location, **options)
     first = list(islice(entries, 1))

@@ -43,15 +43,17 @@ class NothingToTag(TaggerError):
 
 def tag(settings: Settings, location: str, *, labelset: LabelSet, output: Path | None,
         chunk_size: int, timeout: float, force: bool = False, retry_failed: bool = False,
-        own_worker: bool = True, echo: Callable[[str], None] = print) -> Tagged:
-    """List, enqueue, tag with a worker of our own, wait with progress, export; clean up always.
+        own_worker: bool = True, echo: Callable[[str], None] = print,
+        options: Mapping[str, Any] | None = None) -> Tagged:
+    """List (``options``: the source's listing options), enqueue, tag with a worker of our own,
+    wait with progress, export; clean up always.
 
     A run that fails or is interrupted is withdrawn: its unstarted chunks leave the queue.
     """
     started = time.monotonic()
     fmt = format_of(str(output)) if output else "jsonl"  # a wrong suffix before any work
     migrate.ensure_current(settings.database_url, settings.default_database)
-    listing = locate(location, settings)
+    listing = locate(location, settings, **(options or {}))
     _require_images(listing)
     run_id = new_run_id()
     log_path = settings.home / "logs" / f"worker-{time.strftime('%Y%m%d-%H%M%S')}.log"

@@ -14,6 +14,8 @@ from producer.commands.common import (
     chunk_option,
     labels_option,
     labelset_of,
+    listing_options,
+    listing_values,
     ready,
     templates_option,
 )
@@ -21,7 +23,6 @@ from producer.progress import Progress
 from worker.core.invocation import command
 from worker.core.redact import redact
 from worker.core.settings import load_settings
-from worker.sources.sql import table_query
 
 
 @click.command()
@@ -32,20 +33,15 @@ from worker.sources.sql import table_query
               help="Shorthand for a local folder (recursive).")
 @click.option("--database-url", envvar="CATALOG_DATABASE_URL",
               help="Shorthand for a catalogue database to read image URLs from.")
-@click.option("--query", help="One SELECT returning (key, image_url[, version]) rows.")
-@click.option("--table", help="Catalogue table (instead of --query).")
-@click.option("--key-column", default="id", show_default=True)
-@click.option("--url-column", default="image_url", show_default=True)
-@click.option("--version-column", help="Column that changes when the image changes.")
+@listing_options
 @labels_option
 @templates_option
 @chunk_option
 @click.option("--force", is_flag=True, help="Re-tag images that already have a result.")
 @click.option("--dry-run", is_flag=True, help="Print what would be enqueued; send nothing.")
 def enqueue(locations: tuple[str, ...], bucket: str | None, prefix: str, folder: Path | None,
-            database_url: str | None, query: str | None, table: str | None, key_column: str,
-            url_column: str, version_column: str | None, labels: Path | None,
-            templates: Path | None, chunk_size: int | None, force: bool, dry_run: bool) -> None:
+            database_url: str | None, labels: Path | None, templates: Path | None,
+            chunk_size: int | None, force: bool, dry_run: bool, **listing: Any) -> None:
     """List each URI (s3://bucket/prefix, a folder, file:///dir, a catalogue database, or any
     other registered scheme) and enqueue its images: new or changed ones only, unless --force."""
     settings = load_settings()
@@ -53,10 +49,7 @@ def enqueue(locations: tuple[str, ...], bucket: str | None, prefix: str, folder:
     if not locations:
         raise click.UsageError("give what to list: a URI (s3://bucket/prefix, a folder, ...), "
                                "--bucket, --dir or --database-url")
-    options: dict[str, Any] = {}
-    if query or table:
-        options["query"] = query or table_query(table or "", key_column, url_column,
-                                                version_column)
+    options = listing_values(listing)
     listings = [enqueuing.locate(location, settings, **options) for location in locations]
     labelset = labelset_of(settings, labels, templates)
     ready(settings)

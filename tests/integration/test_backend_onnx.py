@@ -23,7 +23,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from worker.backends import BACKENDS
+from worker.backends import BACKENDS, BackendPart
 from worker.backends import choose as choose_module
 from worker.backends.choose import MIN_COSINE, candidate_names, load_backend, probe_images
 from worker.backends.onnx_clip import OnnxBackend
@@ -349,7 +349,9 @@ def test_auto_falls_back_to_torch_float32(tiny_model: Path, cache: Path, quick: 
         def __init__(self, *args: object, **kwargs: object) -> None:
             raise RuntimeError("no runtime today")
 
-    monkeypatch.setattr(BACKENDS, "_entries", {**BACKENDS._entries, "onnx": Broken})
+    monkeypatch.setattr(BACKENDS, "_entries", dict(BACKENDS._entries))  # undone after
+    monkeypatch.setattr(BACKENDS, "_loaded", {})
+    BACKENDS.register("onnx", BackendPart(Broken, precisions=("float32", "int8")))
     monkeypatch.setattr(choose_module, "MIN_COSINE", 1.5)  # nothing is accurate enough
     backend = load_backend(settings_for(cache, TAGGER_BACKEND="auto"), tiny_model)
     assert backend.description == "torch float32 cpu"

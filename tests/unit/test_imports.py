@@ -73,3 +73,12 @@ def test_a_blocked_import_is_noticed():
     loaded = heavy_imports("try:\n    import torch\nexcept ImportError:\n    print('blocked')\n"
                            "import numpy\n")
     assert loaded == ["numpy"]
+
+
+def test_the_registered_parts_are_forbidden_without_a_line_in_the_config():
+    from testkit.importlint import registered_modules
+
+    found = registered_modules({"backend", "decoder"})
+    assert {"worker.backends.torch_clip", "worker.backends.onnx_clip", "worker.decoders.pillow",
+            "worker.decoders.nvjpeg", "torch", "transformers", "onnxruntime"} <= set(found)
+    assert "worker.sources.s3" not in found  # the producer lists with the sources itself

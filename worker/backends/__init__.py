@@ -1,18 +1,21 @@
 """Model runtimes behind one small interface, their registry, and TAGGER_BACKEND's choice.
 
-A new runtime is one module with a class shaped like ``Backend`` and one line in ``BACKENDS``;
-its ``auto_candidates`` says which precisions ``TAGGER_BACKEND=auto`` should measure on a
-device. Every backend returns L2-normalised float32 NumPy embeddings, so scoring is the same.
+A new runtime is one module with a class shaped like ``Backend`` and one line in ``BACKENDS``:
+a ``BackendPart`` declaring the precisions it runs (TAGGER_PRECISION's choices) and its runtime
+libraries (preloaded by the worker's parent; the producer never imports them). Its
+``auto_candidates`` says which precisions ``TAGGER_BACKEND=auto`` should measure on a device.
+Every backend returns L2-normalised float32 NumPy embeddings, so scoring is the same.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from worker.core.pixels import Pixels, Preprocess
-from worker.core.registry import Registry
+from worker.core.registry import Part, Registry
 
 if TYPE_CHECKING:
     import numpy as np
@@ -30,6 +33,9 @@ class Backend(Protocol):
     preprocess: Preprocess
     batch_size: int
     logit_scale: float
+    # The backend whose text tower this one uses (``reference``, shared), or None: its own.
+    # ``auto`` frees the image tower of a shared one that lost (``drop_image_tower``).
+    text: Backend | None
 
     def __init__(self, settings: Settings, folder: Path, precision: str | None = None, *,
                  reference: Any = None) -> None:
@@ -51,6 +57,10 @@ class Backend(Protocol):
         """Normalised image embeddings (B, D) for model-sized uint8 pixels."""
         ...
 
+    def drop_image_tower(self) -> None:
+        """Free the image tower: another backend encodes the images, this one only texts."""
+        ...
+
     def is_out_of_memory(self, exc: BaseException) -> bool: ...
 
     def release_memory(self) -> None: ...
@@ -60,7 +70,25 @@ class Backend(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class BackendPart(Part):
+    """A backend's registration, with what others need before importing it."""
+
+    precisions: tuple[str, ...] = ()  # what TAGGER_PRECISION may name for it
+    runtime: tuple[str, ...] = ()  # modules it loads: preloaded, never in the producer
+
+
 BACKENDS: Registry[type[Backend]] = Registry("backend", {
-    "torch": "worker.backends.torch_clip:TorchBackend",
-    "onnx": "worker.backends.onnx_clip:OnnxBackend",
-})
+    "torch": BackendPart("worker.backends.torch_clip:TorchBackend",
+                         precisions=("float32", "float16", "bfloat16"),
+                         runtime=("torch",
+                                  "transformers.models.chinese_clip.modeling_chinese_clip")),
+    "onnx": BackendPart("worker.backends.onnx_clip:OnnxBackend",
+                        precisions=("float32", "float16", "int8"), runtime=("onnxruntime",)),
+}, kind=BackendPart)
+
+
+def runtime_modules() -> tuple[str, ...]:
+    """Every registered backend's runtime modules, in registration order."""
+    declared = (getattr(part, "runtime", ()) for part in BACKENDS.parts().values())
+    return tuple(dict.fromkeys(m for group in declared for m in group))

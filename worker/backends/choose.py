@@ -199,7 +199,7 @@ def _keep(winner: Backend | None, kept: Candidate | None, reference: TorchBacken
 
 
 def _share_text(winner: Backend, reference: TorchBackend) -> None:
-    if winner is not reference and getattr(winner, "text", None) is reference:
+    if winner is not reference and winner.text is reference:
         reference.drop_image_tower()  # another runtime won: the shared model now does texts
 
 

@@ -182,6 +182,9 @@ class OnnxBackend:
     def encode_texts(self, prompts: Sequence[Sequence[str]]) -> np.ndarray:
         return self.text.encode_texts(prompts)
 
+    def drop_image_tower(self) -> None:
+        """Nothing to free: no backend shares this one's text tower (a torch model's)."""
+
     def encode_images(self, pixels: Sequence[Pixels]) -> np.ndarray:
         """(H, W, 3) uint8 arrays or (3, H, W) uint8 tensors -> (B, D) normalised float32."""
         if isinstance(pixels[0], torch.Tensor):

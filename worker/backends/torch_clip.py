@@ -64,6 +64,7 @@ class TorchBackend:
     """Both towers in PyTorch eager mode; texts always in float32 (once per label set)."""
 
     name = "torch"
+    text = None  # both towers its own
 
     @classmethod
     def auto_candidates(cls, device: str, precision: str) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -12,9 +11,11 @@ from typing import Any
 
 import platformdirs
 
+from worker.core import plugins
 from worker.core.errors import ConfigError
-from worker.core.registry import PRIMARY_SINK as PRIMARY
-from worker.core.registry import seam
+from worker.core.options import Options, read_options
+from worker.core.parse import Choice, Integer, Network, boolean, networks, paths
+from worker.core.registry import PRIMARY_SINK, seam
 
 APP_NAME = "catalog-tagger"
 DEFAULT_MODEL = "OFA-Sys/chinese-clip-vit-base-patch16"
@@ -24,7 +25,6 @@ DATABASES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgr
              "postgresql+psycopg2": "postgresql"}
 BROKERS = ("redis", "rediss", "filesystem")
 MIN_GROUP = 16  # images: Settings.group_size
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,6 @@ class Settings:
     url_allow_networks: tuple[Network, ...]
     file_roots: tuple[Path, ...]
     pending_ttl: int
-    catalogue_timeout: int
     read_timeout: int
     metrics_port: int
     jpeg_draft: bool
@@ -69,6 +68,12 @@ class Settings:
     keep_embeddings: bool
     owner_pid: int
     serve_token: str = field(repr=False)  # the workbench's reviewers (producer/workbench)
+    plugins: tuple[str, ...] = ()  # TAGGER_PLUGINS: modules that registered parts
+    options: tuple[Options, ...] = ()  # each part's own settings (TAGGER_<PART>_*)
+
+    def part(self, name: str) -> Options:
+        """The settings the part registered as (or prefixed) ``name`` declares; none if none."""
+        return next((o for o in self.options if o.part == name), Options(name))
 
     @property
     def embedded_broker(self) -> bool:
@@ -109,36 +114,7 @@ class Settings:
         return max(10, int(self.visibility_timeout * 0.8))
 
 
-# --- parsers: (environment, variable name, raw text) -> value, or ConfigError ---------------
-
-def _int(minimum: int = 0) -> Callable[[str, str], int]:
-    def parse(name: str, raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-        if value < minimum:
-            raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-        return value
-    return parse
-
-
-def _bool(name: str, raw: str) -> bool:
-    if raw.lower() in {"1", "true", "yes", "on"}:
-        return True
-    if raw.lower() in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
-
-
-def _choice(*choices: str) -> Callable[[str, str], str]:
-    def parse(name: str, raw: str) -> str:
-        value = raw.lower()
-        if value not in choices and not (name == "TAGGER_DEVICE" and value.startswith("cuda:")):
-            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
-        return value
-    return parse
-
+# --- parsers: (variable name, raw text) -> value, or ConfigError (more in worker/core/parse.py)
 
 def _registered(kind: str) -> Callable[[str, str], str]:
     """A name from a seam's registry (the one list of its names), or ``auto``."""
@@ -147,29 +123,18 @@ def _registered(kind: str) -> Callable[[str, str], str]:
     return parse
 
 
+def _precision(name: str, raw: str) -> str:
+    """``auto`` or a precision some registered backend declares."""
+    declared = (getattr(part, "precisions", ()) for part in seam("backend").parts().values())
+    return Choice("auto", *dict.fromkeys(p for group in declared for p in group))(name, raw)
+
+
 def _sinks(name: str, raw: str) -> tuple[str, ...]:
     names = tuple(seam("sink").check(name, part) for part in raw.split(",") if part.strip())
-    if PRIMARY not in names:
-        raise ConfigError(f"{name} must include {PRIMARY} (it records what is done, pending and "
-                          f"in flight), got {raw!r}")
-    return (PRIMARY, *(n for n in dict.fromkeys(names) if n != PRIMARY))
-
-
-def _networks(name: str, raw: str) -> tuple[Network, ...]:
-    try:
-        return tuple(ipaddress.ip_network(p.strip()) for p in raw.split(",") if p.strip())
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a comma-separated list of CIDR networks: {exc}"
-                          ) from None
-
-
-def _paths(name: str, raw: str) -> tuple[Path, ...]:
-    paths = tuple(Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip())
-    for path in paths:
-        if not path.is_absolute():
-            raise ConfigError(f"{name} takes absolute folders separated by '{os.pathsep}', "
-                              f"got {str(path)!r}")
-    return tuple(Path(os.path.realpath(p)) for p in paths)
+    if PRIMARY_SINK not in names:
+        raise ConfigError(f"{name} must include {PRIMARY_SINK} (it records what is done, "
+                          f"pending and in flight), got {raw!r}")
+    return (PRIMARY_SINK, *(n for n in dict.fromkeys(names) if n != PRIMARY_SINK))
 
 
 def _queue(name: str, raw: str) -> str:
@@ -217,38 +182,36 @@ _FIELDS: tuple[tuple[str, str, Callable[[str, str], Any], Any], ...] = (
     ("TAGGER_QUEUE", "queue", _queue, "tagger"),
     ("TAGGER_MODEL", "model", _model, DEFAULT_MODEL),
     ("TAGGER_BACKEND", "backend", _registered("backend"), "auto"),
-    ("TAGGER_PRECISION", "precision",
-     _choice("auto", "float32", "float16", "bfloat16", "int8"), "auto"),
-    ("TAGGER_DEVICE", "device", _choice("auto", "cpu", "cuda"), "auto"),
+    ("TAGGER_PRECISION", "precision", _precision, "auto"),
+    ("TAGGER_DEVICE", "device", Choice("auto", "cpu", "cuda"), "auto"),
     ("TAGGER_DECODER", "decoder", _registered("decoder"), "auto"),
-    ("TAGGER_SINKS", "sinks", _sinks, (PRIMARY,)),
-    ("TAGGER_TOP_K", "top_k", _int(1), 5),
-    ("TAGGER_BATCH_SIZE", "batch_size", _int(0), 0),
-    ("TAGGER_CHUNK_SIZE", "chunk_size", _int(1), 64),
+    ("TAGGER_SINKS", "sinks", _sinks, (PRIMARY_SINK,)),
+    ("TAGGER_TOP_K", "top_k", Integer(1), 5),
+    ("TAGGER_BATCH_SIZE", "batch_size", Integer(0), 0),
+    ("TAGGER_CHUNK_SIZE", "chunk_size", Integer(1), 64),
     # Per model process; 0: twice the host's cores shared by its model processes
     # (Settings.decode_processes_per).
-    ("TAGGER_DECODE_PROCESSES", "decode_processes", _int(1), 0),
-    ("TAGGER_VISIBILITY_TIMEOUT", "visibility_timeout", _int(5), 900),
-    ("TAGGER_CHUNK_RETRIES", "chunk_retries", _int(0), 8),
-    ("TAGGER_MAX_DELIVERIES", "max_deliveries", _int(1), 3),
-    ("TAGGER_MAX_IMAGE_BYTES", "max_image_bytes", _int(1), 50 * 2**20),
-    ("TAGGER_MAX_IMAGE_PIXELS", "max_image_pixels", _int(1), 89_478_485),
-    ("TAGGER_MAX_IMAGE_MEMORY", "max_image_memory", _int(16 * 2**20), 2**30),
-    ("TAGGER_ITEM_TIMEOUT", "item_timeout", _int(1), 30),
-    ("TAGGER_FETCH_TIMEOUT", "fetch_timeout", _int(1), 30),
-    ("TAGGER_ALLOW_PRIVATE_URLS", "allow_private_urls", _bool, False),
-    ("TAGGER_URL_ALLOW_NETWORKS", "url_allow_networks", _networks, ()),
-    ("TAGGER_FILE_ROOTS", "file_roots", _paths, ()),
-    ("TAGGER_PENDING_TTL", "pending_ttl", _int(1), 24 * 3600),
-    ("TAGGER_CATALOGUE_TIMEOUT", "catalogue_timeout", _int(1), 600),
+    ("TAGGER_DECODE_PROCESSES", "decode_processes", Integer(1), 0),
+    ("TAGGER_VISIBILITY_TIMEOUT", "visibility_timeout", Integer(5), 900),
+    ("TAGGER_CHUNK_RETRIES", "chunk_retries", Integer(0), 8),
+    ("TAGGER_MAX_DELIVERIES", "max_deliveries", Integer(1), 3),
+    ("TAGGER_MAX_IMAGE_BYTES", "max_image_bytes", Integer(1), 50 * 2**20),
+    ("TAGGER_MAX_IMAGE_PIXELS", "max_image_pixels", Integer(1), 89_478_485),
+    ("TAGGER_MAX_IMAGE_MEMORY", "max_image_memory", Integer(16 * 2**20), 2**30),
+    ("TAGGER_ITEM_TIMEOUT", "item_timeout", Integer(1), 30),
+    ("TAGGER_FETCH_TIMEOUT", "fetch_timeout", Integer(1), 30),
+    ("TAGGER_ALLOW_PRIVATE_URLS", "allow_private_urls", boolean, False),
+    ("TAGGER_URL_ALLOW_NETWORKS", "url_allow_networks", networks, ()),
+    ("TAGGER_FILE_ROOTS", "file_roots", paths, ()),
+    ("TAGGER_PENDING_TTL", "pending_ttl", Integer(1), 24 * 3600),
     # Seconds one read of kept embeddings may run (a batch of a relabel range, of an export).
-    ("TAGGER_READ_TIMEOUT", "read_timeout", _int(1), 60),
-    ("TAGGER_METRICS_PORT", "metrics_port", _int(0), 0),
-    ("TAGGER_JPEG_DRAFT", "jpeg_draft", _bool, True),
-    ("TAGGER_DECODE_OVERLAP", "decode_overlap", _choice("auto", "on", "off"), "auto"),
-    ("TAGGER_KEEP_EMBEDDINGS", "keep_embeddings", _bool, True),
+    ("TAGGER_READ_TIMEOUT", "read_timeout", Integer(1), 60),
+    ("TAGGER_METRICS_PORT", "metrics_port", Integer(0), 0),
+    ("TAGGER_JPEG_DRAFT", "jpeg_draft", boolean, True),
+    ("TAGGER_DECODE_OVERLAP", "decode_overlap", Choice("auto", "on", "off"), "auto"),
+    ("TAGGER_KEEP_EMBEDDINGS", "keep_embeddings", boolean, True),
     # Set by `producer tag` on the worker it starts: the worker stops when that process is gone.
-    ("TAGGER_OWNER_PID", "owner_pid", _int(0), 0),
+    ("TAGGER_OWNER_PID", "owner_pid", Integer(0), 0),
     ("TAGGER_SERVE_TOKEN", "serve_token", lambda name, raw: raw, ""),
 )
 
@@ -260,6 +223,8 @@ def default_database_url(home: Path) -> str:
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read settings from ``env`` (default: the process environment), failing fast."""
     env = os.environ if env is None else env
+    # First: the parts they register are checked and configured like the built-in ones.
+    named = plugins.load("TAGGER_PLUGINS", env.get("TAGGER_PLUGINS", ""))
     values: dict[str, Any] = {}
     for variable, name, parse, default in _FIELDS:
         raw = env.get(variable, "").strip()
@@ -280,6 +245,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                       else default_database_url(home)),
         labels_path=Path(env.get("TAGGER_LABELS", "").strip() or DEFAULT_LABELS),
         templates_path=Path(templates) if templates else None,
+        plugins=named,
+        options=read_options(env),
         **values,
     )
 

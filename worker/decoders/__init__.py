@@ -3,8 +3,9 @@
 A decoder works in two steps: ``prepare`` runs in a decode process (worker/prep), right after
 the fetch, on one image's bytes; ``finish`` runs in the model's process on a batch of prepared
 images (nothing to do for Pillow; the GPU decode for nvJPEG). A new decoder is one module with a
-class shaped like ``Decoder`` and one line in ``DECODERS``. Pixels are whatever the backends
-take (``worker.core.pixels``).
+class shaped like ``Decoder`` and one line in ``DECODERS``: a ``DecoderPart`` that declares the
+formats and file suffixes it reads, which listings, header guards and report previews then take
+too. Pixels are whatever the backends take (``worker.core.pixels``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from worker.core.errors import ItemError
 from worker.core.pixels import Pixels, Preprocess
-from worker.core.registry import Registry
+from worker.core.registry import Part, Registry
 
 if TYPE_CHECKING:
     from worker.core.settings import Settings
@@ -56,11 +57,41 @@ class Decoder(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class DecoderPart(Part):
+    """A decoder's registration, with what it reads (before its module is imported)."""
+
+    formats: tuple[str, ...] = ()  # Pillow's format names: the header guards open these
+    suffixes: tuple[str, ...] = ()  # names a listing takes as images (".avif")
+    opener: str = ""  # a module whose import registers its formats with Pillow (register_open)
+    fallback: str = ""  # the decoder that takes what ``finish`` hands back (``OnCpu``)
+
+
+_PILLOW_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 DECODERS: Registry[type[Decoder]] = Registry("decoder", {
-    "pillow": "worker.decoders.pillow:PillowDecoder",
-    "nvjpeg": "worker.decoders.nvjpeg:NvJpegDecoder",
-})
+    "pillow": DecoderPart("worker.decoders.pillow:PillowDecoder",
+                          formats=("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"),
+                          suffixes=_PILLOW_SUFFIXES),
+    "nvjpeg": DecoderPart("worker.decoders.nvjpeg:NvJpegDecoder", formats=("JPEG",),
+                          suffixes=(".jpg", ".jpeg"), fallback="pillow"),
+}, kind=DecoderPart)
 FALLBACK = "pillow"  # runs everywhere: what ``auto`` takes when no other decoder prefers a device
+
+
+def declared(what: str) -> tuple[str, ...]:
+    """What the registered decoders declare, all together: ``formats``, ``suffixes`` or
+    ``opener`` (the modules to import before opening)."""
+    return DECODERS.declared(what)
+
+
+def image_suffixes() -> tuple[str, ...]:
+    """File name suffixes some registered decoder reads: what listings take as images."""
+    return declared("suffixes")
+
+
+def fallback_of(name: str) -> str:
+    """The decoder that takes the images ``name``'s ``finish`` hands back."""
+    return getattr(DECODERS.part(name), "fallback", "") or FALLBACK
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,16 @@ the limits a decoding process runs under."""
 
 from __future__ import annotations
 
+import functools
+import importlib
 import io
 from dataclasses import dataclass
 
 from PIL import Image
 
 from worker.core.errors import ItemError, Reason
-from worker.decoders import Limits
+from worker.decoders import DECODERS, Limits, declared
 
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # Peak bytes per pixel of a whole decode to model-sized RGB, by the mode Pillow opens: the
 # decoded image (RGB is stored in 4 bytes, as RGBA), then conversion and alpha-composing
 # copies. Measured on 36-megapixel images (peak RSS, one process each): PNG RGB 8.1, RGBA 12.1,
@@ -40,11 +41,11 @@ def open_checked(data: bytes, limits: Limits, draft_size: tuple[int, int] | None
     """Open ``data`` lazily (header only) and refuse it before decoding if it is over a limit."""
     if not data:
         raise ItemError(Reason.EMPTY, "zero-byte file")
+    formats = allowed_formats()
     try:
-        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        image = Image.open(io.BytesIO(data), formats=formats)
     except Image.UnidentifiedImageError as exc:
-        raise ItemError(Reason.UNDECODABLE,
-                        f"not a {'/'.join(ALLOWED_FORMATS)} image") from exc
+        raise ItemError(Reason.UNDECODABLE, f"not a {'/'.join(formats)} image") from exc
     except Image.DecompressionBombError as exc:
         raise ItemError(Reason.TOO_MANY_PIXELS, f"decompression bomb guard: {exc}") from exc
     except Exception as exc:  # a damaged header raises OSError, SyntaxError, struct.error, ...
@@ -64,6 +65,20 @@ def open_checked(data: bytes, limits: Limits, draft_size: tuple[int, int] | None
                         f"take ~{header.memory // 2**20} MiB to decode, over the limit of "
                         f"{limits.max_memory // 2**20} MiB (TAGGER_MAX_IMAGE_MEMORY)")
     return image
+
+
+def allowed_formats() -> tuple[str, ...]:
+    """The formats the registered decoders declare, as Pillow opens them: each decoder's
+    opener imported first (it registers its formats with Pillow)."""
+    return _allowed(DECODERS.version)
+
+
+@functools.lru_cache(maxsize=4)
+def _allowed(_version: int) -> tuple[str, ...]:
+    for module in declared("opener"):
+        importlib.import_module(module)
+    Image.init()
+    return tuple(f for f in declared("formats") if f in Image.OPEN)
 
 
 def describe(image: Image.Image) -> Header:

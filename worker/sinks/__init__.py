@@ -1,7 +1,8 @@
 """Where results go: the Sink interface and its registry; TAGGER_SINKS names the ones a worker uses.
 
 A new sink (a Kafka topic, a search index) is one module with a class shaped like ``Sink`` and
-one line in ``SINKS``; ``TAGGER_SINKS=database,kafka`` turns it on. Every result goes through
+one line in ``SINKS`` (a ``Part`` declaring its own settings, ``TAGGER_KAFKA_*``, if it has any:
+``settings.part("kafka")``); ``TAGGER_SINKS=database,kafka`` turns it on. Every result goes through
 them: a chunk's (a list of `Result`) and a relabel's, a batch at a time (a `Scored`, which
 iterates as `Result`s made as they are asked for). The results database always comes first:
 it commits before the message is acknowledged, and the others follow it.

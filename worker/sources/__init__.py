@@ -1,7 +1,9 @@
 """Where images come from: one module per URI scheme, each listing and fetching, found here.
 
 A new source (say ``gs://``) is one module with a ``Source`` subclass and one line in
-``SOURCES``; ``producer enqueue gs://bucket/prefix`` and the workers' fetches then find it.
+``SOURCES``; ``producer enqueue gs://bucket/prefix`` and the workers' fetches then find it. The
+line may carry the source's own settings (``TAGGER_GCS_*``, as ``settings.part("gcs")``) and
+listing options (offered by ``producer enqueue`` and ``tag``): a ``SourcePart``.
 """
 
 from __future__ import annotations
@@ -16,11 +18,17 @@ from urllib.parse import urlsplit
 
 from worker.core.contract import MAX_URI_CHARS, Item
 from worker.core.errors import ConfigError, ItemError, Reason, Skip, SourceError, TransientError
+from worker.core.parse import Integer
 from worker.core.redact import redact
-from worker.core.registry import Registry
+from worker.core.registry import Flag, Part, Registry, Setting, seam
 from worker.core.settings import Settings
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+@dataclass(frozen=True)
+class SourcePart(Part):
+    """A source's registration, with the listing options its ``listing`` takes."""
+
+    listing: tuple[Flag, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,14 +101,22 @@ class Source:
         raise ItemError(Reason.BAD_URI, f"{scheme(uri)}:// URIs cannot be fetched")
 
 
+_CATALOGUE = SourcePart(
+    "worker.sources.sql:SqlSource", prefix="catalogue",
+    settings=(Setting("timeout", Integer(1), 600, "Seconds each step of a listing may run."),),
+    listing=(Flag("query", "One SELECT returning (key, image_url[, version]) rows."),
+             Flag("table", "Catalogue table (instead of --query)."),
+             Flag("key_column", "Its key column (with --table).", "id"),
+             Flag("url_column", "Its image URL column (with --table).", "image_url"),
+             Flag("version_column", "Column that changes when the image changes.")))
+
 # URI scheme -> its source; a path without a scheme is a local file.
 SOURCES: Registry[type[Source]] = Registry("source", {
     "": "worker.sources.local:LocalSource", "file": "worker.sources.local:LocalSource",
     "s3": "worker.sources.s3:S3Source",
     "http": "worker.sources.http:HttpSource", "https": "worker.sources.http:HttpSource",
-    "postgresql": "worker.sources.sql:SqlSource", "postgres": "worker.sources.sql:SqlSource",
-    "sqlite": "worker.sources.sql:SqlSource",
-})
+    "postgresql": _CATALOGUE, "postgres": _CATALOGUE, "sqlite": _CATALOGUE,
+}, kind=SourcePart)
 
 
 def scheme(uri: str) -> str:
@@ -148,7 +164,27 @@ def check_uri(uri: str) -> None:
 
 
 def is_image_name(name: str) -> bool:
-    return name.lower().endswith(IMAGE_SUFFIXES)
+    """Whether a listed name is an image: a suffix some registered decoder reads."""
+    return name.lower().endswith(seam("decoder").declared("suffixes"))
+
+
+def listing_flags() -> dict[str, tuple[Flag, list[str]]]:
+    """Every registered source's listing options, by name, with the schemes that take each."""
+    flags: dict[str, tuple[Flag, list[str]]] = {}
+    for name, part in SOURCES.parts().items():
+        for flag in getattr(part, "listing", ()):
+            flags.setdefault(flag.name, (flag, []))[1].append(f"{name or 'file'}://")
+    return flags
+
+
+def check_options(location: str, options: dict[str, Any]) -> None:
+    """ConfigError for a listing option ``location``'s source does not take."""
+    taken = {flag.name for flag in getattr(SOURCES.part(scheme(location)), "listing", ())}
+    for name in options:
+        if name not in taken:
+            schemes = ", ".join(listing_flags().get(name, (None, []))[1]) or "no"
+            raise ConfigError(f"--{name.replace('_', '-')} is for {schemes} locations, not "
+                              f"{redact(location)}")
 
 
 def read_capped(read: Any, uri: str, max_bytes: int, budget: Budget, declared: int = 0

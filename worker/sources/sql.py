@@ -45,20 +45,19 @@ class SqlSource(Source):
     """``postgresql://`` and ``sqlite://`` catalogue databases (listing only)."""
 
     def listing(self, location: str, query: str | sa.Select | None = None, batch: int = 5000,
-                **_: Any) -> Iterator[Listed]:
+                **table: Any) -> Iterator[Listed]:
         """Rows through a server-side cursor in a read-only transaction, ``batch`` at a time,
-        each step under TAGGER_CATALOGUE_TIMEOUT."""
+        each step under TAGGER_CATALOGUE_TIMEOUT; ``table``: --table and its columns."""
         try:
             database_url("the catalogue database URL", location)
         except ConfigError as exc:
             raise SourceError(str(exc)) from exc
-        if query is None:
-            raise SourceError("a catalogue database needs --query or --table")
+        query = _query(query, **table)
         engine = catalogue_engine(location)
         if isinstance(query, str) and engine.dialect.name == "postgresql":
             check_select(query)
         statement = sa.text(query) if isinstance(query, str) else query
-        seconds = self.settings.catalogue_timeout
+        seconds = self.settings.part("catalogue").timeout
         try:
             with engine.connect().execution_options(**_read_only(engine)) as conn, \
                     _limits(conn, seconds) as restart:
@@ -73,11 +72,25 @@ class SqlSource(Source):
                 f"catalogue query failed: {type(reason).__name__}: "
                 f"{redact(str(reason)).strip().splitlines()[0]}")) from exc
 
-    def describe(self, location: str, query: str | sa.Select | None = None, **_: Any) -> str:
-        return redact(f"sql: {describe(query)}" if query is not None else location)
+    def describe(self, location: str, query: str | sa.Select | None = None, **table: Any
+                 ) -> str:
+        if query is None and not table.get("table"):
+            return redact(location)
+        return redact(f"sql: {describe(_query(query, **table))}")
 
     def check(self, uri: str, budget: Budget) -> None:
         raise ItemError(Reason.BAD_URI, "a database URL is a catalogue to list, not an image")
+
+
+def _query(query: str | sa.Select | None, table: str | None = None, key_column: str = "id",
+           url_column: str = "image_url", version_column: str | None = None, **_: Any
+           ) -> str | sa.Select:
+    """--query as given, or --table's query; SourceError if neither is."""
+    if query is not None:
+        return query
+    if table:
+        return table_query(table, key_column, url_column, version_column)
+    raise SourceError("a catalogue database needs --query or --table")
 
 
 @contextlib.contextmanager
