@@ -42,22 +42,13 @@ def test_correct_learn_and_see_the_label_taken(tmp_path, tiny_model, labels_file
             page.click("figure.photo a")
             page.wait_for_selector("section.result")
             image_url = page.url
-            model_label = page.inner_text("section.result .verdict .label")
-            options = page.eval_on_selector_all("form.pick option", "o => o.map(x => x.value)")
-            picked = next(label for label in options if label != model_label)
-            page.select_option("form.pick select", picked)
-            page.click("form.pick button")
-            assert page.inner_text("section.result .verdict .label") == picked
+            picked = correct(page)
             assert page.is_visible("section.result .verdict .badge.human")  # shown at once
-            page.click("section.result a[href^='/labelsets/']")
-            page.click("#learn")
-            page.wait_for_selector(".job.done, .job.failed", timeout=240_000)
-            assert page.query_selector(".job.done"), page.inner_text(".job")
-            learned_id = page.get_attribute(".job a[href^='/labelsets/']", "href").split("/")[2]
+            learned_id = learn(page)
             page.goto(image_url)
             (tmp_path / "image.png").write_bytes(page.screenshot(full_page=True))
+            assert learned_top(page, learned_id) == picked
             learned = page.locator(f"section.result[data-labelset='{learned_id}']")
-            assert learned.locator("table.scores tr").first.get_attribute("data-label") == picked
             assert learned.locator(".verdict .badge.human").count() == 1
             page.goto(origin + f"/labelsets/{learned_id}/changes")
             page.click(f"ul.labels a:has-text('{picked}')")  # the images that took it, to review
@@ -83,7 +74,29 @@ def photos(folder: Path) -> tuple[str, str]:
     return uri_hash((real / "商品 0.png").as_uri()), uri_hash((real / "商品 0 copy.jpg").as_uri())
 
 
+def correct(page) -> str:
+    """On an image's page: pick a label other than the model's, see it shown; the label."""
+    model_label = page.inner_text("section.result .verdict .label")
+    options = page.eval_on_selector_all("form.pick option", "o => o.map(x => x.value)")
+    picked = next(label for label in options if label != model_label)
+    page.select_option("form.pick select", picked)
+    page.click("form.pick button")
+    assert page.inner_text("section.result .verdict .label") == picked
+    return picked
+
+
+def learn(page) -> str:
+    """From an image's page: its label set's page, the learn button, the job done; the id of
+    the learned version."""
+    page.click("section.result a[href^='/labelsets/']")
+    page.click("#learn")
+    page.wait_for_selector(".job.done, .job.failed", timeout=240_000)
+    assert page.query_selector(".job.done"), page.inner_text(".job")
+    return page.get_attribute(".job a[href^='/labelsets/']", "href").split("/")[2]
+
+
 def learned_top(page, labelset: str) -> str:
+    """The top label an image's page shows under ``labelset``."""
     section = page.locator(f"section.result[data-labelset='{labelset}']")
     return section.locator("table.scores tr").first.get_attribute("data-label")
 
@@ -120,17 +133,8 @@ def test_search_a_near_duplicate_and_learn_from_a_correction(tmp_path, tiny_mode
             duplicate = page.locator(f".grid.duplicates figure[data-key='{copy}']")
             assert duplicate.count() == 1, page.inner_text("section.nearby")
             assert float(duplicate.locator(".score").inner_text()) >= 0.95
-            model_label = page.inner_text("section.result .verdict .label")
-            options = page.eval_on_selector_all("form.pick option", "o => o.map(x => x.value)")
-            picked = next(label for label in options if label != model_label)
-            page.select_option("form.pick select", picked)
-            page.click("form.pick button")
-            assert page.inner_text("section.result .verdict .label") == picked
-            page.click("section.result a[href^='/labelsets/']")
-            page.click("#learn")
-            page.wait_for_selector(".job.done, .job.failed", timeout=240_000)
-            assert page.query_selector(".job.done"), page.inner_text(".job")
-            learned_id = page.get_attribute(".job a[href^='/labelsets/']", "href").split("/")[2]
+            picked = correct(page)
+            learned_id = learn(page)
             page.goto(f"{origin}/images/{original}")
             assert learned_top(page, learned_id) == picked  # the corrected image
             page.click(f".grid.duplicates figure[data-key='{copy}'] a")
