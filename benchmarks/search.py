@@ -3,13 +3,15 @@
     python -m benchmarks.search --count 1000000
 
 Fills an SQLite results database (the embedded default) as workers write it: --count results
-with synthetic 512-wide float16 embeddings of known structure (testkit/vectors.py: unit vectors
-around count/50 random centres at cosine ~0.74, as photos of one kind of product; 1% of them
-with a planted near-copy at cosine ~0.995). Then, with the full-size Chinese CLIP text tower
-(random weights: compute does not depend on them) exported to ONNX:
+with synthetic 512-wide float16 embeddings of known structure (testkit/vectors.py, --data:
+``catalogue``, a narrow cone with most variation in 64 directions and count/50 kinds of
+product, or ``islands``, count/50 clusters all equally far apart, a graph index's worst case;
+1% of them with a planted near-copy at cosine ~0.995). Then, with the full-size Chinese CLIP
+text tower (random weights: compute does not depend on them) exported to ONNX:
 
 - the index built from the table (seconds, peak RSS, bytes on disk);
-- recall@10 of the index against exact search (float32 products over every vector);
+- recall@10 of the index against exact search (float32 products over every vector), for
+  queries near stored images (cosine 0.9) and as far from them as a text is (cosine 0.3);
 - similar-image queries (`Finder.similar` on a catalogued URI, top 50, with the database
   reads) and index-only searches: p50/p99;
 - text queries (`Finder.text`, top 50, the tower warm, a new text each time) p50/p99, and what
@@ -35,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from testkit.vectors import clustered, near_copies
+from testkit.vectors import catalogue, clustered, near_copies
 from worker.backends.weights import checkpoint_digest
 from worker.checkpoint import build as build_checkpoint
 from worker.core.contract import Item, Result
@@ -60,8 +62,11 @@ class Figures(dict):  # type: ignore[type-arg]
         print(json.dumps({key: value}, ensure_ascii=False), file=sys.stderr, flush=True)
 
 
-def vectors(count: int, seed: int) -> np.ndarray:
-    base = clustered(count, DIM, seed=seed)
+SHAPES = {"catalogue": catalogue, "islands": clustered}
+
+
+def vectors(count: int, seed: int, shape: str = "catalogue") -> np.ndarray:
+    base = SHAPES[shape](count, DIM, seed=seed)
     planted = int(count * PLANTED)
     base[count - planted:] = near_copies(base[:planted], seed=seed)  # i and count-planted+i
     return base
@@ -140,13 +145,20 @@ def recall(finder: Finder, data: np.ndarray, keys: np.ndarray) -> dict[str, Any]
     figures: dict[str, Any] = {}
     default = index.EF_SEARCH
     try:
-        for ef in (32, 64, 128):  # the candidates a graph search keeps: recall against time
+        for ef in (32, 64, 128, 512):  # the candidates a graph search keeps: recall against time
             index.EF_SEARCH = ef
             figures[f"ef_search {ef}"] = {
                 "recall_at_10": overlap(graph.search(queries, 10)[1], truth),
                 "index_search_top50": timed(lambda n: graph.search(queries[n], 50), QUERIES)}
     finally:
         index.EF_SEARCH = default
+    # As far from its images as a text query is (CLIP puts a text at cosine ~0.3 to the images
+    # it names): off the images' own neighbourhoods, where a graph has less to go by.
+    far = near_copies(data[rng.integers(0, len(data), QUERIES)], seed=5, cosine=0.3)
+    truth = exact.top(far, data, keys, 10)[1]
+    for ef in (64, index.EF_TEXT, 256):  # text queries keep EF_TEXT candidates
+        figures[f"far_queries_recall_at_10 ef_search {ef}"] = overlap(
+            graph.search(far, 10, ef=ef)[1], truth)
     return {**figures, "recall_at_10": figures[f"ef_search {default}"]["recall_at_10"]}
 
 
@@ -262,8 +274,10 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1_000_000)
     parser.add_argument("--added", type=int, default=10_000)
     parser.add_argument("--folder", type=Path, help="work folder (default: a temporary one)")
+    parser.add_argument("--data", choices=sorted(SHAPES), default="catalogue",
+                        help="the embeddings' shape (default: catalogue)")
     parser.add_argument("--compare", type=int, metavar="N",
-                        help="only build usearch's HNSW and faiss's IVF over N vectors, and "
+                        help="only build faiss's and usearch's HNSW over N vectors, and "
                              "compare them")
     args = parser.parse_args()
     if args.compare:
@@ -271,20 +285,21 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="bench-search-") as temporary:
         folder = args.folder or Path(temporary)
-        print(json.dumps(run(folder, args.count, args.added), ensure_ascii=False, indent=1))
+        figures = run(folder, args.count, args.added, args.data)
+        print(json.dumps(figures, ensure_ascii=False, indent=1))
 
 
-def run(folder: Path, count: int, added: int) -> dict[str, Any]:
+def run(folder: Path, count: int, added: int, shape: str) -> dict[str, Any]:
     model = folder / "model"
     if not (model / "config.json").is_file():
         build_checkpoint(model, [p.read_text("utf-8") for p in LABELSETS.glob("*.txt")])
-    url = f"sqlite:///{folder / 'results.db'}"
+    url = f"sqlite:///{folder / f'results-{shape}.db'}"  # a --folder holds one of each
     os.environ.update(TAGGER_HOME=str(folder / "home"), TAGGER_MODEL=str(model),
                       DATABASE_URL=url, TAGGER_CACHE_DIR=str(folder / "cache"))
     migrate.upgrade(url, create=True)
     settings = load_settings()
-    data = vectors(count, seed=1)
-    figures = Figures(count=count, cpus=os.cpu_count())
+    data = vectors(count, seed=1, shape=shape)
+    figures = Figures(count=count, data=shape, cpus=os.cpu_count())
     if Finder(settings, print).store.count() != count:  # a --folder filled before is reused
         figures["fill_seconds"] = round(fill(url, str(model), 0, data), 1)
     finder = Finder(settings, print)
@@ -300,7 +315,7 @@ def run(folder: Path, count: int, added: int) -> dict[str, Any]:
         lambda n: finder.text(f"{words[n % len(words)]} {n}", top=50), 100)
     figures["text_encoding_p50_ms"] = text_costs(settings)
     figures["crossover"] = crossover(data)
-    more = vectors(added + index.deltas.FOLD_AT, seed=2)
+    more = vectors(added + index.deltas.FOLD_AT, seed=2, shape=shape)
     fill(url, str(model), count, more[:added])
     started = time.perf_counter()
     keeper.current(finder.store, finder.folder, finder.name, print)

@@ -121,6 +121,8 @@ def pages(url: str, labelset: LabelSet, rng: random.Random) -> dict[str, Any]:
     with engine_for(url).connect() as conn:
         keys = conn.scalars(sa.text("SELECT uri_hash FROM results TABLESAMPLE SYSTEM (1) "
                                     "LIMIT 500")).all()
+        kept = conn.scalars(sa.text("SELECT uri_hash FROM results TABLESAMPLE SYSTEM (1) "
+                                    "WHERE status = 'done' LIMIT 500")).all()  # embeddings
         positions = conn.execute(sa.text(
             "SELECT top_label, top_score, id FROM results TABLESAMPLE SYSTEM (1) "
             "WHERE run_id = :run AND status = 'done' LIMIT 500"), {"run": RUN}).all()
@@ -138,7 +140,7 @@ def pages(url: str, labelset: LabelSet, rng: random.Random) -> dict[str, Any]:
         "search": lambda i: "/search?" + urlencode({"q": f"{rng.choice(WORDS)} {i}"}),
         "search page 2": lambda i: "/search?" + urlencode({"q": f"{rng.choice(WORDS)} p{i}",
                                                            "page": 2}),
-        "more like this": lambda i: f"/images/{rng.choice(keys)}/similar",
+        "more like this": lambda i: f"/images/{rng.choice(kept)}/similar",
     }
 
 

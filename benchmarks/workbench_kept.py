@@ -1,6 +1,6 @@
 """Kept embeddings for the workbench benchmark's results: the weights they belong to (a
 full-size checkpoint of random weights, whose text tower search runs), one float16 512-wide
-embedding per done image (testkit/vectors.py: clusters on the sphere, 1% with a near-copy),
+embedding per done image (testkit/vectors.py: ``catalogue``, 1% with a near-copy),
 and the images table that resolves them, written with COPY."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
-from testkit.vectors import clustered, near_copies
+from testkit.vectors import catalogue, near_copies
 from worker.backends.weights import checkpoint_digest
 from worker.checkpoint import build as build_checkpoint
 from worker.core.embedding import key_of, pack
@@ -53,7 +53,7 @@ def content(n: int) -> str:
 
 def vectors(count: int) -> np.ndarray:
     """``count`` embeddings; row i + count - planted is a near-copy of row i (cosine ~0.995)."""
-    rows = clustered(count, DIM, seed=1)
+    rows = catalogue(count, DIM, seed=1)
     planted = int(count * PLANTED)
     rows[count - planted:] = near_copies(rows[:planted], seed=1)
     return rows

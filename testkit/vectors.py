@@ -1,4 +1,11 @@
-"""Synthetic embeddings with known structure, for tests and the search benchmark."""
+"""Synthetic embeddings with known structure, for tests and the search benchmark.
+
+Two shapes, because an approximate index's recall depends on the shape more than on anything
+else (docs/performance.md): ``catalogue`` models what is known of CLIP's image embeddings (a
+narrow cone, most of the variation in a few dozen directions, photos of one kind of product
+close together); ``clustered`` is the worst case for a graph index, islands that are all
+equally far apart, so that nothing on the way leads to the right one.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +25,28 @@ def clustered(count: int, dim: int, *, seed: int = 0, per_cluster: int = 50,
         size = min(100_000, count - start)
         rows = centres[rng.integers(0, len(centres), size)]
         rows = rows + rng.standard_normal((size, dim), dtype=np.float32) * (spread / np.sqrt(dim))
+        out[start:start + size] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    return out
+
+
+def catalogue(count: int, dim: int, *, seed: int = 0, latent: int = 64, per_cluster: int = 50,
+              cone: float = 0.7, noise: float = 0.5) -> np.ndarray:
+    """``count`` unit vectors (float16): a direction they all share (CLIP's embeddings sit in a
+    narrow cone: two unrelated photos at cosine ~0.25 here) plus a point of a ``latent``-wide
+    space (``count / per_cluster`` kinds of product, their photos around them) laid into
+    ``dim`` values, plus noise of norm ~``noise`` in every direction."""
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.standard_normal((dim, latent + 1)).astype(np.float32))
+    common, spread = basis[:, 0], basis[:, 1:].T
+    centres = rng.standard_normal((max(count // per_cluster, 1), latent)).astype(np.float32)
+    centres /= np.sqrt(latent)
+    out = np.empty((count, dim), np.float16)
+    for start in range(0, count, 100_000):
+        size = min(100_000, count - start)
+        points = centres[rng.integers(0, len(centres), size)]
+        points += rng.standard_normal((size, latent)).astype(np.float32) * (0.5 / np.sqrt(latent))
+        rows = cone * common + points @ spread
+        rows += rng.standard_normal((size, dim)).astype(np.float32) * (noise / np.sqrt(dim))
         out[start:start + size] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
     return out
 

@@ -128,6 +128,15 @@ def test_search_a_near_duplicate_and_learn_from_a_correction(tmp_path, tiny_mode
             page.click("form.search button")
             page.wait_for_selector("section.hits figure.hit")
             assert page.locator("section.hits figure.hit").count() == 9  # every image, ranked
+            labels = page.locator("section.hits figure.hit .label").all_inner_texts()
+            page.fill("form.within input[name=label]", labels[-1])  # narrowed to one label
+            page.click("form.within button")
+            page.wait_for_selector("section.hits figure.hit")
+            narrowed = page.locator("section.hits figure.hit .label").all_inner_texts()
+            assert set(narrowed) == {labels[-1]} and len(narrowed) == labels.count(labels[-1])
+            page.fill("form.search input[name=q]", "台灯")
+            page.click("form.search button")
+            page.wait_for_selector("section.hits figure.hit")
             page.click(f"section.hits figure[data-key='{original}'] a")
             page.wait_for_selector("section.nearby")
             duplicate = page.locator(f".grid.duplicates figure[data-key='{copy}']")

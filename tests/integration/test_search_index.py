@@ -197,3 +197,34 @@ def test_searches_go_on_while_another_process_adds_and_folds(database, tmp_path,
             assert now.main is before.main and len(now.delta) == 100
         else:  # 200 > FOLD_AT: folded into a new main file by the other process
             assert now.meta["index"] != before.meta["index"] and len(now.delta) == 0
+
+
+def test_the_workbench_keeps_its_index_current_beside_its_searches(database, tmp_path,
+                                                                    monkeypatch):
+    """The server's Finder is brought up to the table by a thread of its own: searches find a
+    snapshot checked moments ago and never count the table themselves."""
+    import threading
+    import time
+
+    from producer.workbench.finding import Finding
+    from worker.search import finder as finding
+
+    monkeypatch.setattr(finding, "CHECK_SECONDS", 0.2)
+    keep(database, clustered(100, DIM, seed=13), 0)
+    settings = load_settings({"DATABASE_URL": database, "TAGGER_MODEL": MODEL,
+                              "TAGGER_HOME": str(tmp_path), "TAGGER_INDEX_DIR": str(tmp_path)})
+    server = Finding(settings)
+    try:
+        searcher, counted_in = server.finder(), []
+        count = searcher.store.count
+        monkeypatch.setattr(searcher.store, "count", lambda: (
+            counted_in.append(threading.current_thread().name), count())[1])
+        more = clustered(30, DIM, seed=14)
+        new_keys = keep(database, more, 1000)
+        deadline = time.monotonic() + 60
+        while searcher.snapshot.count != 130 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (searcher.snapshot.search(more, 1)[1][:, 0] == new_keys).all()
+        assert counted_in and set(counted_in) == {"finder-current"}
+    finally:
+        server.close()

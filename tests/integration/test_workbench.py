@@ -219,6 +219,15 @@ def test_an_images_page_shows_its_near_duplicates_and_similar_images(seeded, tmp
         assert web.get(f"/images/{uri_hash(copies[0])}/similar?page=11").status_code == 400
 
 
+def test_a_search_narrowed_to_an_unknown_run_or_label_is_told(seeded, tmp_path):
+    for web in client(str(seeded["url"]), tmp_path / "home", model="test-model"):
+        for within, said in (({"run": "nosuchrun"}, "no run nosuchrun"),
+                             ({"label": "<b>无</b>"}, "no image has the top label")):
+            page = web.get("/search", params={"q": "台灯", **within})
+            assert page.status_code == 400 and said in page.text, page.text[:500]
+            assert "<b>无</b>" not in page.text
+
+
 def test_empty_and_overlong_searches_are_told_not_failed(web):
     for query, said in (("", "the query is empty"), ("   ", "the query is empty"),
                         ("red dress " * 1000, "the query has 9999 characters"),

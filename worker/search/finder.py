@@ -22,9 +22,9 @@ from worker.search import exact, keeper
 from worker.search.groups import group
 from worker.search.hits import THRESHOLD, Group, Hit
 from worker.search.image import ImageEncoder
-from worker.search.index import EXACT_BELOW, Index
+from worker.search.index import EF_TEXT, EXACT_BELOW, Index
 from worker.search.store import Store
-from worker.search.text import TextEncoder, check_query
+from worker.search.text import QueryError, TextEncoder, check_query
 from worker.search.towers import towers
 from worker.sources.local import path_of
 
@@ -54,11 +54,21 @@ class Finder:
         """The index's name: this database and the weights searched."""
         return keeper.index_name(self.settings.database_url, self.store.identity())
 
+    @property
+    def snapshot(self) -> Index | None:
+        """The snapshot searched now, as it is (None before the first search)."""
+        return self._index
+
     def index(self) -> Index:
         """The current snapshot: checked against the table every CHECK_SECONDS; while one
         thread updates or reloads it, the others search the snapshot they had."""
         if self._index is not None and time.monotonic() - self._checked < CHECK_SECONDS:
             return self._index
+        return self.refresh()
+
+    def refresh(self) -> Index:
+        """The snapshot brought up to the table (and to what another process saved) now; a
+        long-lived searcher calls this beside its searches so that they never wait for it."""
         if not self._refreshing.acquire(blocking=self._index is None):
             return self._index  # type: ignore[return-value]
         try:
@@ -81,7 +91,7 @@ class Finder:
         index = self.index()
         within = self._within(run, label)
         vector = self._text_vector(query)
-        hits = self._hits(index, vector, top * (2 if label else 1), within)
+        hits = self._hits(index, vector, top * (2 if label else 1), within, EF_TEXT)
         return [h for h in hits if label is None or h.top_label == label][:top]
 
     def similar(self, target: str | bytes, *, top: int = 50) -> list[Hit]:
@@ -154,18 +164,18 @@ class Finder:
 
     def _within(self, run: str | None, label: str | None) -> np.ndarray | None:
         if run is not None and not self.store.run_exists(run):
-            raise ConfigError(f"no run {run}: `producer runs` lists them")
+            raise QueryError(f"no run {run}: `producer runs` lists them")
         if run is None and label is None:
             return None
         keys = self.store.keys_of(run=run, label=label)
         if label is not None and not len(keys):
-            raise ConfigError(f"no image has the top label {label!r}"
-                              + (f" in run {run}" if run else ""))
+            raise QueryError(f"no image has the top label {label!r}"
+                             + (f" in run {run}" if run else ""))
         return keys
 
-    def _hits(self, index: Index, vector: np.ndarray, top: int, within: np.ndarray | None
-              ) -> list[Hit]:
-        scores, keys = index.search(vector, top, within)
+    def _hits(self, index: Index, vector: np.ndarray, top: int, within: np.ndarray | None,
+              ef: int | None = None) -> list[Hit]:
+        scores, keys = index.search(vector, top, within, ef)
         found = [(float(s), int(k)) for s, k in zip(scores[0], keys[0], strict=True) if k != -1]
         images = self.store.images(k for _, k in found)
         return [Hit(i.uri, score, i.sha256, i.top_label, i.run_id)

@@ -78,8 +78,10 @@ def search_page(request: Request) -> Response:
         check_query(query)  # an empty or overlong query is said before anything loads
     except QueryError as exc:
         raise HTTPException(400, str(exc)) from None
-    return _gallery(request, lambda finder, top: finder.text(query, top=top), query=query,
-                    path="/search", heading="Images for", subject=query, link={"q": query})
+    within = {k: v for k in ("run", "label") if (v := request.query_params.get(k, "").strip())}
+    return _gallery(request, lambda finder, top: finder.text(query, top=top, **within),
+                    query=query, path="/search", heading="Images for", subject=query,
+                    link={"q": query, **within}, within=within)
 
 
 def similar_page(request: Request) -> Response:
