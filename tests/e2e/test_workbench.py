@@ -134,6 +134,7 @@ def test_search_a_near_duplicate_and_learn_from_a_correction(tmp_path, tiny_mode
             page.wait_for_selector("section.hits figure.hit")
             narrowed = page.locator("section.hits figure.hit .label").all_inner_texts()
             assert set(narrowed) == {labels[-1]} and len(narrowed) == labels.count(labels[-1])
+            assert page.inner_text("p.muted b.within") == labels[-1]  # and says so
             page.fill("form.search input[name=q]", "台灯")
             page.click("form.search button")
             page.wait_for_selector("section.hits figure.hit")
