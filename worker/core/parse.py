@@ -44,15 +44,14 @@ def boolean(name: str, raw: str) -> bool:
 
 
 class Choice:
-    """One of ``choices`` (any case); TAGGER_DEVICE also takes cuda:N."""
+    """One of ``choices`` (any case), or a value starting with one of ``prefixes`` (cuda:N)."""
 
-    def __init__(self, *choices: str) -> None:
-        self.choices = choices
+    def __init__(self, *choices: str, prefixes: tuple[str, ...] = ()) -> None:
+        self.choices, self.prefixes = choices, prefixes
 
     def __call__(self, name: str, raw: str) -> str:
         value = raw.lower()
-        if value not in self.choices and not (name == "TAGGER_DEVICE"
-                                              and value.startswith("cuda:")):
+        if value not in self.choices and not value.startswith(self.prefixes):
             raise ConfigError(f"{name} must be one of {', '.join(self.choices)}, got {raw!r}")
         return value
 

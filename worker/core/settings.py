@@ -183,7 +183,7 @@ _FIELDS: tuple[tuple[str, str, Callable[[str, str], Any], Any], ...] = (
     ("TAGGER_MODEL", "model", _model, DEFAULT_MODEL),
     ("TAGGER_BACKEND", "backend", _registered("backend"), "auto"),
     ("TAGGER_PRECISION", "precision", _precision, "auto"),
-    ("TAGGER_DEVICE", "device", Choice("auto", "cpu", "cuda"), "auto"),
+    ("TAGGER_DEVICE", "device", Choice("auto", "cpu", "cuda", prefixes=("cuda:",)), "auto"),
     ("TAGGER_DECODER", "decoder", _registered("decoder"), "auto"),
     ("TAGGER_SINKS", "sinks", _sinks, (PRIMARY_SINK,)),
     ("TAGGER_TOP_K", "top_k", Integer(1), 5),
