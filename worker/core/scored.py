@@ -82,7 +82,7 @@ class Scored:
     def lines(self) -> list[tuple[Any, ...]]:
         """The SCORED columns of each done image, its labels as JSON text (COPY's fast path)."""
         render, failed = self.labels.render, self.failed
-        return [(*image[:6], *render(indices, scores)) for i, (image, indices, scores)
+        return [(*image[:len(IMAGE)], *render(indices, scores)) for i, (image, indices, scores)
                 in enumerate(zip(self.images, *self.top, strict=True)) if i not in failed]
 
     def done_rows(self) -> list[dict[str, Any]]:
@@ -93,7 +93,8 @@ class Scored:
 
     def failed_rows(self) -> list[dict[str, Any]]:
         """The rows of the images whose kept embedding is damaged, from the one row builder."""
-        return [{**self._result(i).row(), **dict(zip(IMAGE, self.images[i][:6], strict=True)),
+        own = len(IMAGE)
+        return [{**self._result(i).row(), **dict(zip(IMAGE, self.images[i][:own], strict=True)),
                  "model_id": self.range.model_id} for i in self.failed]
 
     def __iter__(self) -> Iterator[Result]:
@@ -102,7 +103,7 @@ class Scored:
             yield self._result(i)
 
     def _result(self, i: int) -> Result:
-        uri, _, _, key, version, content = self.images[i][:6]
+        uri, _, _, key, version, content = self.images[i][:len(IMAGE)]
         item = Item(uri, key=key, version=version)
         error = self.failed.get(i)
         if error is not None:
